@@ -16,7 +16,6 @@ import contextlib
 import hashlib
 import functools
 import datetime as dt
-import json
 import logging
 import os
 import time
@@ -31,7 +30,7 @@ from psycopg.pq import TransactionStatus
 from archive_pipeline.core import fingerprint
 from archive_pipeline.core import keys
 from archive_pipeline.core.compression import get_codec
-from archive_pipeline.core.config import DEFAULT_KEY_TEMPLATES, TableSpec
+from archive_pipeline.core.config import DEFAULT_KEY_TEMPLATES, UNIQUE_KEY_FIELDS, TableSpec
 from archive_pipeline.core.discovery import day_children, day_table_parents, partition_may_hold, partition_of_day, \
     source_table
 from archive_pipeline.core.errors import (ArchiveError, UnsupportedTypeError, is_cancellation, is_retryable, named,
@@ -50,6 +49,7 @@ from archive_pipeline.core.formats.common import (
 )
 from archive_pipeline.core.leftovers import day_listing, owned_by, same_source, stored_generations, tidy_day
 from archive_pipeline.core.lifecycle import settle_pending_removal
+from archive_pipeline.core.listing import listed_once, once_per_store
 from archive_pipeline.core.locks import require_autocommit, require_lock_held, table_day_lock
 from archive_pipeline.core.manifest import (
     ArchiveResult,
@@ -65,13 +65,15 @@ from archive_pipeline.core.manifest import (
     encode_manifest,
     foreign_manifest,
     foreign_objects,
+    loose_manifest,
+    manifest_bytes,
     owned,
     removal_state,
     stored_object_problems,
     table_definition,
 )
 from archive_pipeline.core.memory import bound_allocator
-from archive_pipeline.core.periods import Period, PeriodError
+from archive_pipeline.core.periods import GRANULARITIES, Period, PeriodError
 from archive_pipeline.core.parallel import StreamSlots, free_sessions, open_snapshot_sessions, plan_streams, write_day
 from archive_pipeline.core.session_settings import resolved, speaks_utf8
 from archive_pipeline.core.sink import temp_archive_file, temp_dir_named
@@ -242,8 +244,8 @@ def _answered(store: S3Store, raw: bytes) -> str | None:
 
 
 def _get_manifest_bytes(store: S3Store, key: str) -> bytes | None:
-    getter = getattr(store, "get_verified_bytes", None) or store.get_bytes_or_none
-    return getter(key)
+    """manifest.manifest_bytes, through one name in this module (a test swaps it to fail a read)."""
+    return manifest_bytes(store, key)
 
 
 def resolve_period(spec: TableSpec, day: Period | dt.date | str) -> Period:
@@ -314,9 +316,19 @@ def keeps_existing(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.d
                    identity: SourceIdentity, table: SourceTable, fp: fingerprint.Fingerprint, overwrite: bool) -> bool:
     """The archiver's own rule for what is already stored, for callers that only plan (a dry run):
     True = skip (identical), False = archive (again); raises what ``archive_partition`` would raise
-    (another table's or day's archive, changed content, a removed day)."""
+    (another table's or day's archive, changed content, a removed day, a removed period of the table's former
+    granularity that overlaps it)."""
     day = resolve_period(spec, day)
     archiving = _planning(conn, spec, day, store)
+    keep = _keeps(archiving, conn, day, existing, identity, table, fp, overwrite)
+    if not keep:  # (what the run refuses before anything of the period is published)
+        archiving._refuse_removed_in_overlapping(existing, table, fp, overwrite)
+    return keep
+
+
+def _keeps(archiving: _Archiving, conn: psycopg.Connection, day: Period, existing: Existing, identity: SourceIdentity,
+           table: SourceTable, fp: fingerprint.Fingerprint, overwrite: bool) -> bool:
+    """:func:`keeps_existing`, but for a removal of an overlapping period of the table's former granularity."""
     archiving._refuse_foreign(existing, overwrite)
     if existing.manifest is None and existing.problem is None:
         elsewhere = archiving._removed_elsewhere(existing)
@@ -328,10 +340,10 @@ def keeps_existing(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.d
     if existing.manifest is None or existing.problem is not None:
         return False
     elsewhere = archiving._removed_elsewhere(existing)
-    if elsewhere is not None and not _same_rows(existing.manifest, table, fp):  # (as the run does: see run)
+    before = archiving._current_elsewhere(existing, elsewhere, overwrite)  # (as the run does: see run)
+    if elsewhere is not None and (before is not None or not _same_rows(existing.manifest, table, fp)):
         archiving._refuse_removed_elsewhere(elsewhere, table, _fingerprint_of(conn, table, day, fp, elsewhere),
                                             overwrite)
-    before = None if elsewhere is not None or overwrite else archiving._archived_elsewhere(existing)
     if before is not None:  # a later archive of the day under another format decides, as in the run
         return archiving._keep(before[1].manifest, identity, table, _fingerprint_of(conn, table, day, fp, before[1]),
                                overwrite)
@@ -356,9 +368,12 @@ def archived_elsewhere(conn: psycopg.Connection, spec: TableSpec, day: Period | 
 
 def removed_elsewhere(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date, store: S3Store,
                       existing: Existing) -> Existing | None:
-    """What is under another format's or codec's key where a day with nothing at its key was removed there (a run
-    would then apply that removal's rule, see :func:`keeps_existing`), or None: for callers that only plan."""
-    return _planning(conn, spec, resolve_period(spec, day), store)._removed_elsewhere(existing)
+    """What is under another format's or codec's key where a day with nothing at its key was removed there, or
+    where a finer period of the table's former granularity that overlaps the day (with rows in the source) was
+    removed (a run would then apply that removal's rule, see :func:`keeps_existing`), or None: for callers that
+    only plan."""
+    archiving = _planning(conn, spec, resolve_period(spec, day), store)
+    return archiving._removed_elsewhere(existing) or archiving._removed_in_overlapping(existing, empty=False)
 
 
 def compared_algorithm(existing: Existing) -> str:
@@ -369,6 +384,22 @@ def compared_algorithm(existing: Existing) -> str:
 def _planning(conn: psycopg.Connection, spec: TableSpec, day: Period, store: S3Store) -> _Archiving:
     """An archive attempt that only decides (a plan's questions of what a run would do), never runs."""
     return _Archiving(conn, spec, day, store, temp_dir=None, progress=None, progress_every=0, settings={})
+
+
+def _overlapping_templates(spec: TableSpec, empty: bool) -> dict[str, tuple[str, ...]]:
+    """Per granularity whose removed periods may have taken rows of this table's periods with them (see
+    ``_Archiving._refuse_removed_in_overlapping``): the finer ones always (a month's days, a day's hours: each one
+    removed took a part of the period), the coarser ones where the source is ``empty`` (an hour's day, a day's
+    month: removed, it took every row of the period, so rows there now came after it); with the key templates its
+    periods may have been archived under before the table's granularity changed: its default, and the table's own
+    where that holds what keeps that granularity's periods apart (config.UNIQUE_KEY_FIELDS: ``{period}`` fits
+    hours, days and months alike), as a template kept across the change does."""
+    fields = keys.template_fields(spec.key_template)
+    finer = GRANULARITIES[:GRANULARITIES.index(spec.granularity)]
+    return {granularity: tuple(dict.fromkeys([default, *([spec.key_template] if any(
+        needed <= fields for needed in UNIQUE_KEY_FIELDS[granularity]) else [])]))
+        for granularity, default in DEFAULT_KEY_TEMPLATES.items()
+        if granularity in finer or empty and granularity != spec.granularity}
 
 
 def _same_rows(manifest: dict, table: SourceTable, fp: fingerprint.Fingerprint) -> bool:
@@ -440,7 +471,7 @@ class _Archiving:
                     fp: fingerprint.Fingerprint | None = None
                     fp_seconds = 0.0
                     elsewhere = self._removed_elsewhere(existing)
-                    before = None if elsewhere is not None or overwrite else self._archived_elsewhere(existing)
+                    before = self._current_elsewhere(existing, elsewhere, overwrite)
                     decides = elsewhere is not None or before is not None or \
                         self._decided_by_fingerprint(existing, overwrite)
                     estimate = None if decides else estimated_rows(self.conn, table, where)
@@ -464,8 +495,9 @@ class _Archiving:
                             self._refuse_removed(existing, fp)
                             if elsewhere is not None:
                                 self._refuse_removed_elsewhere(elsewhere, table, fp, overwrite)
-                            elif before is not None and self._keep(before[1].manifest, identity, table, fp, overwrite):
-                                # the day's current archive, under another format or key, holds these rows: archived
+                            if before is not None and self._keep(before[1].manifest, identity, table, fp, overwrite):
+                                # the day's current archive, under another format or key, holds these rows (a
+                                # removed one's rows back exactly): archived
                                 return self._skipped(before[1].manifest, table, snapshot, fp_seconds,
                                                      keys.manifest_key(before[0]))
                         if fp.algorithm != fingerprint.ALGORITHM:  # decided by an older archive's algorithm: the
@@ -519,6 +551,7 @@ class _Archiving:
                         if fp.rows == 0:  # fingerprinted alongside: an empty day after all, nothing to publish
                             upload.abort()
                             upload, stats = None, no_rows
+                    self._refuse_removed_in_overlapping(existing, table, fp, overwrite)  # (before it is published)
                 extracted = time.perf_counter()  # the read transaction has ended here
                 same_printed_names(self.conn, table, labels)
                 same_shapes(self.conn, table, composites, where)
@@ -801,39 +834,80 @@ class _Archiving:
         for other in [*listed, *self.former_keys]:  # (a former key lives under another prefix: read, not listed)
             if (found := self._removal_at(other, self.day, existing)) is not None:
                 return found
-        return self._removed_in_overlapping(existing)
+        return None
 
-    def _removal_at(self, key: str, period: Period, existing: Existing) -> Existing | None:
+    def _removal_at(self, key: str, period: Period, existing: Existing, shared: bool = False) -> Existing | None:
         """What is at ``key`` where its manifest (read loosely: a damaged one's mark still counts) marks ``period``
-        of this table removed from the source, else None."""
-        raw = _get_manifest_bytes(self.store, keys.manifest_key(key))
+        of this table removed from the source, else None. ``shared``: the manifest is read once per run (a key no
+        run of the table as now configured writes, see ``_removed_in_overlapping``)."""
+        mkey = keys.manifest_key(key)
+        raw = once_per_store(self.store, ("manifest", mkey), functools.partial(_get_manifest_bytes, self.store, mkey)) \
+            if shared else _get_manifest_bytes(self.store, mkey)
         loose = _loose_manifest(Existing(None, raw, None, None))
         if loose is None or not loose.get("removed") or foreign_manifest(loose, self.spec.name, period.isoformat()):
             return None
         self._read_from[id(loose)] = (loose, keys.manifest_key(key))  # (where its record is read from)
         return Existing(loose, raw, None, existing.listing)
 
-    def _removed_in_overlapping(self, existing: Existing) -> Existing | None:
-        """A removal recorded for a period of the table's other granularities that overlaps this one (the day of
-        an hour, the month of a day, a day or hour of a month), under that granularity's default key template,
-        else None: the table's granularity changed since, and its rows left the source with that period's
-        archive, so an empty (or partly emptied) source here is no fresh period. One listing per granularity (of
-        what its keys of the overlapping periods share; the day's own listing where it covers them), then a GET
-        of each listed key's manifest."""
-        candidates = keys.overlapping_period_keys(self.spec, self.day, self.store.prefix, DEFAULT_KEY_TEMPLATES)
+    def _refuse_removed_in_overlapping(self, existing: Existing, table: SourceTable, fp: fingerprint.Fingerprint,
+                                       overwrite: bool) -> None:
+        """Refuse a period (before anything of it is published) whose rows left the source with a removed period of
+        the table's former granularity that overlaps it (``_refuse_removed_elsewhere``'s rule): the table's
+        granularity changed since, and an archive here would pass for the whole period, an empty one for a period
+        that never had rows, beside the removed rows' archive no run looks at again. A finer period (an hour of a
+        day, a day of a month) is looked for always: one removed took a part of this one, and the rest may still be
+        in the source. A coarser one (the day of an hour, the month of a day) only where the source holds no row
+        of this period: its removal took all of them, so rows there now came after it and are archived as this
+        period's (its archive stays where it is). A day of the default template, whose hours' keys are in its own
+        listing, pays no request for this unless it is empty (see ``_removed_in_overlapping``)."""
+        found = self._removed_in_overlapping(existing, empty=not fp.rows)
+        if found is not None:
+            self._refuse_removed_elsewhere(found, table, fp, overwrite)
+
+    def _removed_in_overlapping(self, existing: Existing, empty: bool) -> Existing | None:
+        """A removal of rows recorded for a period of the table's other granularities that overlaps this one, under
+        that granularity's default key template or the table's own where it fits that granularity (see
+        ``_overlapping_templates``: which granularities, ``empty`` or not), else None. One listing per granularity
+        and template (of what its keys of the overlapping periods share; the day's own listing where it covers
+        them), then a GET of each listed key's manifest; neither is paid again by the run's later periods that ask
+        the same (a range's days of one month: see listing.once_per_store): no run of the table as it is now
+        configured writes those keys."""
+        groups = keys.overlapping_period_keys(self.spec, self.day, self.store.prefix,
+                                              _overlapping_templates(self.spec, empty))
         own = keys.day_listing_prefixes(self.key) if existing.listing is not None else []
-        names: set[str] = set()
-        for granularity in dict.fromkeys(period.granularity for _, period in candidates):
-            prefix = os.path.commonprefix([key for key, period in candidates if period.granularity == granularity])
-            if any(prefix.startswith(mine) for mine in own):
-                names.update(existing.listing)
-            else:
-                names.update(item["Key"] for item in self.store.list_keys(prefix))
-        listed = set(keys.listed_under([key for key, _ in candidates], names))
-        for key, period in candidates:
-            if key in listed and (found := self._removal_at(key, period, existing)) is not None:
-                return found
+        for group in groups:
+            prefix = os.path.commonprefix([key for key, _ in group])
+            covered = any(prefix.startswith(mine) for mine in own)
+            names = existing.listing if covered else listed_once(self.store, prefix)
+            listed = set(keys.listed_under([key for key, _ in group], names))
+            for key, period in group:
+                if key in listed and (found := self._removal_at(key, period, existing, not covered)) is not None \
+                        and found.manifest.get("rows") != 0:  # (a removal of no rows took none of this period's)
+                    return found
         return None
+
+    def _current_elsewhere(self, existing: Existing, elsewhere: Existing | None, overwrite: bool
+                           ) -> tuple[str, Existing] | None:
+        """(key, what is there) of the day's current archive where another key holds it, else None: the run judges
+        the day by that archive (skips onto it where it holds the source's rows), not by an older one at this key.
+        Without a removal found elsewhere: ``_archived_elsewhere`` (None with overwrite). With one (``elsewhere``)
+        where this key holds an intact archive: the removed one where manifest.current_archive picks it over
+        this key's, as restore, list, compare and a removal do (the format changed, the day archived again and
+        removed, the format changed back), read whole (a damaged one is never skipped onto: this key's rules
+        decide then); None where nothing is here (that removal's own rule decides, see
+        ``_refuse_removed_elsewhere``)."""
+        if elsewhere is None:
+            return None if overwrite else self._archived_elsewhere(existing)
+        if existing.manifest is None or existing.problem is not None:
+            return None
+        key = self._manifest_key_of(elsewhere.manifest)[:-len(keys.MANIFEST_SUFFIX)]
+        if key == self.key or current_archive([(self.key, existing.manifest), (key, elsewhere.manifest)])[0] != key:
+            return None
+        there = read_existing(self.store, key)
+        if there.manifest is None or there.problem is not None:
+            return None
+        self._read_from[id(there.manifest)] = (there.manifest, keys.manifest_key(key))
+        return key, there
 
     def _archived_elsewhere(self, existing: Existing) -> tuple[str, Existing] | None:
         """(key, what is there) of the day's current archive, not marked removed, under another format's or codec's
@@ -1460,16 +1534,7 @@ def _identity(conn: psycopg.Connection) -> SourceIdentity:
 
 def _loose_manifest(existing: Existing) -> dict | None:
     """The stored manifest's JSON even where it failed its checks (to honour a ``removed`` mark)."""
-    if existing.raw is None:
-        return None
-    with contextlib.suppress(ValueError, TypeError, RecursionError):
-        loose = json.loads(existing.raw)
-        if not isinstance(loose, dict):
-            return None
-        if loose.get("removed") and not isinstance(loose["removed"], dict):  # a mark itself damaged: still a mark
-            loose["removed"] = {"at": "an unknown time (its removal mark is damaged)", "state": "done"}
-        return loose
-    return None
+    return loose_manifest(existing.raw)
 
 
 def _readers(fmt, plan) -> int:

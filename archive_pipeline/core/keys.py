@@ -11,7 +11,8 @@ import datetime as dt
 import functools
 import json
 import re
-from collections.abc import Iterable, Iterator
+import string
+from collections.abc import Iterable, Iterator, Sequence
 
 from archive_pipeline.core.periods import Period, as_period, has_dst, parse_period, periods_overlapping
 
@@ -350,22 +351,31 @@ def other_extension_keys(spec, day: Period | dt.date | str, prefix: str = "") ->
     return sorted(rendered - {table_day_key(spec, period, prefix)})
 
 
-def overlapping_period_keys(spec, day: Period, prefix: str, templates: dict[str, str]) -> list[tuple[str, Period]]:
+def template_fields(template: str) -> set[str]:
+    """The fields a key template names (``{date}``, ``{period}``...)."""
+    return {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+
+
+def overlapping_period_keys(spec, day: Period, prefix: str, templates: dict[str, Sequence[str]]
+                            ) -> list[list[tuple[str, Period]]]:
     """(key, period) for every period of the table's other granularities that overlaps ``day``, in the table's zone,
-    as that granularity's default template (``templates``: config.DEFAULT_KEY_TEMPLATES, which this module cannot
-    import) renders it in every format and codec: where the period's rows were archived, and perhaps removed from
-    the source, before the table's granularity changed (the day of an hour, the month of a day, the days or hours of
-    a month). Deterministic, so they are found by listing, not guessed."""
-    found = []
-    for granularity, template in templates.items():
+    as each of that granularity's ``templates`` renders it in every format and codec: where the period's rows were
+    archived, and perhaps removed from the source, before the table's granularity changed (the day of an hour, the
+    month of a day, the days or hours of a month). ``templates``: per granularity, its default template
+    (config.DEFAULT_KEY_TEMPLATES, which this module cannot import) and the table's own where it fits that
+    granularity too (a template kept across the change). One group per granularity and template: the keys of a group
+    share what one listing of their common prefix shows (those of two templates may share little but the table's
+    folder). Deterministic, so they are found by listing, not guessed."""
+    groups = []
+    for granularity, of_granularity in templates.items():
         if granularity == spec.granularity:
             continue
-        for period in periods_overlapping(granularity, spec.timezone, day.utc_start, day.utc_end):
-            fields = period.fields()
-            found += [(key, period) for key in sorted({
-                _render(template, prefix, spec.schema_name, spec.table_name, fields, fmt, codec)
-                for fmt in FORMAT_EXTENSIONS for codec in CODEC_EXTENSIONS})]
-    return found
+        periods = periods_overlapping(granularity, spec.timezone, day.utc_start, day.utc_end)
+        for template in dict.fromkeys(of_granularity):
+            groups.append([(key, period) for period in periods for key in sorted({
+                _render(template, prefix, spec.schema_name, spec.table_name, period.fields(), fmt, codec)
+                for fmt in FORMAT_EXTENSIONS for codec in CODEC_EXTENSIONS})])
+    return groups
 
 
 def listed_under(day_keys: list[str], listed) -> list[str]:

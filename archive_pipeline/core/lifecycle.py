@@ -42,8 +42,8 @@ from archive_pipeline.core.discovery import day_children, partition_of_day, pinn
 from archive_pipeline.core.errors import ArchiveError, named, note_cancelled, redact, sql_name
 from archive_pipeline.core.leftovers import day_listing, tidy_day
 from archive_pipeline.core.locks import require_autocommit, table_day_lock
-from archive_pipeline.core.manifest import ManifestError, SourceIdentity, decode_manifest, decoded_manifest, \
-    encode_manifest, foreign_manifest, layout_change, removal_state, stored_object_problems, under_another_format
+from archive_pipeline.core.manifest import ManifestError, SourceIdentity, day_archive, decode_manifest, \
+    decoded_manifest, encode_manifest, foreign_manifest, layout_change, removal_state, stored_object_problems
 from archive_pipeline.core.periods import UNIT, Period
 from archive_pipeline.core.source import (SNAPSHOT_SETTINGS, SourceTable, day_filter, describe_relation, detaching,
                                           explain, pending_detach_error, relation_name, relation_shapes,
@@ -163,7 +163,7 @@ def _remove_day(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date
     with table_day_lock(conn, spec.name, day):
         key = keys.table_day_key(spec, day, store.prefix)
         manifest = _trusted_manifest(store, spec, day, key)
-        if manifest is None and (other := _archive_key_trusted(store, spec, day, key, former_keys)) != key:
+        if (other := _archive_key_trusted(store, spec, day, key, manifest, former_keys)) != key:
             key, manifest = other, _trusted_manifest(store, spec, day, other)
         if manifest is None:
             if not _has_rows(conn, spec, day):  # an empty partition made ahead, a repeated hour's first occurrence
@@ -332,28 +332,45 @@ def refuse_layout_change(spec: TableSpec, day: Period, manifest: dict) -> None:
 
 
 def archive_key(store: S3Store, spec: TableSpec, day: Period, former_keys: Sequence[str] = ()) -> str:
-    """The key of the day's archive: the one the configuration renders, else (nothing there) the day's key under
-    another format or codec (the table's format changed since) or one of ``former_keys`` (where the day's last
-    materialization recorded it: the key_template or prefix changed since), else the rendered one. list, verify,
-    compare and restore find the day there: a removal called such a day unarchived, and told to archive it again."""
+    """The key of the day's current archive (manifest.day_archive's choice, as the archive run, restore, list and
+    compare make it): the one the configuration renders, or the day's key under another format or codec where the
+    record there was committed later (the format changed since; or changed, the day archived again, and changed
+    back: the one at the rendered key is then superseded, and proving the source against it called the day changed);
+    with neither, one of ``former_keys`` (where the day's last materialization recorded it: the key_template or
+    prefix changed since), else the rendered one. A removal and prune prove and mark the day there."""
     key = keys.table_day_key(spec, day, store.prefix)
-    if decoded_manifest(store, keys.manifest_key(key)) is not None:
-        return key
-    found = under_another_format(store, spec, day)
-    if found is not None:
-        return found[0]
-    return next((k for k in former_keys if decoded_manifest(store, keys.manifest_key(k)) is not None), key)
+    return _current_key(store, spec, day, key, decoded_manifest(store, keys.manifest_key(key)), former_keys)
 
 
-def _archive_key_trusted(store: S3Store, spec: TableSpec, day: Period, key: str, former_keys: Sequence[str]) -> str:
-    """:func:`archive_key`, where a damaged manifest under the day's other format's key refuses the removal, as
+def _current_key(store: S3Store, spec: TableSpec, day: Period, key: str, manifest: dict | None,
+                 former_keys: Sequence[str]) -> str:
+    """:func:`archive_key`, given the manifest at the rendered ``key`` (None: none there)."""
+    found, current = day_archive(store, spec, day, key, manifest)
+    if current is not None:
+        return found
+    for former in former_keys:
+        try:
+            if decoded_manifest(store, keys.manifest_key(former)) is not None:
+                return former
+        except ManifestError as exc:
+            exc.key = former
+            raise
+    return key
+
+
+def _archive_key_trusted(store: S3Store, spec: TableSpec, day: Period, key: str, manifest: dict | None,
+                         former_keys: Sequence[str]) -> str:
+    """:func:`archive_key` (``manifest``: the one at the rendered ``key``, read already), where a damaged manifest
+    that could be the day's current archive, under another format's key or a former one, refuses the removal, as
     one at its own key does (see :func:`_trusted_manifest`)."""
     try:
-        return archive_key(store, spec, day, former_keys)
+        return _current_key(store, spec, day, key, manifest, former_keys)
     except ManifestError as exc:
-        raise RemovalRefused(f"{spec.name} {day} stays in the source: nothing is at {store.uri(key)}, and a manifest "
-                             f"of the day under the table's former format or codec in {store.uri(keys.day_prefix(key))} "
-                             f"cannot be trusted ({exc.message})", table=spec.name, day=day.isoformat(),
+        damaged = store.uri(keys.manifest_key(exc.key or key))
+        raise RemovalRefused(f"{spec.name} {day} stays in the source: the day's manifest {damaged}, under the table's "
+                             f"former format or key, cannot be trusted ({exc.message}); it may record the day's "
+                             "current archive, so no older one is proven in its place", table=spec.name,
+                             day=day.isoformat(),
                              remedy=exc.remedy or "archive the day again (overwrite) or restore that manifest from a "
                                                   "backup of the bucket") from None
 

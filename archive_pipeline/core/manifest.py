@@ -11,9 +11,11 @@ at rest is recognised as "no valid archive" rather than trusted.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
+import logging
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +37,7 @@ from archive_pipeline.core.store import MAX_SMALL_OBJECT_BYTES, OVERSIZED, OWN_D
 # fingerprint it could not compute for "archive again" and re-archived a changed day over it. Versions 2 and 3
 # are read alike.
 MANIFEST_VERSION = 3
+log = logging.getLogger(__name__)
 _CHECKSUM_FIELD = "manifest_sha256"
 
 
@@ -42,6 +45,7 @@ class ManifestError(ValueError):
     """A manifest that cannot be trusted: not JSON, not ours, or its checksum does not match."""
 
     remedy: str | None = None  # what to do, where it differs from the caller's (restore it, archive again)
+    key: str | None = None  # the data key whose manifest it is, where a caller read the day's keys under other formats
 
     @property
     def message(self) -> str:
@@ -698,6 +702,12 @@ def removal_state(manifest: dict | None) -> str | None:
     return ((manifest or {}).get("removed") or {}).get("state")
 
 
+def manifest_bytes(store, manifest_key: str) -> bytes | None:
+    """The stored bytes at ``manifest_key`` (None: none there), verified against the store's checksum where it
+    keeps one (``get_verified_bytes``; a test's or an older store object may only have ``get_bytes_or_none``)."""
+    return (getattr(store, "get_verified_bytes", None) or store.get_bytes_or_none)(manifest_key)
+
+
 def decoded_manifest(store, manifest_key: str) -> dict | None:
     """The manifest at ``manifest_key`` decoded, or None if there is none. One that does not decode is read
     again before it is called damaged: without MD5 ETags (``verify_etags: false``, SSE-KMS) or a checksum the
@@ -706,14 +716,13 @@ def decoded_manifest(store, manifest_key: str) -> dict | None:
     a failed read (retryable); the same bytes twice are the store's."""
     from archive_pipeline.core.store import DownloadError  # (the store knows nothing of manifests)
 
-    getter = getattr(store, "get_verified_bytes", None) or store.get_bytes_or_none
-    raw = getter(manifest_key)
+    raw = manifest_bytes(store, manifest_key)
     if raw is None:
         return None
     try:
         manifest = decode_manifest(raw)
     except ManifestError:
-        again = getter(manifest_key)
+        again = manifest_bytes(store, manifest_key)
         if again is not None and again != raw:
             raise DownloadError(f"reading {store.uri(manifest_key)} gave two different answers (damaged on the way); "
                                 "the run will be retried", retryable=True,
@@ -742,8 +751,10 @@ def under_another_format(store, spec, day, listed: set[str] | None = None, *,
     table's format or compression changed; with ``{ext}`` in the template that moves the day's key), the day's
     current one where there are several (see :func:`current_archive`); None if there is none. ``listed``: the keys
     a listing already found (one LIST of the day's prefix otherwise; where that fails, each former key's manifest is
-    asked for, unless ``asked_one_by_one`` is off: the listing's error is raised)."""
-    return current_archive(_other_format_archives(store, spec, day, listed, asked_one_by_one))
+    asked for, unless ``asked_one_by_one`` is off: the listing's error is raised). A damaged manifest there raises
+    its ManifestError where it could be the current one (see :func:`day_archive`)."""
+    found = day_archive(store, spec, day, "", None, listed, asked_one_by_one=asked_one_by_one)  # (only the others)
+    return found if found[1] is not None else None
 
 
 def day_archive(store, spec, day, key: str, manifest: dict | None, listed: set[str] | None = None, *,
@@ -751,11 +762,37 @@ def day_archive(store, spec, day, key: str, manifest: dict | None, listed: set[s
     """(key, manifest) of the day's current archive: ``manifest`` (read at its rendered ``key``; None if there is
     none) or one under another format's or codec's key, whichever :func:`current_archive` picks. Not the rendered
     key's alone: a format changed and changed back leaves the day's newer archive (the one its removal was proven
-    against, say) under the other format, and the one at the rendered key is then a superseded one. restore,
-    list, compare and verify read the day through this; ``listed`` and ``asked_one_by_one``: see
-    :func:`under_another_format`."""
-    found = _other_format_archives(store, spec, day, listed, asked_one_by_one)
-    return current_archive([*([(key, manifest)] if manifest is not None else []), *found]) or (key, manifest)
+    against, say) under the other format, and the one at the rendered key is then a superseded one. The archive
+    run, restore, list, compare, verify and a removal read the day through this; ``listed`` and
+    ``asked_one_by_one``: see :func:`under_another_format`.
+
+    A manifest under another format's key that fails its checks is not the day's current archive where what it
+    still reads as (its JSON) shows it older than the one chosen, as the archive run, which never skips onto it,
+    has it: left out, with a warning, so a damaged superseded manifest does not make an intact archive unreadable.
+    Where it could be the current one (it says it is later, or a removal, or says nothing readable, or there is
+    no other), its ManifestError is raised, naming its key (``key``): an older archive is not read in its place."""
+    found, damaged = _other_format_archives(store, spec, day, listed, asked_one_by_one,
+                                            key if manifest is not None else None)
+    current = current_archive([*([(key, manifest)] if manifest is not None else []), *found])
+    for other, loose, exc in damaged:
+        if current is None or _could_be_later(loose, other, current):
+            exc.key = other
+            raise exc
+        log.warning("%s %s: the manifest %s fails its checks (%s) and records an archive older than the day's "
+                    "current one, %s: left out", spec.name, as_period(spec.granularity, spec.timezone, day),
+                    store.uri(keys.manifest_key(other)), exc.message, store.uri(keys.manifest_key(current[0])))
+    return current or (key, manifest)
+
+
+def _could_be_later(loose: dict | None, key: str, current: tuple[str, dict]) -> bool:
+    """Whether a damaged manifest, read loosely as ``loose`` (None: not even JSON), could be the day's current
+    archive rather than ``current``: :func:`current_archive` picks it, or it tells no time it was committed."""
+    if loose is None:
+        return True
+    with contextlib.suppress(TypeError, ValueError, AttributeError):
+        when = committed_at(loose)[0]
+        return when == _EARLIEST or current_archive([current, (key, loose)])[0] == key
+    return True
 
 
 def current_archive(found: list[tuple[str, dict]]) -> tuple[str, dict] | None:
@@ -780,6 +817,9 @@ def committed_at(manifest: dict) -> tuple[dt.datetime, int, int]:
     return _instant(mark.get("at") or archived), bool(mark), int(manifest.get("generation") or 1)
 
 
+_EARLIEST = dt.datetime.min.replace(tzinfo=dt.UTC)
+
+
 def _instant(value: object) -> dt.datetime:
     """A recorded time as a UTC instant; the earliest one for none or one that does not read as a time (an
     unchecked manifest's: it never outranks one whose time is known)."""
@@ -788,29 +828,65 @@ def _instant(value: object) -> dt.datetime:
     except ValueError:
         moment = None
     if moment is None:
-        return dt.datetime.min.replace(tzinfo=dt.UTC)
+        return _EARLIEST
     return (moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)).astimezone(dt.UTC)
 
 
-def _other_format_archives(store, spec, day, listed: set[str] | None, asked_one_by_one: bool
-                           ) -> list[tuple[str, dict]]:
+def _other_format_archives(store, spec, day, listed: set[str] | None, asked_one_by_one: bool, rendered: str | None
+                           ) -> tuple[list[tuple[str, dict]], list[tuple[str, dict | None, ManifestError]]]:
     """(key, manifest) of every archive of ``spec``'s ``day`` under another format's or codec's key (another
-    table-day's manifest there is not the day's); see :func:`under_another_format` for ``listed``."""
+    table-day's manifest there is not the day's), and (key, its JSON read loosely or None, why) of every manifest
+    there that fails its checks (see :func:`day_archive`); see :func:`under_another_format` for ``listed``.
+    ``rendered``: the rendered key, where it holds the day's archive: a listing refused then (a role without
+    s3:ListBucket, which S3 answers 403 for each missing key too) leaves the day to that archive, with a warning,
+    not to a GET of each other key that would fail it (such a role restored and listed such days before)."""
     others = keys.other_extension_keys(spec, day, store.prefix)
     if not others:
-        return []
+        return [], []
     if listed is None:
         from archive_pipeline.core.errors import ArchiveError  # (the listing's failure, as the store raises it)
 
         try:
             listed = {item["Key"] for prefix in {p for k in others for p in keys.day_listing_prefixes(k)}
                       for item in store.list_keys(prefix)}
-        except ArchiveError:  # the listing only saves requests: each former key's manifest is asked for instead
+        except ArchiveError as exc:  # the listing only saves requests: each other key's manifest is asked instead
+            if rendered is not None:
+                log.warning("%s %s: the day's keys under the table's other formats could not be listed (%s); its "
+                            "archive at %s is taken as its current one (one written under another format since "
+                            "is not looked for)", spec.name, as_period(spec.granularity, spec.timezone, day),
+                            exc.message, store.uri(rendered))
+                return [], []
             if not asked_one_by_one:  # (a dozen GETs a day: for a few days, not a range of years)
                 raise
             listed = None
     candidates = keys.listed_under(others, listed) if listed is not None else others
     iso = as_period(spec.granularity, spec.timezone, day).isoformat()
-    found = [(other, decoded_manifest(store, keys.manifest_key(other))) for other in candidates]
-    return [(other, manifest) for other, manifest in found
-            if manifest is not None and not foreign_manifest(manifest, spec.name, iso)]
+    found, damaged = [], []
+    for other in candidates:
+        try:
+            manifest = decoded_manifest(store, keys.manifest_key(other))
+        except NewerManifestError:  # not damaged: what it records is unknown to this version
+            raise
+        except ManifestError as exc:
+            loose = loose_manifest(manifest_bytes(store, keys.manifest_key(other)))
+            if loose is None or not foreign_manifest(loose, spec.name, iso):
+                damaged.append((other, loose, exc))
+            continue
+        if manifest is not None and not foreign_manifest(manifest, spec.name, iso):
+            found.append((other, manifest))
+    return found, damaged
+
+
+def loose_manifest(raw: bytes | None) -> dict | None:
+    """A stored manifest's JSON even where it fails its checks (to honour a ``removed`` mark, to tell when it was
+    committed), or None (none, or not a JSON object)."""
+    if raw is None:
+        return None
+    with contextlib.suppress(ValueError, TypeError, RecursionError):
+        loose = json.loads(raw)
+        if not isinstance(loose, dict):
+            return None
+        if loose.get("removed") and not isinstance(loose["removed"], dict):  # a mark itself damaged: still a mark
+            loose["removed"] = {"at": "an unknown time (its removal mark is damaged)", "state": "done"}
+        return loose
+    return None

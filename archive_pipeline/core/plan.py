@@ -191,7 +191,8 @@ def lookup_manifests(store: S3Store, spec: TableSpec, days: list) -> dict[Period
             if current != key:
                 key = current
                 manifest = load_manifest(store, key, (spec.name, day.isoformat()))
-        except ValueError as exc:
+        except ValueError as exc:  # (``key``: one under another format's key that may be the day's current archive)
+            key = getattr(exc, "key", None) or key
             result[day] = ManifestLookup(key, None, f"manifest {manifest_key(key)} is unreadable: {exc}")
             continue
         except ArchiveError as exc:  # the read failed (a 503, a timeout): this day is not checked, the others are

@@ -663,9 +663,10 @@ def find_manifest(store: S3Store, spec: TableSpec, day: Period | dt.date | str) 
         raise RestoreError(f"reading the manifest of {spec.name} for {day} failed: {exc.message}; nothing was restored",
                            table=spec.name, day=day.isoformat(), retryable=exc.retryable, remedy=exc.remedy,
                            cause=exc.cause) from exc
-    except ManifestError as exc:
-        raise RestoreError(f"the manifest {store.uri(keys.manifest_key(key))} of {spec.name} for {day} cannot be "
-                           f"trusted ({exc.message}); nothing was restored", table=spec.name, day=day.isoformat(),
+    except ManifestError as exc:  # (``exc.key``: one under another format's key that may be the day's current)
+        raise RestoreError(f"the manifest {store.uri(keys.manifest_key(exc.key or key))} of {spec.name} for {day} "
+                           f"cannot be trusted ({exc.message}); nothing was restored", table=spec.name,
+                           day=day.isoformat(),
                            remedy=exc.remedy or "restore it from a replica or backup of the bucket, or archive the "
                                                 "day again if the source still has it") from None
     if (other := another_period(manifest, day)) is not None:  # (daily to monthly: the month's first day's archive)

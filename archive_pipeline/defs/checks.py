@@ -121,10 +121,11 @@ def object_link(archive_store: ArchiveStoreResource, result: "ArchiveResult") ->
 
 def _archived_again(store: S3Store, key: str, expected: dict, owner: tuple[str, str]) -> str | None:
     """Which later archive of the day replaced the one ``expected`` records (its object key; a day recorded empty:
-    its manifest alone), or None: the day's manifest still names the recorded object (is still empty), or is not
-    a manifest to go by (a ManifestError: the problems found stand). A read that failed (a 503, a dropped
-    connection, access denied) tells neither: it is raised, naming table and day, so that a passing fault fails the
-    check as retryable instead of making an archive replaced since "NOT as recorded"."""
+    its manifest alone, archived again empty as a later generation too), or None: the day's manifest still names the
+    recorded object (is still the recorded empty one), or is not a manifest to go by (a ManifestError: the problems
+    found stand). A read that failed (a 503, a dropped connection, access denied) tells neither: it is raised, naming
+    table and day, so that a passing fault fails the check as retryable instead of making an archive replaced since
+    "NOT as recorded"."""
     recorded, empty = expected.get("object_key"), bool(expected.get("empty"))
     if not recorded and not empty:
         return None
@@ -136,11 +137,20 @@ def _archived_again(store: S3Store, key: str, expected: dict, owner: tuple[str, 
         return None
     except ArchiveError as exc:
         raise named(exc, *owner)
-    now = (current or {}).get("object") or {}
-    if current is None or (not now.get("key") if empty else now.get("key") == recorded):
+    if current is None:
         return None
+    now = current.get("object") or {}
     then = expected.get("generation")
-    if isinstance(then, int) and not isinstance(then, bool) and int(current.get("generation", 1) or 1) <= then:
+    known = isinstance(then, int) and not isinstance(then, bool)
+    generation = int(current.get("generation", 1) or 1)
+    if empty:  # still empty, unless a later generation says it was archived again (the command line's overwrite of
+        # a day still without rows: the same content, a new manifest)
+        still = not now.get("key") and not (known and generation > then)
+    else:
+        still = now.get("key") == recorded
+    if still:
+        return None
+    if known and generation <= then:
         return None  # an older (or the same) generation back in its place: not archived again, rolled back
     return f"generation {current.get('generation', 1)}, {now.get('key') or 'no object: an empty day'}"
 
@@ -173,9 +183,11 @@ def verify_result(store: S3Store, spec: TableSpec, day: dt.date, expected: dict,
         problems = verify.verify_archive(store, key, {}, deep=deep, owner=owner, temp_dir=temp_dir)
         verified = f"archived again since this was recorded ({replaced}); that archive checked as its manifest says"
         checked = object_key(verify.load_manifest(store, key, owner))
-        if spec.deep_check and conn is None:
+        if spec.deep_check and conn is None and not (expected.get("empty") and not checked):
             # a re-check: the proof recorded is of the archive replaced, and this one (the command line's, or a run's
             # that recorded nothing) was never proven; its object's check cannot stand for the proof deep_check wants
+            # (a day recorded empty and archived again empty has no object to load back: its manifest is all there
+            # is, as _recheck has it for a day recorded empty)
             problems.append(f"archived again since this was recorded ({replaced}), outside Dagster, and that "
                             f"archive's content was never proven against the source (deep_check); a re-check of the "
                             f"object cannot prove it: {PROVE_IT}")
