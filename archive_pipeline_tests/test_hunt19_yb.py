@@ -31,6 +31,19 @@ def _blocked_by(conn, holder: psycopg.Connection, timeout: float = 60) -> int:
     raise AssertionError("the command never waited for the lock")
 
 
+def restore_range_as(conn, pg, env: dict[str, str], role: str, days: list, into: str, target: str
+                     ) -> subprocess.CompletedProcess:
+    """The command line's ``restore --from <first> --to <last> --into <into> --target <target> --json`` run as
+    ``role`` (created by the caller), which is dropped afterwards with what it owns."""
+    env = {**env, "ARCHIVE_PG_DSN": psycopg.conninfo.make_conninfo(pg.dsn, user=role)}
+    try:
+        return cli(env, "restore", "--from", days[0].isoformat(), "--to", days[-1].isoformat(), "--into", into,
+                   "--target", target, "--json")
+    finally:
+        conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
 # --------------------------------------------------------------------------------------------------
 
 
@@ -69,13 +82,7 @@ def test_a_range_restore_refused_by_the_roles_setting_does_not_tell_to_restore_t
         conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(role))
         conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(schema), role))
         conn.execute(sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA {} TO {}").format(sql.Identifier(schema), role))
-    env["ARCHIVE_PG_DSN"] = psycopg.conninfo.make_conninfo(pg.dsn, user=f"{schema}_restorer")
-    try:
-        done = cli(env, "restore", "--from", days[0].isoformat(), "--to", days[2].isoformat(), "--into", "new",
-                   "--target", f"{schema}.back", "--json")
-    finally:
-        conn.execute(sql.SQL("DROP OWNED BY {}").format(role))
-        conn.execute(sql.SQL("DROP ROLE {}").format(role))
+    done = restore_range_as(conn, pg, env, f"{schema}_restorer", days, "new", f"{schema}.back")
     answer = json.loads(done.stdout)
     error = answer.get("error", "")
     assert (done.returncode, answer["days"]) == (2, []), (done.returncode, answer)  # refused, nothing restored

@@ -23,6 +23,7 @@ from psycopg import sql
 from archive_pipeline.core.archive import archive_partition
 from archive_pipeline.core.config import TableSpec, parse_config
 from archive_pipeline_tests.test_hunt17_wf import _env, _events, cli
+from archive_pipeline_tests.test_hunt19_yb import restore_range_as
 
 
 def test_a_range_restore_refused_by_the_targets_row_level_security_does_not_skip_its_first_day(
@@ -57,16 +58,9 @@ def test_a_range_restore_refused_by_the_targets_row_level_security_does_not_skip
     conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(role))
     conn.execute(sql.SQL("GRANT USAGE, CREATE ON SCHEMA {} TO {}").format(sql.Identifier(schema), role))
     conn.execute(sql.SQL("GRANT SELECT, INSERT ON ALL TABLES IN SCHEMA {} TO {}").format(sql.Identifier(schema), role))
-    env["ARCHIVE_PG_DSN"] = psycopg.conninfo.make_conninfo(pg.dsn, user=f"{schema}_rls")
-    try:
-        done = cli(env, "restore", "--from", days[0].isoformat(), "--to", days[2].isoformat(), "--into", "existing",
-                   "--target", f"{schema}.back", "--json")
-    finally:
-        conn.execute(sql.SQL("DROP OWNED BY {}").format(role))
-        conn.execute(sql.SQL("DROP ROLE {}").format(role))
+    done = restore_range_as(conn, pg, env, f"{schema}_rls", days, "existing", f"{schema}.back")
     answer = json.loads(done.stdout)
     error = answer.get("error", "")
-    print(done.returncode, error)
     assert answer["days"] == [], answer
     assert f"without {days[0]}" not in error and f"but for {days[0]}" not in error, error
     assert done.returncode == 2, (done.returncode, error)
