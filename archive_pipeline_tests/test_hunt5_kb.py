@@ -85,8 +85,9 @@ def test_parquet_memory_of_a_wide_table_does_not_grow_with_the_day(pg, s3, conn,
     rows_long, peak_long = peak_mb(pg, s3, bucket, temp_dir, spec, long, "archive")
     assert (rows_short, rows_long) == (4000, 16000)
     # (the bug grew +52 MB from 4,000 to 16,000 rows; the peak's own spread between runs on a 2-core machine, with
-    # the longer day fingerprinted by a second session alongside, reached +21 MB, at the last release's code too)
-    assert peak_long - peak_short < 30, (peak_short, peak_long)
+    # the longer day fingerprinted by a second session alongside, reached +21 MB at the last release's code, and
+    # +32 MB in a loaded run of the whole suite (thirty-fourth session): 40 keeps the bug well above it)
+    assert peak_long - peak_short < 40, (peak_short, peak_long)
 
 
 def test_restoring_a_big_array_from_parquet_stays_within_the_memory_goal(pg, s3, conn, schema, bucket, temp_dir):
