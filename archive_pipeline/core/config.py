@@ -22,7 +22,7 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr
                       field_validator, model_validator)
 
 from archive_pipeline.core.errors import redact
-from archive_pipeline.core.keys import extension_twins, key_collisions
+from archive_pipeline.core.keys import extension_twins, key_collisions, template_fields
 from archive_pipeline.core.periods import (Period, PeriodError, as_period, has_dst, offset_changes, period_starting_on,
                                            zone)
 
@@ -335,7 +335,7 @@ class TableSpec(_Strict):
     @model_validator(mode="after")
     def _fits_granularity(self) -> TableSpec:
         """The template, the naming pattern and the start fit the granularity, checked before anything runs."""
-        fields = {name for _, name, _, _ in string.Formatter().parse(self.key_template) if name is not None}
+        fields = template_fields(self.key_template)
         needed = UNIQUE_KEY_FIELDS[self.granularity]
         if not any(group <= fields for group in needed):
             options = " or ".join("{" + "}, {".join(sorted(g)) + "}" for g in needed)
