@@ -151,13 +151,19 @@ def test_a_day_removed_while_daily_is_archived_again_as_an_empty_hour_after_gran
     it was. Fix idea: before archiving an empty (or any) period, look for a removal mark on the overlapping periods'
     keys under the table's other granularities' default templates (one listing of the day's folder) -- or record the
     granularity change at load time and refuse periods overlapping removed ones."""
+    refuses_the_hour_of_a_removed_day(conn, schema, store, temp_dir)
+
+
+def refuses_the_hour_of_a_removed_day(conn, schema: str, store, temp_dir, **table) -> None:
+    """Archive and remove 2024-03-10 (5 rows at 14:01..14:05 UTC) of a daily table, configure it hourly (both with
+    ``table``'s settings), and assert that archiving the hour 2024-03-10-14:00 is refused as removed."""
     conn.execute(f"CREATE TABLE {schema}.ev (id int PRIMARY KEY, at timestamptz NOT NULL, note text)")
     conn.execute(f"INSERT INTO {schema}.ev SELECT g, '2024-03-10 14:00+00'::timestamptz + g * interval '1 minute', "
                  "'x' FROM generate_series(1, 5) g")
-    daily = _spec(schema)
+    daily = _spec(schema, **table)
     archived = archive_partition(conn, daily, DAY, store, temp_dir=temp_dir)
     assert remove_day(conn, daily, daily.period(DAY), store, temp_dir=temp_dir).rows == 5
-    hourly = _spec(schema, granularity="hourly")
+    hourly = _spec(schema, granularity="hourly", **table)
     try:
         result = archive_partition(conn, hourly, "2024-03-10-14:00", store, temp_dir=temp_dir)
     except ArchiveError as exc:

@@ -20,7 +20,7 @@ from archive_pipeline.defs.assets import job_name
 from archive_pipeline.local.local_stack import create_sample_events
 from archive_pipeline_tests.test_hunt18_xm import _config as _events_config
 from archive_pipeline_tests.test_hunt18_xm import _verify_archives
-from archive_pipeline_tests.test_hunt18_xn import DAY, _spec
+from archive_pipeline_tests.test_hunt18_xn import DAY, _spec, refuses_the_hour_of_a_removed_day
 
 PERIOD_TEMPLATE = "{prefix}/{schema}.{table}/{period}.{ext}"  # valid for hourly, daily and monthly alike
 
@@ -47,21 +47,7 @@ def test_a_removal_under_a_period_key_template_kept_across_a_granularity_change_
     Should: the run refuses the hour (DayRemovedError, permanent) naming the removed day's archive. Fix idea: in
     overlapping_period_keys render the table's own key_template too (it is valid for the former granularity where
     it holds ``{period}`` or the fields that granularity needs), beside the defaults."""
-    conn.execute(f"CREATE TABLE {schema}.ev (id int PRIMARY KEY, at timestamptz NOT NULL, note text)")
-    conn.execute(f"INSERT INTO {schema}.ev SELECT g, '2024-03-10 14:00+00'::timestamptz + g * interval '1 minute', "
-                 "'x' FROM generate_series(1, 5) g")
-    daily = _spec(schema, key_template=PERIOD_TEMPLATE)
-    archived = archive_partition(conn, daily, DAY, store, temp_dir=temp_dir)
-    assert remove_day(conn, daily, daily.period(DAY), store, temp_dir=temp_dir).rows == 5
-    hourly = _spec(schema, granularity="hourly", key_template=PERIOD_TEMPLATE)
-    try:
-        result = archive_partition(conn, hourly, "2024-03-10-14:00", store, temp_dir=temp_dir)
-    except ArchiveError as exc:
-        assert "remov" in str(exc).lower(), exc
-        return
-    pytest.fail(f"the hour 2024-03-10-14:00, whose 5 rows were removed from the source after {archived.key} was "
-                f"proven, was archived again from the empty source: rows {result.rows}, empty {result.empty}, at "
-                f"{result.manifest_key}")
+    refuses_the_hour_of_a_removed_day(conn, schema, store, temp_dir, key_template=PERIOD_TEMPLATE)
 
 
 def _set_back(conn, schema, store, temp_dir):
