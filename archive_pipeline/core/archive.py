@@ -49,7 +49,7 @@ from archive_pipeline.core.formats.common import (
 )
 from archive_pipeline.core.leftovers import day_listing, owned_by, same_source, stored_generations, tidy_day
 from archive_pipeline.core.lifecycle import settle_pending_removal
-from archive_pipeline.core.listing import listed_once, once_per_store
+from archive_pipeline.core.listing import listed_once
 from archive_pipeline.core.locks import require_autocommit, require_lock_held, table_day_lock
 from archive_pipeline.core.manifest import (
     ArchiveResult,
@@ -841,7 +841,7 @@ class _Archiving:
         of this table removed from the source, else None. ``shared``: the manifest is read once per run (a key no
         run of the table as now configured writes, see ``_removed_in_overlapping``)."""
         mkey = keys.manifest_key(key)
-        raw = once_per_store(self.store, ("manifest", mkey), functools.partial(_get_manifest_bytes, self.store, mkey)) \
+        raw = self.store.asked_once(("manifest", mkey), functools.partial(_get_manifest_bytes, self.store, mkey)) \
             if shared else _get_manifest_bytes(self.store, mkey)
         loose = _loose_manifest(Existing(None, raw, None, None))
         if loose is None or not loose.get("removed") or foreign_manifest(loose, self.spec.name, period.isoformat()):
@@ -870,7 +870,7 @@ class _Archiving:
         ``_overlapping_templates``: which granularities, ``empty`` or not), else None. One listing per granularity
         and template (of what its keys of the overlapping periods share; the day's own listing where it covers
         them), then a GET of each listed key's manifest; neither is paid again by the run's later periods that ask
-        the same (a range's days of one month: see listing.once_per_store): no run of the table as it is now
+        the same (a range's days of one month: see S3Store.asked_once): no run of the table as it is now
         configured writes those keys."""
         groups = keys.overlapping_period_keys(self.spec, self.day, self.store.prefix,
                                               _overlapping_templates(self.spec, empty))

@@ -11,9 +11,7 @@ import logging
 import os
 import re
 import urllib.parse
-import weakref
-from collections.abc import Callable, Hashable, Iterable
-from typing import TypeVar
+from collections.abc import Iterable
 
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.errors import ArchiveError
@@ -26,29 +24,11 @@ log = logging.getLogger(__name__)
 # period's key, of another length than the other hours'.
 _REPEATED_HOUR_OFFSET = re.compile(r"(?<=\d)[+-]\d{4}(?!\d)")
 _DIGIT = re.compile(r"\d")
-_T = TypeVar("_T")
-# What a store object (each run builds its own: a Dagster run's step, a command) was asked once, for its later asks
-_ASKED_ONCE: weakref.WeakKeyDictionary[S3Store, dict[Hashable, object]] = weakref.WeakKeyDictionary()
-
-
-def once_per_store(store: S3Store, what: Hashable, ask: Callable[[], _T]) -> _T:
-    """``ask()``'s answer, asked once per ``store`` object for ``what`` and shared by every later ask through it:
-    each run builds its own store, so the days of a range (or of a dry run) share one answer, and the next run asks
-    again. Only for what the run's own writes do not change: keys of another granularity's periods, which only a
-    configuration of that granularity writes (see archive._Archiving._removed_in_overlapping), asked the same by
-    every day of a month. A failed ask is not kept (the next day asks again)."""
-    try:
-        asked = _ASKED_ONCE.setdefault(store, {})
-    except TypeError:  # (a store object that cannot be weakly referenced: asked each time)
-        return ask()
-    if what not in asked:
-        asked[what] = ask()
-    return asked[what]  # type: ignore[return-value]
 
 
 def listed_once(store: S3Store, prefix: str) -> frozenset[str]:
-    """The keys under ``prefix``, listed once per store object (see :func:`once_per_store`, which says for what)."""
-    return once_per_store(store, ("list", prefix), lambda: frozenset(item["Key"] for item in store.list_keys(prefix)))
+    """The keys under ``prefix``, listed once per store object (see :meth:`S3Store.asked_once`, which says for what)."""
+    return store.asked_once(("list", prefix), lambda: frozenset(item["Key"] for item in store.list_keys(prefix)))
 
 
 def existing_keys(store: S3Store, keys: list[str]) -> set[str] | None:

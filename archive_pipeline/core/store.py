@@ -38,13 +38,14 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, replace
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any, BinaryIO
+from collections.abc import Callable, Hashable, Iterable, Iterator
+from typing import Any, BinaryIO, TypeVar
 
 from archive_pipeline.core.errors import ArchiveError, UploadError, classify, for_operation, is_cancellation, redact
 from archive_pipeline.core.keys import upload_marker_key, upload_marker_naming
 from archive_pipeline.core.sink import temp_dir_named
 
+_T = TypeVar("_T")
 KiB = 1 << 10
 MiB = 1 << 20
 GiB = 1 << 30
@@ -587,7 +588,18 @@ class S3Store:
         self.unquoted_etags = False  # ... or without their quotes
         self._answered_etags: dict[str, str] = {}  # MD5 of a manifest's bytes -> the ETag answered (see etag_of)
         self._proven_etags: dict[str, str] = {}  # key -> the ETag its verified download's bytes had
+        self._asked_once: dict[Hashable, object] = {}  # what this store was asked once, for later asks (see asked_once)
         _read_as_stored(client)
+
+    def asked_once(self, what: Hashable, ask: Callable[[], _T]) -> _T:
+        """``ask()``'s answer, asked once of this store object for ``what`` and shared by every later ask through it:
+        each run builds its own store, so the days of a range (or of a dry run) share one answer, and the next run asks
+        again. Only for what the run's own writes do not change: keys of another granularity's periods, which only a
+        configuration of that granularity writes (see archive._Archiving._removed_in_overlapping), asked the same by
+        every day of a month. A failed ask is not kept (the next day asks again)."""
+        if what not in self._asked_once:
+            self._asked_once[what] = ask()
+        return self._asked_once[what]  # type: ignore[return-value]
 
     def conditions(self, **wanted: str) -> dict[str, str]:
         """``wanted`` (IfNoneMatch, IfMatch) where the store takes conditional writes, else none."""
