@@ -348,11 +348,12 @@ def _passwords() -> tuple[str | None, ...]:
     return tuple(dsn_password(os.environ.get(name, "")) for name in (DSN_VAR, PRIMARY_DSN_VAR))
 
 
+_AGAIN = "run the command again (it tries once)"  # the core's "retried automatically", for one try of a command
 _CLI_WORDING = [  # what the core says of a Dagster run, and what it means for one try of a command
     (re.compile(r"; (?:the run|the download|the day) will be retried"), "; retryable"),
     (re.compile(r"transient, retried"), "transient"),
     # at a remedy's start, or a clause of it after "; " (the recovery conflict's remedy ends with it)
-    (re.compile(r"(; to fix: |^|; )retried automatically"), r"\1run the command again (it tries once)"),
+    (re.compile(r"(; to fix: |^|; )retried automatically"), r"\1" + _AGAIN),
     (re.compile(r"retrying later"), "try again later"),
     # remedies through settings the command line does not have: Dagster's pools, the resource's max_concurrency
     (re.compile(r"lower the pool limit or the store's max_concurrency"),
@@ -1507,10 +1508,20 @@ def restore(run: Run, into: str, target: str | None, on_conflict: str) -> None:
         configuration = _refuses_every_day(failure)
         message = _told(failure)
         failed_table, failed_day = getattr(failure, "table", None), getattr(failure, "day", None)
-        if not lost and failed_table and failed_day and getattr(failure, "retryable", None) is False:
+        failure_retryable = getattr(failure, "retryable", None)
+        for_good = failure_retryable is False
+        if failed_table and failed_day and (results or (for_good and not lost)):
+            # after committed days, a day that may work on another try is tried again by the rest of the range,
+            # never by the same command, which would load the committed days a second time (a table of the
+            # user's without a day column cannot tell them apart)
+            if not for_good:
+                message = message.replace(_AGAIN, f"{_AGAIN} for the rest of the range only, as after 'then:' (over "
+                                                  "the whole range it would load the days listed above a second "
+                                                  "time into a target that cannot tell them apart: one of yours "
+                                                  "without a day column)")
             message += _restore_then(run, chosen, results, failed_table, failed_day, into, target, on_conflict,
-                                     alike=configuration)
-        payload.update(error=message, retryable=True if lost else getattr(failure, "retryable", None),
+                                     alike=configuration, retry=not for_good)
+        payload.update(error=message, retryable=True if lost else failure_retryable,
                        exit_code=EXIT_UNREACHABLE if lost else EXIT_USAGE if configuration else EXIT_DIFFERENCES)
     run.emit(payload, render)
     if failure is not None:
@@ -1534,18 +1545,20 @@ def _refuses_every_day(exc: BaseException) -> bool:
 
 
 def _restore_then(run: Run, chosen: list, results: list, table: str, day: str, into: str, target: str | None,
-                  on_conflict: str, alike: bool) -> str:
-    """What follows a range restore's error for a day that failed for good: the command that restores the rest
-    (the same command again would load the committed days a second time, or stop at the same day). A day of its
-    own (damaged, its rows refused) is left out of it; a cause that refuses every day ``alike`` is fixed first,
-    and the rest then starts at that day, or, nothing restored, the same command restores the whole range."""
+                  on_conflict: str, alike: bool, retry: bool = False) -> str:
+    """What follows a range restore's error for a day that failed for good, or after committed days: the command
+    that restores the rest (the same command again would load the committed days a second time, or stop at the
+    same day). A day of its own (damaged, its rows refused) is left out of it; a cause that refuses every day
+    ``alike`` is fixed first, and the rest then starts at that day, or, nothing restored, the same command restores
+    the whole range; a day that may work on another try (``retry``: the store throttling) starts the rest too."""
     if alike and not results:
         return (f"; then, once that is fixed, run the command again for the whole range (no day of it was restored; "
                 f"{day} failed only for coming first)")
     created = next((r.target for r in results if r.table == table), None)
+    again = alike or retry
     return "; then: " + _for_the_cli(_the_rest(run, chosen, table, day, into, target or created, on_conflict,
-                                               skipped="" if alike else day, created=created is not None,
-                                               inclusive=alike))
+                                               skipped="" if again else day, created=created is not None,
+                                               inclusive=again))
 
 
 def _the_rest(run: Run, chosen: list, table: str, after: str, into: str, target: str | None, on_conflict: str,
