@@ -1521,7 +1521,8 @@ def restore(run: Run, into: str, target: str | None, on_conflict: str) -> None:
                                                   "without a day column)")
             message += _restore_then(run, chosen, results, failed_table, failed_day, into, target, on_conflict,
                                      alike=configuration, retry=not for_good)
-        payload.update(error=message, retryable=True if lost else failure_retryable,
+        # (a day whose COMMIT got no answer, into a target that cannot tell it: not retryable, even if lost)
+        payload.update(error=message, retryable=False if for_good else True if lost else failure_retryable,
                        exit_code=EXIT_UNREACHABLE if lost else EXIT_USAGE if configuration else EXIT_DIFFERENCES)
     run.emit(payload, render)
     if failure is not None:

@@ -2646,6 +2646,9 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
     _refuse_standby(conn, table, day)
     to_create: list[Relation] = []
     finished: list[bool] = []  # the day's transaction committed: a cancellation after it leaves the day restored
+    committing: list[bool] = []  # its COMMIT was sent: a connection lost from here may have lost only the answer
+    marked: set[str] | None = None
+    by_added = False
     relation: Relation | None = None
     try:
         relation = None if target is None else _target(conn, target)
@@ -2675,7 +2678,7 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
                 _unsure_after_another(conn, exc, manifest, into, relation, original)
                 raise exc from None
             stack.enter_context(_writable(conn))
-            with _committed(conn, finished):  # (its transaction)
+            with _committed(conn, finished, committing):  # (its transaction)
                 # the manifest's type names read as the archive wrote them, under PostgreSQL's names first (a
                 # role's path with an Oracle-compatibility "date" before pg_catalog created the wrong type)
                 apply_settings(conn.execute, {"search_path": CATALOG_FIRST})
@@ -2742,6 +2745,9 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
         exc.table, exc.day = exc.table or table, exc.day or day
         raise exc from exc.__cause__
     except Exception as exc:
+        if committing and not (isinstance(exc, psycopg.Error) and exc.sqlstate and not conn.closed):
+            # (a COMMIT the server answered with an error, a deferred trigger's, was rolled back: said below)
+            raise _commit_unanswered(exc, manifest, relation, tellable=marked is not None or not by_added) from exc
         found = classify(exc)
         # whose the cause is: the target's, the role's (every day alike), or the day's archive's; None: its class's
         every_day: bool | None = None
@@ -2914,11 +2920,34 @@ def _outside_partitions(conn: psycopg.Connection, exc: psycopg.errors.CheckViola
 
 
 @contextlib.contextmanager
-def _committed(conn: psycopg.Connection, finished: list[bool]) -> Iterator[None]:
-    """``conn.transaction()``, noting in ``finished`` that it committed."""
+def _committed(conn: psycopg.Connection, finished: list[bool], committing: list[bool]) -> Iterator[None]:
+    """``conn.transaction()``, noting in ``committing`` that its COMMIT is sent (its answer lost, it may have
+    happened) and in ``finished`` that it committed."""
     with conn.transaction():
         yield
+        committing.append(True)
     finished.append(True)
+
+
+def _commit_unanswered(exc: Exception, manifest: dict, relation: Relation | None, *, tellable: bool) -> RestoreError:
+    """The day's COMMIT got no answer (the connection lost while it was awaited: a failover, a dropped network, a
+    synchronous standby that never answered): it may have happened, so "nothing was restored" would be wrong and a
+    blind retry into a target that cannot tell the day's rows apart (``tellable`` False: no day column, no restore
+    mark) would load them a second time. As a removal's COMMIT without an answer is said (lifecycle._remove)."""
+    table, day = manifest.get("table"), manifest.get("day")
+    cause = (f"the database connection was lost while the day's COMMIT was awaited ({type(exc).__name__}: "
+             f"{str(exc).splitlines()[0]})")
+    if tellable:
+        remedy = (f"run the restore of the day again: it finds the day restored in {relation} if the COMMIT happened "
+                  "(by its restore mark, or its rows there having the archive's fingerprint), and restores it if not")
+    else:
+        remedy = (f"look at {relation} first: it has no day column (nor a restore mark), so a restore of the day run "
+                  f"again cannot tell whether this one committed and would load its {int(manifest.get('rows') or 0):,} "
+                  f"archived rows a second time; restore the day again only if they are not there (or restore into "
+                  f"a new table, into='new', which keeps track of its days)")
+    return RestoreError(f"restoring {table} for {day} into {relation}: {cause}; the COMMIT may have happened (the "
+                        f"day's rows may be in {relation})", table=table, day=day, retryable=tellable,
+                        cause=cause, remedy=remedy, every_day=False)
 
 
 def _column_lookalike(conn: psycopg.Connection, manifest: dict, relation: Relation | None) -> str:
