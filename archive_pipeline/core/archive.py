@@ -80,7 +80,7 @@ from archive_pipeline.core.sink import temp_archive_file, temp_dir_named
 from archive_pipeline.core.formats import get_format
 from archive_pipeline.core.source import READ_SETTINGS, SNAPSHOT_SETTINGS, Replay, SourceTable, composite_signature, \
     day_filter, estimated_bytes, estimated_rows, hold_day, names_brief, primary_key, printed_names, read_snapshot, reads_foreign_tables, \
-    read_relations, same_members, same_printed_names, same_read_relations, same_shapes, server_identity, \
+    read_relations, same_casts, same_members, same_printed_names, same_read_relations, same_shapes, server_identity, \
     shape_changes, snapshot_open, snapshot_time, standby_replay, view_calls, wrapped, columns_as_archived
 from archive_pipeline.core.store import DownloadError, KeyTakenError, S3Store, S3Upload, etag_text
 from archive_pipeline.core.streams import StreamGroup
@@ -554,6 +554,7 @@ class _Archiving:
                     self._refuse_removed_in_overlapping(existing, table, fp, overwrite)  # (before it is published)
                 extracted = time.perf_counter()  # the read transaction has ended here
                 same_printed_names(self.conn, table, labels)
+                same_casts(self.conn, table)
                 same_shapes(self.conn, table, composites, where)
                 require_lock_held(self.conn, self.spec.name, self.day)
                 same_read_relations(self.conn, table, read)
