@@ -80,7 +80,7 @@ from archive_pipeline.core.sink import temp_archive_file, temp_dir_named
 from archive_pipeline.core.formats import get_format
 from archive_pipeline.core.source import READ_SETTINGS, SNAPSHOT_SETTINGS, Replay, SourceTable, composite_signature, \
     day_filter, estimated_bytes, estimated_rows, hold_day, names_brief, primary_key, printed_names, read_snapshot, reads_foreign_tables, \
-    read_relations, same_members, same_printed_names, same_read_relations, same_shapes, server_identity, \
+    read_relations, same_casts, same_members, same_printed_names, same_read_relations, same_shapes, server_identity, \
     shape_changes, snapshot_open, snapshot_time, standby_replay, view_calls, wrapped, columns_as_archived
 from archive_pipeline.core.store import DownloadError, KeyTakenError, S3Store, S3Upload, etag_text
 from archive_pipeline.core.streams import StreamGroup
@@ -554,6 +554,7 @@ class _Archiving:
                     self._refuse_removed_in_overlapping(existing, table, fp, overwrite)  # (before it is published)
                 extracted = time.perf_counter()  # the read transaction has ended here
                 same_printed_names(self.conn, table, labels)
+                same_casts(self.conn, table)
                 same_shapes(self.conn, table, composites, where)
                 require_lock_held(self.conn, self.spec.name, self.day)
                 same_read_relations(self.conn, table, read)
@@ -1054,18 +1055,18 @@ class _Archiving:
         # a composite's field renamed prints the same text (the same fingerprint), but a restore of the archive
         # would be refused for it: the day is changed, as compare and list call it
         if same and not shape_changes(manifest.get("columns", []), {c.name: c.shape for c in table.columns}) \
-                and not self._float_retypes(manifest, table):
+                and not self._inexact_retypes(manifest, table):
             self._refuse_inexact_archive(manifest)
             return True
         raise LateRowsError(self._change_message(manifest, table, fp), retryable=False)
 
-    def _float_retypes(self, manifest: dict, table: SourceTable) -> list[str]:
-        """The columns retyped to another binary float since ``manifest``'s archive (see fingerprint.float_retypes):
-        their values print as archived, and the archive no longer restores into them (the day is changed, as compare
-        and a removal call it)."""
+    def _inexact_retypes(self, manifest: dict, table: SourceTable) -> list[str]:
+        """The columns retyped since ``manifest``'s archive in a way a restore would not reproduce exactly (see
+        fingerprint.inexact_retypes): their fingerprint may be as archived, and the archive no longer restores into
+        them (the day is changed, as compare and a removal call it)."""
         recorded = manifest.get("columns", [])
         columns = columns_as_archived(table.columns, [c.get("name") for c in recorded])
-        return fingerprint.float_retypes(self.conn, columns, recorded) if columns is not None else []
+        return fingerprint.inexact_retypes(self.conn, columns, recorded) if columns is not None else []
 
     def _refuse_stale_standby(self, manifest: dict | None) -> None:
         """On a hot standby whose replay is paused with WAL waiting, or behind ``manifest``'s archive (no commit
@@ -1120,8 +1121,10 @@ class _Archiving:
             what = f"column types changed: {', '.join(retyped)}" + (
                 f"; and it has {fp.rows:,} rows now, the archive holds {archived.rows:,} (rows arrived or were "
                 "deleted late)" if archived.rows != fp.rows else
-                f"; its {fp.rows:,} rows print as archived, but a number in another binary floating-point type is "
-                "another value, and the archive would not restore into the table" if str(fp) == str(archived) else
+                f"; its {fp.rows:,} rows hash as archived, but the archived values would not read back into the new "
+                "types as they are now (a value's archived text is not its text now, an inet's '10.0.0.1' for "
+                "'10.0.0.1/32'; or a number in another binary floating-point type is another value), and the archive "
+                "would not restore into the table" if str(fp) == str(archived) else
                 f"; and its content differs with the same {fp.rows:,} rows (rows edited since, or values the new "
                 "types print otherwise: compare --rows names the first row that differs)")
         elif shapes := shape_changes(manifest.get("columns", []), {c.name: c.shape for c in table.columns}):

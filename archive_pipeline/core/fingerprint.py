@@ -406,19 +406,53 @@ def recorded_bases(conn: psycopg.Connection, recorded: Sequence[dict], *, elemen
     return [found.get(i + 1) for i in range(len(names))]
 
 
-_BINARY_FLOATS = ("float4", "float8")
+# What a column archived as a key's type (its base type through domains, an array's element's) may be now and
+# still read the archived values back exactly as the proof hashes the values there are now, in every format: an
+# integer into a wider or narrower integer or a numeric (hashed by value), an integer or uuid into text (each format
+# writes its canonical text, which v6 hashes as the archived kind), a text into another text type. Any other base
+# type than the archived one is not: a value's text as a format wrote it is not its ``::text`` the proof hashed
+# (an inet's '10.0.0.1' for '10.0.0.1/32', a boolean's 't' for 'true'), or it reads as another value that prints
+# alike (a double's 0.1 read as a real). The same base type (a length, precision or domain changed) reads back.
+_TEXTS = ("text", "varchar")
+_READS_BACK = {**{integer: ("int2", "int4", "int8", "numeric", *_TEXTS) for integer in ("int2", "int4", "int8")},
+               "uuid": _TEXTS, "text": _TEXTS, "varchar": _TEXTS, "bpchar": _TEXTS}
 
 
-def float_retypes(conn: psycopg.Connection, columns: Sequence, recorded: Sequence[dict]) -> list[str]:
-    """The columns (``columns``, in the archive's order) that are now another binary float than the number type
-    ``recorded`` (the manifest's columns) archived, as "name: type now, type when archived". Real's 0.1 prints as
-    double's 0.1 did and is another value: equal fingerprints (which hash text) prove nothing there, and a restore
-    refuses such a column (restore's ``_refuse_approximation``)."""
-    if len(recorded) != len(columns) or not recorded:
-        return []
-    return [f"{c.name}: {c.type_name} now, {entry.get('pg_type')} when archived"
-            for c, entry, then in zip(columns, recorded, recorded_bases(conn, recorded, elements=True), strict=True)
-            if c.base_type in _BINARY_FLOATS and then in (*_BINARY_FLOATS, "numeric") and then != c.base_type]
+def _same_type(conn: psycopg.Connection, here: str, archived: str) -> bool:
+    """Whether two type names (format_type's) name one type in this database (a user's type spelled with or
+    without its schema); False where either does not resolve."""
+    try:
+        with conn.transaction():
+            return bool(conn.execute("SELECT pg_catalog.to_regtype(%s) = pg_catalog.to_regtype(%s)",
+                                     (here, archived)).fetchone()[0])
+    except psycopg.Error:
+        return False
+
+
+def inexact_retypes(conn: psycopg.Connection, columns: Sequence, recorded: Sequence[dict]) -> list[str]:
+    """The columns (``columns``, in the archive's order) whose type changed since ``recorded`` (the manifest's
+    columns) archived them in a way a restore into them would not reproduce exactly (see :data:`_READS_BACK`), as
+    "name: type now, type when archived". Equal fingerprints prove nothing there: the proof hashes the values there
+    are now, a restore the archived ones read as the type there is now, and it refuses such a column (restore's
+    ``_refuse_approximation``, or its fingerprint then differs). Through domains and arrays on both sides (an array
+    stays an array); a recorded type this database cannot resolve is left to the proof."""
+    if len(recorded) != len(columns) or all(c.type_name == entry.get("pg_type")
+                                            for c, entry in zip(columns, recorded, strict=True)):
+        return []  # (nothing retyped: no catalog read)
+    changed = []
+    for c, entry, then, whole in zip(columns, recorded, recorded_bases(conn, recorded, elements=True),
+                                     recorded_bases(conn, recorded), strict=True):
+        archived = entry.get("pg_type") or ""
+        if then is None or c.type_name == archived:
+            continue
+        was_array = then != whole  # (through an array, the element's base is not the array type's own)
+        if then == "" or "." in c.base_type:  # a type of the user's: read back only as itself
+            exact = then == "" and "." in c.base_type and _same_type(conn, c.type_name, archived)
+        else:
+            exact = was_array == c.is_array and (then == c.base_type or c.base_type in _READS_BACK.get(then, ()))
+        if not exact:
+            changed.append(f"{c.name}: {c.type_name} now, {archived} when archived")
+    return changed
 
 
 def as_archived(conn: psycopg.Connection, columns: Sequence, recorded: Sequence[dict], algorithm: str) -> list:

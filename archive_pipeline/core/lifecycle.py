@@ -45,12 +45,12 @@ from archive_pipeline.core.locks import require_autocommit, table_day_lock
 from archive_pipeline.core.manifest import ManifestError, SourceIdentity, day_archive, decode_manifest, \
     decoded_manifest, encode_manifest, foreign_manifest, layout_change, removal_state, stored_object_problems
 from archive_pipeline.core.periods import UNIT, Period
-from archive_pipeline.core.source import (SNAPSHOT_SETTINGS, SourceTable, day_filter, describe_relation, detaching,
-                                          explain, pending_detach_error, relation_name, relation_shapes,
+from archive_pipeline.core.source import (SNAPSHOT_SETTINGS, Column, SourceTable, day_filter, describe_relation,
+                                          detaching, explain, pending_detach_error, relation_name, relation_shapes,
                                           scanned_relations, server_identity, shape_changes, wrapped)
 from archive_pipeline.core.store import CorruptedWrite, KeyTakenError, S3Store, etag_text
 from archive_pipeline.core.verify import ColumnsChangedError, archived_order, deep_verify, load_manifest, \
-    refuse_float_retype, source_fingerprint, source_side_only, verify_archive
+    refuse_retype, source_fingerprint, source_side_only, verify_archive
 
 
 log = logging.getLogger(__name__)
@@ -216,7 +216,8 @@ def _remove_day(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date
         refuse_other_cluster(conn, spec, day, manifest)
         refuse_layout_change(spec, day, manifest)
         try:
-            target = _removable(conn, spec, day, action)  # before the proof's work; the real run checks again, locked
+            # (before the proof's work; the real run checks again, locked)
+            target = _removable(conn, spec, day, action, manifest)
         except RemovalRefused:
             if int(manifest.get("rows") or 0) == 0 and not manifest.get("removed") and \
                     spec.partitioning.mode == "declarative" and not day_children(conn, spec, day) and \
@@ -282,14 +283,35 @@ def check_removable(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.
         raise wrapped(exc, conn, spec, day.isoformat(), doing="removing") from None
 
 
-def _removable(conn: psycopg.Connection, spec: TableSpec, day: Period, action: str) -> SourceTable:
+def _removable(conn: psycopg.Connection, spec: TableSpec, day: Period, action: str,
+               manifest: dict | None = None) -> SourceTable:
     """The relation the action removes, once :func:`_refuse_unremovable` found nothing to refuse (nothing is
-    locked or changed)."""
+    locked or changed), nor :func:`archived_columns` against ``manifest`` where one is given."""
     with conn.transaction():
         table = source_table(conn, spec, day)
         target = _target(conn, spec, day, table, action)
         _refuse_unremovable(conn, spec, day, table, target, action)
+        if manifest is not None:
+            archived_columns(conn, spec, day, table, manifest)
     return target
+
+
+def archived_columns(conn: psycopg.Connection, spec: TableSpec, day: Period, table: SourceTable,
+                     manifest: dict) -> Sequence[Column]:
+    """``table``'s columns by the archived names, in the archive's order (so a partition whose columns are in another
+    order fingerprints like its parent, and two columns of one type swapping names are a change); refused where
+    they are not the archived ones, or a column's type changed in a way a restore into the table would not
+    reproduce (verify.refuse_retype: an inet or boolean retyped to text, a double to real). Such a day's
+    fingerprint may still be the archived one, but once its rows were removed the one way back into their table
+    would be refused: it stays until it is archived again as it is now."""
+    try:
+        columns = archived_order(spec, day, table, [c["name"] for c in manifest["columns"]])
+        refuse_retype(conn, spec, day, columns, manifest["columns"])
+    except ColumnsChangedError as exc:
+        raise RemovalRefused(f"{spec.name} {day} stays in the source: {exc.message}", table=spec.name,
+                             day=day.isoformat(), remedy=f"{exc.remedy}, then remove it" if exc.remedy else
+                             "archive the day again (overwrite) if the new columns are right, then remove it") from None
+    return columns
 
 
 def refuse_other_cluster(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date, manifest: dict | None, *,
@@ -1060,16 +1082,7 @@ def _recheck_and_remove(conn: psycopg.Connection, spec: TableSpec, day: Period, 
                              remedy="run the removal again: it proves the day as it is now") from None
     table, target = _described_again(conn, spec, day, target, action)
     where = day_filter(table, day)
-    # Hash by the archived column names, in the archive's order, so a partition whose columns are in
-    # another order (attached from a table built differently) fingerprints like its parent, and columns
-    # renamed since (two of one type swapping names) are a change, not the same rows.
-    try:
-        columns = archived_order(spec, day, table, [c["name"] for c in manifest["columns"]])
-        refuse_float_retype(conn, spec, day, columns, manifest["columns"])
-    except ColumnsChangedError as exc:
-        raise RemovalRefused(f"{spec.name} {day} stays in the source: {exc.message}", table=spec.name,
-                             day=day.isoformat(), remedy=f"{exc.remedy}, then remove it" if exc.remedy else
-                             "archive the day again (overwrite) if the new columns are right, then remove it") from None
+    columns = archived_columns(conn, spec, day, table, manifest)
     algorithm = fingerprint.algorithm_for(manifest["fingerprint"])
     columns = fingerprint.as_archived(conn, columns, manifest["columns"], algorithm)  # (as the proof hashed them)
     now = fingerprint.compute(conn, target.identifier, columns, day_filter(target, day), algorithm)

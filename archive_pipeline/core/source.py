@@ -820,6 +820,34 @@ def same_printed_names(conn: psycopg.Connection, table: SourceTable, names: Prin
                                  "labels and the objects reg* columns name outside the table's archive runs")
 
 
+def _casts(column: Column) -> tuple[bool, bool, bool]:
+    """The casts of a column's type that decide how the day's values are written (see :class:`Column`)."""
+    return column.json_cast, column.text_cast, column.user_text_cast
+
+
+def same_casts(conn: psycopg.Connection, table: SourceTable) -> None:
+    """Fail (retryable) if a cast to json or text of a column's (element) type was created or dropped since
+    ``table`` was described in the day's snapshot. Asked once the rows are read, outside that snapshot: CREATE CAST
+    takes no lock the read holds, and PostgreSQL finds casts in the catalog as committed when the statement runs
+    (``row_to_json`` calls a user type's cast to json, ``::text`` a cast to text), so a cast created during a run
+    wrote its function's output in place of the values the snapshot said were written by their output function
+    (an enum's labels), under the fingerprint of the true values: published green, and no restore could read it."""
+    if table.oid is None:
+        return
+    with conn.transaction():  # (the types named as the snapshot's description named them: PostgreSQL's first)
+        apply_settings(conn.execute, {"search_path": SNAPSHOT_SETTINGS["search_path"]})
+        now = {r[1]: _casts(Column(*r[1:])) for r in conn.execute(_COLUMNS_QUERY, (table.oid,))}
+    changed = [c.name for c in table.columns if c.name in now and now[c.name] != _casts(c)]
+    if changed:
+        raise SourceError(f"a cast to json or text of the type of {_columns_named(changed)} of "
+                          f"{table.qualified} was created or dropped (CREATE CAST / DROP CAST) while the day was "
+                          "read: its rows may hold the cast's output in place of the values its fingerprint "
+                          "describes; nothing was published", retryable=True,
+                          cause="a cast of a column's type was created or dropped during the run",
+                          remedy="retried automatically (the retry reads the casts as they are then); create and "
+                                 "drop casts of the table's column types outside its archive runs")
+
+
 # The user's functions a view's query calls (as the caller's snapshot has them: oid, row version), through the views
 # it reads, the operators and casts it uses, and the functions whose bodies pg_depend records (BEGIN ATOMIC): CREATE OR REPLACE FUNCTION takes no lock
 # a read holds, and a query runs a function as committed when it runs, not as its snapshot sees it.

@@ -365,7 +365,7 @@ def _fingerprint_now(conn: psycopg.Connection, spec: TableSpec, day: Period, alg
         where = day_filter(table, day)
         columns = archived_order(spec, day, table, names)
         columns = fingerprint.as_archived(conn, columns, recorded, algorithm)  # (where a type changed since)
-        refuse_float_retype(conn, spec, day, columns, recorded)
+        refuse_retype(conn, spec, day, columns, recorded)
         changes = shape_changes(recorded, {c.name: c.shape for c in table.columns})
         if changes:  # a composite's text is positional: its values would be read as other fields' (or not at all)
             raise ColumnsChangedError(
@@ -379,16 +379,19 @@ def _fingerprint_now(conn: psycopg.Connection, spec: TableSpec, day: Period, alg
         return table, where, now
 
 
-def refuse_float_retype(conn: psycopg.Connection, spec: TableSpec, day: Period, columns: Sequence[Column],
-                        recorded: Sequence[dict]) -> None:
-    """Raise :class:`ColumnsChangedError` where a column is now another binary float than archived (see
-    ``fingerprint.float_retypes``): the source may not be called equal to, or removed on, an archive that a restore
-    refuses to put back into it."""
-    if changed := fingerprint.float_retypes(conn, columns, recorded):
+def refuse_retype(conn: psycopg.Connection, spec: TableSpec, day: Period, columns: Sequence[Column],
+                  recorded: Sequence[dict]) -> None:
+    """Raise :class:`ColumnsChangedError` where a column's type changed since the archive in a way a restore into
+    the table would not reproduce exactly (see ``fingerprint.inexact_retypes``): the source may not be called equal
+    to, or removed on, an archive that a restore refuses to put back into it, however equal the fingerprints."""
+    if changed := fingerprint.inexact_retypes(conn, columns, recorded):
         raise ColumnsChangedError(
-            f"{spec.name} {day}: a column now holds another binary floating-point type than the day was archived "
-            f"with ({'; '.join(changed)}): its values may print as archived and still be other numbers, so the "
-            "archive no longer proves them", table=spec.name, day=day.isoformat(), retryable=False,
+            f"{spec.name} {day}: a column's type changed since the day was archived, and the archived values would "
+            f"not read back into it as its values are now ({'; '.join(changed)}): a value's archived text is not "
+            "what the column holds now (an inet's '10.0.0.1' for the text '10.0.0.1/32', a boolean's 't' for "
+            "'true'), or reads as another number that prints alike (a binary float), so a restore into the table "
+            "is refused and the archive no longer proves the rows", table=spec.name, day=day.isoformat(),
+            retryable=False,
             remedy="archive the day again (overwrite) if the new type is right; the previous archive stays until "
                    "the new one is complete")
 
