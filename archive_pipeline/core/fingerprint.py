@@ -33,7 +33,8 @@ seeded with the previous link (its whole 64 bits are mixed in), so no column's c
 another's and swapped values change it.
 A column's text form is its ``::text`` under :data:`CANONICAL_SETTINGS` (text itself under the
 "C" collation, so a nondeterministic collation cannot fold case or accents; a bpchar its output
-with trailing blanks, which ``::text`` strips); a NULL is the empty
+with trailing blanks, which ``::text`` strips; an array of xml its elements' stored texts, marked, where
+xml's output rewrites one, see :func:`_xml_array_text`); a NULL is the empty
 text with the lowest bit of the seed flipped, so it differs from an empty string. Nothing is
 converted to text that the value does not print as, which makes it about a quarter cheaper than v2.
 
@@ -198,7 +199,19 @@ def _ident(column: ColumnLike, qualifier: str | None) -> sql.Identifier:
 def column_text(column: ColumnLike, qualifier: str | None = None, algorithm: str = ALGORITHM) -> sql.Composable:
     """A column's text form as v3 hashes it (also what a probe evaluates to find a value PostgreSQL
     cannot convert). A column with a ``parse_as`` type is a text column holding that type's input
-    (deep verification's text copy of a CSV archive): its value is read as that type first."""
+    (deep verification's text copy of a CSV archive): its value is read as that type first. An array of
+    xml is its printed form, or its elements' stored texts where xml's output rewrites one (see
+    :func:`_xml_array_text`)."""
+    text = _printed_text(column, qualifier, algorithm)
+    if column.base_type == "xml" and column.is_array:
+        parse_as = _parse_as(column, algorithm)
+        ident = _ident(column, qualifier)
+        return _xml_array_text(ident if parse_as is None else sql.SQL("({}::{})").format(ident, parse_as), text)
+    return text
+
+
+def _printed_text(column: ColumnLike, qualifier: str | None, algorithm: str) -> sql.Composable:
+    """A column's text form as its type prints it (:func:`column_text` but for an xml array's declarations)."""
     ident = _ident(column, qualifier)
     parse_as = _parse_as(column, algorithm)
     if parse_as is not None:
@@ -237,6 +250,19 @@ def _rewritten_xml_mark(column: ColumnLike, ident: sql.Composable) -> sql.Compos
     if rewritten is None:
         return sql.SQL("")
     return sql.SQL(", CASE WHEN {} THEN ' (an xml field whose output rewrites its text)' END").format(rewritten)
+
+
+def _xml_array_text(value: sql.Composable, printed: sql.Composable) -> sql.Composable:
+    """An array of xml (through domains, at any depth of arrays: ``value``) as every format archives it, its
+    elements' stored texts (formats.common.xml_text), where xml's output rewrites one of them (an XML declaration
+    it drops, or a leading line break): ``printed`` alone (its ``::text``, each element by its output) would
+    hash a changed declaration as unchanged. That literal, with a mark no printed array ends with, replaces
+    ``printed`` only there: an array whose elements print as stored keeps the text (and hash) it always had.
+    Both literals are printed by ``concat()`` (array_out), never through a user's cast of an array to text."""
+    stored = sql.SQL("pg_catalog.concat({}::pg_catalog.text[])").format(value)
+    return sql.SQL('CASE WHEN {stored} COLLATE "C" <> pg_catalog.concat({v}) THEN pg_catalog.concat({stored}, '
+                   "' (xml stored as written, not as its output prints it)') ELSE {printed} END").format(
+        stored=stored, v=value, printed=printed)
 
 
 def _parse_as(column: ColumnLike, algorithm: str) -> sql.Composable | None:

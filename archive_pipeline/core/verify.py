@@ -1094,7 +1094,7 @@ class _TextColumn:
 
     name: str
     parse_as: sql.Composable | None = None  # read the text as this type before hashing its text form
-    base_type: str = "text"
+    base_type: str = "text"  # (of a parsed field: "xml" with is_array for an array of xml, see _PARSED_COLUMNS)
     is_array: bool = False
     is_enum: bool = False
     user_type: bool = False  # parse_as is a type outside pg_catalog: hashed by its output function (fingerprint)
@@ -1108,20 +1108,24 @@ class _TextColumn:
 # "char", name; not bpchar, hashed as its output), seen through domains; money, which CSV archives
 # as numeric, is parsed too, as are arrays of money or xml (CSV holds their elements as numeric and
 # as the stored xml text), and composites, whose ``IS NULL`` (part of the fingerprint) is also true
-# when every field is NULL.
+# when every field is NULL. With each, whether it is an array of xml: the fingerprint hashes its elements'
+# stored texts where xml's output rewrites one (fingerprint._xml_array_text), as on the source's side.
 _PARSED_COLUMNS = sql.SQL("""
 WITH RECURSIVE base(name, oid) AS (
     SELECT * FROM unnest(%s::text[], %s::oid[])
     UNION ALL
     SELECT base.name, t.typbasetype FROM base JOIN pg_catalog.pg_type t ON t.oid = base.oid WHERE t.typtype = 'd')
-SELECT base.name FROM base JOIN pg_catalog.pg_type t ON t.oid = base.oid
-WHERE t.typtype <> 'd' AND (t.oid = 'pg_catalog.money'::regtype OR t.typtype = 'c' OR EXISTS (
+SELECT base.name, array_of.oid IS NOT DISTINCT FROM 'pg_catalog.xml'::regtype
+FROM base JOIN pg_catalog.pg_type t ON t.oid = base.oid
+LEFT JOIN LATERAL (
     -- arrays of xml (archived as the elements' stored text) or money (as numeric), through domains
     WITH RECURSIVE element(oid) AS (
         SELECT t.typelem WHERE t.typcategory = 'A'
         UNION ALL
         SELECT e.typbasetype FROM element JOIN pg_catalog.pg_type e ON e.oid = element.oid WHERE e.typtype = 'd')
-    SELECT 1 FROM element WHERE element.oid IN ('pg_catalog.xml'::regtype, 'pg_catalog.money'::regtype)) OR (
+    SELECT element.oid FROM element WHERE element.oid IN ('pg_catalog.xml'::regtype, 'pg_catalog.money'::regtype)
+) AS array_of ON true
+WHERE t.typtype <> 'd' AND (t.oid = 'pg_catalog.money'::regtype OR t.typtype = 'c' OR array_of.oid IS NOT NULL OR (
     t.oid <> 'pg_catalog.bpchar'::regtype  -- hashed as its output, blanks and all: the field as it is
     AND EXISTS (SELECT 1 FROM pg_catalog.pg_cast c
                 WHERE c.castsource = t.oid AND c.casttarget = 'pg_catalog.text'::regtype AND c.castmethod = 'f')))
@@ -1165,7 +1169,9 @@ def _text_table(conn: psycopg.Connection, manifest: dict) -> tuple[sql.Identifie
     types = _column_types(conn, manifest)
     names = list(types)
     oids = _type_oids(conn, types)
-    parsed = {name for (name,) in conn.execute(_PARSED_COLUMNS, (names, list(oids))).fetchall()}
+    found = conn.execute(_PARSED_COLUMNS, (names, list(oids))).fetchall()
+    parsed = {name for name, _ in found}
+    xml_arrays = {name for name, is_xml_array in found if is_xml_array}
     domains = _DOMAIN_COLUMNS.format(parts=type_parts(conn))
     parsed |= {name for (name,) in conn.execute(domains, (names, list(oids))).fetchall()}
     # the columns v6 hashes by their value (integers, uuids: see fingerprint._typed_link). Of an archive recording
@@ -1188,7 +1194,8 @@ def _text_table(conn: psycopg.Connection, manifest: dict) -> tuple[sql.Identifie
     parsed |= set(typed) - by_value
     users = {name for (name,) in conn.execute(_USER_BASE_COLUMNS, (names, list(oids))).fetchall()}
     cast = {name for (name,) in conn.execute(_USER_TEXT_CAST_COLUMNS, (names, list(oids))).fetchall()}
-    return temp, [_TextColumn(name, kinds[name], base_type="bpchar" if name in bpchar else typed.get(name, "text"),
+    return temp, [_TextColumn(name, kinds[name], is_array=name in xml_arrays, base_type="bpchar" if name in bpchar
+                              else "xml" if name in xml_arrays else typed.get(name, "text"),
                               user_type=name in users, user_text_cast=name in cast,
                               parsed_by_v6_only=name in text_before_v6) if name in parsed
                   else _TextColumn(name, base_type=typed[name]) if name in by_value
