@@ -205,15 +205,25 @@ def test_reading_a_wide_parquet_day_of_text_columns_is_not_several_times_slower_
 
     names = [f"c{i}" for i in range(1500)]
     schema = pa.schema([(name, pa.string()) for name in names])
-    timings = {}
+    paths = {}
     for dictionary in (True, False):
-        path = tmp_path / f"wide_{dictionary}.parquet"
-        with pq.ParquetWriter(path, schema, compression="zstd", use_dictionary=names if dictionary else False) as w:
+        paths[dictionary] = tmp_path / f"wide_{dictionary}.parquet"
+        with pq.ParquetWriter(paths[dictionary], schema, compression="zstd",
+                              use_dictionary=names if dictionary else False) as w:
             for group in range(20):
                 column = pc.cast(pa.array(range(group * 200, (group + 1) * 200)), pa.string())
                 w.write_table(pa.table([column] * len(names), schema=schema))
-        started = time.perf_counter()
-        handed = sum(len(memoryview(chunk)) for chunk in readers.parquet_csv_chunks(path, names))
-        timings[dictionary] = (time.perf_counter() - started, handed)
-    assert timings[True][1] == timings[False][1]
-    assert timings[True][0] < 1.6 * timings[False][0], timings
+    # The best of up to three interleaved rounds: a neighbour's burst of CPU on a shared machine slows one read,
+    # not every round's; a reader slower by design is slower in every round.
+    best = {True: float("inf"), False: float("inf")}
+    handed = {}
+    for _ in range(3):
+        for dictionary in (True, False):
+            started = time.perf_counter()
+            handed[dictionary] = sum(len(memoryview(chunk)) for chunk in readers.parquet_csv_chunks(paths[dictionary],
+                                                                                                      names))
+            best[dictionary] = min(best[dictionary], time.perf_counter() - started)
+        assert handed[True] == handed[False]
+        if best[True] < 1.6 * best[False]:
+            break
+    assert best[True] < 1.6 * best[False], best
