@@ -1197,7 +1197,9 @@ class S3Store:
         """Abort every multipart upload under ``prefix`` whose key ``pattern`` matches in full (one
         listing): for a caller that holds the lock of everything those keys stand for, so none of
         them can be a live upload. Returns how many, and whether every upload listed matched (else
-        one may be a leftover whose key a damaged byte disguised: see :meth:`settle_stale_uploads`)."""
+        one may be a leftover whose key a damaged byte disguised: see :meth:`settle_stale_uploads`).
+        ``prefix`` should be an upload's exact key: some stores (MinIO) list only the uploads of the
+        object a prefix names exactly, so a prefix that is no object's name lists none there."""
         listed = self._uploads_under(prefix)
         uploads = [u for u in listed if pattern.fullmatch(u["Key"])]
         for upload in uploads:
