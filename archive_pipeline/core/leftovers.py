@@ -156,19 +156,22 @@ def _named(manifest: dict | None) -> tuple[str, str] | None:
 
 
 def _abort_stale_uploads(store: S3Store, day_keys: list[str], markers: list[str], label: str) -> None:
-    """Abort every multipart upload of the generations of the day's keys (one prefix: the first's), then delete
-    the ``markers`` that announced them (kept if the uploads could not be listed or aborted, or the listing
-    showed an upload it cannot account for, so the next run tries again)."""
+    """Abort every multipart upload of the generations of the day's keys that the ``markers`` announced, then
+    delete each marker whose upload was seen settled (kept if its uploads could not be listed or aborted, or its
+    listing showed an upload it cannot account for, so the next run tries again). Each marker's uploads are listed
+    with the key it names (``<key>.uploading``) as the prefix, not under the day's: some stores (MinIO, by design:
+    minio/minio#20989) list only the uploads of the object a prefix names exactly, and a listing under the day's
+    prefix would show none there, and the marker be deleted with its upload left open for ever."""
     patterns = [keys.generation_pattern(k) for k in day_keys]
     generations = re.compile("|".join(f"(?:{p.pattern})" for p in patterns))
-    try:
-        _, settled = store.abort_stale_uploads_under(keys.day_prefix(day_keys[0]), generations)
-    except Exception as exc:  # noqa: BLE001 - see tidy_day's docstring
-        # the cause, redacted, not a traceback: botocore quotes the endpoint URL, credentials and all
-        log.warning("%s: could not list or abort stale multipart uploads (%s); a bucket lifecycle rule "
-                    "(AbortIncompleteMultipartUpload) will remove them", label, redact(f"{type(exc).__name__}: {exc}"))
-        return
-    if not settled:  # an upload listed under the day's prefix that is no generation of it: damaged, or
-        return       # another table's; the markers stay and the next run looks again
     for marker in markers:
-        store.delete_quietly(marker)
+        try:
+            _, settled = store.abort_stale_uploads_under(marker[:-len(keys.UPLOAD_MARKER_SUFFIX)], generations)
+        except Exception as exc:  # noqa: BLE001 - see tidy_day's docstring
+            # the cause, redacted, not a traceback: botocore quotes the endpoint URL, credentials and all
+            log.warning("%s: could not list or abort the stale multipart uploads of %s (%s); its marker stays for "
+                        "the next run, and a bucket lifecycle rule (AbortIncompleteMultipartUpload) would remove "
+                        "them", label, store.uri(marker), redact(f"{type(exc).__name__}: {exc}"))
+            continue
+        if settled:  # else an upload listed there that is no generation of the day's keys: damaged, or another
+            store.delete_quietly(marker)  # table's; the marker stays and the next run looks again

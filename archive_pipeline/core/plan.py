@@ -29,7 +29,7 @@ from archive_pipeline.core.manifest import (ForeignManifestError, SourceIdentity
 from archive_pipeline.core.periods import Period
 from archive_pipeline.core.source import SourceTable, day_filter, describe_table, read_snapshot, refuse_stale_standby, \
     server_identity, wrapped
-from archive_pipeline.core.store import S3Store
+from archive_pipeline.core.store import S3Store, inconsistent
 from archive_pipeline.core.verify import (ColumnsChangedError, load_manifest, object_problems, rows_after_removal,
                                           source_fingerprint)
 
@@ -174,7 +174,11 @@ class ManifestLookup:
 
 
 def lookup_manifests(store: S3Store, spec: TableSpec, days: list) -> dict[Period, ManifestLookup]:
-    """Each day's manifest, read only where one exists (one bucket listing, then one GET per archived day)."""
+    """Each day's manifest, read only where one exists (one bucket listing, then one GET per archived day).
+
+    A manifest that listing shows but whose read finds nothing (a GET and two HEADs answering 404: a lagging replica,
+    a caching gateway) is no verdict, as for the archive run (``archive.read_existing``): the day is not checked
+    (retryable), never "missing", "not archived" or left out of a verify."""
     days = [spec.period(d) for d in days]
     keys = {day: render_key(spec, day, store.prefix) for day in days}
     absent, in_order = listed_absent(store, spec, days)
@@ -191,6 +195,9 @@ def lookup_manifests(store: S3Store, spec: TableSpec, days: list) -> dict[Period
             if current != key:
                 key = current
                 manifest = load_manifest(store, key, (spec.name, day.isoformat()))
+            if manifest is None and in_order is not None and manifest_key(key) in in_order:
+                raise inconsistent(f"{store.uri(manifest_key(key))}: this command's bucket listing shows the manifest, "
+                                   "but reading it found nothing (the GET and HEADs answered no such key)")
         except ValueError as exc:  # (``key``: one under another format's key that may be the day's current archive)
             key = getattr(exc, "key", None) or key
             result[day] = ManifestLookup(key, None, f"manifest {manifest_key(key)} is unreadable: {exc}")

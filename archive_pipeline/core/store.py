@@ -412,7 +412,7 @@ class _FileRange:
         return True
 
 
-def _inconsistent(what: str) -> DownloadError:
+def inconsistent(what: str) -> DownloadError:
     """The retryable error of a store whose answers about one object contradict each other (``what``: which)."""
     return DownloadError(f"{what}: the store answered inconsistently; the run will be retried", retryable=True,
                          damaged=False, cause="the store answered inconsistently (an object it holds was reported "
@@ -1120,7 +1120,7 @@ class S3Store:
         same moment of the store's."""
         if self.head(key) is None and self.head_again(key) is None:
             return
-        raise _inconsistent(f"{self.uri(key)}: the GET answered 404 (no such key) but the object's HEAD finds it")
+        raise inconsistent(f"{self.uri(key)}: the GET answered 404 (no such key) but the object's HEAD finds it")
 
     def head_again(self, key: str) -> dict | None:
         """The object's HEAD (see :meth:`head`) asked again a moment after an answer not to be believed alone
@@ -1137,7 +1137,7 @@ class S3Store:
         that rewrites the archive). A listing that fails is no answer either: its error is raised."""
         listed = next(self.list_keys(key), None)  # (the key itself sorts first under its own prefix)
         if listed is not None and listed["Key"] == key:
-            raise _inconsistent(f"{self.uri(key)}: {said} (no such key), but the bucket listing shows the object "
+            raise inconsistent(f"{self.uri(key)}: {said} (no such key), but the bucket listing shows the object "
                                 f"({listed.get('Size', '?')} bytes, ETag {listed.get('ETag', '?')})")
 
     def _stored_size(self, key: str, expected_size: int) -> int | None:
@@ -1197,7 +1197,9 @@ class S3Store:
         """Abort every multipart upload under ``prefix`` whose key ``pattern`` matches in full (one
         listing): for a caller that holds the lock of everything those keys stand for, so none of
         them can be a live upload. Returns how many, and whether every upload listed matched (else
-        one may be a leftover whose key a damaged byte disguised: see :meth:`settle_stale_uploads`)."""
+        one may be a leftover whose key a damaged byte disguised: see :meth:`settle_stale_uploads`).
+        ``prefix`` should be an upload's exact key: some stores (MinIO) list only the uploads of the
+        object a prefix names exactly, so a prefix that is no object's name lists none there."""
         listed = self._uploads_under(prefix)
         uploads = [u for u in listed if pattern.fullmatch(u["Key"])]
         for upload in uploads:
