@@ -35,6 +35,7 @@ from dagster import (
     SkipReason,
     sensor,
 )
+from dagster._core.storage.dagster_run import NOT_FINISHED_STATUSES
 
 if TYPE_CHECKING:  # the type define_asset_job returns is not exported at dagster's top level
     from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
@@ -52,8 +53,10 @@ from archive_pipeline.defs.resources import PostgresResource
 
 RUN_KEY_TAG = "dagster/run_key"  # the tag Dagster gives a run launched from a request with a run_key
 SENSOR_NAME_TAG = "dagster/sensor_name"  # ... and the sensor that requested it
-UNFINISHED = {DagsterRunStatus.NOT_STARTED, DagsterRunStatus.QUEUED, DagsterRunStatus.STARTING,
-              DagsterRunStatus.STARTED}
+# Dagster's own "not finished": a run being canceled (CANCELING, its step still cleaning up and holding the table-day
+# lock, for ever where its worker hung) or SUSPENDED still holds its days; requested again, the day's new run fails on
+# the lock and, its run key then used, the sensor never requests the day again
+UNFINISHED = frozenset(NOT_FINISHED_STATUSES)
 
 
 @dataclass(frozen=True)
