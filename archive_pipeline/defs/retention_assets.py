@@ -59,7 +59,7 @@ from archive_pipeline.core.lifecycle import (RemovalNotRecorded, RemovalRefused,
                                               due_days, pending_removal_committed, refuse_layout_change,
                                               refuse_other_cluster, remove_day, emptied, settle_pending_removal, source_differs, still_detached)
 from archive_pipeline.defs.resources import ArchiveStoreResource, PostgresResource
-from archive_pipeline.defs.sensors import RUN_KEY_TAG, UNFINISHED
+from archive_pipeline.defs.sensors import RUN_KEY_TAG, UNFINISHED, backfill_keys, unfinished_backfills
 from archive_pipeline.core import keys
 from archive_pipeline.core.keys import table_day_key
 from archive_pipeline.core.periods import UNIT, Period
@@ -494,9 +494,12 @@ def _archived_since_removal(instance: DagsterInstance, spec: TableSpec, day: str
 
 
 def removals_in_flight(instance: DagsterInstance, spec: TableSpec) -> set[str]:
-    """The days of ``spec`` a queued or running run removes, however it was launched (the schedule, the UI's
-    Materialize, a backfill): requested again, the day would wait for the same lock and be proven twice."""
+    """The days of ``spec`` a run not yet finished removes, however it was launched (the schedule, the UI's
+    Materialize, a backfill), and those a launched backfill is still to submit: requested again, the day would wait
+    for the same lock and be proven twice."""
     key, days = removal_asset_key(spec), set()
+    for backfill in unfinished_backfills(instance, None, None):
+        days |= backfill_keys(backfill, key, (removal_job_name(spec),))
     for run in instance.get_runs(filters=RunsFilter(statuses=list(UNFINISHED))):
         if not _this_tables(run, spec):
             continue

@@ -12,13 +12,17 @@ from dagster import (
     SkipReason,
     schedule,
 )
+from dagster._core.execution.backfill import BulkActionsFilter, BulkActionStatus
 
 from archive_pipeline.defs.assets import TABLE_TAG, schedule_name
 from archive_pipeline.core.config import ScheduleSettings, TableSpec
 from archive_pipeline.core.periods import UNIT
 from archive_pipeline.core.plan import select_days
-from archive_pipeline.defs.sensors import SensorTarget, days_in_flight, unfinished_runs
+from archive_pipeline.defs.sensors import SensorTarget, days_in_flight, unfinished_backfills, unfinished_runs
 
+# backfills that submit no more runs: the days they had not submitted are left to nobody
+ENDED_BACKFILLS = (BulkActionStatus.CANCELING, BulkActionStatus.CANCELED, BulkActionStatus.FAILING,
+                   BulkActionStatus.FAILED)
 LOOK_BACK_DAYS = 7  # the UTC days before yesterday whose periods a tick requests again if left to a run that failed
 SCHEDULE_NAME_TAG = "dagster/schedule_name"  # the tag Dagster gives a run a schedule launched
 
@@ -57,8 +61,8 @@ def build_daily_schedule(target: SensorTarget, settings: ScheduleSettings) -> Sc
                               f"(start_date {spec.start_date}, {spec.timezone}) did: nothing to archive yet")
         ended, missed = _ended(spec, day), _left_to_failed_runs(context, target, day)
         if missed:
-            context.log.info(f"{', '.join(missed)} of {spec.name}: left by an earlier tick to a run already archiving "
-                             "it, which failed; still not archived: requested again")
+            context.log.info(f"{', '.join(missed)} of {spec.name}: left by an earlier tick to a run (or backfill) "
+                             "already archiving it, which failed or was canceled; still not archived: requested again")
         if not missed + ended:
             return SkipReason(f"no {spec.granularity} period of {spec.name} ended on {day} (UTC)")
         return _requests(context, target, missed + ended)
@@ -77,8 +81,9 @@ def _ended(spec: TableSpec, day: dt.date) -> list[str]:
 
 def _left_to_failed_runs(context: ScheduleEvaluationContext, target: SensorTarget, day: dt.date) -> list[str]:
     """The periods that ended in the LOOK_BACK_DAYS UTC days before ``day`` which a run of the table that then failed
-    (or was canceled) archived, not materialized, and of which this schedule launched no run: the days an earlier
-    tick left to a run in flight (:func:`_requests`). Where only the schedule runs, nothing else requests them
+    (or was canceled) archived, or a backfill canceled or failed before submitting them was to archive, not
+    materialized, and of which this schedule launched no run: the days an earlier tick left to a run in flight or a
+    launched backfill (:func:`_requests`). Where only the schedule runs, nothing else requests them
     again (the sensor, stopped, does not): they would stay missing for good."""
     if context.instance_ref is None:  # (a context built to evaluate the schedule alone has no runs to look at)
         return []
@@ -88,7 +93,9 @@ def _left_to_failed_runs(context: ScheduleEvaluationContext, target: SensorTarge
             if spec.period(key).utc_end >= spec.first_period.utc_end]
     failed = unfinished_runs(instance, None, None, RunsFilter(
         statuses=[DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED], updated_after=since))
-    covered, done = days_in_flight(failed, target), instance.get_materialized_partitions(target.asset_key)
+    ended = unfinished_backfills(instance, None, None, BulkActionsFilter(statuses=ENDED_BACKFILLS, created_after=since))
+    covered = days_in_flight(failed, target, backfills=ended)
+    done = instance.get_materialized_partitions(target.asset_key)
     missed = [key for key in keys if key in covered and key not in done]
     if not missed:
         return []
@@ -99,17 +106,21 @@ def _left_to_failed_runs(context: ScheduleEvaluationContext, target: SensorTarge
 
 def _requests(context: ScheduleEvaluationContext, target: SensorTarget, keys: list[str]
               ) -> list[RunRequest] | SkipReason:
-    """A run of each of ``keys`` but those a queued or running run of the table already archives (the sensor's run
-    of a big day still going at the schedule's hour, a backfill): a second run of the day waits for nothing, fails
+    """A run of each of ``keys`` but those a run of the table not yet finished already archives (the sensor's run
+    of a big day still going at the schedule's hour, a backfill's, one being canceled) or a launched backfill is
+    still to submit: a second run of the day waits for nothing, fails
     it on the table-day lock and, once its retries are spent, stays red for a day archived fine. A schedule's
     context does not say its code location, so a run of another location's table of the same name counts too
     (its day is then left to the sensor, which tells them apart)."""
     # (a context without an instance, built to evaluate the schedule alone, has no runs to look at)
-    runs = unfinished_runs(context.instance, None, None) if context.instance_ref is not None else []
-    busy = days_in_flight(runs, target)
+    if context.instance_ref is None:
+        busy = set()
+    else:
+        busy = days_in_flight(unfinished_runs(context.instance, None, None), target,
+                              backfills=unfinished_backfills(context.instance, None, None))
     todo = [key for key in keys if key not in busy]
     said = (f"{', '.join(key for key in keys if key in busy)} of {target.spec.name} already being archived by a "
-            "queued or running run: not requested again")
+            "run not yet finished or a launched backfill: not requested again")
     if not todo:
         return SkipReason(said)
     if len(todo) < len(keys):

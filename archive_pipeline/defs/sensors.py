@@ -35,6 +35,8 @@ from dagster import (
     SkipReason,
     sensor,
 )
+from dagster._core.execution.backfill import BulkActionsFilter, BulkActionStatus, PartitionBackfill
+from dagster._core.storage.dagster_run import NOT_FINISHED_STATUSES
 
 if TYPE_CHECKING:  # the type define_asset_job returns is not exported at dagster's top level
     from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
@@ -52,8 +54,10 @@ from archive_pipeline.defs.resources import PostgresResource
 
 RUN_KEY_TAG = "dagster/run_key"  # the tag Dagster gives a run launched from a request with a run_key
 SENSOR_NAME_TAG = "dagster/sensor_name"  # ... and the sensor that requested it
-UNFINISHED = {DagsterRunStatus.NOT_STARTED, DagsterRunStatus.QUEUED, DagsterRunStatus.STARTING,
-              DagsterRunStatus.STARTED}
+# Dagster's own "not finished": a run being canceled (CANCELING, its step still cleaning up and holding the table-day
+# lock, for ever where its worker hung) or SUSPENDED still holds its days; requested again, the day's new run fails on
+# the lock and, its run key then used, the sensor never requests the day again
+UNFINISHED = frozenset(NOT_FINISHED_STATUSES)
 
 
 @dataclass(frozen=True)
@@ -181,12 +185,13 @@ def probe_failure(exc: psycopg.Error, spec: TableSpec, postgres: PostgresResourc
 SENSOR_NAME = "archive_new_days"
 
 
-def _same_repository(run: DagsterRun, location: str | None, repository: str | None) -> bool:
-    """Whether ``run`` was launched from this sensor's code location and repository, as the daemon tells
-    them apart (``fetch_existing_runs`` in dagster/_daemon/sensor.py): another location's table of the same
-    Dagster name (``a.b_c`` here, ``a_b.c`` there; the README's remedy for such names) has the same run keys.
-    A run without an origin (launched in process) or a context that does not say where it is: the same."""
-    origin = run.remote_job_origin
+def _same_repository(run: DagsterRun | PartitionBackfill, location: str | None, repository: str | None) -> bool:
+    """Whether ``run`` (or a job's backfill) was launched from this sensor's code location and repository, as the
+    daemon tells them apart (``fetch_existing_runs`` in dagster/_daemon/sensor.py): another location's table of the
+    same Dagster name (``a.b_c`` here, ``a_b.c`` there; the README's remedy for such names) has the same run keys.
+    A run without an origin (launched in process; an asset backfill, told apart by its asset keys) or a context
+    that does not say where it is: the same."""
+    origin = run.partition_set_origin if isinstance(run, PartitionBackfill) else run.remote_job_origin
     if origin is None or location is None:
         return True
     return (origin.repository_origin.code_location_origin.location_name == location
@@ -251,12 +256,48 @@ def unfinished_runs(instance: DagsterInstance, location: str | None, repository:
         cursor = page[-1].run_id
 
 
-def days_in_flight(runs: Iterable, target: SensorTarget, ignored: list[str] | None = None) -> set[str]:
-    """The partition keys of ``target``'s table that a queued or running run archives, from anywhere: a
-    backfill's ranged runs (range tags), a day launched from the UI or a schedule (``dagster/partition``).
-    Requested again, each would wait for the same table-day lock and archive the day twice. A run whose range
-    names no periods of the table archives none of them: it is left out, and said in ``ignored``."""
+def unfinished_backfills(instance: DagsterInstance, location: str | None, repository: str | None,
+                         filters: BulkActionsFilter | None = None) -> list[PartitionBackfill]:
+    """The backfills whose runs the daemon is still to submit (REQUESTED: the webserver only records a launched
+    backfill, the daemon submits its runs on its next iteration, a long one's a chunk at a time), for
+    :func:`days_in_flight`: one query a tick, whatever the days. A backfill being canceled or failing submits no
+    more runs (those it submitted are runs). A job's backfill of another code location: as for runs. ``filters``:
+    other backfills instead (the schedule's look-back asks for those that ended before submitting all)."""
+    found = instance.get_backfills(filters=filters or BulkActionsFilter(statuses=[BulkActionStatus.REQUESTED]))
+    return [backfill for backfill in found if _same_repository(backfill, location, repository)]
+
+
+def backfill_keys(backfill: PartitionBackfill, key: AssetKey, jobs: Iterable[str | None]) -> set[str]:
+    """The partition keys of asset ``key`` that ``backfill`` is still to materialize: an asset backfill's (the UI's
+    Materialize, a job's partitions page) targets of the asset but those it recorded materialized or failed (it
+    does not request them again); a backfill of one of ``jobs`` (``dagster job backfill``), its partitions after the
+    last it submitted (those submitted are runs). A backfill stored by an older Dagster (serialized, read only with
+    the asset graph): none."""
+    data = backfill.asset_backfill_data
+    if data is not None:
+        targeted = data.target_subset.partitions_subsets_by_asset_key.get(key)
+        keys = set(targeted.get_partition_keys()) if targeted is not None else set()
+        for ended in (data.materialized_subset, data.failed_and_downstream_subset):
+            subset = ended.partitions_subsets_by_asset_key.get(key)
+            keys -= set(subset.get_partition_keys()) if subset is not None else set()
+        return keys
+    if (backfill.job_name is None or backfill.job_name not in jobs  # (a shared job's name may be None)
+            or (backfill.asset_selection and key not in backfill.asset_selection)):
+        return set()
+    names, last = list(backfill.partition_names or ()), backfill.last_submitted_partition_name
+    return set(names[names.index(last) + 1:] if last in names else names)
+
+
+def days_in_flight(runs: Iterable, target: SensorTarget, ignored: list[str] | None = None,
+                   backfills: Iterable[PartitionBackfill] = ()) -> set[str]:
+    """The partition keys of ``target``'s table that a run not yet finished archives, from anywhere: a
+    backfill's ranged runs (range tags), a day launched from the UI or a schedule (``dagster/partition``), and
+    those a launched ``backfills`` (:func:`unfinished_backfills`) has not submitted yet. Requested again, each
+    would wait for the same table-day lock and archive the day twice. A run whose range names no periods of the
+    table archives none of them: it is left out, and said in ``ignored``."""
     spec, busy = target.spec, set()
+    for backfill in backfills:
+        busy |= backfill_keys(backfill, target.asset_key, (target.job.name, target.shared_job))
     for run in runs:
         selection = run.asset_selection or ()
         if selection and target.asset_key not in selection:
@@ -412,8 +453,8 @@ def build_new_days_sensor(targets: list[SensorTarget], settings: SensorSettings,
             conn = _connect(postgres, stack)
             _apply_session_settings(conn, postgres)
             origin = context.code_location_origin
-            running = unfinished_runs(context.instance, origin.location_name if origin else None,
-                                      context.repository_name)
+            here = (origin.location_name if origin else None, context.repository_name)
+            running, backfills = unfinished_runs(context.instance, *here), unfinished_backfills(context.instance, *here)
             for target in targets:
                 spec = target.spec
                 days = candidate_days(spec, now, settings.lookback_days, candidates)
@@ -446,7 +487,7 @@ def build_new_days_sensor(targets: list[SensorTarget], settings: SensorSettings,
                     context.log.warning(f"{spec.name}: {message}")
                     problems.append(f"{spec.name}: {message}")
                 ignored: list[str] = []
-                busy = days_in_flight(running, target, ignored)
+                busy = days_in_flight(running, target, ignored, backfills)
                 report.append(inspected(spec, days, len(missing), len(found)))
                 if ignored:  # (a warning: the tick may request days and show no message)
                     report[-1] += (f", ignored {len(ignored)} queued or running run(s) whose range names no "
@@ -455,7 +496,7 @@ def build_new_days_sensor(targets: list[SensorTarget], settings: SensorSettings,
                 found_days.append((target, [d for d in found if spec.period(d).isoformat() not in busy]))
                 archiving = [spec.period(d).isoformat() for d in found if spec.period(d).isoformat() in busy]
                 if archiving:
-                    report[-1] += f", {_listed(archiving)} being archived by a queued or running run"
+                    report[-1] += f", {_listed(archiving)} being archived by a run or a launched backfill"
             cap = settings.max_runs_per_tick
             origin = context.code_location_origin
             # the turn goes on from tick to tick: the table after the one served first last tick starts this one, so a
