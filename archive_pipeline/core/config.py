@@ -12,6 +12,7 @@ import functools
 import hashlib
 import os
 import re
+import reprlib
 import string
 import unicodedata
 from pathlib import Path
@@ -56,6 +57,27 @@ MAX_KEEP_DAYS = 36_500  # a hundred years: "keep forever" in practice; more over
 MAX_RETRY_DELAY_SECONDS = 86_400.0  # a day before the first retry
 MAX_RETRY_WAIT_SECONDS = 7 * 86_400.0  # the longest wait (the last retry's, after doubling) a run may sit in
 MAX_SENSOR_INTERVAL_SECONDS = 7 * 86_400  # a sensor that ticks less often than weekly is a typo
+MAX_ALIAS_NODES = 100_000  # values YAML aliases may add to a file's own: a thousand tables merging shared settings
+MAX_QUOTED = 120  # characters of a value a message quotes
+
+
+def _bounded_repr() -> reprlib.Repr:
+    """A repr that stops two levels and four items down: it never walks what it would not show."""
+    brief = reprlib.Repr()
+    brief.maxstring = brief.maxother = MAX_QUOTED  # (a 63-byte name, or a schema.table of two, is shown whole)
+    brief.maxlevel = 2
+    brief.maxlist = brief.maxtuple = brief.maxdict = brief.maxset = brief.maxfrozenset = 4
+    return brief
+
+
+_BOUNDED_REPR = _bounded_repr()
+
+
+def _brief_repr(value: object) -> str:
+    """``value``'s repr, shortened to a line: a message may quote any value of the file, and a list of YAML aliases
+    expanding a billion-fold (or a name of a megabyte) took gigabytes to quote (a MemoryError, not the error)."""
+    text = _BOUNDED_REPR.repr(value)
+    return text if len(text) <= MAX_QUOTED else text[:MAX_QUOTED - 3] + "..."
 
 
 def _not_boolean(value: object) -> object:
@@ -127,10 +149,10 @@ def _identifier(name: str) -> str:
     if not name:
         raise ValueError("is empty; write the name as the catalog spells it")
     if "\x00" in name:
-        raise ValueError(f"{name!r} contains a NUL character, which no PostgreSQL name can hold")
+        raise ValueError(f"{_brief_repr(name)} contains a NUL character, which no PostgreSQL name can hold")
     if len(name) > MAX_IDENTIFIER_BYTES:
-        raise ValueError(f"identifier {name!r} is {len(name)} characters long, longer than PostgreSQL's 63 bytes in "
-                         "any encoding")
+        raise ValueError(f"identifier {_brief_repr(name)} is {len(name)} characters long, longer than PostgreSQL's "
+                         "63 bytes in any encoding")
     return name
 
 
@@ -265,7 +287,8 @@ class TableSpec(_Strict):
         if isinstance(value, str) and value.strip().isdigit():  # "4" from a quoted YAML value
             value = int(value)
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_PARALLEL_STREAMS:
-            raise ValueError(f"must be a whole number from 1 to {MAX_PARALLEL_STREAMS}, or auto (got {value!r})")
+            raise ValueError(f"must be a whole number from 1 to {MAX_PARALLEL_STREAMS}, or auto "
+                             f"(got {_brief_repr(value)})")
         return value
 
     @field_validator("key_template")
@@ -558,7 +581,7 @@ def _key_parts(value: object) -> object:
         return parts  # pydantic names the type it expected
     for part in parts:
         if not isinstance(part, str) or not re.fullmatch(r"[A-Za-z0-9_]+", part):
-            raise ValueError(f"{part!r} cannot be part of a Dagster asset key: use letters, digits and '_' "
+            raise ValueError(f"{_brief_repr(part)} cannot be part of a Dagster asset key: use letters, digits and '_' "
                              "(e.g. asset_key_prefix: [warehouse_eu])")
     return tuple(parts)
 
@@ -685,7 +708,8 @@ def _describe(error: ValidationError, raw: dict) -> str:
             message = item["msg"].removeprefix("Value error, ")
             if not setting and ": " in message and message.split(": ", 1)[0] in TableSpec.model_fields:
                 setting, message = message.split(": ", 1)  # a whole-table rule about one setting
-            where = f"table {entry.get('name', f'#{loc[1] + 1}')!r}" + (f", setting {setting!r}" if setting else "")
+            label = _brief_repr(entry.get("name", f"#{loc[1] + 1}"))
+            where = f"table {label}" + (f", setting {setting!r}" if setting else "")
         else:
             message = item["msg"].removeprefix("Value error, ")
             if loc:
@@ -702,7 +726,7 @@ def _describe(error: ValidationError, raw: dict) -> str:
                          f"a setting of {len(str(loc[-1]))} characters" + (f" in {shown!r}" if shown else ""))
                 message = "unknown setting (not shown: is this the YAML file of the tables?)"
         elif item["type"].startswith("date_"):
-            message = f"{message} (got {item.get('input')!r}; write a real day as YYYY-MM-DD)"
+            message = f"{message} (got {_brief_repr(item.get('input'))}; write a real day as YYYY-MM-DD)"
         lines.append(f"  {where}: {message}")
     return "\n".join(lines)
 
@@ -746,11 +770,17 @@ _NOT_TEXT_TAGS = ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.o
                   "tag:yaml.org,2002:null")
 
 
-def _not_text(node: yaml.Node) -> str | None:
+def _not_text(node: yaml.Node, seen: set[int] | None = None) -> str | None:
     """Why a text setting (or an item of a list of them) is not the text it shows: YAML 1.1 reads a plain ``no``,
-    ``off`` or ``on`` as a boolean and ``2024.10`` as the number 2024.1, so the error named another value."""
+    ``off`` or ``on`` as a boolean and ``2024.10`` as the number 2024.1, so the error named another value. A list
+    is walked once per node (``seen``): its aliases are references to one node, which nested lists of them repeat
+    a billion-fold."""
     if isinstance(node, yaml.SequenceNode):
-        return next((why for why in map(_not_text, node.value) if why), None)
+        seen = set() if seen is None else seen
+        if id(node) in seen:
+            return None
+        seen.add(id(node))
+        return next((why for item in node.value if (why := _not_text(item, seen))), None)
     if isinstance(node, yaml.MappingNode) and node.flow_style:  # key_template: {period} is the mapping {period: null}
         text = _written(node)
         return f"{text} reads as a YAML mapping (a plain value cannot start with '{{'), not as text: quote it ({_quoted(text)})"
@@ -803,9 +833,9 @@ def _braced_text_settings(data: bytes) -> list[str]:
     except (yaml.YAMLError, ValueError, RecursionError):
         return []
     owners = _tables_by_line(repaired)
-    return [f"{'table ' + repr(owners[n]) + ', ' if n in owners else ''}setting {key!r} (line {n + 1}): {value} reads "
-            f"as the start of a YAML mapping (a plain value cannot start with '{{'), not as text: quote it "
-            f"({_quoted(value)})" for n, (key, value) in braced.items()]
+    return [f"{'table ' + _brief_repr(owners[n]) + ', ' if n in owners else ''}setting {key!r} (line {n + 1}): "
+            f"{value} reads as the start of a YAML mapping (a plain value cannot start with '{{'), not as text: "
+            f"quote it ({_quoted(value)})" for n, (key, value) in braced.items()]
 
 
 def _tables_by_line(node: yaml.Node | None) -> dict[int, str]:
@@ -845,13 +875,13 @@ def _misleading_settings(node: yaml.Node, path: tuple[str, ...] = (), table: str
             if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
                 continue
             if key.style is None and key.tag in _NOT_TEXT_TAGS:  # on:, yes:, 1:, null: read as no text
-                where = f"table {table!r}" if table else "the configuration"
+                where = f"table {_brief_repr(table)}" if table else "the configuration"
                 why = _not_text(key) or f"{key.value} reads as null in YAML 1.1, not as text: quote it ('{key.value}')"
                 found.append(f"{where}, line {key.start_mark.line + 1}: the setting {why}, or remove it if it is no "
                              "setting")
                 continue
             setting = ".".join((*path, key.value))
-            where = f"table {table!r}, setting {setting!r}" if table else f"setting {setting!r}"
+            where = f"table {_brief_repr(table)}, setting {setting!r}" if table else f"setting {setting!r}"
             line = key.start_mark.line + 1
             if key.value in lines:
                 found.append(f"{where} is given twice (lines {lines[key.value]} and {line}); YAML would keep the "
@@ -948,10 +978,50 @@ def _yaml_problem(exc: Exception, file: Path) -> str:
 def refuse_repeated_settings(node: yaml.Node | None, source: str) -> None:
     """Fail, naming ``source``, each table, setting and line, when ``node`` (a configuration, or a
     component's attributes in its defs.yaml) gives a setting twice in one mapping, or a number that
-    YAML 1.1 reads otherwise than it shows (see :func:`_misleading_settings`)."""
+    YAML 1.1 reads otherwise than it shows (see :func:`_misleading_settings`); first, when its aliases
+    make it far larger than the file (see :func:`refuse_alias_expansion`)."""
+    if node is not None:
+        refuse_alias_expansion(node, source)
     found = _misleading_settings(node) if node is not None else []
     if found:
         raise ConfigError(f"invalid archive configuration in {source}:\n" + "\n".join(f"  {f}" for f in found))
+
+
+def refuse_alias_expansion(node: yaml.Node, source: str) -> None:
+    """Fail, naming ``source``, when YAML aliases make ``node``'s value far larger than the file that writes it.
+    PyYAML composes (and loads) an alias as a reference to its anchor's node, which costs nothing, but what reads
+    the loaded value (these checks, the validation, a message quoting a value) walks it expanded: ten aliases of
+    ten aliases, nine levels deep ("billion laughs"), are 10**9 strings from under a kilobyte, and the load never
+    ended or ran out of memory; an anchor used inside itself (``&a [*a]``) never ends at all. Counted once per node,
+    so the count costs what the file's own size does."""
+    sizes: dict[int, int] = {}
+    expanded = _expanded_size(node, sizes, set())
+    if expanded == float("inf"):
+        raise ConfigError(f"invalid archive configuration in {source}: a value contains itself (an alias inside its "
+                          "own anchor, such as &a [*a]), which has no end; write the value out")
+    if expanded > len(sizes) + MAX_ALIAS_NODES:
+        raise ConfigError(f"invalid archive configuration in {source}: its aliases expand its {len(sizes):,} values "
+                          f"to {expanded:,} (more than {MAX_ALIAS_NODES:,} added: aliases of lists of aliases, a "
+                          "'billion laughs'?); a table list needs aliases only for shared settings: write the values "
+                          "out")
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int], open_nodes: set[int]) -> float:
+    """How many nodes ``node`` is with every alias in it written out (infinite for one inside its own anchor);
+    each node is counted once and remembered in ``sizes`` by identity, ``open_nodes`` being those being counted."""
+    if id(node) in sizes:
+        return sizes[id(node)]
+    if id(node) in open_nodes:
+        return float("inf")
+    open_nodes.add(id(node))
+    items = node.value if isinstance(node, yaml.SequenceNode) else \
+        [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else []
+    size: float = 1
+    for item in items:  # (a loop, not sum() of a generator: one frame a level, fewer than the composer's)
+        size += _expanded_size(item, sizes, open_nodes)
+    open_nodes.discard(id(node))
+    sizes[id(node)] = size
+    return size
 
 
 def compose_yaml(text: str | bytes) -> list[yaml.Node]:
