@@ -319,9 +319,11 @@ class TableSpec(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _default_template(cls, data: object) -> object:
-        """An hourly or monthly table without its own key template gets its granularity's default."""
-        if isinstance(data, dict) and "key_template" not in data and data.get("granularity") in DEFAULT_KEY_TEMPLATES:
-            data = {**data, "key_template": DEFAULT_KEY_TEMPLATES[data["granularity"]]}
+        """An hourly or monthly table without its own key template gets its granularity's default. (Any other
+        granularity is left to the field's check: a list, unhashable, crashed the load with a TypeError.)"""
+        granularity = data.get("granularity") if isinstance(data, dict) else None
+        if isinstance(granularity, str) and "key_template" not in data and granularity in DEFAULT_KEY_TEMPLATES:
+            data = {**data, "key_template": DEFAULT_KEY_TEMPLATES[granularity]}
         return data
 
     @field_validator("start_date")
