@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
-from archive_pipeline.core.session_settings import speaks_utf8
+from archive_pipeline.core.session_settings import speaks_utf8, writing_as_origin
 from archive_pipeline.core import fingerprint
 from archive_pipeline.core import keys, periods
 from archive_pipeline.core.config import TableSpec
@@ -160,7 +160,7 @@ def _remove_day(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date
     _require_primary(conn, spec, day, f"removing {spec.name} {day}")
     if reads is not None and reads is not conn:  # (a staging copy's day was dropped, the real source's marked removed)
         refuse_other_cluster(conn, spec, day, None, reads=reads)
-    with table_day_lock(conn, spec.name, day):
+    with writing_as_origin(conn, spec.name, day.isoformat(), "removing"), table_day_lock(conn, spec.name, day):
         key = keys.table_day_key(spec, day, store.prefix)
         manifest = _trusted_manifest(store, spec, day, key)
         if (other := _archive_key_trusted(store, spec, day, key, manifest, former_keys)) != key:

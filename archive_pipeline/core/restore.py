@@ -33,8 +33,9 @@ from archive_pipeline.core.formats import readers
 from archive_pipeline.core.formats.common import OTHER_FORMATS, READ_AHEAD_BYTES
 from archive_pipeline.core.config import MAX_IDENTIFIER_BYTES as MAX_NAME_BYTES, TableSpec
 from archive_pipeline.core.discovery import child_ranges
-from archive_pipeline.core.errors import (SETTING_MISFITS, TABLE_MISSING, ArchiveError, SourceError, classify, named, note_cancelled,
-                                          refused_grant, refused_kind, remedy_for, sql_name)
+from archive_pipeline.core.errors import (SETTING_MISFITS, TABLE_MISSING, ArchiveError, SessionSettingError, SourceError,
+                                          classify, named, note_cancelled, refused_grant, refused_kind, remedy_for,
+                                          sql_name)
 from archive_pipeline.core.listing import unarchived_days
 from archive_pipeline.core.locks import require_autocommit, table_day_lock
 from archive_pipeline.core.manifest import (ManifestError, another_period, archived_encoding, decoded_manifest,
@@ -47,7 +48,8 @@ from archive_pipeline.core.source import (NUMBER_TYPES, Column, PrintedNames, al
                                           lookalike_relations, missing_character, prefetch, printed_names_changed,
                                           relation_name, relation_printed_names, relation_shapes, shape_changes,
                                           stored_name_problem)
-from archive_pipeline.core.session_settings import CATALOG_FIRST, apply_settings, speaks_utf8, without_user_triggers
+from archive_pipeline.core.session_settings import CATALOG_FIRST, apply_settings, speaks_utf8, without_user_triggers, \
+    writing_as_origin
 from archive_pipeline.core.sqltext import CatalogText, with_params
 from archive_pipeline.core.store import DownloadError, LocalFileError, S3Store, temp_file_refused
 
@@ -2657,6 +2659,7 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
                                                           _listed_days(conn, relation, table)):
             return _already_restored(relation, manifest, started)  # nothing to download
         with contextlib.ExitStack() as stack:
+            stack.enter_context(writing_as_origin(conn, table, day, "restoring"))  # (before the download's cost)
             path = None if manifest.get("empty") or manifest.get("object") is None else \
                 stack.enter_context(downloaded(store, manifest, temp_dir))
             # Into the archived table: never while the day is archived or removed. Into another table:
@@ -2734,7 +2737,7 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
     except ArchiveError as exc:
         if isinstance(exc, _UniqueViolation):  # the day's transaction is rolled back: now it can be told
             exc = _unique_violation(conn, exc, manifest, to_create)
-        elif isinstance(exc, SourceError) and table:
+        elif isinstance(exc, SourceError) and not isinstance(exc, SessionSettingError) and table:
             # the target read as a source is (its columns, by the check): the restore's refusal, of the archived table
             said = exc.message if exc.message.startswith(f"restoring {table}") else \
                 f"restoring {table} for {day} into {relation}: {exc.message}"
