@@ -1150,7 +1150,7 @@ class _Archiving:
         them along refuses)."""
         if self.spec.partitioning.mode != "naming" or not self.spec.day_column:
             return
-        outside = self.conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE ({}) IS NOT TRUE").format(
+        outside = self.conn.execute(sql.SQL("SELECT pg_catalog.count(*) FROM {} WHERE ({}) IS NOT TRUE").format(
             table.identifier, where)).fetchone()[0]
         if outside:
             log.warning("%s %s: the day's table %s holds %d row(s) whose %s is outside the day in %s (or NULL): no "

@@ -243,8 +243,8 @@ def _child_ranges(conn: psycopg.Connection, spec: TableSpec) -> list[ChildRange]
     wall_clock = key_type in _TIME_KEYS and key_type != "timestamp with time zone" and (
         not zoned or _converts_by_table_zone(conn, spec))
     rows = conn.execute(_CHILDREN_QUERY, (schema, name)).fetchall()
-    if not rows and conn.execute("SELECT to_regclass(%s) IS NULL", (sql.Identifier(schema, name).as_string(conn),)
-                                 ).fetchone()[0]:
+    if not rows and conn.execute("SELECT pg_catalog.to_regclass(%s) IS NULL",
+                                 (sql.Identifier(schema, name).as_string(conn),)).fetchone()[0]:
         raise SourceError(f"table {spec.name!r} does not exist{unquoted_hint(schema, name)}", table=spec.name,
                           retryable=False,
                           cause=TABLE_MISSING,
@@ -289,7 +289,8 @@ def _same_zone(conn: psycopg.Connection, one: str, other: str) -> bool:
     server takes names in any case, and its zone files of one zone are the same bytes."""
     if one.lower() == other.lower():
         return True
-    named = [conn.execute("SELECT name FROM pg_catalog.pg_timezone_names WHERE lower(name) = lower(%s) LIMIT 1",
+    named = [conn.execute("SELECT name FROM pg_catalog.pg_timezone_names "
+                          "WHERE pg_catalog.lower(name) = pg_catalog.lower(%s) LIMIT 1",
                           (zone,)).fetchone() for zone in (one, other)]
     if not all(named):
         return False

@@ -117,6 +117,14 @@ class SourceError(ArchiveError):
     """Something about PostgreSQL: the connection, the table, its privileges, its data."""
 
 
+class SessionSettingError(SourceError):
+    """A setting the role's session starts with (the DBA's ``ALTER ROLE/DATABASE ... SET``) under which writing
+    would be wrong and that the role may not change: refused before anything is written. The role's, so every
+    day alike, and permanent until the setting is changed."""
+
+    EVERY_DAY = True
+
+
 class UnsupportedTypeError(ArchiveError):
     """A column's type cannot be represented faithfully in the chosen format."""
 

@@ -524,7 +524,7 @@ def hash_sum(row_hashes: sql.Composable) -> sql.Composed:
 def fingerprint_query(relation: sql.Composable, columns: Sequence[ColumnLike],
                       where: sql.Composable | None = None, algorithm: str = ALGORITHM,
                       encoding: str = "UTF8") -> sql.Composed:
-    return sql.SQL("SELECT count(*), {total} FROM {rel} WHERE {where}").format(
+    return sql.SQL("SELECT pg_catalog.count(*), {total} FROM {rel} WHERE {where}").format(
         total=hash_sum(row_hash(columns, algorithm=algorithm, encoding=encoding)), rel=relation,
         where=where if where is not None else sql.SQL("TRUE"))
 

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
-from archive_pipeline.core.session_settings import speaks_utf8
+from archive_pipeline.core.session_settings import speaks_utf8, writing_as_origin
 from archive_pipeline.core import fingerprint
 from archive_pipeline.core import keys, periods
 from archive_pipeline.core.config import TableSpec
@@ -160,7 +160,7 @@ def _remove_day(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date
     _require_primary(conn, spec, day, f"removing {spec.name} {day}")
     if reads is not None and reads is not conn:  # (a staging copy's day was dropped, the real source's marked removed)
         refuse_other_cluster(conn, spec, day, None, reads=reads)
-    with table_day_lock(conn, spec.name, day):
+    with writing_as_origin(conn, spec.name, day.isoformat(), "removing"), table_day_lock(conn, spec.name, day):
         key = keys.table_day_key(spec, day, store.prefix)
         manifest = _trusted_manifest(store, spec, day, key)
         if (other := _archive_key_trusted(store, spec, day, key, manifest, former_keys)) != key:
@@ -490,7 +490,7 @@ def _remove(conn: psycopg.Connection, spec: TableSpec, day: Period, store: S3Sto
             target = _target(conn, spec, day, table, action)
             # The transaction's id, assigned now and recorded in the mark: whoever finds the mark later
             # asks PostgreSQL whether this transaction committed (txid_status).
-            xid = conn.execute("SELECT txid_current()").fetchone()[0]
+            xid = conn.execute("SELECT pg_catalog.txid_current()").fetchone()[0]
             mark = {"at": now.isoformat(), "action": action, "state": "pending", "by": removed_by,
                     "relation": target.qualified, "xid": str(xid)}
             if target is not table and spec.partitioning.mode == "declarative":
@@ -857,7 +857,7 @@ def _require_primary(conn: psycopg.Connection, spec: TableSpec, day: Period, wha
 
 def _in_recovery(conn: psycopg.Connection) -> bool:
     """Whether ``conn`` is a hot standby."""
-    return conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]
+    return conn.execute("SELECT pg_catalog.pg_is_in_recovery()").fetchone()[0]
 
 
 def _primary_needed(spec: TableSpec, day: Period, what: str) -> RemovalRefused:
@@ -870,7 +870,7 @@ def _primary_needed(spec: TableSpec, day: Period, what: str) -> RemovalRefused:
 def _transaction_status(conn: psycopg.Connection, xid: object) -> str | None:
     """PostgreSQL's txid_status of a removal mark's transaction (raises where the id is in the future, ...)."""
     with conn.transaction():
-        return conn.execute("SELECT txid_status(%s::bigint)", (int(xid),)).fetchone()[0]
+        return conn.execute("SELECT pg_catalog.txid_status(%s::bigint)", (int(xid),)).fetchone()[0]
 
 
 def pending_removal_committed(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date,
@@ -944,7 +944,7 @@ def _day_table_gone(conn: psycopg.Connection, spec: TableSpec, day: Period) -> b
     if spec.partitioning.mode != "naming":
         return False
     child = sql.Identifier(spec.schema_name, spec.child_table(day)).as_string(conn)
-    return conn.execute("SELECT to_regclass(%s) IS NULL", (child,)).fetchone()[0]
+    return conn.execute("SELECT pg_catalog.to_regclass(%s) IS NULL", (child,)).fetchone()[0]
 
 
 def _relation_back(conn: psycopg.Connection, spec: TableSpec, day: Period, manifest: dict) -> bool:
@@ -966,7 +966,7 @@ def _has_rows(conn: psycopg.Connection, spec: TableSpec, day: Period) -> bool:
     if _day_table_gone(conn, spec, day):
         return False
     with conn.transaction():
-        conn.execute("SELECT set_config('row_security', 'off', true)")  # hidden rows are an error, not none
+        conn.execute("SELECT pg_catalog.set_config('row_security', 'off', true)")  # hidden rows are an error, not none
         table = source_table(conn, spec, day)
         return conn.execute(sql.SQL("SELECT EXISTS (SELECT FROM {} WHERE {})").format(
             table.identifier, day_filter(table, day))).fetchone()[0]
@@ -980,8 +980,9 @@ def still_detached(conn: psycopg.Connection, spec: TableSpec, day: Period, manif
     if spec.partitioning.mode != "naming" or (manifest.get("removed") or {}).get("action") != "detach":
         return False
     child = sql.Identifier(spec.schema_name, spec.child_table(day)).as_string(conn)
-    return conn.execute("SELECT to_regclass(%s) IS NOT NULL AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_inherits "
-                        "WHERE inhrelid = to_regclass(%s))", (child, child)).fetchone()[0]
+    return conn.execute("SELECT pg_catalog.to_regclass(%s) IS NOT NULL AND NOT EXISTS (SELECT 1 FROM "
+                        "pg_catalog.pg_inherits WHERE inhrelid = pg_catalog.to_regclass(%s))",
+                        (child, child)).fetchone()[0]
 
 
 def _source_rows(conn: psycopg.Connection, spec: TableSpec, day: Period, manifest: dict) -> int:
@@ -1001,7 +1002,7 @@ def _written_after(conn: psycopg.Connection, spec: TableSpec, day: Period, xid: 
         with conn.transaction():
             table = source_table(conn, spec, day)
             # every row (a restore writes them all; rows an upsert rewrote unchanged leave the others as they were)
-            younger = sql.SQL("SELECT count(*) > 0 AND bool_and(pg_catalog.age(xmin) < "
+            younger = sql.SQL("SELECT pg_catalog.count(*) > 0 AND pg_catalog.bool_and(pg_catalog.age(xmin) < "
                               "pg_catalog.age(%s::pg_catalog.text::pg_catalog.xid)) FROM {} WHERE {}").format(
                 table.identifier, day_filter(table, day))
             return bool(conn.execute(younger, (str(xid % 2**32),)).fetchone()[0])
@@ -1136,7 +1137,8 @@ def _recheck_and_remove(conn: psycopg.Connection, spec: TableSpec, day: Period, 
         raise RemovalRefused(f"{spec.name} {day} stays in the source: DELETE removed {deleted:,} rows where "
                              f"{now.rows:,} were archived (a trigger, rule or row-level security on the table?); "
                              "rolled back", table=spec.name, day=day.isoformat())
-    left = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE {}").format(table.identifier, where)).fetchone()[0]
+    left = conn.execute(sql.SQL("SELECT pg_catalog.count(*) FROM {} WHERE {}").format(table.identifier, where)
+                        ).fetchone()[0]
     if left:  # DELETE said so, but an INSTEAD rule (or a trigger putting rows back) kept them: never "done"
         raise RemovalRefused(f"{spec.name} {day} stays in the source: DELETE reported {deleted:,} rows removed, but "
                              f"{left:,} rows of the day are still there (an INSTEAD rule or a trigger?); rolled back",
@@ -1277,9 +1279,9 @@ def _detach(conn: psycopg.Connection, spec: TableSpec, day: Period, action: str,
 # make reference a row of the partition (rows inside it too), which PostgreSQL checks only at the DETACH itself.
 _KEYS_TO_ANCESTORS = """
 SELECT c.conname::text, c.conrelid::regclass::text,
-       ARRAY(SELECT a.attname::text FROM unnest(c.conkey) WITH ORDINALITY k(n, i)
+       ARRAY(SELECT a.attname::text FROM pg_catalog.unnest(c.conkey) WITH ORDINALITY k(n, i)
              JOIN pg_catalog.pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.n ORDER BY k.i),
-       ARRAY(SELECT a.attname::text FROM unnest(c.confkey) WITH ORDINALITY k(n, i)
+       ARRAY(SELECT a.attname::text FROM pg_catalog.unnest(c.confkey) WITH ORDINALITY k(n, i)
              JOIN pg_catalog.pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.n ORDER BY k.i)
 FROM pg_catalog.pg_constraint c
 WHERE c.contype = 'f' AND c.conparentid = 0 AND c.confrelid <> %(t)s::regclass
@@ -1318,10 +1320,10 @@ def _refuse_referenced(conn: psycopg.Connection, spec: TableSpec, day: Period, t
 
 # DELETE triggers (row or statement, enabled, not PostgreSQL's own) and ON DELETE rules of the given tables.
 _DELETE_SIDE_EFFECTS = """
-SELECT DISTINCT format('trigger %%I on %%s', t.tgname, t.tgrelid::regclass) FROM pg_catalog.pg_trigger t
+SELECT DISTINCT pg_catalog.format('trigger %%I on %%s', t.tgname, t.tgrelid::regclass) FROM pg_catalog.pg_trigger t
 WHERE t.tgrelid = ANY(%(rels)s::pg_catalog.oid[]) AND NOT t.tgisinternal AND t.tgenabled <> 'D' AND (t.tgtype & 8) <> 0
 UNION
-SELECT format('rule %%I on %%s', r.rulename, r.ev_class::regclass) FROM pg_catalog.pg_rewrite r
+SELECT pg_catalog.format('rule %%I on %%s', r.rulename, r.ev_class::regclass) FROM pg_catalog.pg_rewrite r
 WHERE r.ev_class = ANY(%(rels)s::pg_catalog.oid[]) AND r.ev_type = '4'
 ORDER BY 1
 """
@@ -1391,7 +1393,7 @@ def _routed_back(conn: psycopg.Connection, table: SourceTable, child: sql.Identi
     proves nothing."""
     columns = sql.SQL(", ").join(sql.Identifier(c.name) for c in table.columns)
     probe = sql.SQL("WITH landed AS (INSERT INTO {table} ({columns}) SELECT {columns} FROM ONLY {child} WHERE {day} "
-                    "LIMIT 1 RETURNING 1) SELECT count(*) FROM landed").format(
+                    "LIMIT 1 RETURNING 1) SELECT pg_catalog.count(*) FROM landed").format(
         table=table.identifier, columns=columns, child=child, day=day_filter(table, day))
     try:
         with conn.transaction(force_rollback=True):
@@ -1461,7 +1463,7 @@ leaf(oid, up) AS (
       AND NOT EXISTS (SELECT FROM pg_catalog.pg_index x WHERE x.indrelid = c.oid AND x.indisvalid AND x.indisunique
                       AND x.indimmediate AND x.indpred IS NULL
                       AND CASE c.relreplident WHEN 'd' THEN x.indisprimary WHEN 'i' THEN x.indisreplident END))
-SELECT n.nspname::text, c.relname::text, array_agg(p.pubname::text ORDER BY p.pubname)
+SELECT n.nspname::text, c.relname::text, pg_catalog.array_agg(p.pubname::text ORDER BY p.pubname)
 FROM leaf JOIN pg_catalog.pg_class c ON c.oid = leaf.oid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 JOIN pg_catalog.pg_publication p ON p.pubdelete AND (p.puballtables
     OR EXISTS (SELECT FROM pg_catalog.pg_publication_rel r WHERE r.prpubid = p.oid AND r.prrelid = ANY (leaf.up)){schemas})
@@ -1541,7 +1543,7 @@ def _refuse_unremovable(conn: psycopg.Connection, spec: TableSpec, day: Period, 
         _refuse_dependents(conn, spec, day, target)
     else:
         _refuse_referenced_rows(conn, spec, day, target)
-    outside = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE ({}) IS NOT TRUE").format(  # NULL days too
+    outside = conn.execute(sql.SQL("SELECT pg_catalog.count(*) FROM {} WHERE ({}) IS NOT TRUE").format(  # NULL days too
         target.identifier, day_filter(target, day))).fetchone()[0] if target.day_column is not None else 0
     if outside:
         raise RemovalRefused(f"{target.qualified} also holds {outside:,} rows outside {day}; it is not removed",
@@ -1646,23 +1648,23 @@ def _refuse_unprivileged(conn: psycopg.Connection, spec: TableSpec, day: Period,
 # tables inheriting from it (a naming-mode day table; its own partitions go with it), what uses its row type
 # (a function's argument, another table's column) and what uses a sequence it owns (another table's default).
 _DEPENDENTS = """
-SELECT format('view or rule of %%s', r.ev_class::regclass) FROM pg_catalog.pg_depend d
+SELECT pg_catalog.format('view or rule of %%s', r.ev_class::regclass) FROM pg_catalog.pg_depend d
 JOIN pg_catalog.pg_rewrite r ON r.oid = d.objid
 WHERE d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.refclassid = 'pg_catalog.pg_class'::regclass
   AND d.refobjid = %(t)s::regclass AND r.ev_class <> %(t)s::regclass
 UNION
-SELECT format('foreign key %%I of %%s', c.conname, c.conrelid::regclass) FROM pg_catalog.pg_constraint c
+SELECT pg_catalog.format('foreign key %%I of %%s', c.conname, c.conrelid::regclass) FROM pg_catalog.pg_constraint c
 WHERE c.contype = 'f' AND c.conparentid = 0 AND c.conrelid <> %(t)s::regclass
   AND c.confrelid IN (SELECT relid FROM pg_catalog.pg_partition_ancestors(%(t)s::regclass))
 UNION
-SELECT format('table %%s inheriting from it', i.inhrelid::regclass) FROM pg_catalog.pg_inherits i
+SELECT pg_catalog.format('table %%s inheriting from it', i.inhrelid::regclass) FROM pg_catalog.pg_inherits i
 JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = %(t)s::regclass AND NOT c.relispartition
 UNION
 SELECT pg_catalog.pg_describe_object(d.classid, d.objid, d.objsubid) FROM pg_catalog.pg_depend d
 JOIN pg_catalog.pg_type ty ON ty.oid = d.refobjid JOIN pg_catalog.pg_class t ON t.oid = %(t)s::regclass
 WHERE d.refclassid = 'pg_catalog.pg_type'::regclass AND d.deptype = 'n' AND t.reltype IN (ty.oid, ty.typelem)
 UNION
-SELECT format('%%s (its sequence %%s)', pg_catalog.pg_describe_object(d.classid, d.objid, d.objsubid),
+SELECT pg_catalog.format('%%s (its sequence %%s)', pg_catalog.pg_describe_object(d.classid, d.objid, d.objsubid),
               s.objid::regclass) FROM pg_catalog.pg_depend s
 JOIN pg_catalog.pg_class q ON q.oid = s.objid AND q.relkind = 'S'
 JOIN pg_catalog.pg_depend d ON d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid = s.objid AND d.deptype = 'n'
@@ -1714,7 +1716,7 @@ dropped(oid) AS (
     JOIN pg_catalog.pg_class q ON q.oid = s.objid AND q.relkind = 'S'
     WHERE s.classid = 'pg_catalog.pg_class'::regclass AND s.refclassid = 'pg_catalog.pg_class'::regclass
       AND s.deptype IN ('a', 'i'))
-SELECT x.extname::text, format('ALTER EXTENSION %%I DROP %%s %%s', x.extname,
+SELECT x.extname::text, pg_catalog.format('ALTER EXTENSION %%I DROP %%s %%s', x.extname,
               CASE c.relkind WHEN 'S' THEN 'SEQUENCE' WHEN 'f' THEN 'FOREIGN TABLE' ELSE 'TABLE' END, c.oid::regclass)
 FROM dropped JOIN pg_catalog.pg_class c ON c.oid = dropped.oid
 JOIN pg_catalog.pg_depend e ON e.classid = 'pg_catalog.pg_class'::regclass AND e.objid = c.oid AND e.deptype = 'e'

@@ -210,7 +210,7 @@ def _day_index(conn: psycopg.Connection, scanned: Sequence[int], table: SourceTa
 
 
 def _pages(conn: psycopg.Connection, oid: int) -> int:
-    return conn.execute("SELECT pg_catalog.pg_relation_size(%s) / current_setting('block_size')::bigint",
+    return conn.execute("SELECT pg_catalog.pg_relation_size(%s) / pg_catalog.current_setting('block_size')::bigint",
                         (oid,)).fetchone()[0]
 
 
@@ -313,13 +313,16 @@ def dsn_of(conn: psycopg.Connection) -> str:
 _FREE_SESSIONS = """
 SELECT least(
     (SELECT CASE WHEN r.rolsuper OR r.rolconnlimit < 0 THEN NULL
-                 ELSE r.rolconnlimit - (SELECT count(*) FROM pg_catalog.pg_stat_activity a WHERE a.usesysid = r.oid) END
+                 ELSE r.rolconnlimit - (SELECT pg_catalog.count(*) FROM pg_catalog.pg_stat_activity a
+                                        WHERE a.usesysid = r.oid) END
      FROM pg_catalog.pg_roles r WHERE r.rolname = session_user),
     (SELECT CASE WHEN d.datconnlimit < 0 THEN NULL
-                 ELSE d.datconnlimit - (SELECT count(*) FROM pg_catalog.pg_stat_activity a WHERE a.datid = d.oid) END
-     FROM pg_catalog.pg_database d WHERE d.datname = current_database()),
-    current_setting('max_connections')::int - current_setting('superuser_reserved_connections')::int
-      - (SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE backend_type = 'client backend'
+                 ELSE d.datconnlimit - (SELECT pg_catalog.count(*) FROM pg_catalog.pg_stat_activity a
+                                        WHERE a.datid = d.oid) END
+     FROM pg_catalog.pg_database d WHERE d.datname = pg_catalog.current_database()),
+    pg_catalog.current_setting('max_connections')::int
+      - pg_catalog.current_setting('superuser_reserved_connections')::int
+      - (SELECT pg_catalog.count(*) FROM pg_catalog.pg_stat_activity WHERE backend_type = 'client backend'
          -- another role's session shows no backend_type without pg_read_all_stats: counted by its user (a
          -- background worker of one counts too: fewer streams, never more than the server takes)
          OR (backend_type IS NULL AND usesysid IS NOT NULL)))

@@ -229,7 +229,7 @@ def _has_default_partition(conn: psycopg.Connection, spec: TableSpec) -> bool:
     name = sql.Identifier(spec.schema_name, spec.table_name).as_string(conn)
     try:
         found = conn.execute("SELECT partdefid <> 0 FROM pg_catalog.pg_partitioned_table "
-                             "WHERE partrelid = to_regclass(%s)", (name,)).fetchone()
+                             "WHERE partrelid = pg_catalog.to_regclass(%s)", (name,)).fetchone()
     except psycopg.Error:  # (a role without USAGE on the schema: the fingerprints will say so, day by day)
         return False
     return bool(found and found[0])
@@ -506,7 +506,8 @@ def estimate_day(conn: psycopg.Connection, spec: TableSpec, day: Period,
         return estimate
     with read_snapshot(conn):
         table, where = _source(conn, spec, day)
-        rows, size = conn.execute(sql.SQL("SELECT count(*), coalesce(sum(pg_column_size(t.*)), 0) FROM {} AS t "
+        rows, size = conn.execute(sql.SQL("SELECT pg_catalog.count(*), "
+                                          "coalesce(pg_catalog.sum(pg_catalog.pg_column_size(t.*)), 0) FROM {} AS t "
                                           "WHERE {}").format(table.identifier, where)).fetchone()
     return Estimate(rows=rows, bytes=int(size), method="count")
 

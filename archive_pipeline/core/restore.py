@@ -33,8 +33,9 @@ from archive_pipeline.core.formats import readers
 from archive_pipeline.core.formats.common import OTHER_FORMATS, READ_AHEAD_BYTES
 from archive_pipeline.core.config import MAX_IDENTIFIER_BYTES as MAX_NAME_BYTES, TableSpec
 from archive_pipeline.core.discovery import child_ranges
-from archive_pipeline.core.errors import (SETTING_MISFITS, TABLE_MISSING, ArchiveError, SourceError, classify, named, note_cancelled,
-                                          refused_grant, refused_kind, remedy_for, sql_name)
+from archive_pipeline.core.errors import (SETTING_MISFITS, TABLE_MISSING, ArchiveError, SessionSettingError, SourceError,
+                                          classify, named, note_cancelled, refused_grant, refused_kind, remedy_for,
+                                          sql_name)
 from archive_pipeline.core.listing import unarchived_days
 from archive_pipeline.core.locks import require_autocommit, table_day_lock
 from archive_pipeline.core.manifest import (ManifestError, another_period, archived_encoding, decoded_manifest,
@@ -47,7 +48,8 @@ from archive_pipeline.core.source import (NUMBER_TYPES, Column, PrintedNames, al
                                           lookalike_relations, missing_character, prefetch, printed_names_changed,
                                           relation_name, relation_printed_names, relation_shapes, shape_changes,
                                           stored_name_problem)
-from archive_pipeline.core.session_settings import CATALOG_FIRST, apply_settings, speaks_utf8, without_user_triggers
+from archive_pipeline.core.session_settings import CATALOG_FIRST, apply_settings, speaks_utf8, without_user_triggers, \
+    writing_as_origin
 from archive_pipeline.core.sqltext import CatalogText, with_params
 from archive_pipeline.core.store import DownloadError, LocalFileError, S3Store, temp_file_refused
 
@@ -175,12 +177,12 @@ def _copy(conn: psycopg.Connection, statement: sql.Composable, chunks: Iterator[
 # "bpchar[]" and '"bit"[]', where a bare "character" or "bit" would mean character(1) or bit(1) and a cast
 # to it would cut every element to one character or bit.
 _TARGET_COLUMNS = sql.SQL("""
-SELECT a.attname, format_type(a.atttypid, a.atttypmod), format_type(a.atttypid, -1),
+SELECT a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod), pg_catalog.format_type(a.atttypid, -1),
        CASE WHEN t.typnamespace = 'pg_catalog'::regnamespace THEN t.typname::text
             ELSE t.typnamespace::regnamespace::text || '.' || t.typname END,  -- a user's jsonb is not jsonb
        t.typcategory, a.attidentity
 FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
-WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped
+WHERE a.attrelid = pg_catalog.to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped
 """)
 
 # The target's columns that PostgreSQL fills itself: generated columns (no value can be written to them,
@@ -188,7 +190,7 @@ WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped
 _COMPUTED_COLUMNS = sql.SQL("""
 SELECT a.attname, a.attgenerated <> '', a.attidentity = 'a'
 FROM pg_catalog.pg_attribute a
-WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped
+WHERE a.attrelid = pg_catalog.to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped
   AND (a.attgenerated <> '' OR a.attidentity = 'a')
 """)
 
@@ -226,9 +228,10 @@ def _told_refused_column(conn: psycopg.Connection, target: sql.Composable, colum
     column is to blame)."""
     params = () if lines is not None else (Json(block, dumps=_as_is),)
     # every line a JSON object, as every line the writer writes is (else the object does not decode)
-    json_check = sql.SQL("SELECT count(*) FROM {} s WHERE s.line IS NOT NULL AND json_typeof(s.line::json) <> "
-                         "'object'").format(lines) if lines is not None else \
-        sql.SQL("SELECT count(*) FROM json_array_elements(%s) e WHERE json_typeof(e) <> 'object'")
+    json_check = sql.SQL("SELECT pg_catalog.count(*) FROM {} s WHERE s.line IS NOT NULL AND "
+                         "pg_catalog.json_typeof(s.line::json) <> 'object'").format(lines) if lines is not None else \
+        sql.SQL("SELECT pg_catalog.count(*) FROM pg_catalog.json_array_elements(%s) e "
+                "WHERE pg_catalog.json_typeof(e) <> 'object'")
     try:
         with conn.transaction():
             others = conn.execute(with_params(json_check, conn) if params else json_check, params or None,
@@ -250,7 +253,7 @@ def _told_refused_column(conn: psycopg.Connection, target: sql.Composable, colum
         params = (Json(block, dumps=_as_is),)
     said = exc.diag.message_primary
     for name, definition, value in pieces:
-        probe = sql.SQL("SELECT count({v}) FROM {f}").format(v=value, f=_jsonl_from(lines, definition))
+        probe = sql.SQL("SELECT pg_catalog.count({v}) FROM {f}").format(v=value, f=_jsonl_from(lines, definition))
         try:
             with conn.transaction():
                 conn.execute(with_params(probe, conn) if params else probe, params or None, prepare=False)
@@ -277,15 +280,15 @@ def _refused_element(conn: psycopg.Connection, block: bytes, pieces: list) -> by
     definitions = sql.SQL(", ").join(d for _, d, _ in pieces)
     values = sql.SQL(", ").join(v for _, _, v in pieces)
     param = (Json(block, dumps=_as_is),)
-    count = conn.execute("SELECT json_array_length(%s)", param, prepare=False).fetchone()[0]
+    count = conn.execute("SELECT pg_catalog.json_array_length(%s)", param, prepare=False).fetchone()[0]
 
     def elements(first: int, last: int) -> sql.Composable:
-        return sql.SQL("(SELECT t.e::text AS line FROM json_array_elements(%s) WITH ORDINALITY AS t(e, n) "
+        return sql.SQL("(SELECT t.e::text AS line FROM pg_catalog.json_array_elements(%s) WITH ORDINALITY AS t(e, n) "
                        "WHERE t.n >= {} AND t.n < {})").format(sql.Literal(first), sql.Literal(last))
 
     def refused(first: int, last: int) -> bool:
-        probe = sql.SQL("SELECT count(ROW({v})) FROM {f}").format(v=values, f=_jsonl_from(elements(first, last),
-                                                                                          definitions))
+        probe = sql.SQL("SELECT pg_catalog.count(ROW({v})) FROM {f}").format(
+            v=values, f=_jsonl_from(elements(first, last), definitions))
         try:
             with conn.transaction():
                 conn.execute(with_params(probe, conn), param, prepare=False)
@@ -296,7 +299,7 @@ def _refused_element(conn: psycopg.Connection, block: bytes, pieces: list) -> by
     if count < 1 or not refused(1, count + 1):
         return None
     first = _first_refused(1, count + 1, refused)
-    line = conn.execute("SELECT (json_array_elements(%s))::text LIMIT 1 OFFSET %s", (*param, first - 1),
+    line = conn.execute("SELECT (pg_catalog.json_array_elements(%s))::text LIMIT 1 OFFSET %s", (*param, first - 1),
                         prepare=False).fetchone()[0]
     return b"[" + line.encode() + b"]"
 
@@ -316,8 +319,8 @@ def _refused_page(conn: psycopg.Connection, lines: sql.Identifier, pieces: list)
             lines, sql.Literal(f"({first},0)"), sql.Literal(f"({last},0)"))
 
     def refused(first: int, last: int) -> bool:
-        probe = sql.SQL("SELECT count(ROW({v})) FROM {f}").format(v=values, f=_jsonl_from(within(first, last),
-                                                                                          definitions))
+        probe = sql.SQL("SELECT pg_catalog.count(ROW({v})) FROM {f}").format(
+            v=values, f=_jsonl_from(within(first, last), definitions))
         try:
             with conn.transaction():
                 conn.execute(probe)
@@ -334,7 +337,7 @@ def _refused_page(conn: psycopg.Connection, lines: sql.Identifier, pieces: list)
                                         "ORDER BY ctid").format(lines, sql.Literal(f"({first},0)"),
                                                                 sql.Literal(f"({last},0)"))).fetchall():
         line = sql.SQL("(SELECT * FROM {} WHERE ctid = {}::tid)").format(lines, sql.Literal(ctid))
-        probe = sql.SQL("SELECT count(ROW({v})) FROM {f}").format(v=values, f=_jsonl_from(line, definitions))
+        probe = sql.SQL("SELECT pg_catalog.count(ROW({v})) FROM {f}").format(v=values, f=_jsonl_from(line, definitions))
         try:
             with conn.transaction():
                 conn.execute(probe)
@@ -351,9 +354,9 @@ def _jsonl_from(lines: sql.Composable | None, definitions: sql.Composable) -> sq
     """The rows a JSONL load reads: the staged ``lines``, each by json_to_record, or (None) one block of lines as a
     JSON array parameter, by json_to_recordset (the same reading of each value)."""
     if lines is None:
-        return sql.SQL("json_to_recordset(%s) AS x({})").format(definitions)
-    return sql.SQL("{} s CROSS JOIN LATERAL json_to_record(s.line::json) AS x({}) WHERE s.line IS NOT NULL").format(
-        lines, definitions)
+        return sql.SQL("pg_catalog.json_to_recordset(%s) AS x({})").format(definitions)
+    return sql.SQL("{} s CROSS JOIN LATERAL pg_catalog.json_to_record(s.line::json) AS x({}) "
+                   "WHERE s.line IS NOT NULL").format(lines, definitions)
 
 
 def _jsonl_insert(conn: psycopg.Connection, target: sql.Composable, columns: list[str],
@@ -457,10 +460,11 @@ def _jsonl_pieces(conn: psycopg.Connection, target: sql.Composable, columns: lis
         elif category == "A":
             definitions.append(sql.SQL("{} json").format(ident))
             values.append(sql.SQL(
-                "CASE WHEN left(x.{c}::text, 1) = '[' AND left(x.{c}::text, 2) <> '[[' "
-                "AND strpos(x.{c}::text, E'\\\\') = 0 "
-                "THEN ('{{' || substr(x.{c}::text, 2, length(x.{c}::text) - 2) || '}}')::{bare} "
-                "ELSE (SELECT r.{c} FROM json_to_record(json_build_object({n}, x.{c})) AS r({c} {declared})) END"
+                "CASE WHEN pg_catalog.left(x.{c}::text, 1) = '[' AND pg_catalog.left(x.{c}::text, 2) <> '[[' "
+                "AND pg_catalog.strpos(x.{c}::text, E'\\\\') = 0 "
+                "THEN ('{{' || pg_catalog.substr(x.{c}::text, 2, pg_catalog.length(x.{c}::text) - 2) || '}}')::{bare} "
+                "ELSE (SELECT r.{c} FROM pg_catalog.json_to_record(pg_catalog.json_build_object({n}, x.{c})) "
+                "AS r({c} {declared})) END"
             ).format(c=ident, bare=CatalogText(bare), declared=CatalogText(declared), n=sql.Literal(name)))
         else:
             definitions.append(sql.SQL("{} {}").format(ident, CatalogText(declared)))
@@ -862,7 +866,8 @@ def _tree_root(conn: psycopg.Connection, relation: Relation | None) -> Relation 
         return None
     relation = _view_base(conn, relation)
     found = conn.execute(
-        "WITH RECURSIVE up(oid, depth) AS (SELECT to_regclass(%s)::oid, 0 UNION ALL SELECT i.inhparent, up.depth + 1 "
+        "WITH RECURSIVE up(oid, depth) AS (SELECT pg_catalog.to_regclass(%s)::oid, 0 "
+        "UNION ALL SELECT i.inhparent, up.depth + 1 "
         "FROM up JOIN pg_catalog.pg_inherits i ON i.inhrelid = up.oid WHERE up.depth < 100) "
         "SELECT n.nspname, c.relname FROM up JOIN pg_catalog.pg_class c ON c.oid = up.oid "
         "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
@@ -955,7 +960,7 @@ def _holds_archived_rows(conn: psycopg.Connection, relation: Relation, manifest:
                          *, count_will_do: bool = False) -> bool:
     """Whether the rows of ``relation`` matching ``where`` (all of them for None) are the archive's: as many,
     and with its fingerprint (a day archived again since, with corrected rows, is not the one restored)."""
-    held = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE {}").format(
+    held = conn.execute(sql.SQL("SELECT pg_catalog.count(*) FROM {} WHERE {}").format(
         relation.identifier, where if where is not None else sql.SQL("TRUE"))).fetchone()[0]
     if held != int(manifest.get("rows") or 0) or held == 0:
         return False
@@ -1290,7 +1295,8 @@ SELECT EXISTS (SELECT FROM pg_catalog.pg_trigger t WHERE t.tgrelid = %(v)s::pg_c
     OR EXISTS (SELECT FROM pg_catalog.pg_rewrite r WHERE r.ev_class = %(v)s::pg_catalog.regclass
                AND r.ev_type = '3' AND r.is_instead AND r.ev_enabled <> 'D' AND r.ev_qual::text = '<>')
     OR (pg_catalog.pg_relation_is_updatable(%(v)s::pg_catalog.regclass, false) & 8 = 8  -- (1 << CMD_INSERT)
-        AND coalesce((SELECT bool_and(pg_catalog.pg_column_is_updatable(%(v)s::pg_catalog.regclass, a.attnum, false))
+        AND coalesce((SELECT pg_catalog.bool_and(
+                                 pg_catalog.pg_column_is_updatable(%(v)s::pg_catalog.regclass, a.attnum, false))
                       FROM pg_catalog.pg_attribute a WHERE a.attrelid = %(v)s::pg_catalog.regclass
                       AND a.attname::text = ANY(%(c)s)), true))
 """
@@ -1388,7 +1394,7 @@ def _refuse_detached_day_table(conn: psycopg.Connection, manifest: dict, relatio
     statements = "; ".join(_attach_statement(conn, relation, parent).as_string(conn) for parent in parents)
     under = ", ".join(str(Relation(p["schema"], p["name"])) for p in parents)
     if (manifest.get("removed") or {}).get("action") == "drop":  # dropped by retention: this one is made since
-        rows = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(relation.identifier)).fetchone()[0]
+        rows = conn.execute(sql.SQL("SELECT pg_catalog.count(*) FROM {}").format(relation.identifier)).fetchone()[0]
         raise RestoreError(
             f"{relation}, the name of the table that held {manifest['day']} (dropped by retention), is a table made "
             f"since that is not under {under}, holding {rows:,} row(s): restoring the day into the original table "
@@ -1635,7 +1641,7 @@ def _held_if_hooked(conn: psycopg.Connection, manifest: dict, relation: Relation
     try:
         with conn.transaction():  # (a savepoint: a target without the day column, or of another type, is the load's
             where = _day_where(conn, relation, manifest, whole)  # and the check's to tell, as without hooks)
-            held = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE {}").format(relation.identifier,
+            held = conn.execute(sql.SQL("SELECT pg_catalog.count(*) FROM {} WHERE {}").format(relation.identifier,
                                                                                   where)).fetchone()
     except (ArchiveError, psycopg.DataError, psycopg.errors.UndefinedColumn, psycopg.errors.DatatypeMismatch):
         return None
@@ -1724,7 +1730,8 @@ def rows_outside_period(conn: psycopg.Connection, relation: sql.Composable, mani
     else:
         return 0
     value = sql.SQL("{}::pg_catalog.{}").format(sql.Identifier(column), sql.SQL(cast))
-    query = sql.SQL("SELECT count(*) FROM {} WHERE ({v} >= %s AND {v} < %s) IS NOT TRUE").format(relation, v=value)
+    query = sql.SQL("SELECT pg_catalog.count(*) FROM {} WHERE ({v} >= %s AND {v} < %s) IS NOT TRUE").format(
+        relation, v=value)
     with conn.transaction():  # (a savepoint: a value that does not read as its type is the proof's to tell)
         return int(conn.execute(with_params(query, conn), bounds).fetchone()[0])  # (a name may hold a '%')
 
@@ -1976,7 +1983,7 @@ def _insert_fingerprinted(conn: psycopg.Connection, insert: sql.Composable, mani
     columns = _hashed_columns(conn, relation, manifest)
     total = fp.hash_sum(fp.row_hash(columns, "t", algorithm, fp.server_encoding(conn)))
     if _kind(conn, relation) not in ("r", "p"):  # (a foreign table's or a view's rows have no ctid to be read by)
-        query = sql.SQL("WITH t AS ({insert} RETURNING {cols}) SELECT count(*), {total} FROM t").format(
+        query = sql.SQL("WITH t AS ({insert} RETURNING {cols}) SELECT pg_catalog.count(*), {total} FROM t").format(
             insert=insert, cols=_column_list(manifest_columns(manifest)), total=total)
         with fp.canonical_settings(conn):
             rows, hash_sum = conn.execute(query).fetchone()
@@ -1989,8 +1996,8 @@ def _insert_fingerprinted(conn: psycopg.Connection, insert: sql.Composable, mani
     conn.execute(sql.SQL("WITH ins AS ({insert} RETURNING tableoid, ctid) INSERT INTO {at} SELECT * FROM ins").format(
         insert=insert, at=at))
     conn.execute(sql.SQL("SET CONSTRAINTS ALL IMMEDIATE"))  # (deferred constraint triggers too: see _fire_deferred)
-    query = sql.SQL("SELECT count(*), {total} FROM {target} t JOIN {at} a ON t.tableoid = a.t AND t.ctid = a.c").format(
-        total=total, target=relation.identifier, at=at)
+    query = sql.SQL("SELECT pg_catalog.count(*), {total} FROM {target} t JOIN {at} a "
+                    "ON t.tableoid = a.t AND t.ctid = a.c").format(total=total, target=relation.identifier, at=at)
     with fp.canonical_settings(conn):
         rows, hash_sum = conn.execute(query).fetchone()
     return fp.Fingerprint(rows=rows, hash_sum=hash_sum, algorithm=algorithm)
@@ -2013,9 +2020,9 @@ def _insert_contained(conn: psycopg.Connection, insert: sql.Composable, stage: s
     hashed_stage, hashed_target = (fp.row_hash(columns, "s", algorithm, encoding),
                                    fp.row_hash(columns, "t", algorithm, encoding))
     query = sql.SQL(
-        "WITH s AS (SELECT {hs} AS h, count(*) AS n FROM {stage} s GROUP BY 1), "
-        "t AS (SELECT {ht} AS h, count(*) AS n FROM {target} t WHERE {ht} IN (SELECT h FROM s) GROUP BY 1) "
-        "SELECT coalesce(sum(s.n - coalesce(t.n, 0)) FILTER (WHERE s.n > coalesce(t.n, 0)), 0) "
+        "WITH s AS (SELECT {hs} AS h, pg_catalog.count(*) AS n FROM {stage} s GROUP BY 1), "
+        "t AS (SELECT {ht} AS h, pg_catalog.count(*) AS n FROM {target} t WHERE {ht} IN (SELECT h FROM s) GROUP BY 1) "
+        "SELECT coalesce(pg_catalog.sum(s.n - coalesce(t.n, 0)) FILTER (WHERE s.n > coalesce(t.n, 0)), 0) "
         "FROM s LEFT JOIN t USING (h)").format(hs=hashed_stage, ht=hashed_target, stage=stage,
                                                target=relation.identifier)
     with fp.canonical_settings(conn):
@@ -2044,16 +2051,17 @@ def _skip_mode(conn: psycopg.Connection, manifest: dict, relation: Relation, *, 
     regclass = relation.identifier.as_string(conn)  # quoted: to_regclass('s.Events') would look up s.events
     # the target and, of a partitioned one, its partitions: a key declared on each partition (one without the
     # partition key, which the parent cannot have) is an arbiter of ON CONFLICT for the rows routed to it
-    tree = ("(SELECT to_regclass(%s) UNION SELECT relid FROM pg_catalog.pg_partition_tree(to_regclass(%s)))")
+    tree = ("(SELECT pg_catalog.to_regclass(%s) UNION "
+            "SELECT relid FROM pg_catalog.pg_partition_tree(pg_catalog.to_regclass(%s)))")
     keyed = ("(EXISTS (SELECT 1 FROM pg_catalog.pg_index WHERE indrelid = {r} AND indisunique) OR "
              "EXISTS (SELECT 1 FROM pg_catalog.pg_constraint WHERE conrelid = {r} AND contype = 'x'))")
     # keyed itself, or (partitioned without a key of its own) every leaf partition keyed: a day routed to a
     # keyless one would have every row inserted again
     has_key, keyless = conn.execute(
-        f"SELECT {keyed.format(r='to_regclass(%s)')}, ARRAY(SELECT t.relid::pg_catalog.regclass::text "
-        f"FROM pg_catalog.pg_partition_tree(to_regclass(%s)) t WHERE t.isleaf AND t.level > 0 "
+        f"SELECT {keyed.format(r='pg_catalog.to_regclass(%s)')}, ARRAY(SELECT t.relid::pg_catalog.regclass::text "
+        f"FROM pg_catalog.pg_partition_tree(pg_catalog.to_regclass(%s)) t WHERE t.isleaf AND t.level > 0 "
         f"AND NOT {keyed.format(r='t.relid')} ORDER BY 1)", (regclass,) * 3).fetchone()
-    leaves = conn.execute("SELECT count(*) FROM pg_catalog.pg_partition_tree(to_regclass(%s)) t "
+    leaves = conn.execute("SELECT pg_catalog.count(*) FROM pg_catalog.pg_partition_tree(pg_catalog.to_regclass(%s)) t "
                           "WHERE t.isleaf AND t.level > 0", (regclass,)).fetchone()[0]
     if not has_key and leaves and keyless:
         raise TargetError(
@@ -2095,20 +2103,21 @@ def _skip_mode(conn: psycopg.Connection, manifest: dict, relation: Relation, *, 
 
 
 _TARGET_TYPES = sql.SQL("""
-SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.atttypid, a.atttypmod
+SELECT a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod), a.atttypid, a.atttypmod
 FROM pg_catalog.pg_attribute a
-WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped
+WHERE a.attrelid = pg_catalog.to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped
 """)
 
 # INSERT triggers (its partitions' too: they fire on the rows routed to them) and rules of the target (enabled,
 # the user's): what may change, drop or redirect rows
 _INSERT_HOOKS = sql.SQL("""
-SELECT DISTINCT 'trigger ' || quote_ident(tgname) FROM pg_catalog.pg_trigger
-WHERE (tgrelid = to_regclass(%(t)s) OR tgrelid IN (SELECT relid FROM pg_catalog.pg_partition_tree(to_regclass(%(t)s))))
+SELECT DISTINCT 'trigger ' || pg_catalog.quote_ident(tgname) FROM pg_catalog.pg_trigger
+WHERE (tgrelid = pg_catalog.to_regclass(%(t)s)
+       OR tgrelid IN (SELECT relid FROM pg_catalog.pg_partition_tree(pg_catalog.to_regclass(%(t)s))))
   AND NOT tgisinternal AND tgenabled <> 'D' AND tgtype::int & 4 <> 0
 UNION
-SELECT 'rule ' || quote_ident(rulename) FROM pg_catalog.pg_rewrite
-WHERE ev_class = to_regclass(%(t)s) AND ev_type = '3' AND ev_enabled <> 'D'
+SELECT 'rule ' || pg_catalog.quote_ident(rulename) FROM pg_catalog.pg_rewrite
+WHERE ev_class = pg_catalog.to_regclass(%(t)s) AND ev_type = '3' AND ev_enabled <> 'D'
 ORDER BY 1
 """)
 
@@ -2128,7 +2137,8 @@ def _target_drift(conn: psycopg.Connection, manifest: dict, relation: Relation,
         same = False
         if "(" not in archived and found[name][2] == -1:
             with contextlib.suppress(psycopg.Error), conn.transaction():  # (text the type parser refuses: not same)
-                same = conn.execute("SELECT to_regtype(%s) = %s::oid", (archived, found[name][1])).fetchone()[0]
+                same = conn.execute("SELECT pg_catalog.to_regtype(%s) = %s::oid",
+                                    (archived, found[name][1])).fetchone()[0]
         if not same:
             types.append((name, found[name][0], archived))
     if not hooks:
@@ -2657,6 +2667,7 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
                                                           _listed_days(conn, relation, table)):
             return _already_restored(relation, manifest, started)  # nothing to download
         with contextlib.ExitStack() as stack:
+            stack.enter_context(writing_as_origin(conn, table, day, "restoring"))  # (before the download's cost)
             path = None if manifest.get("empty") or manifest.get("object") is None else \
                 stack.enter_context(downloaded(store, manifest, temp_dir))
             # Into the archived table: never while the day is archived or removed. Into another table:
@@ -2734,7 +2745,7 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
     except ArchiveError as exc:
         if isinstance(exc, _UniqueViolation):  # the day's transaction is rolled back: now it can be told
             exc = _unique_violation(conn, exc, manifest, to_create)
-        elif isinstance(exc, SourceError) and table:
+        elif isinstance(exc, SourceError) and not isinstance(exc, SessionSettingError) and table:
             # the target read as a source is (its columns, by the check): the restore's refusal, of the archived table
             said = exc.message if exc.message.startswith(f"restoring {table}") else \
                 f"restoring {table} for {day} into {relation}: {exc.message}"
@@ -2868,7 +2879,7 @@ _INSERT_POLICIES = """
 SELECT pg_catalog.quote_ident(p.polname) || CASE WHEN p.polpermissive THEN '' ELSE ' (restrictive)' END
 FROM pg_catalog.pg_policy p
 WHERE p.polrelid = pg_catalog.to_regclass(%s) AND p.polcmd IN ('a', '*')
-  AND EXISTS (SELECT FROM unnest(p.polroles) AS r(oid)
+  AND EXISTS (SELECT FROM pg_catalog.unnest(p.polroles) AS r(oid)
               WHERE CASE WHEN r.oid = 0 THEN true ELSE pg_catalog.pg_has_role(r.oid, 'MEMBER') END)
 ORDER BY 1
 """

@@ -16,11 +16,13 @@ import contextlib
 import functools
 import inspect
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
+
+from archive_pipeline.core.errors import SessionSettingError, sql_name
 
 CATALOG_FIRST = "pg_catalog, <the session's path>, pg_temp"  # the value that asks for the composed path
 
@@ -70,12 +72,55 @@ def set_session(conn: psycopg.Connection, settings: dict[str, object]) -> None:
                                         for name, value in settings.items()))
 
 
+# session_replication_role: a role's 'replica' (what logical-replication and bulk-load roles are given, and it
+# lingers) has PostgreSQL skip every user trigger and every foreign key's check in the session: a restore into the
+# original table committed rows referencing no parent row, and a removal's DELETE never ran the audit trigger the
+# table allows. Only a superuser (or a role granted SET on it, PostgreSQL 15 and later) may set it, so it is pinned
+# where the session may (a superuser's: session_pinned; any other's: writing_as_origin), and what writes refuses
+# a session stuck in another value (writing_as_origin); what only reads is not affected by it.
+ORIGIN = {"session_replication_role": "origin"}
+
+
 def session_pinned(conn: psycopg.Connection) -> dict[str, str]:
     """:data:`SESSION_PINNED`, and no idle_session_timeout where the server has one (14 and later): a role's
     ``idle_session_timeout`` (set to reap idle connections) ended the session that holds the table-day lock
-    while the day's parts were still uploading, and every retry of the day failed the same way."""
+    while the day's parts were still uploading, and every retry of the day failed the same way. A superuser's
+    session also gets :data:`ORIGIN` (known without a round trip: the server reports ``is_superuser``)."""
     return {**SESSION_PINNED, "jit": "off",  # (see source.SNAPSHOT_SETTINGS: catalog walks paid ~24 ms to compile)
-            **({"idle_session_timeout": "0"} if conn.info.server_version >= 140000 else {})}
+            **({"idle_session_timeout": "0"} if conn.info.server_version >= 140000 else {}),
+            **(ORIGIN if conn.info.parameter_status("is_superuser") == "on" else {})}
+
+
+@contextlib.contextmanager
+def writing_as_origin(conn: psycopg.Connection, table: str, day: str, doing: str) -> Iterator[None]:
+    """Run the block, which writes to the user's tables (a restore, a removal), with ``conn`` in
+    session_replication_role = origin (see :data:`ORIGIN`), the value it had put back afterwards; where the
+    session has another value that its role may not change, refuse up front, before anything is written, with a
+    :class:`SessionSettingError` naming ``table``, ``day`` and the remedy. ``conn`` is idle in autocommit mode
+    (both writers require it); SHOW and SET take no snapshot (see :func:`set_session`)."""
+    value = conn.execute("SHOW session_replication_role").fetchone()[0]
+    if value == ORIGIN["session_replication_role"]:
+        yield
+        return
+    try:
+        with conn.transaction():  # (a refusal rolls back only this)
+            set_session(conn, ORIGIN)
+    except psycopg.errors.InsufficientPrivilege:
+        role = sql_name(conn.info.user, qualified=False)
+        raise SessionSettingError(
+            f"{doing} {table} for {day} is refused: the session runs with session_replication_role = {value} (set "
+            "for the role or the database by a superuser), under which PostgreSQL skips every trigger and every "
+            "foreign key's check of the rows written, and the role may not set it back to origin (only a superuser "
+            "may); nothing was written", table=table, day=day, retryable=False,
+            cause=f"session_replication_role is {value} for the role {role}, and the role may not change it",
+            remedy=f"as a superuser: ALTER ROLE {role} RESET session_replication_role (and ALTER DATABASE <database> "
+                   "RESET session_replication_role, if set there); or GRANT SET ON PARAMETER session_replication_role "
+                   f"TO {role} (PostgreSQL 15 and later)") from None
+    try:
+        yield
+    finally:
+        if not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+            set_session(conn, {"session_replication_role": value})
 
 
 def watch_client(conn: psycopg.Connection) -> None:

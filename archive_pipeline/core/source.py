@@ -271,7 +271,7 @@ WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p', 'v', 'm', 'f
 # that print as "1 2 3", are types of their own.
 _COLUMNS_QUERY = """
 SELECT a.attnum, a.attname,
-       format_type(a.atttypid, a.atttypmod),
+       pg_catalog.format_type(a.atttypid, a.atttypmod),
        CASE WHEN base.typnamespace = 'pg_catalog'::regnamespace THEN base.typname::text
             ELSE base.typnamespace::regnamespace::text || '.' || base.typname END,
        b.is_array,
@@ -1320,7 +1320,8 @@ def read_snapshot(conn: psycopg.Connection, settings: dict[str, str] | None = No
     try:
         apply_settings(conn.execute, {**SNAPSHOT_SETTINGS, **(settings or {})})
         taken_at, version, snapshot_id = conn.execute(
-            "SELECT now(), current_setting('server_version'), pg_export_snapshot()").fetchone()
+            "SELECT pg_catalog.now(), pg_catalog.current_setting('server_version'), pg_catalog.pg_export_snapshot()"
+        ).fetchone()
         yield Snapshot(taken_at=taken_at, server_version=version, snapshot_id=snapshot_id, release=release)
     except BaseException as exc:
         end_interrupted_query(conn, exc)
@@ -2005,9 +2006,10 @@ def standby_replay(conn: psycopg.Connection) -> Replay | None:
     query = ("SELECT pg_catalog.pg_is_wal_replay_paused(), pg_catalog.pg_last_wal_receive_lsn()::text, "
              "pg_catalog.pg_last_wal_replay_lsn()::text, COALESCE(pg_catalog.pg_last_wal_receive_lsn() > "
              "pg_catalog.pg_last_wal_replay_lsn(), false), pg_catalog.pg_last_xact_replay_timestamp(), "
-             "(SELECT CASE WHEN count(*) = 0 THEN false WHEN bool_or(status IS NULL) THEN NULL "
-             "ELSE bool_or(status = 'streaming') END FROM pg_catalog.pg_stat_wal_receiver), "
-             "(SELECT max(last_msg_send_time) FROM pg_catalog.pg_stat_wal_receiver WHERE status = 'streaming') "
+             "(SELECT CASE WHEN pg_catalog.count(*) = 0 THEN false WHEN pg_catalog.bool_or(status IS NULL) THEN NULL "
+             "ELSE pg_catalog.bool_or(status = 'streaming') END FROM pg_catalog.pg_stat_wal_receiver), "
+             "(SELECT pg_catalog.max(last_msg_send_time) FROM pg_catalog.pg_stat_wal_receiver "
+             "WHERE status = 'streaming') "
              "WHERE pg_catalog.pg_is_in_recovery()")
     try:
         with conn.transaction():
@@ -2035,8 +2037,8 @@ def server_identity(conn: psycopg.Connection) -> tuple[str, str | None, str, str
     """(database, system identifier or None where the role may not read it, server version, the database's
     encoding: a fingerprint taken in a multibyte encoding other than UTF-8 proves only in that encoding)."""
     database, version, allowed, encoding = conn.execute(
-        "SELECT current_database(), current_setting('server_version'), "
-        "has_function_privilege('pg_catalog.pg_control_system()', 'EXECUTE'), "
+        "SELECT pg_catalog.current_database(), pg_catalog.current_setting('server_version'), "
+        "pg_catalog.has_function_privilege('pg_catalog.pg_control_system()', 'EXECUTE'), "
         "pg_catalog.current_setting('server_encoding')").fetchone()
     system = None
     if allowed:

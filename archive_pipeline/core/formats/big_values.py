@@ -128,7 +128,7 @@ def holding_big_values(conn: psycopg.Connection, table: SourceTable, where: sql.
     if not columns:
         return []
     found = conn.execute(sql.SQL("SELECT {} FROM {} WHERE {}").format(
-        sql.SQL(", ").join(sql.SQL("coalesce(bool_or({}), false)").format(_is_big(c)) for c in columns),
+        sql.SQL(", ").join(sql.SQL("coalesce(pg_catalog.bool_or({}), false)").format(_is_big(c)) for c in columns),
         table.identifier, where)).fetchone()
     return [c for c, big in zip(columns, found, strict=True) if big]
 

@@ -340,7 +340,7 @@ def _probe(conn: psycopg.Connection, table: SourceTable, where: sql.Composable,
            probes: Sequence[sql.Composable]) -> psycopg.Error | None:
     """The value failure evaluating ``probes`` over the day raises, if any; inside a savepoint, so
     the snapshot survives it."""
-    query = sql.SQL("SELECT sum(pg_catalog.pg_column_size(ROW({exprs}))) FROM {table} WHERE {where}").format(
+    query = sql.SQL("SELECT pg_catalog.sum(pg_catalog.pg_column_size(ROW({exprs}))) FROM {table} WHERE {where}").format(
         exprs=sql.SQL(", ").join(probes), table=table.identifier, where=where)
     conn.execute("SAVEPOINT archive_probe")
     try:

@@ -36,11 +36,11 @@ def _json_native(col: Column) -> bool:
 
 # A json value's text with every escaped backslash (``\\``) taken out: each backslash left starts a real
 # escape, so ``\u`` in it is a real \u escape (``"\\ud800"`` is a backslash and the letters ud800).
-_REAL_ESCAPES = r"regexp_replace({c}::text, '\\\\', '', 'g')"
+_REAL_ESCAPES = r"pg_catalog.regexp_replace({c}::text, '\\\\', '', 'g')"
 # ... and with every valid surrogate pair (a high \uD800-\uDBFF right before a low \uDC00-\uDFFF) taken out
 # too: any surrogate escape left is unpaired, which json_populate_record (any de-escaping JSON parse)
 # refuses, though the json type stores it.
-_UNPAIRED_SURROGATE = ("regexp_replace(" + _REAL_ESCAPES + r", "
+_UNPAIRED_SURROGATE = ("pg_catalog.regexp_replace(" + _REAL_ESCAPES + r", "
                        r"'\\u[dD][89abAB][0-9a-fA-F]{{2}}\\u[dD][c-fC-F][0-9a-fA-F]{{2}}', '', 'g') "
                        r"~ '\\u[dD][89a-fA-F][0-9a-fA-F]{{2}}'")
 
@@ -101,7 +101,7 @@ def _escape_beyond_encoding(encoding: str | None) -> str | None:
                 "ORDER BY m.n) || '\"')::pg_catalog.json #>> '{{}}' FROM pg_catalog.regexp_matches(" + _REAL_ESCAPES
                 + r", '(\\u[0-9a-fA-F]{{4}})', 'g') WITH ORDINALITY AS m(e, n)) IS NULL")
     kept = _repertoire_escapes(encoding)
-    text = _REAL_ESCAPES if kept is None else f"regexp_replace({_REAL_ESCAPES}, '\\\\u({kept})', '', 'gi')"
+    text = _REAL_ESCAPES if kept is None else f"pg_catalog.regexp_replace({_REAL_ESCAPES}, '\\\\u({kept})', '', 'gi')"
     return text + " ~* " + _BEYOND_ASCII
 
 
@@ -155,9 +155,11 @@ def jsonl_column(col: Column, index: int, db_encoding: str | None = None) -> tup
         # so the outer one goes on to the line breaks.
         escapes = sql.SQL(
             "{c}::text COLLATE \"C\" LIKE '%\\\\u%' AND CASE "
-            "WHEN strpos({c}::text, '\\u0000') > 0 AND strpos(" + _REAL_ESCAPES + ", '\\u0000') > 0 "
+            "WHEN pg_catalog.strpos({c}::text, '\\u0000') > 0 "
+            "AND pg_catalog.strpos(" + _REAL_ESCAPES + ", '\\u0000') > 0 "
             "THEN {n} IS NULL "
-            "WHEN (strpos({c}::text, '\\ud') > 0 OR strpos({c}::text, '\\uD') > 0) AND " + _UNPAIRED_SURROGATE
+            "WHEN (pg_catalog.strpos({c}::text, '\\ud') > 0 OR pg_catalog.strpos({c}::text, '\\uD') > 0) "
+            "AND " + _UNPAIRED_SURROGATE
             + " THEN {s} IS NULL "
             # outside UTF8, every JSON parse turns such an escape into the database's encoding (and a restore's
             # of the whole line fails where it has no such character; SQL_ASCII converts none)
@@ -165,8 +167,8 @@ def jsonl_column(col: Column, index: int, db_encoding: str | None = None) -> tup
             + "ELSE false END").format(c=ident, n=nul, s=surrogate, b=beyond)
         return (sql.SQL("CASE WHEN pg_catalog.json_typeof({c}) = 'null' THEN CASE WHEN {r} IS NULL THEN {c} END "
                         "WHEN {e} THEN NULL "
-                        "WHEN strpos({c}::text, E'\\n') > 0 OR strpos({c}::text, E'\\r') > 0 "
-                        "THEN translate({c}::text, E'\\r\\n', '  ')::json ELSE {c} END").format(
+                        "WHEN pg_catalog.strpos({c}::text, E'\\n') > 0 OR pg_catalog.strpos({c}::text, E'\\r') > 0 "
+                        "THEN pg_catalog.translate({c}::text, E'\\r\\n', '  ')::json ELSE {c} END").format(
                     c=ident, r=refuse, e=escapes),
                 encoding("embedded JSON (the json text as stored)", exact=False,
                          note="line breaks between JSON tokens become spaces (a JSONL line cannot hold them), "
