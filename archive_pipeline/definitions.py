@@ -125,7 +125,7 @@ def check_table(conn: psycopg.Connection, spec: TableSpec, children: ChildrenMem
     load then reads them again only if the catalog changed since."""
     if spec.partitioning.mode == "naming":
         # quoted as an identifier: a '"' in the schema's name is doubled, or the server refuses the name
-        if conn.execute("SELECT to_regnamespace(%s) IS NULL",
+        if conn.execute("SELECT pg_catalog.to_regnamespace(%s) IS NULL",
                         (sql.Identifier(spec.schema_name).as_string(conn),)).fetchone()[0]:
             raise SourceError(f"schema {spec.schema_name!r} does not exist", table=spec.name)
         return

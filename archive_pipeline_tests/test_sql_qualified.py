@@ -19,7 +19,7 @@ import re
 import archive_pipeline
 
 PACKAGE = pathlib.Path(archive_pipeline.__file__).parent
-SOURCES = sorted((PACKAGE / "core").rglob("*.py")) + [PACKAGE / "cli.py"]
+SOURCES = sorted(p for p in PACKAGE.rglob("*.py") if "local" not in p.relative_to(PACKAGE).parts)  # (local: the dev stack)
 SENDS = {"SQL", "execute", "executemany", "copy"}
 CALL = re.compile(r'(?<![\w.$"%{\\])([A-Za-z_][A-Za-z0-9_]*)\(')
 
