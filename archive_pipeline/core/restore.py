@@ -2006,27 +2006,37 @@ def _insert_fingerprinted(conn: psycopg.Connection, insert: sql.Composable, mani
 def _insert_contained(conn: psycopg.Connection, insert: sql.Composable, stage: sql.Identifier, manifest: dict,
                       relation: Relation) -> tuple[int, fp.Fingerprint]:
     """Run ``insert`` (``ON CONFLICT DO NOTHING``) and return (rows inserted, the fingerprint of the archived
-    rows as loaded into ``stage``), after proving every archived row is in ``relation`` as archived.
+    rows as loaded into ``stage``), after proving the target holds each archived row as often as it should.
 
     Where no day column tells a day's rows apart (a naming-mode table restored into a table holding other
     days) and ``skip`` left the rows whose key existed alone, neither the rows added nor the target are
     the day: the proof is that the stage holds the archive (its fingerprint, compared by the caller) and
-    that the target holds each of its rows, counted by row hash, so a skipped row with other values fails."""
-    inserted = conn.execute(insert).rowcount
-    conn.execute("SET CONSTRAINTS ALL IMMEDIATE")  # deferred triggers rewrite rows now, before the proof
+    that, counted by row hash, the target holds each archived row as many times as the archive or as it did
+    before, whichever is more. Fewer: a skipped row whose key is there with other values. More: a row the
+    arbiter could not tell from its copy already there (a NULL in a nullable unique key, a row outside a
+    partial index's predicate) inserted again, which "at least once" passed, so a re-run doubled it."""
     algorithm = fp.algorithm_for(manifest.get("fingerprint"))
     columns = _hashed_columns(conn, relation, manifest)
     encoding = fp.server_encoding(conn)
     hashed_stage, hashed_target = (fp.row_hash(columns, "s", algorithm, encoding),
                                    fp.row_hash(columns, "t", algorithm, encoding))
+    counted = sql.SQL("SELECT {ht} AS h, pg_catalog.count(*) AS n FROM {target} t "
+                      "WHERE {ht} IN (SELECT {hs} FROM {stage} s) GROUP BY 1").format(
+        hs=hashed_stage, ht=hashed_target, stage=stage, target=relation.identifier)
+    held = sql.Identifier("pg_temp", f"archive_restore_held_{os.getpid()}_{next(_names)}")
+    with fp.canonical_settings(conn):  # (the archived rows' copies there before the insert, by row hash)
+        conn.execute(sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS {}").format(held, counted))
+    inserted = conn.execute(insert).rowcount
+    conn.execute("SET CONSTRAINTS ALL IMMEDIATE")  # deferred triggers rewrite rows now, before the proof
     query = sql.SQL(
-        "WITH s AS (SELECT {hs} AS h, pg_catalog.count(*) AS n FROM {stage} s GROUP BY 1), "
-        "t AS (SELECT {ht} AS h, pg_catalog.count(*) AS n FROM {target} t WHERE {ht} IN (SELECT h FROM s) GROUP BY 1) "
-        "SELECT coalesce(pg_catalog.sum(s.n - coalesce(t.n, 0)) FILTER (WHERE s.n > coalesce(t.n, 0)), 0) "
-        "FROM s LEFT JOIN t USING (h)").format(hs=hashed_stage, ht=hashed_target, stage=stage,
-                                               target=relation.identifier)
+        "WITH s AS (SELECT {hs} AS h, pg_catalog.count(*) AS n FROM {stage} s GROUP BY 1), t AS ({counted}), "
+        "c AS (SELECT s.n, coalesce(t.n, 0) AS now, GREATEST(s.n, coalesce(b.n, 0)) AS due "
+        "FROM s LEFT JOIN t USING (h) LEFT JOIN {held} b USING (h)) "
+        "SELECT coalesce(pg_catalog.sum(n - now) FILTER (WHERE n > now), 0), "
+        "coalesce(pg_catalog.sum(now - due) FILTER (WHERE now > due), 0) FROM c").format(
+        hs=hashed_stage, stage=stage, counted=counted, held=held)
     with fp.canonical_settings(conn):
-        absent = conn.execute(query).fetchone()[0]
+        absent, again = conn.execute(query).fetchone()
     if absent:
         drift, remedy = _drift_explained(conn, manifest, relation)
         raise FingerprintMismatchError(
@@ -2035,6 +2045,17 @@ def _insert_contained(conn: psycopg.Connection, insert: sql.Composable, stage: s
             f"and skip leaves it as it is; the restore was rolled back{drift}", table=manifest["table"],
             day=manifest["day"], remedy=remedy or "restore into a new table (into='new') and compare, or "
                                                   "delete the differing rows from the target first")
+    if again:
+        raise RestoreConflictError(
+            f"restoring {manifest['table']} for {manifest['day']} into {relation} with on_conflict='skip': {again:,} "
+            f"archived row(s) were inserted although {relation} held them already: its unique key(s) cannot tell "
+            "those rows from their copies (a NULL in a nullable key column, NULLS DISTINCT; a row outside a partial "
+            "index's predicate), so skip did not skip them; the restore was rolled back", table=manifest["table"],
+            day=manifest["day"], retryable=False,
+            cause=f"{relation}'s unique keys do not tell archived rows with a NULL key apart from their copies",
+            remedy=f"the day is in {relation} already if this is a re-run (look for its rows there); else restore "
+                   "into a new table (into='new') and add the rows the target lacks (INSERT ... SELECT ... EXCEPT "
+                   "ALL), or give the target a key of NOT NULL columns (or UNIQUE NULLS NOT DISTINCT)")
     return inserted, fp.compute(conn, stage, columns, None, algorithm)
 
 
