@@ -1628,24 +1628,39 @@ class _HeldBefore(NamedTuple):
     hooks: list[str]
 
 
-def _held_if_hooked(conn: psycopg.Connection, manifest: dict, relation: Relation,
-                    whole: bool) -> _HeldBefore | None:
-    """A :class:`_HeldBefore` where the day's rows are told by a day column and the target has INSERT triggers or
-    rules; None elsewhere (no hook to add rows: rows beyond the archive's were there before; counted only then, as
-    it reads the day's rows once more)."""
-    if whole or not manifest.get("day_column"):
-        return None
-    hooks = [name for (name,) in conn.execute(_INSERT_HOOKS, {"t": relation.identifier.as_string(conn)})]
-    if not hooks:
+def _insert_hooks(conn: psycopg.Connection, relation: Relation) -> list[str]:
+    """The target's enabled INSERT triggers (its partitions' too) and rules, as "trigger t" / "rule r"."""
+    return [name for (name,) in conn.execute(_INSERT_HOOKS, {"t": relation.identifier.as_string(conn)})]
+
+
+def _held_if_hooked(conn: psycopg.Connection, manifest: dict, relation: Relation, whole: bool,
+                    hooks: list[str]) -> _HeldBefore | None:
+    """A :class:`_HeldBefore` where the target has INSERT triggers or rules (``hooks``) and the day's rows are told
+    by a day column, or are the whole target (a naming-mode day table); None elsewhere (no hook to add or drop
+    rows: rows beyond the archive's were there before; counted only then, as it reads the day's rows once more).
+    The count also tells what a trigger that left rows out (a dedupe guard) really added."""
+    if (not whole and not manifest.get("day_column")) or not hooks:
         return None
     try:
         with conn.transaction():  # (a savepoint: a target without the day column, or of another type, is the load's
             where = _day_where(conn, relation, manifest, whole)  # and the check's to tell, as without hooks)
-            held = conn.execute(sql.SQL("SELECT pg_catalog.count(*) FROM {} WHERE {}").format(relation.identifier,
-                                                                                  where)).fetchone()
+            held = conn.execute(sql.SQL("SELECT pg_catalog.count(*) FROM {}{}").format(
+                relation.identifier, sql.SQL("") if where is None else sql.SQL(" WHERE {}").format(where))).fetchone()
     except (ArchiveError, psycopg.DataError, psycopg.errors.UndefinedColumn, psycopg.errors.DatatypeMismatch):
         return None
     return _HeldBefore(int(held[0]), hooks)
+
+
+def _hooks_note(relation: Relation, hooks: list[str]) -> str:
+    """What a restore that committed says of the target's INSERT triggers and rules: they ran as the rows went in,
+    and the check reads only the restored rows, so whatever they wrote elsewhere (an AFTER trigger rewriting other
+    days' rows, an audit table) committed with the day unchecked: the user is told to look."""
+    if not hooks:
+        return ""
+    one = len(hooks) == 1
+    rule = " (a rule applies to an INSERT, not to COPY)" if any(h.startswith("rule ") for h in hooks) else ""
+    return (f"; {relation}'s {', '.join(hooks)} on INSERT {'was' if one else 'were'} in force as the rows went "
+            f"in{rule}: what {'it' if one else 'they'} wrote beyond the restored rows is not checked")
 
 
 def _extra_rows(extra: int, relation: Relation, before: _HeldBefore | None) -> tuple[str, str]:
@@ -1872,8 +1887,7 @@ def _unique_violation(conn: psycopg.Connection, exc: _UniqueViolation, manifest:
             tree = {tuple(r) for r in conn.execute(_TREE, (relation.identifier.as_string(conn),))}
             tree |= {(r.schema, r.name) for r in (relation, *created)}  # (what the rolled-back restore created too)
             if exc.where[1] and exc.where not in tree and (None, exc.where[1]) not in tree:
-                hooks = [name for (name,) in conn.execute(_INSERT_HOOKS, {"t": relation.identifier.as_string(conn)})
-                         if name.startswith("trigger ")]
+                hooks = [name for name in _insert_hooks(conn, relation) if name.startswith("trigger ")]
                 return RestoreError(
                     f"restoring {table} for {day} into {relation}: a row {' or '.join(hooks) or 'an INSERT trigger'} "
                     f"of {relation} writes into table {'.'.join(filter(None, exc.where))} was refused by its "
@@ -2164,7 +2178,7 @@ def _target_drift(conn: psycopg.Connection, manifest: dict, relation: Relation,
             types.append((name, found[name][0], archived))
     if not hooks:
         return types, []
-    return types, [name for (name,) in conn.execute(_INSERT_HOOKS, {"t": relation.identifier.as_string(conn)})]
+    return types, _insert_hooks(conn, relation)
 
 
 def _loads_into_bare_columns(conn: psycopg.Connection, path: str, manifest: dict, target: sql.Composable) -> bool:
@@ -2379,12 +2393,13 @@ def _refuse_approximation(conn: psycopg.Connection, manifest: dict, relation: Re
                    f"the values on from there as you choose; or give {relation}'s column(s) the archived types")
 
 
-def _routed_by_trigger(conn: psycopg.Connection, manifest: dict, relation: Relation, whole: bool,
-                       added: fp.Fingerprint | None, before: _HeldBefore | None = None) -> str | None:
-    """Where COPY counted other than the archive's rows: whether the day's rows in the target (its children
-    included) still carry the archive's fingerprint, which a BEFORE INSERT trigger routing each row into a
-    child table of the day (inheritance partitioning) gives while COPY counts none of them. The check's words
-    then, or None (the count's mismatch stands)."""
+def _routed_by_trigger(conn: psycopg.Connection, manifest: dict, relation: Relation, whole: bool, copied: int,
+                       added: fp.Fingerprint | None, before: _HeldBefore | None = None) -> tuple[str, int] | None:
+    """Where COPY counted other than the archive's rows (``copied``): whether the day's rows in the target (its
+    children included) still carry the archive's fingerprint, which a BEFORE INSERT trigger routing each row into a
+    child table of the day (inheritance partitioning) gives while COPY counts none of them, and so does a dedupe
+    trigger dropping the rows the day held already. (The check's words, the rows the target gained: the day's rows
+    now less those held before, where counted), or None (the count's mismatch stands)."""
     recorded = manifest.get("fingerprint")
     if added is not None or fp.recorded_algorithm(recorded) is None:
         return None
@@ -2401,8 +2416,12 @@ def _routed_by_trigger(conn: psycopg.Connection, manifest: dict, relation: Relat
                 f"restored ones, {manifest['rows']:,} archived: {said}",
                 table=manifest["table"], day=manifest["day"], retryable=False, remedy=remedy)
         return None
-    return (f"fingerprint {recorded} of {scope} equals the manifest's (a trigger of {relation} put the rows there: "
-            "COPY counted fewer)")
+    held = before.rows if before is not None else 0
+    gained = max(now.rows - held, 0)
+    how = (f"{relation} held {held:,} of them before, so {gained:,} were added: a trigger of {relation} left out "
+           "the rows already there" if held else f"a trigger of {relation} put the rows there")
+    return (f"fingerprint {recorded} of {scope} equals the manifest's (COPY counted {copied:,} of the "
+            f"{int(manifest['rows']):,} archived rows: {how})"), gained
 
 
 def _renamed_meanwhile(conn: psycopg.Connection, manifest: dict, relation: Relation, names: PrintedNames) -> None:
@@ -2734,7 +2753,8 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
                     on_conflict = _skip_mode(conn, manifest, relation, own=into == "new" or marked is not None)
                 by_added = not whole and not manifest.get("day_column")  # no day column to tell its rows by
                 names = relation_printed_names(conn, relation.identifier)  # (see _renamed_meanwhile)
-                before = _held_if_hooked(conn, manifest, relation, whole)
+                hooks = _insert_hooks(conn, relation)
+                before = _held_if_hooked(conn, manifest, relation, whole, hooks)
                 try:
                     rows, inserted, added = _load(conn, path, manifest, relation, on_conflict,
                                                   fingerprint_added=by_added)
@@ -2745,11 +2765,11 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
                 # Again, now that the load's lock keeps the target's types as they are: a column retyped while
                 # the load waited for that lock got the archived numbers rounded, which the fingerprint cannot see.
                 _refuse_approximation(conn, manifest, relation)
-                routed = _routed_by_trigger(conn, manifest, relation, whole, added, before) if \
+                routed = _routed_by_trigger(conn, manifest, relation, whole, rows, added, before) if \
                     rows != manifest["rows"] and on_conflict == "fail" else None
-                if routed:  # every archived row went in, through a trigger COPY does not count
-                    rows = inserted = int(manifest["rows"])
-                    checked, proven, check = True, manifest["fingerprint"], routed
+                if routed:  # every archived row is there, through a trigger COPY does not count
+                    rows, (check, inserted) = int(manifest["rows"]), routed
+                    checked, proven = True, manifest["fingerprint"]
                 else:
                     try:
                         checked, proven, check = _check(conn, manifest, relation, whole=whole, rows=rows, added=added,
@@ -2758,6 +2778,7 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
                     except FingerprintMismatchError:
                         _renamed_meanwhile(conn, manifest, relation, names)
                         raise
+                check += _hooks_note(relation, hooks)
                 if (into == "new" or marked is not None) and _owns(conn, relation):  # (a comment is the owner's)
                     _mark_restored(conn, relation, table, (marked or set()) | {day})
         return RestoreResult(table=table, day=day, target=str(relation), rows=rows, inserted=inserted,
