@@ -2852,10 +2852,15 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
         if isinstance(exc, psycopg.errors.WrongObjectType):  # a view, a materialized view, a sequence ...
             found = replace(found, cause=f"the target is not a table ({str(exc).splitlines()[0]})",
                             remedy="restore into a table (into='new' creates one)")
-        if isinstance(exc, psycopg.errors.CheckViolation) and exc.diag.message_primary and (
+        moved = _moved_by_trigger(conn, exc, relation, day)
+        if moved:  # (before the bound is blamed: the row was routed by its day, then a trigger changed it)
+            found = replace(found, cause=moved[0], remedy=moved[1], retryable=False)
+        elif isinstance(exc, psycopg.errors.CheckViolation) and exc.diag.message_primary and (
                 exc.diag.message_primary.startswith("no partition of relation")
                 or (exc.diag.constraint_name is None and exc.diag.table_name is not None)):  # (any lc_messages)
             found = _outside_partitions(conn, exc, found, day)
+        if isinstance(exc, psycopg.errors.LockNotAvailable) and relation is not None:
+            found = _target_locked(conn, found, relation)
         archived_in = (manifest.get("source") or {}).get("encoding")
         here = conn.info.parameter_status("server_encoding")
         columns_: list[str] = []
@@ -2884,7 +2889,7 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
             found = replace(found, cause=found.cause + _column_lookalike(conn, manifest, relation),
                             remedy="the target must have every column the archive has (the manifest's "
                             f"columns): add the one named{where}, or restore into a new table (into='new')")
-        hooks = _raising_hooks(conn, exc, relation)
+        hooks = [] if moved else _raising_hooks(conn, exc, relation)
         if hooks:  # a trigger of the target refused the rows (RAISE EXCEPTION, or an error of its own)
             found = replace(found, cause=f"{relation}'s {', '.join(hooks)} on INSERT refused the rows",
                             remedy="restore into a new table (into='new'), or disable "
@@ -2970,6 +2975,69 @@ def _outside_partitions(conn: psycopg.Connection, exc: psycopg.errors.CheckViola
                    remedy=f"restore into {parent} (each row goes into its partition; create the day's partition of it "
                           f"first if it has none), or into the partition of {parent} whose bound holds {day}, or "
                           "into a new table (into='new')")
+
+
+# The BEFORE ... FOR EACH ROW INSERT triggers of the target's partition tree (of ``p`` and its ancestors where
+# given: the partition a row was routed to), each named once, on the highest table that has it (a parent's trigger
+# is cloned to every partition)
+_ROW_BEFORE_INSERT = """
+SELECT DISTINCT ON (t.tgname) pg_catalog.quote_ident(t.tgname), t.tgrelid::pg_catalog.regclass::text
+FROM pg_catalog.pg_trigger t
+JOIN pg_catalog.pg_partition_tree(pg_catalog.to_regclass(%(t)s)) r ON r.relid = t.tgrelid
+WHERE (%(p)s::text IS NULL OR t.tgrelid IN (
+         SELECT relid FROM pg_catalog.pg_partition_ancestors(pg_catalog.to_regclass(%(p)s))))
+  AND NOT t.tgisinternal AND t.tgenabled <> 'D' AND t.tgtype::int & 7 = 7  -- (ROW | BEFORE | INSERT)
+ORDER BY t.tgname, r.level
+"""
+
+
+def _moved_by_trigger(conn: psycopg.Connection, exc: BaseException, relation: Relation | None,
+                      day: str | None) -> tuple[str, str] | None:
+    """(cause, remedy) where a row the load routed into the day's partition was then moved out of it by a BEFORE
+    INSERT row trigger: PostgreSQL refuses that as "moving row to another partition during a BEFORE FOR EACH ROW
+    trigger" (FeatureNotSupported: the trigger's parent's clone) or as the partition's own constraint violated (the
+    trigger on the partition). Told as the archiver's SQL, or as a bound excluding the day, the trigger went
+    unnamed. None where it was not that (a partition named as the target violates its constraint by its bound)."""
+    feature = isinstance(exc, psycopg.errors.FeatureNotSupported)
+    bound = isinstance(exc, psycopg.errors.CheckViolation) and exc.diag.constraint_name is None
+    if relation is None or not (feature or bound):
+        return None
+    target = relation.identifier.as_string(conn)
+    partition = sql.Identifier(exc.diag.schema_name, exc.diag.table_name).as_string(conn) if bound and \
+        exc.diag.schema_name and exc.diag.table_name else None
+    try:
+        with conn.transaction():
+            if bound and not (partition and conn.execute(  # a partition the load routed to: strictly below the target
+                    "SELECT pg_catalog.to_regclass(%s) IN (SELECT relid FROM pg_catalog.pg_partition_tree("
+                    "pg_catalog.to_regclass(%s)) WHERE level > 0)", (partition, target)).fetchone()[0]):
+                return None
+            found = conn.execute(_ROW_BEFORE_INSERT, {"t": target, "p": partition}).fetchall()
+    except psycopg.Error:
+        return None
+    detail = exc.diag.message_detail or ""  # (names the trigger, quoted, in any lc_messages)
+    named_ = [(n, on) for n, on in found if re.search(rf"\W{re.escape(n.strip(chr(34)))}\W", detail)]
+    found = named_ or found
+    if not found:
+        return None
+    triggers = ", ".join(f"trigger {name} of {on}" for name, on in found)
+    one = len(found) == 1
+    return (f"the BEFORE INSERT row {triggers} changed an archived row of {day} after it was routed to its partition "
+            f"of {relation}, moving it out of that partition, which PostgreSQL refuses ({exc.diag.message_primary})",
+            f"disable {'it' if one else 'them'} for the restore (ALTER TABLE ... DISABLE TRIGGER), restore again and "
+            "enable it after, or restore into a new table (into='new')")
+
+
+def _target_locked(conn: psycopg.Connection, found, relation: Relation):
+    """``found`` (a lock_timeout, classified as a source's) told as the target's: "the table" of a message about
+    the archived table read as that table, where no lock was held, and the table waited for went unnamed."""
+    regclass = sql.Literal(relation.identifier.as_string(conn)).as_string(conn)
+    return replace(found, cause=f"lock_timeout: another session holds a conflicting lock on the target {relation} "
+                                "(or a partition of it, or a table its triggers write): ALTER TABLE, TRUNCATE, VACUUM "
+                                "FULL, REINDEX, LOCK ...",
+                   remedy=f"{found.remedy.split(';')[0]}; if it persists, find the session holding it (SELECT pid, "
+                          f"mode FROM pg_catalog.pg_locks WHERE relation = {regclass}::pg_catalog.regclass, or "
+                          "pg_blocking_pids() of the restoring session) and wait for it to end, or raise "
+                          "source.lock_timeout_ms")
 
 
 @contextlib.contextmanager
