@@ -2424,6 +2424,62 @@ def _routed_by_trigger(conn: psycopg.Connection, manifest: dict, relation: Relat
             f"{int(manifest['rows']):,} archived rows: {how})"), gained
 
 
+# The archived columns of the target that take their values from a sequence they own (an identity column, ALWAYS
+# or BY DEFAULT, or a serial's), with the sequence and its increment
+_OWNED_SEQUENCES = """
+SELECT a.attname::text, n.nspname::text, c.relname::text, q.seqincrement
+FROM pg_catalog.pg_attribute a
+CROSS JOIN LATERAL (SELECT pg_catalog.pg_get_serial_sequence(%(t)s, a.attname::text)::pg_catalog.regclass AS seq) s
+JOIN pg_catalog.pg_sequence q ON q.seqrelid = s.seq
+JOIN pg_catalog.pg_class c ON c.oid = s.seq JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE a.attrelid = pg_catalog.to_regclass(%(t)s) AND a.attnum > 0 AND NOT a.attisdropped
+  AND a.attname::text = ANY (%(names)s::text[])
+ORDER BY a.attnum
+"""
+
+
+def _advance_sequences(conn: psycopg.Connection, manifest: dict, relation: Relation) -> str:
+    """Move each sequence the target's archived columns own (identity, serial) past the values the restore wrote
+    into them, where it is behind them: COPY and ``OVERRIDING SYSTEM VALUE`` write archived ids without taking
+    them from the sequence, so a target whose sequence is fresh (a copy made with LIKE ... INCLUDING ALL) handed
+    the application a restored id on its next INSERT. Only ever forward (a sequence ahead of the rows is left as
+    it is), by ``setval``, as pg_restore's data does; in the day's transaction, after the check (setval itself is
+    not undone by a rollback: a COMMIT that then fails leaves a gap in the sequence, which sequences have anyway).
+    Returns the words the result's check ends with: what was advanced, or what could not be (privileges)."""
+    if _kind(conn, relation) not in ("r", "p"):
+        return ""
+    target = relation.identifier.as_string(conn)
+    try:
+        with conn.transaction():
+            owned = conn.execute(_OWNED_SEQUENCES, {"t": target, "names": manifest_columns(manifest)}).fetchall()
+    except psycopg.Error:
+        return ""
+    said = []
+    for column, *named_as, increment in owned:
+        sequence = Relation(*named_as)
+        edge = "max" if increment > 0 else "min"
+        ahead = ">=" if increment > 0 else "<="  # (the value next handed out: last_value + increment once called)
+        query = sql.SQL(
+            "SELECT pg_catalog.setval(%(seq)s::pg_catalog.regclass, x.v, true) "
+            "FROM (SELECT pg_catalog.{edge}({c})::bigint AS v FROM {t}) x, {seq} s "
+            "WHERE x.v::numeric {ahead} s.last_value::numeric + CASE WHEN s.is_called THEN %(inc)s ELSE 0 END").format(
+            edge=sql.SQL(edge), c=sql.Identifier(column), t=relation.identifier, seq=sequence.identifier,
+            ahead=sql.SQL(ahead))
+        try:
+            with conn.transaction():
+                moved = conn.execute(query, {"seq": sequence.identifier.as_string(conn), "inc": increment}).fetchone()
+        except psycopg.Error as exc:
+            said.append(f"the sequence {sequence} of column {column} could not be checked or moved past the restored "
+                        f"values ({type(exc).__name__}: {str(exc).splitlines()[0]}): if it is behind them, the next "
+                        f"generated {column} is a restored one; as its owner: SELECT setval('{sequence}', (SELECT "
+                        f"{edge}({column}) FROM {relation}))")
+            continue
+        if moved:
+            said.append(f"the sequence {sequence} of column {column} was behind the restored values and was "
+                        f"advanced to {moved[0]}")
+    return "".join(f"; {words}" for words in said)
+
+
 def _renamed_meanwhile(conn: psycopg.Connection, manifest: dict, relation: Relation, names: PrintedNames) -> None:
     """Raise (retryable) if a name the restored values print was renamed while the restore ran (an enum label:
     ALTER TYPE ... RENAME VALUE takes no lock the restore holds; an object a reg* value names): the rows loaded
@@ -2778,7 +2834,7 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
                     except FingerprintMismatchError:
                         _renamed_meanwhile(conn, manifest, relation, names)
                         raise
-                check += _hooks_note(relation, hooks)
+                check += _advance_sequences(conn, manifest, relation) + _hooks_note(relation, hooks)
                 if (into == "new" or marked is not None) and _owns(conn, relation):  # (a comment is the owner's)
                     _mark_restored(conn, relation, table, (marked or set()) | {day})
         return RestoreResult(table=table, day=day, target=str(relation), rows=rows, inserted=inserted,
