@@ -28,7 +28,7 @@ from pydantic_core import PydanticUndefined
 from archive_pipeline import cli
 from archive_pipeline.core import config as cfg
 from archive_pipeline.core import plan
-from archive_pipeline.core.errors import classify
+from archive_pipeline.core.errors import SessionSettingError, classify
 from archive_pipeline.core.manifest import ArchiveResult
 from archive_pipeline.core.periods import as_period
 from archive_pipeline.defs.assets import RETRY_JITTER, materialization_metadata, retry_delay
@@ -284,6 +284,8 @@ TOKENS = {
     "SignatureDoesNotMatch": _s3("SignatureDoesNotMatch", 403), "NoSuchBucket": _s3("NoSuchBucket", 404),
     "RequestTimeTooSkewed": _s3("RequestTimeTooSkewed", 403), "NotImplemented": _s3("NotImplemented", 501),
     "Failure(allow_retries=False)": None, "ForeignArchiveError": None, "DayRemovedError": None,
+    "session_replication_role": SessionSettingError("session_replication_role is replica", table="s.t", day="2024-03-10"),
+    "origin": None,
 }
 
 
