@@ -1446,8 +1446,8 @@ def restore(run: Run, into: str, target: str | None, on_conflict: str) -> None:
 
     Needs --day or --from/--to, and one --table when there is --target. Days without an archive are
     listed. Exits 1 when a day fails (the days before it stay restored) or has no archive."""
-    from archive_pipeline.core.restore import RestoreResult, encoding_problem, iter_restore_days, name_problem, \
-        parse_relation
+    from archive_pipeline.core.restore import CommitUnansweredError, RestoreResult, encoding_problem, \
+        iter_restore_days, name_problem, parse_relation
 
     target = _utf8(target) if target else target
 
@@ -1510,7 +1510,10 @@ def restore(run: Run, into: str, target: str | None, on_conflict: str) -> None:
         failed_table, failed_day = getattr(failure, "table", None), getattr(failure, "day", None)
         failure_retryable = getattr(failure, "retryable", None)
         for_good = failure_retryable is False
-        if failed_table and failed_day and (results or (for_good and not lost)):
+        # a day whose COMMIT got no answer may be committed, whatever day of the range it was: the same range
+        # again could load it twice, and the lost connection was that day's (the command for the rest connects again)
+        unsure = isinstance(failure, CommitUnansweredError)
+        if failed_table and failed_day and (results or (for_good and not lost) or unsure):
             # after committed days, a day that may work on another try is tried again by the rest of the range,
             # never by the same command, which would load the committed days a second time (a table of the
             # user's without a day column cannot tell them apart)
@@ -1547,11 +1550,12 @@ def _refuses_every_day(exc: BaseException) -> bool:
 
 def _restore_then(run: Run, chosen: list, results: list, table: str, day: str, into: str, target: str | None,
                   on_conflict: str, alike: bool, retry: bool = False) -> str:
-    """What follows a range restore's error for a day that failed for good, or after committed days: the command
-    that restores the rest (the same command again would load the committed days a second time, or stop at the
-    same day). A day of its own (damaged, its rows refused) is left out of it; a cause that refuses every day
-    ``alike`` is fixed first, and the rest then starts at that day, or, nothing restored, the same command restores
-    the whole range; a day that may work on another try (``retry``: the store throttling) starts the rest too."""
+    """What follows a range restore's error for a day that failed for good, after committed days, or whose COMMIT
+    got no answer (its own remedy says how to check it): the command that restores the rest (the same command
+    again would load the committed days, or that day, a second time, or stop at the same day). A day of its own
+    (damaged, its rows refused) is left out of it; a cause that refuses every day ``alike`` is fixed first, and the
+    rest then starts at that day, or, nothing restored, the same command restores the whole range; a day that may
+    work on another try (``retry``: the store throttling) starts the rest too."""
     if alike and not results:
         return (f"; then, once that is fixed, run the command again for the whole range (no day of it was restored; "
                 f"{day} failed only for coming first)")

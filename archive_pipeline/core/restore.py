@@ -69,6 +69,13 @@ class TargetError(RestoreError):
     EVERY_DAY = True
 
 
+class CommitUnansweredError(RestoreError):
+    """A day's COMMIT got no answer (:func:`_commit_unanswered`): it may have happened. Told by its class, so that a
+    range stopped at it, whatever day of the range it was, is followed by the command for the rest of the range and
+    not by the same range again, which would load that day a second time into a target that cannot tell its days
+    (the connection lost is that day's: the command for the rest connects again)."""
+
+
 class TypeMissingError(RestoreError):
     """A column's recorded type does not exist in the database the rows are to be loaded into."""
 
@@ -3106,7 +3113,8 @@ def _committed(conn: psycopg.Connection, finished: list[bool], committing: list[
     finished.append(True)
 
 
-def _commit_unanswered(exc: Exception, manifest: dict, relation: Relation | None, *, tellable: bool) -> RestoreError:
+def _commit_unanswered(exc: Exception, manifest: dict, relation: Relation | None, *,
+                       tellable: bool) -> CommitUnansweredError:
     """The day's COMMIT got no answer (the connection lost while it was awaited: a failover, a dropped network, a
     synchronous standby that never answered): it may have happened, so "nothing was restored" would be wrong and a
     blind retry into a target that cannot tell the day's rows apart (``tellable`` False: no day column, no restore
@@ -3122,9 +3130,9 @@ def _commit_unanswered(exc: Exception, manifest: dict, relation: Relation | None
                   f"again cannot tell whether this one committed and would load its {int(manifest.get('rows') or 0):,} "
                   f"archived rows a second time; restore the day again only if they are not there (or restore into "
                   f"a new table, into='new', which keeps track of its days)")
-    return RestoreError(f"restoring {table} for {day} into {relation}: {cause}; the COMMIT may have happened (the "
-                        f"day's rows may be in {relation})", table=table, day=day, retryable=tellable,
-                        cause=cause, remedy=remedy, every_day=False)
+    return CommitUnansweredError(f"restoring {table} for {day} into {relation}: {cause}; the COMMIT may have "
+                                 f"happened (the day's rows may be in {relation})", table=table, day=day,
+                                 retryable=tellable, cause=cause, remedy=remedy, every_day=False)
 
 
 def _column_lookalike(conn: psycopg.Connection, manifest: dict, relation: Relation | None) -> str:
