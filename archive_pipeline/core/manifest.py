@@ -652,12 +652,36 @@ def _same_wall_clock(manifest: dict, bounds: dict, period: Period) -> bool:
         return False
     if period.granularity != "hourly":
         return _same_dates(bounds, period)
-    try:  # the recorded start read in the recorded zone (its fold: which occurrence of a repeated hour it was)
-        held = period_containing("hourly", manifest.get("timezone") or "UTC", dt.datetime.fromisoformat(
-            bounds["start"])) if bounds else manifest_period(manifest)
-    except (KeyError, TypeError, ValueError):  # (PeriodError is a ValueError: a zone or key no longer known)
+    held = _held_period(manifest)
+    return held is not None and held.wall_bounds == period.wall_bounds
+
+
+def _held_period(manifest: dict) -> Period | None:
+    """The period ``manifest`` holds, in its recorded granularity and zone: the one starting at its recorded start
+    (read in its zone: the fold says which occurrence of a repeated hour it was), or (written before bounds were
+    recorded) its key's; None where it names none (a zone or key no longer known, bounds unreadable)."""
+    bounds = manifest.get("period") or {}
+    try:
+        return period_containing(manifest.get("granularity") or "daily", manifest.get("timezone") or "UTC",
+                                 dt.datetime.fromisoformat(bounds["start"])) if bounds else manifest_period(manifest)
+    except (KeyError, TypeError, ValueError):  # (PeriodError is a ValueError)
+        return None
+
+
+def holds_rows_of(manifest: dict, period: Period) -> bool:
+    """Whether the period ``manifest`` holds (of another zone: the table's time zone changed since) took rows of
+    ``period``: their instants overlap, or, for a day column of wall-clock values (``date``, ``timestamp``), their
+    wall-clock bounds do (``source._bound_values``: such a day is its local dates in any zone, so the UTC day before
+    a Berlin day holds none of its rows). A record that names no period it can be read as (a zone no longer known)
+    is not said to: a neighbouring period's removal is no reason to refuse this one."""
+    held = _held_period(manifest)
+    if held is None:
         return False
-    return held.wall_bounds == period.wall_bounds
+    if _wall_clock_type(manifest) is not None:
+        (start, end), (first, after) = held.wall_bounds, period.wall_bounds
+    else:
+        (start, end), (first, after) = (held.utc_start, held.utc_end), (period.utc_start, period.utc_end)
+    return max(start, first) < min(end, after)
 
 
 # the archived day column's type as the manifest records it: its base type (through domains), or (written before
