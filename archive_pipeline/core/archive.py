@@ -65,6 +65,7 @@ from archive_pipeline.core.manifest import (
     encode_manifest,
     foreign_manifest,
     foreign_objects,
+    holds_rows_of,
     loose_manifest,
     manifest_bytes,
     owned,
@@ -393,13 +394,14 @@ def _overlapping_templates(spec: TableSpec, empty: bool) -> dict[str, tuple[str,
     month: removed, it took every row of the period, so rows there now came after it); with the key templates its
     periods may have been archived under before the table's granularity changed: its default, and the table's own
     where that holds what keeps that granularity's periods apart (config.UNIQUE_KEY_FIELDS: ``{period}`` fits
-    hours, days and months alike), as a template kept across the change does."""
+    hours, days and months alike), as a template kept across the change does. Where the source is ``empty``, the
+    table's own granularity too: the neighbouring periods of a zone the table had before (its time zone changed
+    since) that overlap this one (see keys.overlapping_period_keys), removed, took its rows likewise."""
     fields = keys.template_fields(spec.key_template)
     finer = GRANULARITIES[:GRANULARITIES.index(spec.granularity)]
     return {granularity: tuple(dict.fromkeys([default, *([spec.key_template] if any(
         needed <= fields for needed in UNIQUE_KEY_FIELDS[granularity]) else [])]))
-        for granularity, default in DEFAULT_KEY_TEMPLATES.items()
-        if granularity in finer or empty and granularity != spec.granularity}
+        for granularity, default in DEFAULT_KEY_TEMPLATES.items() if granularity in finer or empty}
 
 
 def _same_rows(manifest: dict, table: SourceTable, fp: fingerprint.Fingerprint) -> bool:
@@ -868,7 +870,10 @@ class _Archiving:
     def _removed_in_overlapping(self, existing: Existing, empty: bool) -> Existing | None:
         """A removal of rows recorded for a period of the table's other granularities that overlaps this one, under
         that granularity's default key template or the table's own where it fits that granularity (see
-        ``_overlapping_templates``: which granularities, ``empty`` or not), else None. One listing per granularity
+        ``_overlapping_templates``: which granularities, ``empty`` or not), or, where ``empty``, for a period of its
+        own granularity in a zone it had before whose recorded instants overlap this one's (at a neighbouring key:
+        a period's key is its local labels, so the former zone's overlapping periods have this one's neighbours'),
+        else None. One listing per granularity
         and template (of what its keys of the overlapping periods share; the day's own listing where it covers
         them), then a GET of each listed key's manifest; neither is paid again by the run's later periods that ask
         the same (a range's days of one month: see S3Store.asked_once): no run of the table as it is now
@@ -883,8 +888,9 @@ class _Archiving:
             listed = set(keys.listed_under([key for key, _ in group], names))
             for key, period in group:
                 if key in listed and (found := self._removal_at(key, period, existing, not covered)) is not None \
-                        and found.manifest.get("rows") != 0:  # (a removal of no rows took none of this period's)
-                    return found
+                        and found.manifest.get("rows") != 0 and (  # (a removal of no rows took none of this period's)
+                            period.granularity != self.day.granularity or holds_rows_of(found.manifest, self.day)):
+                    return found  # (a neighbouring key of the table's granularity: where another zone's period was)
         return None
 
     def _current_elsewhere(self, existing: Existing, elsewhere: Existing | None, overwrite: bool
@@ -955,8 +961,11 @@ class _Archiving:
         then = f"{manifest.get('format')}/{manifest.get('compression')}"
         if (manifest.get("format"), manifest.get("compression")) == (self.spec.format, self.spec.compression):
             then += " under the key_template and prefix it had then"  # (the key moved, not the format)
-        if (period := manifest.get("granularity") or "daily") != self.spec.granularity:
-            then = f"{period} in {manifest.get('timezone') or 'UTC'}"  # (see _removed_in_overlapping)
+        period = manifest.get("granularity") or "daily"
+        rezoned = (manifest.get("timezone") or "UTC") != self.day.timezone and (
+            manifest.get("day") != self.day.isoformat() or another_period(manifest, self.day) is not None)
+        if period != self.spec.granularity or rezoned:  # (see _removed_in_overlapping)
+            then = f"{period} in {manifest.get('timezone') or 'UTC'}"
         where = self._archive_uri(manifest)
         if removal_state(manifest) == "pending":
             raise DayRemovedError(
@@ -970,7 +979,7 @@ class _Archiving:
         if overwrite and fp.rows:
             return
         now = "holds no row of it now" if not fp.rows else f"now has other rows ({fp.rows:,})"
-        if period != self.spec.granularity:
+        if period != self.spec.granularity or rezoned:
             self._refuse_removed_with_period(manifest, then, where, now, fp)
         raise DayRemovedError(
             f"{self.spec.name} {self.day} was removed from the source at {removed.get('at')} after its archive "
@@ -984,13 +993,15 @@ class _Archiving:
     def _refuse_removed_with_period(self, manifest: dict, then: str, where: str, now: str,
                                     fp: fingerprint.Fingerprint) -> None:
         """The refusal of a period whose rows left the source with an overlapping period of the table's former
-        granularity (see ``_removed_in_overlapping``). Not "nothing to do" with that manifest named, as a removed
-        day's own refusal is: the manifest is another period's, which this partition's record cannot repeat."""
+        granularity or time zone (see ``_removed_in_overlapping``). Not "nothing to do" with that manifest named, as a
+        removed day's own refusal is: the manifest is another period's, which this partition's record cannot
+        repeat."""
         granularity = manifest.get("granularity") or "daily"
+        changed = "granularity" if granularity != self.spec.granularity else "time zone"
         raise DayRemovedError(
             f"{self.spec.name} {self.day}: its rows were removed from the source at {manifest['removed'].get('at')} "
             f"with the {granularity} period {manifest.get('day')} that overlaps it, after that period's archive "
-            f"{where} was proven (the table was {then} then; its granularity changed since), and the source {now}. "
+            f"{where} was proven (the table was {then} then; its {changed} changed since), and the source {now}. "
             "Nothing was written: that archive is the only copy of the removed rows, and this period is not archived "
             "as if it were new", retryable=False, needs_overwrite=bool(fp.rows),
             remedy=f"to restore the removed rows, configure the table as {then} again and restore "

@@ -104,7 +104,7 @@ class ChildRange:
     # row has a label a spring-forward night skips.
     labelled_instants: bool = False
     # A wall-clock child's bounds as the labels the catalog prints (naive; None for other children, and for one
-    # unbounded on a side). Its rows are labels (or instants labelled), so the periods it holds are the ones whose
+    # unbounded on both sides; a side unbounded is None in it). Its rows are labels (or instants labelled), so the periods it holds are the ones whose
     # labels its labels overlap (Period.label_bounds: the wall-clock bounds the archive reads, or the labels of the
     # period's instants), not the ones its instants overlap: the server reads a label the zone skipped as an instant
     # after the gap, so a partition of Pacific/Apia's 2011-12-30 or of Berlin's 02:00-03:00 on 2024-03-31 was no
@@ -113,7 +113,7 @@ class ChildRange:
     # 2024-11-03 at the second of its two midnights. Keyed by instants labelled ((at AT TIME ZONE 'Antarctica/Troll')
     # of a Troll table), a partition of labels the zone skipped (01:00-02:00 there on 2024-03-31) holds no period,
     # where read as instants it was the 03:00 hour's.
-    labels: tuple[dt.datetime, dt.datetime] | None = None
+    labels: tuple[dt.datetime | None, dt.datetime | None] | None = None
 
     def relation(self, spec: TableSpec) -> tuple[str, str]:
         """(schema, name) of the child, kept apart: its schema's name may hold a dot."""
@@ -123,30 +123,57 @@ class ChildRange:
         """The child's name for messages (see :func:`~archive_pipeline.core.source.relation_name`)."""
         return relation_name(*self.relation(spec))
 
+    @property
+    def open_ended(self) -> bool:
+        """Unbounded on a side (MINVALUE, MAXVALUE, an infinity, a bound past the calendar): a catch-all for the
+        rows before or after the table's other children, not any period's own partition."""
+        return self.start is None or self.end is None
+
     def periods(self, spec: TableSpec) -> list[Period]:
-        """The table's periods this child holds rows of: the ones it tiles, or the one it lies within."""
-        ends = self._ends(spec.granularity, spec.timezone)
+        """The table's periods this child holds rows of: the ones it tiles, or the one it lies within (one open on a
+        side: those of the table's, from its start_date up to now, on that side)."""
+        ends = self._ends(spec.granularity, spec.timezone, _table_span(spec))
         if ends is None:
             return []
         return periods_overlapping(spec.granularity, spec.timezone, ends[0].utc_start, ends[1].utc_end)
 
-    def _ends(self, granularity: str, timezone: str) -> tuple[Period, Period] | None:
+    def _ends(self, granularity: str, timezone: str, within: tuple[Period, Period] | None = None
+              ) -> tuple[Period, Period] | None:
         """The first and the last period the child holds rows of (it need not list those in between:
-        a child up to 2100 or 9999 holds a million days), or None where it holds none (a catch-all; keyed by instants
-        labelled, one of labels the zone skipped)."""
-        if self.labels is not None:
-            return periods_of_labels(granularity, timezone, *self.labels, self.labelled_instants)
-        if self.start is None or self.end is None or self.end <= self.start:
+        a child up to 2100 or 9999 holds a million days), or None where it holds none (a catch-all unbounded on both
+        sides, as a DEFAULT partition; keyed by instants labelled, one of labels the zone skipped). A side unbounded
+        (MINVALUE, MAXVALUE, an infinity, a bound past the calendar: a "future" child FROM ('2024-03-11') TO
+        (MAXVALUE)) holds the periods on that side as far as ``within`` (the first and the last period asked
+        about) reaches; without ``within``, none are listed."""
+        if self._compared() is None:
             return None
-        return (period_containing(granularity, timezone, self.start),
-                period_containing(granularity, timezone, self.end - MICROSECOND))
+        if self.labels is not None:
+            lo, hi = self.labels
+            if None in self.labels and within is None:
+                return None
+            lo = within[0].label_bounds(self.labelled_instants)[0] if lo is None else lo
+            hi = within[1].label_bounds(self.labelled_instants)[1] if hi is None else hi
+            return periods_of_labels(granularity, timezone, lo, hi, self.labelled_instants) if lo < hi else None
+        if (self.start is None or self.end is None) and within is None:
+            return None
+        start = within[0].utc_start if self.start is None else self.start
+        end = within[1].utc_end if self.end is None else self.end
+        if end <= start:
+            return None
+        return (period_containing(granularity, timezone, start),
+                period_containing(granularity, timezone, end - MICROSECOND))
 
     def _compared(self) -> tuple[dt.datetime, dt.datetime] | None:
         """What is compared with a period's bounds (:func:`_compared_bounds`): a wall-clock child's labels, another's
-        instants; None for a catch-all (unbounded on a side), which holds no period."""
+        instants, a side unbounded as the calendar's end (a child open towards the future holds every period from
+        its lower bound on, probed for rows as any other); None for a catch-all unbounded on both sides, which holds
+        no period (as a DEFAULT partition: its days are probed through the parent where that is asked for)."""
         if self.labels is not None:
-            return self.labels
-        return None if self.start is None or self.end is None else (self.start, self.end)
+            lo, hi = self.labels
+            return (dt.datetime.min if lo is None else lo), (dt.datetime.max if hi is None else hi)
+        if self.start is None and self.end is None:
+            return None
+        return (_EARLIEST if self.start is None else self.start), (_LATEST if self.end is None else self.end)
 
     def holds(self, period: Period) -> bool:
         """True when the child holds rows of ``period`` (an aligned child overlaps only periods it holds)."""
@@ -155,8 +182,8 @@ class ChildRange:
         return ours is not None and ours[0] < last and ours[1] > first
 
     def period_count(self, spec: TableSpec) -> int:
-        """How many periods the child holds rows of, counted without listing them."""
-        ends = self._ends(spec.granularity, spec.timezone)
+        """How many periods the child holds rows of, counted without listing them (see :meth:`periods`)."""
+        ends = self._ends(spec.granularity, spec.timezone, _table_span(spec))
         if ends is None:
             return 0
         first, last = ends
@@ -187,10 +214,22 @@ class ChildRange:
         rows outside the period refuses to take the other's."""
         if self.labels is None:
             return self.start is not None and self.start == period.utc_start and self.end == period.utc_end
+        if None in self.labels:  # (open on a side: more than any one period)
+            return False
         bounds = period.label_bounds(self.labelled_instants)
         ends = self._ends(period.granularity, period.timezone)
         return self.labels[0] <= bounds[0] and self.labels[1] >= bounds[1] and ends is not None \
             and all(end.label_bounds(self.labelled_instants) == bounds for end in ends)
+
+
+# an unbounded side of a child's instants, as compared with periods' (see ChildRange._compared)
+_EARLIEST, _LATEST = dt.datetime.min.replace(tzinfo=dt.UTC), dt.datetime.max.replace(tzinfo=dt.UTC)
+
+
+def _table_span(spec: TableSpec) -> tuple[Period, Period]:
+    """The table's periods from its first (start_date) to the one now: how far a child open on a side reaches when
+    its periods are listed (its rows past now, if any, are found by probing the periods asked about)."""
+    return spec.first_period, spec.period(dt.datetime.now(dt.UTC))
 
 
 def _compared_bounds(period: Period, labels: bool, instants: bool) -> tuple[dt.datetime, dt.datetime]:
@@ -252,7 +291,7 @@ def _child_ranges(conn: psycopg.Connection, spec: TableSpec) -> list[ChildRange]
                                  "spells it), the database in ARCHIVE_PG_DSN, and whether it was renamed or dropped")
     return [ChildRange(child, _utc(start), _utc(end), child_schema, bound, wall_clock, expression,
                        labelled_instants=wall_clock and zoned,
-                       labels=(lo, hi) if wall_clock and lo is not None and hi is not None else None)
+                       labels=(lo, hi) if wall_clock and (lo is not None or hi is not None) else None)
             for child, bound, child_schema, start, end, ranged, lo, hi in rows if ranged]  # DEFAULT, LIST, HASH: none
 
 
@@ -727,12 +766,15 @@ def days_read_with_rows(conn: psycopg.Connection, spec: TableSpec, days: Iterabl
 
 
 def catalog_days(conn: psycopg.Connection, spec: TableSpec, candidates: list,
-                 memo: ChildrenMemo | None = None) -> list[Period]:
+                 memo: ChildrenMemo | None = None, *, open_ended: bool = True) -> list[Period]:
     """Which of ``candidates`` the catalog says may hold rows: declarative, the days some child holds (each
     candidate against the children, not every period of every child listed); naming, the days whose table
-    exists; column mode, every candidate (the catalog cannot tell)."""
+    exists; column mode, every candidate (the catalog cannot tell). ``open_ended`` False: not the days held only
+    by a child unbounded on a side (a catch-all holds a day's rows, yet is no partition of the day's own)."""
     wanted = {spec.period(c) for c in candidates}
     if spec.partitioning.mode == "declarative":
+        if not open_ended:
+            return held_periods([c for c in candidate_ranges(conn, spec) if not c.open_ended], wanted)
         return memo.ranges(conn, spec).held(wanted) if memo is not None \
             else held_periods(candidate_ranges(conn, spec), wanted)
     if spec.partitioning.mode == "naming":
@@ -751,7 +793,8 @@ def candidate_ranges(conn: psycopg.Connection, spec: TableSpec) -> list[ChildRan
 def _widened(child: ChildRange) -> ChildRange:
     """``child`` widened by a day each way (:data:`_EXPRESSION_SLACK`): its instants, and its labels where it has
     them (they are what decides which periods it holds)."""
-    labels = child.labels and (child.labels[0] - _EXPRESSION_SLACK, child.labels[1] + _EXPRESSION_SLACK)
+    labels = child.labels and (child.labels[0] and child.labels[0] - _EXPRESSION_SLACK,
+                               child.labels[1] and child.labels[1] + _EXPRESSION_SLACK)
     return replace(child, start=child.start - _EXPRESSION_SLACK if child.start else None,
                    end=child.end + _EXPRESSION_SLACK if child.end else None, labels=labels)
 
@@ -801,7 +844,8 @@ def held_periods(children: list[ChildRange], periods: Iterable[Period]) -> list[
 
 @dataclass(frozen=True)
 class HeldRanges:
-    """The bounded children's ranges, sorted by start, to tell which periods some child holds rows of.
+    """The children's ranges (one open on a side reaching the calendar's end there; one open on both sides left
+    out, see ChildRange._compared), sorted by start, to tell which periods some child holds rows of.
 
     A sensor tick asks this of every day since start_date of every declarative table: 1,095 days
     against 1,095 children, a million comparisons a table if each day tried each child. Children do

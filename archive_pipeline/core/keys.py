@@ -356,6 +356,10 @@ def template_fields(template: str) -> set[str]:
     return {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
 
 
+# how far apart in time two zones' periods of one label (key) can be: UTC-12 to UTC+14, and an hour of DST
+ZONE_REACH = dt.timedelta(hours=27)
+
+
 def overlapping_period_keys(spec, day: Period, prefix: str, templates: dict[str, Sequence[str]]
                             ) -> list[list[tuple[str, Period]]]:
     """(key, period) for every period of the table's other granularities that overlaps ``day``, in the table's zone,
@@ -365,12 +369,19 @@ def overlapping_period_keys(spec, day: Period, prefix: str, templates: dict[str,
     (config.DEFAULT_KEY_TEMPLATES, which this module cannot import) and the table's own where it fits that
     granularity too (a template kept across the change). One group per granularity and template: the keys of a group
     share what one listing of their common prefix shows (those of two templates may share little but the table's
-    folder). Deterministic, so they are found by listing, not guessed."""
+    folder). Deterministic, so they are found by listing, not guessed.
+
+    The table's own granularity, where ``templates`` names it: the keys, other than ``day``'s, that a period of
+    another zone overlapping ``day`` has (its rows archived before the table's time zone changed): a key is its
+    period's local labels, the same in every zone, so those of the periods within :data:`ZONE_REACH` of ``day``;
+    the period paired with each is this zone's of that key (the manifest there says which instants it held)."""
     groups = []
     for granularity, of_granularity in templates.items():
         if granularity == spec.granularity:
-            continue
-        periods = periods_overlapping(granularity, spec.timezone, day.utc_start, day.utc_end)
+            periods = [p for p in periods_overlapping(granularity, spec.timezone, day.utc_start - ZONE_REACH,
+                                                      day.utc_end + ZONE_REACH) if p.key != day.key]
+        else:
+            periods = periods_overlapping(granularity, spec.timezone, day.utc_start, day.utc_end)
         for template in dict.fromkeys(of_granularity):
             groups.append([(key, period) for period in periods for key in sorted({
                 _render(template, prefix, spec.schema_name, spec.table_name, period.fields(), fmt, codec)

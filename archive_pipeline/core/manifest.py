@@ -28,7 +28,7 @@ from archive_pipeline.core import keys
 from archive_pipeline.core.config import MAX_IDENTIFIER_BYTES
 from archive_pipeline.core.fingerprint import ALGORITHMS, Fingerprint
 from archive_pipeline.core.keys import manifest_key  # noqa: F401 - re-exported: readers look manifests up by data key
-from archive_pipeline.core.periods import Period, as_period, manifest_period
+from archive_pipeline.core.periods import Period, as_period, manifest_period, period_containing
 from archive_pipeline.core.source import Column, server_identity
 from archive_pipeline.core.store import MAX_SMALL_OBJECT_BYTES, OVERSIZED, OWN_DAMAGED, etag_text
 
@@ -160,7 +160,7 @@ def build_manifest(result: ArchiveResult, source: SourceIdentity, definition: di
                         "nullable": not c.not_null, "encoding": encoding.get("encoding", result.output_types.get(
                             c.name, "text")), "exact": bool(encoding.get("exact", True)),
                         "note": encoding.get("note") or "",  # (always there: a script reads c["note"], as README lists)
-                        # the day column's type through its domains: what picks a day's rows (see _dated_by_calendar)
+                        # the day column's type through its domains: what picks a day's rows (see _same_wall_clock)
                         **({"base_type": c.base_type} if c.name == result.day_column else {}),
                         **({"numbers": [{"steps": list(n.steps), "type": n.type} for n in c.numbers]}
                            if getattr(c, "numbers", ()) else {}),
@@ -611,9 +611,9 @@ def another_period(manifest: dict, period: Period) -> str | None:
     if then == (period.granularity, period.timezone):
         return None
     bounds = manifest.get("period") or {}
-    if then[0] == period.granularity and manifest.get("day") == period.isoformat() and _dated_by_calendar(manifest) \
-            and _same_dates(bounds, period):
-        return None  # a date day column: a period's rows are its calendar dates, in any zone (source._bound_values)
+    if then[0] == period.granularity and manifest.get("day") == period.isoformat() \
+            and _same_wall_clock(manifest, bounds, period):
+        return None  # a date or timestamp day column: its rows are wall-clock values, in any zone (_bound_values)
     try:  # by instants: the bounds it records, or (written before they were) its day in its zone (Etc/UTC is UTC)
         held = (dt.datetime.fromisoformat(bounds["start"]), dt.datetime.fromisoformat(bounds["end"])) if bounds \
             else (manifest_period(manifest).start, manifest_period(manifest).end)
@@ -640,10 +640,66 @@ def _same_dates(bounds: dict, period: Period) -> bool:
     return (start.date(), end.date()) == (period.start.date(), period.end.date())
 
 
-def _dated_by_calendar(manifest: dict) -> bool:
-    """Whether the archived day column is a ``date``, or a domain over one (as the manifest records its type)."""
-    return any(isinstance(c, dict) and c.get("name") == manifest.get("day_column")
-               and "date" in (c.get("pg_type"), c.get("base_type")) for c in manifest.get("columns") or ())
+def _same_wall_clock(manifest: dict, bounds: dict, period: Period) -> bool:
+    """Whether the archived period (same key and granularity, another zone) picked the same rows as ``period``
+    because its day column holds wall-clock values (``date``, ``timestamp`` without time zone), which pick a
+    period's rows by its wall-clock bounds in any zone (``Period.wall_bounds``, ``source._bound_values``). A day or
+    month: where the recorded bounds span the same dates (:func:`_same_dates`); an hour (of a ``timestamp``) only
+    where its wall-clock bounds are the same -- a fall-back night's first 02:00 holds no wall-clock value (all go to
+    the second), so it is not UTC's 02:00 hour."""
+    kind = _wall_clock_type(manifest)
+    if kind is None or (period.granularity == "hourly" and kind != "timestamp"):
+        return False
+    if period.granularity != "hourly":
+        return _same_dates(bounds, period)
+    held = _held_period(manifest)
+    return held is not None and held.wall_bounds == period.wall_bounds
+
+
+def _held_period(manifest: dict) -> Period | None:
+    """The period ``manifest`` holds, in its recorded granularity and zone: the one starting at its recorded start
+    (read in its zone: the fold says which occurrence of a repeated hour it was), or (written before bounds were
+    recorded) its key's; None where it names none (a zone or key no longer known, bounds unreadable)."""
+    bounds = manifest.get("period") or {}
+    try:
+        return period_containing(manifest.get("granularity") or "daily", manifest.get("timezone") or "UTC",
+                                 dt.datetime.fromisoformat(bounds["start"])) if bounds else manifest_period(manifest)
+    except (KeyError, TypeError, ValueError):  # (PeriodError is a ValueError)
+        return None
+
+
+def holds_rows_of(manifest: dict, period: Period) -> bool:
+    """Whether the period ``manifest`` holds (of another zone: the table's time zone changed since) took rows of
+    ``period``: their instants overlap, or, for a day column of wall-clock values (``date``, ``timestamp``), their
+    wall-clock bounds do (``source._bound_values``: such a day is its local dates in any zone, so the UTC day before
+    a Berlin day holds none of its rows). A record that names no period it can be read as (a zone no longer known)
+    is not said to: a neighbouring period's removal is no reason to refuse this one."""
+    held = _held_period(manifest)
+    if held is None:
+        return False
+    if _wall_clock_type(manifest) is not None:
+        (start, end), (first, after) = held.wall_bounds, period.wall_bounds
+    else:
+        (start, end), (first, after) = (held.utc_start, held.utc_end), (period.utc_start, period.utc_end)
+    return max(start, first) < min(end, after)
+
+
+# the archived day column's type as the manifest records it: its base type (through domains), or (written before
+# base types were recorded) its format_type text
+_WALL_CLOCK_TYPES = {"date": "date", "timestamp": "timestamp"}
+_WALL_CLOCK_TEXT = re.compile(r"timestamp(?:\(\d+\))? without time zone")
+
+
+def _wall_clock_type(manifest: dict) -> str | None:
+    """``date`` or ``timestamp`` where the archived day column holds wall-clock values (either type, or a domain
+    over one), else None (``timestamptz``: instants, whose period in another zone is other rows)."""
+    for c in manifest.get("columns") or ():
+        if not isinstance(c, dict) or c.get("name") != manifest.get("day_column"):
+            continue
+        for text in (c.get("base_type"), c.get("pg_type")):
+            if isinstance(text, str) and (text in _WALL_CLOCK_TYPES or _WALL_CLOCK_TEXT.fullmatch(text)):
+                return _WALL_CLOCK_TYPES.get(text, "timestamp")
+    return None
 
 
 def layout_change(manifest: dict, period: Period, day_column: str | None) -> str | None:

@@ -235,6 +235,12 @@ def _has_default_partition(conn: psycopg.Connection, spec: TableSpec) -> bool:
     return bool(found and found[0])
 
 
+def _has_open_ended_child(conn: psycopg.Connection, spec: TableSpec) -> bool:
+    """Whether a declarative table has a child unbounded on a side (see ChildRange.open_ended): rows of a day with no
+    partition of its own may be there, as in a DEFAULT partition."""
+    return spec.partitioning.mode == "declarative" and any(c.open_ended for c in child_ranges(conn, spec))
+
+
 def matches_source(archived: Archived, current: fingerprint.Fingerprint) -> bool:
     """Whether the archive holds what the source holds now: the fingerprint when the manifest has one
     (version 2), otherwise only the row count (version 1 recorded nothing finer)."""
@@ -309,19 +315,20 @@ def present_days(conn: psycopg.Connection, spec: TableSpec, days: list[Period], 
     locked past lock_timeout, a statement_timeout), why, per day (see :func:`unread`): those days are not
     checked, the other tables' still are. A lost connection is raised. ``catalog``: in declarative and
     naming mode, the days whose partition or table exists, rows or not (retention's prune: a day whose rows
-    it deleted, its partition left, is settled as "already removed")."""
+    it deleted, its partition left, is settled as "already removed"); a day held only by a child unbounded on a side
+    (FROM (...) TO (MAXVALUE)) is, as one in the DEFAULT partition, where it has rows."""
     if not days:
         return set(), {}
     failed: dict[Period, psycopg.Error] = {}
     try:
         if catalog and spec.partitioning.mode != "column":
-            found = set(catalog_days(conn, spec, days))
+            found = set(catalog_days(conn, spec, days, open_ended=False))
         else:
-            found = set(existing_days(conn, spec, days, failed=failed))
+            found = set(existing_days(conn, spec, days, failed=failed))  # (open-ended children's days: probed)
         rest = [d for d in days if d not in found and d not in failed]
-        if rest and _has_default_partition(conn, spec):
+        if rest and (_has_default_partition(conn, spec) or catalog and _has_open_ended_child(conn, spec)):
             # a day with no partition of its own may still have rows in the DEFAULT partition (late rows after
-            # its partition was dropped): probed through the parent, as compare does
+            # its partition was dropped) or a catch-all child: probed through the parent, as compare does
             found |= set(days_read_with_rows(conn, spec, rest, failed))
     except psycopg.Error as exc:
         return set(), {day: unread(conn, spec, day, exc) for day in days}
