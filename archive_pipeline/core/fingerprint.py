@@ -487,8 +487,14 @@ def as_archived(conn: psycopg.Connection, columns: Sequence, recorded: Sequence[
     hashes its values as integers where they are, so a type changed since with every value kept (integer to numeric,
     as v5 saw it) compares equal, and a value that does not read back as archived differs. A recorded type this
     database cannot resolve leaves the column as it is, as does any ``algorithm`` but v6 (older ones hash every
-    column by its text)."""
-    if algorithm != ALGORITHM or len(recorded) != len(columns) or not recorded:
+    column by its text), and so are columns that are not the recorded ones by name and order (other rows than the
+    archive's, whatever they hash as) or none of whose types changed (no catalog read). The one way every caller
+    hashes a day to compare it with its archive: compare, deep verification, a removal, restore's proof, and an
+    archive run deciding on the archive it finds."""
+    if algorithm != ALGORITHM or not recorded or not all(isinstance(r, dict) for r in recorded) or \
+            [getattr(c, "name", None) for c in columns] != [r.get("name") for r in recorded]:
+        return list(columns)
+    if all(getattr(c, "type_name", None) == r.get("pg_type") for c, r in zip(columns, recorded, strict=True)):
         return list(columns)
     bases = recorded_bases(conn, recorded)
     kinds = [None if base is None else TYPED_HASHED.get(base, "text") if base else "text" for base in bases]
