@@ -105,9 +105,11 @@ class Column:
     scale: int | None = None
     is_enum: bool = False
     # the base (element) type has a cast to json, which row_to_json and to_json call instead of its
-    # output function (an enum's owner may create one: it is the user's function, not the value)
+    # output function (an enum's owner may create one: it is the user's function, not the value); the formats
+    # never hand a value of a user's type to either (an enum is written by its labels' texts), so this only keeps
+    # an enum with such a cast written as before (JSONL: its text, an array's literal)
     json_cast: bool = False
-    text_cast: bool = False  # ... and a cast to text, which ``::text`` calls instead of its output function
+    text_cast: bool = False  # ... and a cast to text, which ``::text`` would call instead of its output function
     # ... a cast to text a user created (a built-in type's pinned casts cannot be replaced, but one without a
     # cast to text may be given one: a DBA's compatibility cast, which the fingerprint must not hash through)
     user_text_cast: bool = False
@@ -868,18 +870,23 @@ def same_printed_names(conn: psycopg.Connection, table: SourceTable, names: Prin
                                  "labels and the objects reg* columns name outside the table's archive runs")
 
 
-def _casts(column: Column) -> tuple[bool, bool, bool]:
-    """The casts of a column's type that decide how the day's values are written (see :class:`Column`)."""
-    return column.json_cast, column.text_cast, column.user_text_cast
+def _casts(column: Column) -> tuple[bool, ...]:
+    """The casts of a column's type that decide how the day is hashed (see :class:`Column`): a user's cast to text,
+    which the fingerprint's ``::text`` of a built-in type (and of any type, by the algorithms before v5) would call.
+    The formats look no cast up for a value they print (see formats.common.element_texts), so none decides what is
+    written."""
+    return (column.user_text_cast,)
 
 
 def same_casts(conn: psycopg.Connection, table: SourceTable) -> None:
-    """Fail (retryable) if a cast to json or text of a column's (element) type was created or dropped since
-    ``table`` was described in the day's snapshot. Asked once the rows are read, outside that snapshot: CREATE CAST
-    takes no lock the read holds, and PostgreSQL finds casts in the catalog as committed when the statement runs
-    (``row_to_json`` calls a user type's cast to json, ``::text`` a cast to text), so a cast created during a run
-    wrote its function's output in place of the values the snapshot said were written by their output function
-    (an enum's labels), under the fingerprint of the true values: published green, and no restore could read it."""
+    """Fail (retryable) if a user's cast to text of a column's (element) type was created or dropped since ``table``
+    was described in the day's snapshot. Asked once the rows are read, outside that snapshot: CREATE CAST takes no
+    lock the read holds, and PostgreSQL finds casts in the catalog as committed when the statement runs, so the
+    fingerprint's ``::text`` of a built-in type (a DBA's compatibility cast of timestamptz to whole seconds) would
+    hash the cast's output where the snapshot said the output function's was hashed: the day's proof would then
+    hide changes the cast drops. What the formats write depends on no cast (an enum is written by its labels' texts,
+    never through row_to_json's cast to json or ``::text``), so a cast to json, or one created and dropped again
+    while the day is read, changes nothing written; the fingerprint is the one path left that resolves casts."""
     if table.oid is None:
         return
     with conn.transaction():  # (the types named as the snapshot's description named them: PostgreSQL's first)
@@ -887,10 +894,10 @@ def same_casts(conn: psycopg.Connection, table: SourceTable) -> None:
         now = {r[1]: _casts(Column(*r[1:])) for r in conn.execute(_COLUMNS_QUERY, (table.oid,))}
     changed = [c.name for c in table.columns if c.name in now and now[c.name] != _casts(c)]
     if changed:
-        raise SourceError(f"a cast to json or text of the type of {_columns_named(changed)} of "
+        raise SourceError(f"a cast to text of the type of {_columns_named(changed)} of "
                           f"{table.qualified} was created or dropped (CREATE CAST / DROP CAST) while the day was "
-                          "read: its rows may hold the cast's output in place of the values its fingerprint "
-                          "describes; nothing was published", retryable=True,
+                          "read: its fingerprint may hash the cast's output in place of the values the archive "
+                          "holds; nothing was published", retryable=True,
                           cause="a cast of a column's type was created or dropped during the run",
                           remedy="retried automatically (the retry reads the casts as they are then); create and "
                                  "drop casts of the table's column types outside its archive runs")

@@ -133,7 +133,7 @@ def jsonl_column(col: Column, index: int, db_encoding: str | None = None) -> tup
         # As row_to_json writes it; a row holding an array whose lower bound is not 1 (which row_to_json
         # would drop) is written again with that array as its literal (see JsonLines.copy_statement).
         value = sql.SQL("{}::{}").format(ident, sql.SQL(col.cast_name("numeric"))) if col.base_type == "money" \
-            else ident
+            else _labels(col, ident) if col.is_enum else ident
         element = json_type(col.base_type if not col.is_enum else "enum")
         return value, encoding(f"array of {element} (nested when multi-dimensional; the PostgreSQL array "
                                "literal as a string when a lower bound is not 1)")
@@ -186,7 +186,8 @@ def jsonl_column(col: Column, index: int, db_encoding: str | None = None) -> tup
                               "\\u0000, an unpaired UTF-16 surrogate escape (\\ud800), and in a database whose encoding is "
                               "not UTF8 an escape of a character that encoding lacks, are refused"))
     if _json_native(col):
-        return ident, encoding(json_type(col.base_type if not col.is_enum else "enum"))
+        return (_labels(col, ident) if col.is_enum else ident), encoding(json_type(col.base_type if not col.is_enum
+                                                                                    else "enum"))
     return (refuse_ambiguous_names(col, index, sql.SQL("pg_catalog.to_json({})").format(output_text(ident))),
             encoding("string: the type's output", note="read back with the type's input function"))
 

@@ -55,6 +55,7 @@ from archive_pipeline.core.formats.common import (
     WriteStats,
     inside_refusals,
     day_query,
+    element_texts,
     encoding,
     explain_value_failure,
     failing_columns,
@@ -141,12 +142,11 @@ def _read_expression(col: Column) -> sql.Composable:
     native = _NATIVE_IN_ARRAYS if col.is_array else _NATIVE
     if col.base_type in native:
         return ident
-    if (col.is_enum and col.text_cast) or (col.base_type == "numeric" and col.user_text_cast):
-        # the owner's (a DBA's) cast to text is not the value's text: enum_out / numeric_out, element by element
-        return output_text(ident) if not col.is_array else _printed_elements(ident)
     if col.base_type == "numeric" or col.is_enum:
-        # numeric_out / enum_out: the exact text (element by element for an array: list<string>)
-        return sql.SQL("{}::{}").format(ident, sql.SQL(col.cast_name("text")))
+        # numeric_out / enum_out, element by element for an array (list<string>): by the output function, never
+        # ``::text``, which would call a cast to text of the type (an owner's or a DBA's) that the catalog has as
+        # the query runs, one created while the day is read included (see element_texts)
+        return output_text(ident) if not col.is_array else element_texts(ident)
     # everything else, arrays of it included, as the type's output (an array as its whole literal,
     # bounds and all; a text[] cast would apply text casts that differ from the output, e.g. inet's)
     return output_text(ident)
