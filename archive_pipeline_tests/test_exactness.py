@@ -753,8 +753,10 @@ def test_domains_over_domains_are_described_by_their_base_type(conn, nested):
     assert (by_name["n"].precision, by_name["n"].scale) == (10, 2) == (by_name["na"].precision, by_name["na"].scale)
     table = describe_table(conn, f"{nested}.dayed", "at")  # a day column through two domains
     assert table.day_column.base_type == "date"
-    # an array of a domain over an array stops at the inner array type: archived as its literal
-    assert (table.columns[1].base_type, table.columns[1].is_array) == ("_int4", True)
+    # an array of a domain over an array is walked to its element type, two arrays deep: an array of arrays
+    # (nested), archived as its literal
+    column = table.columns[1]
+    assert (column.base_type, column.is_array, column.arrays, column.nested) == ("int4", True, 2, True)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)

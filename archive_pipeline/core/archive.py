@@ -484,9 +484,12 @@ class _Archiving:
                         # (superseded by a later archive under another format: that one decides, see before)
                         here = existing if existing.manifest is not None and existing.problem is None and \
                             before is None else None
-                        fp, fp_seconds = self._timed_fingerprint(
-                            self.conn, table, where,
-                            self._algorithm(here or elsewhere or (before or (None, existing))[1], decides))
+                        decider = here or elsewhere or (before or (None, existing))[1]
+                        algorithm = self._algorithm(decider, decides)
+                        # a column retyped since as the README allows hashes as that archive's, as compare does
+                        hashed = fingerprint.as_archived(self.conn, table.columns, (decider.manifest or {}).get(
+                            "columns") or () if decides else (), algorithm)
+                        fp, fp_seconds = self._timed_fingerprint(self.conn, table, where, algorithm, hashed)
                         if here is not None:
                             if elsewhere is not None and not _same_rows(existing.manifest, table, fp):
                                 self._refuse_removed_elsewhere(elsewhere, table, self._in_algorithm_of(
@@ -502,8 +505,9 @@ class _Archiving:
                                 # removed one's rows back exactly): archived
                                 return self._skipped(before[1].manifest, table, snapshot, fp_seconds,
                                                      keys.manifest_key(before[0]))
-                        if fp.algorithm != fingerprint.ALGORITHM:  # decided by an older archive's algorithm: the
-                            # new generation records the current one (in the same snapshot)
+                        if fp.algorithm != fingerprint.ALGORITHM or hashed != list(table.columns):
+                            # decided by an older archive's algorithm, or its types: the new generation records
+                            # the current one over the columns as they are (in the same snapshot)
                             fp, again = self._timed_fingerprint(self.conn, table, where)
                             fp_seconds += again
                     definition = table_definition(table.columns, primary_key(self.conn, table),
@@ -648,13 +652,16 @@ class _Archiving:
         return True
 
     def _timed_fingerprint(self, conn: psycopg.Connection, table: SourceTable, where,
-                           algorithm: str = fingerprint.ALGORITHM) -> tuple[fingerprint.Fingerprint, float]:
-        """The day's fingerprint in ``conn``'s snapshot, and how long PostgreSQL took to compute it; a
-        value PostgreSQL cannot convert is named by column, as the formats do."""
+                           algorithm: str = fingerprint.ALGORITHM, columns: Sequence | None = None
+                           ) -> tuple[fingerprint.Fingerprint, float]:
+        """The day's fingerprint in ``conn``'s snapshot (over ``columns``: the table's, or as an archive recorded
+        them, see fingerprint.as_archived), and how long PostgreSQL took to compute it; a value PostgreSQL cannot
+        convert is named by column, as the formats do."""
         started = time.perf_counter()
         conn.execute("SAVEPOINT archive_fingerprint")
         try:
-            fp = fingerprint.compute(conn, table.identifier, table.columns, where, algorithm)
+            fp = fingerprint.compute(conn, table.identifier, table.columns if columns is None else columns, where,
+                                     algorithm)
         except psycopg.Error as exc:
             if conn.closed or not is_value_failure(exc):
                 raise

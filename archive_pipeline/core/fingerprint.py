@@ -67,7 +67,7 @@ import psycopg
 from psycopg import sql
 
 from archive_pipeline.core.session_settings import CATALOG_FIRST, apply_settings
-from archive_pipeline.core.source import rewritten_xml_inside
+from archive_pipeline.core.source import rewritten_xml_inside, xml_array_text
 
 ALGORITHM = "row-hash-sum-v6"
 V5 = "row-hash-sum-v5"
@@ -206,7 +206,8 @@ def column_text(column: ColumnLike, qualifier: str | None = None, algorithm: str
     if column.base_type == "xml" and column.is_array:
         parse_as = _parse_as(column, algorithm)
         ident = _ident(column, qualifier)
-        return _xml_array_text(ident if parse_as is None else sql.SQL("({}::{})").format(ident, parse_as), text)
+        return _xml_array_text(ident if parse_as is None else sql.SQL("({}::{})").format(ident, parse_as), text,
+                               getattr(column, "arrays", 1))
     return text
 
 
@@ -252,14 +253,15 @@ def _rewritten_xml_mark(column: ColumnLike, ident: sql.Composable) -> sql.Compos
     return sql.SQL(", CASE WHEN {} THEN ' (an xml field whose output rewrites its text)' END").format(rewritten)
 
 
-def _xml_array_text(value: sql.Composable, printed: sql.Composable) -> sql.Composable:
+def _xml_array_text(value: sql.Composable, printed: sql.Composable, arrays: int = 1) -> sql.Composable:
     """An array of xml (through domains, at any depth of arrays: ``value``) as every format archives it, its
     elements' stored texts (formats.common.xml_text), where xml's output rewrites one of them (an XML declaration
     it drops, or a leading line break): ``printed`` alone (its ``::text``, each element by its output) would
     hash a changed declaration as unchanged. That literal, with a mark no printed array ends with, replaces
     ``printed`` only there: an array whose elements print as stored keeps the text (and hash) it always had.
-    Both literals are printed by ``concat()`` (array_out), never through a user's cast of an array to text."""
-    stored = sql.SQL("pg_catalog.concat({}::pg_catalog.text[])").format(value)
+    Both literals are printed by array_out, never through a user's cast of an array to text. ``arrays``: how many
+    arrays deep the xml is (an array of a domain over xml[]: 2, see source.xml_array_text)."""
+    stored = xml_array_text(value, arrays)
     return sql.SQL('CASE WHEN {stored} COLLATE "C" <> pg_catalog.concat({v}) THEN pg_catalog.concat({stored}, '
                    "' (xml stored as written, not as its output prints it)') ELSE {printed} END").format(
         stored=stored, v=value, printed=printed)
@@ -487,8 +489,14 @@ def as_archived(conn: psycopg.Connection, columns: Sequence, recorded: Sequence[
     hashes its values as integers where they are, so a type changed since with every value kept (integer to numeric,
     as v5 saw it) compares equal, and a value that does not read back as archived differs. A recorded type this
     database cannot resolve leaves the column as it is, as does any ``algorithm`` but v6 (older ones hash every
-    column by its text)."""
-    if algorithm != ALGORITHM or len(recorded) != len(columns) or not recorded:
+    column by its text), and so are columns that are not the recorded ones by name and order (other rows than the
+    archive's, whatever they hash as) or none of whose types changed (no catalog read). The one way every caller
+    hashes a day to compare it with its archive: compare, deep verification, a removal, restore's proof, and an
+    archive run deciding on the archive it finds."""
+    if algorithm != ALGORITHM or not recorded or not all(isinstance(r, dict) for r in recorded) or \
+            [getattr(c, "name", None) for c in columns] != [r.get("name") for r in recorded]:
+        return list(columns)
+    if all(getattr(c, "type_name", None) == r.get("pg_type") for c, r in zip(columns, recorded, strict=True)):
         return list(columns)
     bases = recorded_bases(conn, recorded)
     kinds = [None if base is None else TYPED_HASHED.get(base, "text") if base else "text" for base in bases]

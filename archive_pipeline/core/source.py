@@ -105,12 +105,17 @@ class Column:
     scale: int | None = None
     is_enum: bool = False
     # the base (element) type has a cast to json, which row_to_json and to_json call instead of its
-    # output function (an enum's owner may create one: it is the user's function, not the value)
+    # output function (an enum's owner may create one: it is the user's function, not the value); the formats
+    # never hand a value of a user's type to either (an enum is written by its labels' texts), so this only keeps
+    # an enum with such a cast written as before (JSONL: its text, an array's literal)
     json_cast: bool = False
-    text_cast: bool = False  # ... and a cast to text, which ``::text`` calls instead of its output function
+    text_cast: bool = False  # ... and a cast to text, which ``::text`` would call instead of its output function
     # ... a cast to text a user created (a built-in type's pinned casts cannot be replaced, but one without a
     # cast to text may be given one: a DBA's compatibility cast, which the fingerprint must not hash through)
     user_text_cast: bool = False
+    # how many arrays deep the element is (through domains): 0 for a scalar, 1 for int[] or int[][], 2 for an
+    # array of a domain over int[] (an array of arrays, each of its own length: see :attr:`nested`)
+    arrays: int = 0
     # the types of :data:`INNER_TYPES` anywhere inside the column's type (see :func:`inner_types`)
     inner: tuple[InnerType, ...] = ()
     # the numbers (:data:`NUMBER_TYPES`) inside a composite or range of the column's type: what a
@@ -122,6 +127,12 @@ class Column:
     shape: tuple[ShapeNode, ...] = ()
     # how the fingerprint hashes it where not as its own type: as the archived column's (see fingerprint.as_archived)
     hash_as: str | None = None
+
+    @property
+    def nested(self) -> bool:
+        """An array whose elements are arrays (through a domain): its elements are no values of ``base_type``, so
+        every format writes it as its literal (xml's as its elements' stored texts, see :func:`xml_array_text`)."""
+        return self.arrays > 1
 
     def cast_name(self, base: str) -> str:
         """The SQL type to cast this column to, keeping it an array if it is one."""
@@ -206,6 +217,43 @@ def xml_rewritten(value: sql.Composable) -> sql.Composed:
     return sql.SQL("{v} IS NOT NULL AND {v}::pg_catalog.text <> pg_catalog.concat({v})").format(v=value)
 
 
+def xml_array_text(value: sql.Composable, arrays: int = 1) -> sql.Composed:
+    """The literal of an array of xml ``arrays`` deep (through domains: an array of a domain over xml[] is 2) with
+    each xml element as its stored text (``::text``), which xml's output (what array_out prints) does not keep
+    where it drops or rewrites an XML declaration; NULL for NULL. One deep: through ``text[]``, element by element,
+    bounds and dimensions kept. Deeper: each element is such a literal itself, put into its array's literal as
+    array_out would (see :func:`_array_literal`): xml's input reads it back to the same stored texts, and an array
+    whose elements print as stored gives its own output exactly."""
+    if arrays <= 1:
+        return sql.SQL("(({})::pg_catalog.xml[]::pg_catalog.text[])::pg_catalog.text").format(value)
+    return _array_literal(value, lambda element: xml_array_text(element, arrays - 1), arrays)
+
+
+def _array_literal(value: sql.Composable, element_text: Callable[[sql.Composable], sql.Composable],
+                   level: int) -> sql.Composed:
+    """The literal array_out prints for the array ``value`` (any dimensions and bounds), but with each non-NULL
+    element printed as ``element_text`` of it: quoted as array_out quotes a text (that of a one-element text[]),
+    the dimensions' decoration where a lower bound is not 1, and the braces of each dimension around its elements
+    in storage order (an element opens a brace for each dimension whose sub-array it starts, closes one for each
+    it ends: by the products of the later dimensions' lengths). ``level`` keeps the aliases of nested ones apart."""
+    names = {k: sql.Identifier(f"{k}{level}") for k in ("u", "s", "p", "x", "l", "z")}
+    return sql.SQL(
+        "CASE WHEN {v} IS NOT NULL THEN (SELECT CASE WHEN pg_catalog.cardinality({v}) = 0 THEN '{{}}' ELSE "
+        "CASE WHEN pg_catalog.array_dims({v}) ~ '\\[(?!1:)' THEN pg_catalog.array_dims({v}) || '=' ELSE '' END || "
+        "pg_catalog.string_agg(pg_catalog.repeat('{{', (SELECT pg_catalog.count(*)::pg_catalog.int4 FROM "
+        "pg_catalog.unnest({s}.n) AS {z}(n) WHERE ({u}.i - 1) % {z}.n = 0)) || {u}.q || pg_catalog.repeat('}}', "
+        "(SELECT pg_catalog.count(*)::pg_catalog.int4 FROM pg_catalog.unnest({s}.n) AS {z}(n) WHERE {u}.i % {z}.n = 0)"
+        "), ',' ORDER BY {u}.i) END "
+        # (the products of the lengths of each dimension and those after it: the sizes of its sub-arrays)
+        "FROM (WITH RECURSIVE {p}(d, n) AS (SELECT pg_catalog.array_ndims({v}), pg_catalog.array_length({v}, "
+        "pg_catalog.array_ndims({v})) UNION ALL SELECT {p}.d - 1, {p}.n * pg_catalog.array_length({v}, {p}.d - 1) "
+        "FROM {p} WHERE {p}.d > 1) SELECT pg_catalog.array_agg({p}.n) FROM {p}) AS {s}(n) "
+        "CROSS JOIN LATERAL (SELECT {x}.i, CASE WHEN {x}.e IS NULL THEN 'NULL' ELSE pg_catalog.substr({l}.t, 2, "
+        "pg_catalog.length({l}.t) - 2) END FROM pg_catalog.unnest({v}) WITH ORDINALITY AS {x}(e, i) "
+        "CROSS JOIN LATERAL (SELECT pg_catalog.concat(ARRAY[{t}]::pg_catalog.text[])) AS {l}(t)) AS {u}(i, q)) END"
+    ).format(v=value, t=element_text(sql.SQL("{}.e").format(names["x"])), **names)
+
+
 def relation_name(schema: str, name: str) -> str:
     """A relation as messages and results name it: ``schema.name``, the form configured names take (split at
     the first dot), unless that form would read back as another relation: the schema holds a dot (a partition may
@@ -261,14 +309,15 @@ FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamesp
 WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
 """
 
-# A column's type is walked through any number of domains, then (for an array, or a domain over one) to
-# its element type and through that type's domains: base_type is the type at the end of the walk
-# (``CREATE DOMAIN d2 AS d1`` over jsonb is jsonb; ``d1[]`` is an array of jsonb). The type modifier is
-# the first one set along the walk (a domain's own, e.g. numeric(10,2), or the column's). One array
-# step at most: an array of a domain over an array stops at that inner array type (its own typname,
-# "_int4"), whose values are archived as their literal like any type without a special encoding. An
-# array is its element type's array type: int2vector and oidvector, arrays of int2 and oid indexed from 0
-# that print as "1 2 3", are types of their own.
+# A column's type is walked through any number of domains and arrays to its element type: base_type is the
+# type at the end of the walk (``CREATE DOMAIN d2 AS d1`` over jsonb is jsonb; ``d1[]`` is an array of jsonb;
+# an array of a domain over xml[] is xml, ``arrays`` deep: 2). The type modifier is the first one set along the
+# walk (a domain's own, e.g. numeric(10,2), or the column's). An array of arrays (through a domain: nested) is
+# archived as its literal like any type without a special encoding, xml's excepted (its elements' stored texts,
+# see formats.common.xml_text); walking it to the end keeps every check that asks base_type (xml's texts, a type
+# PostgreSQL cannot read back) from taking its inner array type for a type of its own. An array is its element
+# type's array type: int2vector and oidvector, arrays of int2 and oid indexed from 0 that print as "1 2 3", are
+# types of their own.
 _COLUMNS_QUERY = """
 SELECT a.attnum, a.attname,
        pg_catalog.format_type(a.atttypid, a.atttypmod),
@@ -295,21 +344,22 @@ SELECT a.attnum, a.attname,
                JOIN pg_catalog.pg_type s ON s.oid = c.castsource AND s.typtype <> 'd'  -- (a domain's: ignored)
                -- (the element's, the column's array type's own, or the array type a domain is over)
                WHERE c.castsource IN (base.oid, a.atttypid, CASE WHEN b.is_array THEN base.typarray END)
-                 AND c.casttarget = 'pg_catalog.text'::pg_catalog.regtype AND c.oid >= 16384)
+                 AND c.casttarget = 'pg_catalog.text'::pg_catalog.regtype AND c.oid >= 16384),
+       b.arrays
 FROM pg_catalog.pg_attribute a
 CROSS JOIN LATERAL (
-    WITH RECURSIVE walk(oid, typmod, is_array, depth) AS (
-        SELECT a.atttypid, a.atttypmod, false, 0
+    WITH RECURSIVE walk(oid, typmod, arrays, depth) AS (
+        SELECT a.atttypid, a.atttypmod, 0, 0
         UNION ALL
         SELECT CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.typelem END,
                CASE WHEN w.typmod <> -1 THEN w.typmod WHEN t.typtype = 'd' THEN t.typtypmod ELSE -1 END,
-               w.is_array OR t.typtype <> 'd',
+               w.arrays + CASE WHEN t.typtype = 'd' THEN 0 ELSE 1 END,
                w.depth + 1
         FROM walk w JOIN pg_catalog.pg_type t ON t.oid = w.oid
-        WHERE t.typtype = 'd' OR (NOT w.is_array AND t.typcategory = 'A' AND t.typelem <> 0 AND EXISTS (
-            SELECT FROM pg_catalog.pg_type e WHERE e.oid = t.typelem AND e.typarray = t.oid))
+        WHERE (t.typtype = 'd' OR (t.typcategory = 'A' AND t.typelem <> 0 AND EXISTS (
+            SELECT FROM pg_catalog.pg_type e WHERE e.oid = t.typelem AND e.typarray = t.oid))) AND w.depth < 64
     )
-    SELECT oid, typmod, is_array FROM walk ORDER BY depth DESC LIMIT 1
+    SELECT oid, typmod, arrays > 0 AS is_array, arrays FROM walk ORDER BY depth DESC LIMIT 1
 ) AS b
 JOIN pg_catalog.pg_type base ON base.oid = b.oid
 WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped
@@ -820,18 +870,23 @@ def same_printed_names(conn: psycopg.Connection, table: SourceTable, names: Prin
                                  "labels and the objects reg* columns name outside the table's archive runs")
 
 
-def _casts(column: Column) -> tuple[bool, bool, bool]:
-    """The casts of a column's type that decide how the day's values are written (see :class:`Column`)."""
-    return column.json_cast, column.text_cast, column.user_text_cast
+def _casts(column: Column) -> tuple[bool, ...]:
+    """The casts of a column's type that decide how the day is hashed (see :class:`Column`): a user's cast to text,
+    which the fingerprint's ``::text`` of a built-in type (and of any type, by the algorithms before v5) would call.
+    The formats look no cast up for a value they print (see formats.common.element_texts), so none decides what is
+    written."""
+    return (column.user_text_cast,)
 
 
 def same_casts(conn: psycopg.Connection, table: SourceTable) -> None:
-    """Fail (retryable) if a cast to json or text of a column's (element) type was created or dropped since
-    ``table`` was described in the day's snapshot. Asked once the rows are read, outside that snapshot: CREATE CAST
-    takes no lock the read holds, and PostgreSQL finds casts in the catalog as committed when the statement runs
-    (``row_to_json`` calls a user type's cast to json, ``::text`` a cast to text), so a cast created during a run
-    wrote its function's output in place of the values the snapshot said were written by their output function
-    (an enum's labels), under the fingerprint of the true values: published green, and no restore could read it."""
+    """Fail (retryable) if a user's cast to text of a column's (element) type was created or dropped since ``table``
+    was described in the day's snapshot. Asked once the rows are read, outside that snapshot: CREATE CAST takes no
+    lock the read holds, and PostgreSQL finds casts in the catalog as committed when the statement runs, so the
+    fingerprint's ``::text`` of a built-in type (a DBA's compatibility cast of timestamptz to whole seconds) would
+    hash the cast's output where the snapshot said the output function's was hashed: the day's proof would then
+    hide changes the cast drops. What the formats write depends on no cast (an enum is written by its labels' texts,
+    never through row_to_json's cast to json or ``::text``), so a cast to json, or one created and dropped again
+    while the day is read, changes nothing written; the fingerprint is the one path left that resolves casts."""
     if table.oid is None:
         return
     with conn.transaction():  # (the types named as the snapshot's description named them: PostgreSQL's first)
@@ -839,10 +894,10 @@ def same_casts(conn: psycopg.Connection, table: SourceTable) -> None:
         now = {r[1]: _casts(Column(*r[1:])) for r in conn.execute(_COLUMNS_QUERY, (table.oid,))}
     changed = [c.name for c in table.columns if c.name in now and now[c.name] != _casts(c)]
     if changed:
-        raise SourceError(f"a cast to json or text of the type of {_columns_named(changed)} of "
+        raise SourceError(f"a cast to text of the type of {_columns_named(changed)} of "
                           f"{table.qualified} was created or dropped (CREATE CAST / DROP CAST) while the day was "
-                          "read: its rows may hold the cast's output in place of the values its fingerprint "
-                          "describes; nothing was published", retryable=True,
+                          "read: its fingerprint may hash the cast's output in place of the values the archive "
+                          "holds; nothing was published", retryable=True,
                           cause="a cast of a column's type was created or dropped during the run",
                           remedy="retried automatically (the retry reads the casts as they are then); create and "
                                  "drop casts of the table's column types outside its archive runs")

@@ -1096,6 +1096,7 @@ class _TextColumn:
     parse_as: sql.Composable | None = None  # read the text as this type before hashing its text form
     base_type: str = "text"  # (of a parsed field: "xml" with is_array for an array of xml, see _PARSED_COLUMNS)
     is_array: bool = False
+    arrays: int = 1  # (of an array of xml: how many arrays deep, see source.Column.arrays)
     is_enum: bool = False
     user_type: bool = False  # parse_as is a type outside pg_catalog: hashed by its output function (fingerprint)
     user_text_cast: bool = False  # parse_as has a cast to text a user created: hashed by its output function too
@@ -1108,22 +1109,27 @@ class _TextColumn:
 # "char", name; not bpchar, hashed as its output), seen through domains; money, which CSV archives
 # as numeric, is parsed too, as are arrays of money or xml (CSV holds their elements as numeric and
 # as the stored xml text), and composites, whose ``IS NULL`` (part of the fingerprint) is also true
-# when every field is NULL. With each, whether it is an array of xml: the fingerprint hashes its elements'
-# stored texts where xml's output rewrites one (fingerprint._xml_array_text), as on the source's side.
+# when every field is NULL. With each, how many arrays deep it is an array of xml (0: none): the fingerprint hashes
+# its elements' stored texts where xml's output rewrites one (fingerprint._xml_array_text), as on the source's side.
 _PARSED_COLUMNS = sql.SQL("""
 WITH RECURSIVE base(name, oid) AS (
     SELECT * FROM unnest(%s::text[], %s::oid[])
     UNION ALL
     SELECT base.name, t.typbasetype FROM base JOIN pg_catalog.pg_type t ON t.oid = base.oid WHERE t.typtype = 'd')
-SELECT base.name, array_of.oid IS NOT DISTINCT FROM 'pg_catalog.xml'::regtype
+SELECT base.name, CASE WHEN array_of.oid = 'pg_catalog.xml'::regtype THEN array_of.arrays ELSE 0 END
 FROM base JOIN pg_catalog.pg_type t ON t.oid = base.oid
 LEFT JOIN LATERAL (
-    -- arrays of xml (archived as the elements' stored text) or money (as numeric), through domains
-    WITH RECURSIVE element(oid) AS (
-        SELECT t.typelem WHERE t.typcategory = 'A'
+    -- arrays of xml (archived as the elements' stored text) or money (as numeric), through domains and arrays
+    -- (as source's column query walks them)
+    WITH RECURSIVE element(oid, arrays) AS (
+        SELECT t.typelem, 1 WHERE t.typcategory = 'A'
         UNION ALL
-        SELECT e.typbasetype FROM element JOIN pg_catalog.pg_type e ON e.oid = element.oid WHERE e.typtype = 'd')
-    SELECT element.oid FROM element WHERE element.oid IN ('pg_catalog.xml'::regtype, 'pg_catalog.money'::regtype)
+        SELECT CASE WHEN e.typtype = 'd' THEN e.typbasetype ELSE e.typelem END,
+               element.arrays + CASE WHEN e.typtype = 'd' THEN 0 ELSE 1 END
+        FROM element JOIN pg_catalog.pg_type e ON e.oid = element.oid
+        WHERE (e.typtype = 'd' OR (e.typcategory = 'A' AND e.typelem <> 0)) AND element.arrays < 64)
+    SELECT element.oid, element.arrays FROM element
+    WHERE element.oid IN ('pg_catalog.xml'::regtype, 'pg_catalog.money'::regtype)
 ) AS array_of ON true
 WHERE t.typtype <> 'd' AND (t.oid = 'pg_catalog.money'::regtype OR t.typtype = 'c' OR array_of.oid IS NOT NULL OR (
     t.oid <> 'pg_catalog.bpchar'::regtype  -- hashed as its output, blanks and all: the field as it is
@@ -1171,7 +1177,7 @@ def _text_table(conn: psycopg.Connection, manifest: dict) -> tuple[sql.Identifie
     oids = _type_oids(conn, types)
     found = conn.execute(_PARSED_COLUMNS, (names, list(oids))).fetchall()
     parsed = {name for name, _ in found}
-    xml_arrays = {name for name, is_xml_array in found if is_xml_array}
+    xml_arrays = {name: arrays for name, arrays in found if arrays}
     domains = _DOMAIN_COLUMNS.format(parts=type_parts(conn))
     parsed |= {name for (name,) in conn.execute(domains, (names, list(oids))).fetchall()}
     # the columns v6 hashes by their value (integers, uuids: see fingerprint._typed_link). Of an archive recording
@@ -1194,7 +1200,8 @@ def _text_table(conn: psycopg.Connection, manifest: dict) -> tuple[sql.Identifie
     parsed |= set(typed) - by_value
     users = {name for (name,) in conn.execute(_USER_BASE_COLUMNS, (names, list(oids))).fetchall()}
     cast = {name for (name,) in conn.execute(_USER_TEXT_CAST_COLUMNS, (names, list(oids))).fetchall()}
-    return temp, [_TextColumn(name, kinds[name], is_array=name in xml_arrays, base_type="bpchar" if name in bpchar
+    return temp, [_TextColumn(name, kinds[name], is_array=name in xml_arrays, arrays=xml_arrays.get(name, 1),
+                              base_type="bpchar" if name in bpchar
                               else "xml" if name in xml_arrays else typed.get(name, "text"),
                               user_type=name in users, user_text_cast=name in cast,
                               parsed_by_v6_only=name in text_before_v6) if name in parsed
@@ -1226,19 +1233,18 @@ WHERE t.typtype <> 'd'  -- (a cast of a domain is ignored by PostgreSQL: its bas
 """)
 
 
-# Columns whose type, through domains and an array to its element (and its domains), as source's column query
+# Columns whose type, through domains and arrays to its element (at any depth), as source's column query
 # walks it, is a type outside pg_catalog: the fingerprint hashes those by their output function, not ::text.
 _USER_BASE_COLUMNS = sql.SQL("""
 SELECT u.name FROM unnest(%s::text[], %s::oid[]) AS u(name, oid)  -- (ROWS FROM sugar: not a function to qualify)
 CROSS JOIN LATERAL (
-    WITH RECURSIVE walk(oid, is_array, depth) AS (
-        SELECT u.oid, false, 0
+    WITH RECURSIVE walk(oid, depth) AS (
+        SELECT u.oid, 0
         UNION ALL
-        SELECT CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.typelem END, w.is_array OR t.typtype <> 'd',
-               w.depth + 1
+        SELECT CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.typelem END, w.depth + 1
         FROM walk w JOIN pg_catalog.pg_type t ON t.oid = w.oid
-        WHERE t.typtype = 'd' OR (NOT w.is_array AND t.typcategory = 'A' AND t.typelem <> 0 AND EXISTS (
-            SELECT FROM pg_catalog.pg_type e WHERE e.oid = t.typelem AND e.typarray = t.oid))
+        WHERE (t.typtype = 'd' OR (t.typcategory = 'A' AND t.typelem <> 0 AND EXISTS (
+            SELECT FROM pg_catalog.pg_type e WHERE e.oid = t.typelem AND e.typarray = t.oid))) AND w.depth < 64
     )
     SELECT oid FROM walk ORDER BY depth DESC LIMIT 1
 ) AS b

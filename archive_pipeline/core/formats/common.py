@@ -45,6 +45,7 @@ from archive_pipeline.core.source import (
     found_inside,
     prefetch,
     rewritten_xml_inside,
+    xml_array_text,
     xml_in_fields,
 )
 
@@ -461,7 +462,7 @@ def ambiguous_name(col: Column) -> sql.Composable | None:
     """For a column holding regproc or regoper values (itself, or inside arrays, composites, domains or
     ranges at any depth), a condition true where one prints as a name its input cannot read back (an
     overloaded function or operator); None for other columns."""
-    function = NAME_INPUT.get(col.base_type)
+    function = NAME_INPUT.get(col.base_type) if not col.nested else None  # (an array of arrays: through inner)
     if function is None:
         inside = [_ambiguous_inside(col.name, t) for t in col.inner if t.type in NAME_INPUT]
         return sql.SQL("({})").format(sql.SQL(" OR ").join(inside)) if inside else None
@@ -489,7 +490,7 @@ def refused_column(col: Column, reason: str) -> str:
         ways = [t.route for t in xml_in_fields(col)]
     else:
         ways = [t.route for t in col.inner if t.type in NAME_INPUT] \
-            if reason == "reg_ambiguous" and col.base_type not in NAME_INPUT else []
+            if reason == "reg_ambiguous" and (col.base_type not in NAME_INPUT or col.nested) else []
     return f"column {col.name!r} ({col.type_name}{', at ' + '; '.join(ways) if ways else ''})"
 
 
@@ -517,26 +518,28 @@ def csv_expression(col: Column, index: int) -> sql.Composable:
         return xml_text(col)
     if col.base_type in NAME_INPUT or col.inner or col.unreadable:
         return refuse_ambiguous_names(col, index, ident)
-    if col.base_type == "money":
+    if col.base_type == "money" and not col.nested:  # (an array of arrays is its literal, under lc_monetary C)
         # money's text form depends on lc_monetary ("$1,234.56"); numeric is exact and portable.
         return sql.SQL("{}::{}").format(ident, sql.SQL(col.cast_name("numeric")))
     return ident
 
 
 def xml_text(col: Column) -> sql.Composed:
-    """An xml column (or an array of xml, through domains) as its stored text, in every format.
+    """An xml column (or an array of xml, through domains, at any depth of arrays) as its stored text, in every
+    format.
 
     xml's output function (what COPY, ``concat()`` and ``array_out`` write) drops an XML declaration
     that says nothing beyond the defaults (``<?xml version="1.0" encoding="UTF-8"?>`` and the line
     break after it) and rewrites the others, while the value keeps the text it was given, which
     ``::text`` returns as it is (and the content fingerprint hashes). An array goes through
-    ``text[]`` (element by element, bounds and dimensions kept) to its literal. xml's input reads
+    ``text[]`` (element by element, bounds and dimensions kept) to its literal; an array of arrays (of a domain
+    over xml[]) is that literal of each element within its own (see source.xml_array_text). xml's input reads
     that text back to the same stored text (with ``xmloption`` content, so fragments are accepted).
     """
     ident = sql.Identifier(col.name)
     if col.is_array:
-        return sql.SQL("{}::text[]::text").format(ident)
-    return sql.SQL("{}::text").format(ident)
+        return xml_array_text(ident, col.arrays)
+    return sql.SQL("{}::pg_catalog.text").format(ident)
 
 
 def day_query(table: SourceTable, where: sql.Composable, columns: sql.Composable | None = None) -> sql.Composed:
@@ -551,6 +554,15 @@ def output_text(expr: sql.Composable) -> sql.Composed:
     ``IS DISTINCT FROM NULL`` keeps a composite with a NULL field, for which ``IS NOT NULL`` is false.
     """
     return sql.SQL("CASE WHEN {e} IS DISTINCT FROM NULL THEN pg_catalog.concat({e}) END").format(e=expr)
+
+
+def element_texts(array: sql.Composable) -> sql.Composed:
+    """An array as the ``text[]`` of its elements' texts by their output function, its shape (dimensions, bounds)
+    and NULL elements kept: its literal (array_out prints each element by the output function) read back as text[]
+    (array_in of text undoes array_out's quoting). Neither step looks a cast up: ``::text[]`` of an enum array
+    would call a cast of the enum to text, and row_to_json a cast to json, of whatever the catalog holds as the
+    query runs (one a DBA created while the day is read included), where the snapshot's description said none."""
+    return sql.SQL("({})::pg_catalog.text[]").format(output_text(array))
 
 
 class Format(Protocol):

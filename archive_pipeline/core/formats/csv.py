@@ -23,7 +23,7 @@ def header_field(name: str) -> str:
 
 
 def _encoding(col: Column) -> dict:
-    if col.base_type == "money":
+    if col.base_type == "money" and not col.nested:
         return encoding("text: numeric digits of the amount", note="money as numeric; 2 fraction digits (lc_monetary C)")
     if col.base_type == "xml":
         return encoding("text: PostgreSQL array literal of the xml texts as stored" if col.is_array

@@ -11,6 +11,7 @@ from archive_pipeline.core.formats.common import (
     REFUSALS,
     CopyFormat,
     day_query,
+    element_texts,
     encoding,
     output_text,
     raise_in_sql,
@@ -29,9 +30,18 @@ _JSON_NATIVE = {"int2", "int4", "int8", "float4", "float8", "numeric", "money", 
 
 
 def _json_native(col: Column) -> bool:
-    """Whether row_to_json writes the column's values as json_populate_record reads them back: not
-    through a cast to json of its type (a user's function), which row_to_json would call."""
-    return (col.base_type in _JSON_NATIVE or col.is_enum) and not col.json_cast
+    """Whether row_to_json writes the column's values (an enum's as their labels' texts, see :func:`_labels`) as
+    json_populate_record reads them back: not an array of arrays (through a domain), which row_to_json would
+    write as nested JSON arrays, and not through a cast to json of its type the snapshot saw."""
+    return (col.base_type in _JSON_NATIVE or col.is_enum) and not col.json_cast and not col.nested
+
+
+def _labels(col: Column, ident: sql.Composable) -> sql.Composable:
+    """An enum column (or an array of one) as its labels' texts by enum's output function, which row_to_json writes
+    as the same JSON strings it writes for the enum's values, but without looking up a cast of the enum to json:
+    row_to_json calls one of a user's type that the catalog holds as the COPY runs, though created after the
+    snapshot described the table (and dropped again before any check could see it)."""
+    return element_texts(ident) if col.is_array else output_text(ident)
 
 
 # A json value's text with every escaped backslash (``\\``) taken out: each backslash left starts a real
@@ -123,7 +133,7 @@ def jsonl_column(col: Column, index: int, db_encoding: str | None = None) -> tup
         # As row_to_json writes it; a row holding an array whose lower bound is not 1 (which row_to_json
         # would drop) is written again with that array as its literal (see JsonLines.copy_statement).
         value = sql.SQL("{}::{}").format(ident, sql.SQL(col.cast_name("numeric"))) if col.base_type == "money" \
-            else ident
+            else _labels(col, ident) if col.is_enum else ident
         element = json_type(col.base_type if not col.is_enum else "enum")
         return value, encoding(f"array of {element} (nested when multi-dimensional; the PostgreSQL array "
                                "literal as a string when a lower bound is not 1)")
@@ -176,7 +186,8 @@ def jsonl_column(col: Column, index: int, db_encoding: str | None = None) -> tup
                               "\\u0000, an unpaired UTF-16 surrogate escape (\\ud800), and in a database whose encoding is "
                               "not UTF8 an escape of a character that encoding lacks, are refused"))
     if _json_native(col):
-        return ident, encoding(json_type(col.base_type if not col.is_enum else "enum"))
+        return (_labels(col, ident) if col.is_enum else ident), encoding(json_type(col.base_type if not col.is_enum
+                                                                                    else "enum"))
     return (refuse_ambiguous_names(col, index, sql.SQL("pg_catalog.to_json({})").format(output_text(ident))),
             encoding("string: the type's output", note="read back with the type's input function"))
 

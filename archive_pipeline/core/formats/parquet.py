@@ -55,6 +55,7 @@ from archive_pipeline.core.formats.common import (
     WriteStats,
     inside_refusals,
     day_query,
+    element_texts,
     encoding,
     explain_value_failure,
     failing_columns,
@@ -114,8 +115,8 @@ _REASON_CODES = {"array_shape": 0, "interval_range": 1, "reg_ambiguous": 2, "xml
 
 
 def _listed_as_text(col: Column) -> bool:
-    """Arrays read as list<string> of each element's exact text (cast element by element)."""
-    return col.is_array and (col.base_type in ("numeric", "money") or col.is_enum)
+    """Arrays read as list<string> of each element's exact text (printed element by element)."""
+    return col.is_array and not col.nested and (col.base_type in ("numeric", "money") or col.is_enum)
 
 
 def _expression(col: Column) -> sql.Composable:
@@ -131,20 +132,21 @@ def _expression(col: Column) -> sql.Composable:
 
 def _read_expression(col: Column) -> sql.Composable:
     ident = sql.Identifier(col.name)
+    if col.base_type == "xml":
+        return xml_text(col)  # the stored text, XML declaration and all (xml's output drops or rewrites it)
+    if col.nested:  # an array of arrays (through a domain): its whole literal, as any type without an encoding
+        return output_text(ident)
     if col.base_type == "money":  # as numeric, printed by numeric's output (never a DBA's numeric-to-text cast)
         return _printed_elements(ident, "::pg_catalog.numeric") if col.is_array else \
             output_text(sql.SQL("{}::pg_catalog.numeric").format(ident))
-    if col.base_type == "xml":
-        return xml_text(col)  # the stored text, XML declaration and all (xml's output drops or rewrites it)
     native = _NATIVE_IN_ARRAYS if col.is_array else _NATIVE
     if col.base_type in native:
         return ident
-    if (col.is_enum and col.text_cast) or (col.base_type == "numeric" and col.user_text_cast):
-        # the owner's (a DBA's) cast to text is not the value's text: enum_out / numeric_out, element by element
-        return output_text(ident) if not col.is_array else _printed_elements(ident)
     if col.base_type == "numeric" or col.is_enum:
-        # numeric_out / enum_out: the exact text (element by element for an array: list<string>)
-        return sql.SQL("{}::{}").format(ident, sql.SQL(col.cast_name("text")))
+        # numeric_out / enum_out, element by element for an array (list<string>): by the output function, never
+        # ``::text``, which would call a cast to text of the type (an owner's or a DBA's) that the catalog has as
+        # the query runs, one created while the day is read included (see element_texts)
+        return output_text(ident) if not col.is_array else element_texts(ident)
     # everything else, arrays of it included, as the type's output (an array as its whole literal,
     # bounds and all; a text[] cast would apply text casts that differ from the output, e.g. inet's)
     return output_text(ident)
@@ -162,7 +164,7 @@ def _refusal_conditions(col: Column) -> list[tuple[sql.Composable, str]]:
     """The per-row conditions (with their reasons) under which ``col``'s value cannot be archived exactly in
     Parquet."""
     ident = sql.Identifier(col.name)
-    if col.is_array and (col.base_type in _NATIVE_IN_ARRAYS or _listed_as_text(col)):
+    if col.is_array and ((col.base_type in _NATIVE_IN_ARRAYS and not col.nested) or _listed_as_text(col)):
         # a list has neither bounds nor dimensions: ADBC would silently flatten such an array
         return [(sql.SQL("pg_catalog.array_ndims({c}) > 1 OR pg_catalog.array_lower({c}, 1) <> 1").format(c=ident),
                  "array_shape")]
@@ -206,7 +208,9 @@ def parquet_encodings(table: SourceTable) -> dict[str, dict]:
     out = {}
     for col in table.columns:
         base, arr = col.base_type, col.is_array
-        if _listed_as_text(col):
+        if col.nested and base != "xml":  # an array of arrays: its literal (see _read_expression)
+            enc = encoding("string: PostgreSQL array literal")
+        elif _listed_as_text(col):
             enc = encoding("list<string> (each element's exact text; multi-dimensional or lower bound other "
                            "than 1: refused)", note="money as numeric; 2 fraction digits (lc_monetary C)"
                            if base == "money" else "")
@@ -260,7 +264,7 @@ def arrow_type(col: Column, read_type: pa.DataType) -> pa.DataType:
             return pa.decimal256(col.precision, col.scale or 0)
     if col.base_type == "interval" and not col.is_array:
         return INTERVAL_TYPE
-    canonical = _CANONICAL.get(col.base_type)
+    canonical = _CANONICAL.get(col.base_type) if not col.nested else None
     if canonical is not None:  # the same archive whichever version of the driver read it (see _canonical)
         return pa.list_(canonical) if pa.types.is_list(read_type) else canonical
     return read_type
@@ -376,7 +380,7 @@ class _Converter:
 
     def _column(self, i: int, array: pa.Array) -> pa.Array:
         col, target = self.columns[i], self.schema.field(i).type
-        canonical = _CANONICAL.get(col.base_type)
+        canonical = _CANONICAL.get(col.base_type) if not col.nested else None
         if canonical is not None:
             return _on_values(array, lambda a: _canonical(a, canonical))
         if isinstance(array.type, pa.BaseExtensionType) and array.type.extension_name == "arrow.opaque":
@@ -423,7 +427,7 @@ def dictionary_columns(columns: Sequence[Column]) -> list[str]:
     repeat, keep it (readers filter on their dictionaries); booleans are bit-packed anyway.
     """
     return [f"{c.name}.list.element" if c.is_array else c.name
-            for c in columns if c.is_enum or c.base_type in _DICTIONARY_TYPES]
+            for c in columns if (c.is_enum or c.base_type in _DICTIONARY_TYPES) and not c.nested]
 
 
 def _codecs(schema: pa.Schema, codec: str, level: int | None,
