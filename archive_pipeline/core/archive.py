@@ -560,9 +560,10 @@ class _Archiving:
                     self._refuse_removed_in_overlapping(existing, table, fp, overwrite)  # (before it is published)
                 extracted = time.perf_counter()  # the read transaction has ended here
                 same_printed_names(self.conn, table, labels)
+                # (a session killed meanwhile has lost its lock: said so before the next question fails for it)
+                require_lock_held(self.conn, self.spec.name, self.day)
                 same_casts(self.conn, table)
                 same_shapes(self.conn, table, composites, where)
-                require_lock_held(self.conn, self.spec.name, self.day)
                 same_read_relations(self.conn, table, read)
                 stored = upload.finish(sink.fd, sink.size, sink.md5) if upload is not None else None
                 upload, published = None, stored.key if stored is not None else None
