@@ -47,7 +47,8 @@ from archive_pipeline.core.formats.common import (
     refuse_unreadable,
     refuse_unrestorable,
 )
-from archive_pipeline.core.leftovers import day_listing, owned_by, same_source, stored_generations, tidy_day
+from archive_pipeline.core.leftovers import day_listing, marked_generations, owned_by, same_source, \
+    stored_generations, tidy_day
 from archive_pipeline.core.lifecycle import settle_pending_removal
 from archive_pipeline.core.listing import listed_once
 from archive_pipeline.core.locks import require_autocommit, require_lock_held, table_day_lock
@@ -529,6 +530,7 @@ class _Archiving:
                             metadata={"table": self.spec.name, "day": self.day.isoformat(),
                                       "format": self.spec.format, "compression": self.spec.compression},
                             stale_uploads=existing.listing is None, fresh=True,
+                            source=(identity.database, identity.system_identifier),
                             expected_size=estimated_bytes(self.conn, table, where, fp.rows if fp is not None else 0)
                             if self.store.equal_parts else None)
                         upload.still_owned = self._holds_day  # (its upload marker: see S3Upload._unmark_own)
@@ -1508,6 +1510,8 @@ class _Archiving:
         there is an uncommitted leftover); without one, past every generation found in the store."""
         listed = self._stored_generations(existing.listing)
         found = [g for g in listed if keys.generation_key(self.key, g) not in self._tidied]
+        # (past another database's live upload too: a key two runs share ends in one aborting the other's upload)
+        listed += marked_generations(self.key, existing.listing, self._tidied)
         if existing.manifest is not None and existing.problem is None:
             # past any object still there (one this run's tidying left, another database's run's, say, is not this
             # run's to write over), and past those it just deleted: a store whose deletes land a moment after their

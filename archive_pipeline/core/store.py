@@ -641,7 +641,8 @@ class S3Store:
 
     def begin(self, key: str, *, content_type: str, content_encoding: str | None = None,
               metadata: dict[str, str] | None = None, expected_size: int | None = None,
-              stale_uploads: bool = True, fresh: bool = False) -> S3Upload:
+              stale_uploads: bool = True, fresh: bool = False,
+              source: tuple[str, str | None] | None = None) -> S3Upload:
         """Start writing ``key``; feed the upload with ``grow`` and end it with ``finish``/``abort``.
 
         ``expected_size`` (bytes, e.g. estimated from the catalog) sizes the parts; ``metadata``
@@ -651,7 +652,8 @@ class S3Store:
         ``S3Upload``), so a single PUT does not list the store's uploads after it. ``fresh``: the key
         holds nothing and must not be replaced (If-None-Match; :class:`KeyTakenError` if it is); its object then
         carries the upload's own mark (``writer`` metadata), by which alone a refused write takes what is there for
-        its own earlier try (another database's run may have written the very same bytes)."""
+        its own earlier try (another database's run may have written the very same bytes). ``source``: the
+        database the upload's run reads (name, system identifier), named in its upload marker."""
         meta = dict(metadata or {})
         writer = f"{os.getpid()}.{uuid.uuid4().hex}"
         if fresh:
@@ -661,7 +663,7 @@ class S3Store:
             # no-transform: served as stored to every reader, whatever it accepts (see _read_as_stored)
             headers.update(ContentEncoding=content_encoding, CacheControl="no-transform")
         return S3Upload(self, key, headers, self.plan(expected_size), table=meta.get("table"), day=meta.get("day"),
-                        stale_uploads=stale_uploads, fresh=fresh, writer=writer)
+                        stale_uploads=stale_uploads, fresh=fresh, source=source, writer=writer)
 
     # --- small objects and reads -----------------------------------------------------------------
     def head(self, key: str) -> dict | None:
@@ -1337,7 +1339,8 @@ class S3Upload:
 
     def __init__(self, store: S3Store, key: str, headers: dict[str, Any], plan: PartPlan, *,
                  table: str | None = None, day: str | None = None, stale_uploads: bool = True,
-                 fresh: bool = False, writer: str | None = None) -> None:
+                 fresh: bool = False, source: tuple[str, str | None] | None = None,
+                 writer: str | None = None) -> None:
         self.store = store
         self.key = key
         self.fresh = fresh  # the key must hold nothing: published with If-None-Match (see S3Store.conditions)
@@ -1345,9 +1348,10 @@ class S3Upload:
         self._marked = False  # the upload marker may be in the store (written, or its write attempted)
         # this upload's own marker: its text names the upload's owner, so a run that lost the day (its session ended
         # and another run took the key) never deletes the marker of the run that took it over (see _unmark_own),
-        # and its table-day, so a run of another table-day that finds it beside its own keys leaves it alone
+        # and its table-day and source, so a run of another table-day, or of another database (whose lock does not
+        # exclude this one), that finds it beside its own keys leaves it alone
         self._writer = writer or f"{os.getpid()}.{uuid.uuid4().hex}"
-        self._marker_body = _MARKER + upload_marker_naming(table, day) + f"owner: {self._writer}\n".encode()
+        self._marker_body = _MARKER + upload_marker_naming(table, day, source) + f"owner: {self._writer}\n".encode()
         # the owner's word that the key is still its own (its table-day lock held): then the marker is deleted as it
         # is; else (the lock gone with its session, or no owner said) only if it reads back as this upload's
         self.still_owned: Callable[[], bool] | None = None
