@@ -47,7 +47,8 @@ from archive_pipeline.core.formats.common import (
     refuse_unreadable,
     refuse_unrestorable,
 )
-from archive_pipeline.core.leftovers import day_listing, owned_by, same_source, stored_generations, tidy_day
+from archive_pipeline.core.leftovers import day_listing, marked_generations, owned_by, same_source, \
+    stored_generations, tidy_day
 from archive_pipeline.core.lifecycle import settle_pending_removal
 from archive_pipeline.core.listing import listed_once
 from archive_pipeline.core.locks import require_autocommit, require_lock_held, table_day_lock
@@ -535,6 +536,7 @@ class _Archiving:
                             metadata={"table": self.spec.name, "day": self.day.isoformat(),
                                       "format": self.spec.format, "compression": self.spec.compression},
                             stale_uploads=existing.listing is None, fresh=True,
+                            source=(identity.database, identity.system_identifier),
                             expected_size=estimated_bytes(self.conn, table, where, fp.rows if fp is not None else 0)
                             if self.store.equal_parts else None)
                         upload.still_owned = self._holds_day  # (its upload marker: see S3Upload._unmark_own)
@@ -1286,7 +1288,7 @@ class _Archiving:
                 self._committed = True
                 raise
         confirmed = True
-        if existing.raw is not None and result.key:
+        if result.key:  # (a first archive's too: its object may have been taken for another run's and withdrawn)
             try:
                 confirmed = self._refuse_lost_object(result, existing, data)
             except BaseException as exc:  # cancelled while the new object's presence was checked: not known yet
@@ -1404,14 +1406,16 @@ class _Archiving:
             return self.store.own_damaged(self.manifest_key, damaged)
 
     def _refuse_lost_object(self, result: ArchiveResult, existing: Existing, data: bytes) -> bool:
-        """An overwrite's new object must still be stored once the manifest naming it replaced the previous one
-        (which still names its own object: nothing is retired yet). A run of the day on another server (a hot
-        standby and its primary: the table-day lock is each server's own) tidies every generation no manifest
-        names yet, this one's among them, and the day's manifest then named no object. Asked twice, a moment
-        apart (a HEAD lagging a completed upload is no loss); a lost object puts the previous manifest back
-        (If-Match ours) and fails the run, retryable. True once the object is seen (or a later run superseded
-        it); False where its HEAD could not be had (the store failing for a moment): the commit stands (an object
-        not seen is not known lost), and the generation it replaced is left for the next run's tidying."""
+        """The new object must still be stored once the manifest naming it is written (an overwrite's previous one
+        still names its own object: nothing is retired yet). A run of the day on another server (a hot standby
+        and its primary: the table-day lock is each server's own) tidies every generation no manifest names yet,
+        this one's among them; a failed run of another database may withdraw what it took for its own object;
+        and the day's manifest then named no object. Asked twice, a moment apart (a HEAD lagging a completed
+        upload is no loss); a lost object puts the previous manifest back (If-Match ours), or takes a first one
+        back (read back as ours first, then deleted), and fails the run, retryable. True once the object is seen
+        (or a later run superseded it); False where its HEAD could not be had (the store failing for a moment): the
+        commit stands (an object not seen is not known lost), and the generation it replaced is left for the next
+        run's tidying."""
         for attempt in range(2):
             try:
                 if self.store.head(result.key) is not None:
@@ -1425,11 +1429,14 @@ class _Archiving:
         if self._superseded_since(result.key, data):
             return True
         gone = (f"{self.spec.name} {self.day}: the new object {self.store.uri(result.key)} was gone once its manifest "
-                "was written (a run of the day on another server removed it as a leftover)")
+                "was written (a run of the day on another server or database removed it)")
         remedy = "retried automatically; archive each table from one server only"
         try:  # only over ours (If-Match where ETags are MD5s, and read back first either way: a later run's
             current = _get_manifest_bytes(self.store, self.manifest_key)  # commit is never replaced)
-            if current == data:
+            if current == data and existing.raw is None:
+                self.store.delete(self.manifest_key)
+                said = "its manifest was taken back (the day is not archived)"
+            elif current == data:
                 self.store.put_bytes(self.manifest_key, existing.raw, "application/json",
                                      if_match=self.store.etag_of(current))
                 said = "the previous archive was put back"
@@ -1522,6 +1529,8 @@ class _Archiving:
         there is an uncommitted leftover); without one, past every generation found in the store."""
         listed = self._stored_generations(existing.listing)
         found = [g for g in listed if keys.generation_key(self.key, g) not in self._tidied]
+        # (past another database's live upload too: a key two runs share ends in one aborting the other's upload)
+        listed += marked_generations(self.key, existing.listing, self._tidied)
         if existing.manifest is not None and existing.problem is None:
             # past any object still there (one this run's tidying left, another database's run's, say, is not this
             # run's to write over), and past those it just deleted: a store whose deletes land a moment after their

@@ -381,6 +381,14 @@ _S3_SHA_MISMATCH = _store(True, "an upload arrived corrupted (XAmzContentSHA256M
                           "fails so, the store may refuse the checksum headers botocore 1.36 and later sends: set "
                           "AWS_REQUEST_CHECKSUM_CALCULATION=when_required")
 _S3_GONE = _store(True, "the multipart upload disappeared or conflicted with another writer", _RETRIED)
+# NoSuchUpload on a live upload's part or Complete: our own abort never races them, so another run aborted it (a run
+# of the day on another database or server, whose lock does not exclude ours, tidying it as a leftover; or a bucket
+# lifecycle rule whose AbortIncompleteMultipartUpload age is shorter than the upload)
+_S3_UPLOAD_ABORTED = _store(True, "another run aborted this upload (NoSuchUpload: a run of the same day on another "
+                            "database or server, which this run's table-day lock does not exclude, took it for a "
+                            "leftover; or a bucket lifecycle rule aborted it)",
+                            f"{_RETRIED}; archive each table from one database and one server only, and keep the "
+                            "bucket's AbortIncompleteMultipartUpload age above the longest run")
 # What the archiver asks of a bucket (README, "Permissions"): a refused request names the one its operation needs.
 S3_PERMISSIONS = ("s3:ListBucket", "s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:ListBucketMultipartUploads",
                   "s3:AbortMultipartUpload")
@@ -750,6 +758,8 @@ def _s3_code(code: str, status: int) -> Classification:
         return _S3_NOT_THE_OBJECT
     if code in _S3_RETRY_CODES or status >= 500 or status == 429:
         return _S3_THROTTLED
+    if code == "NoSuchUpload":
+        return _S3_UPLOAD_ABORTED
     if code in _S3_GONE_CODES:
         return _S3_GONE
     if code in _S3_KEY_CODES:

@@ -129,28 +129,49 @@ def upload_marker_key(key: str) -> str:
     return key + UPLOAD_MARKER_SUFFIX
 
 
-def upload_marker_naming(table: str | None, day: str | None) -> bytes:
-    """The lines of an upload marker that name the table-day whose run wrote it (none without both): a run that
-    finds a marker beside its day's own keys (at its key under another format, which another table's day may
-    render) aborts that upload only where the marker names its own table-day (see ``leftovers.owned_by``)."""
-    if not (table and day):
-        return b""
-    return f"table: {json.dumps(table)}\nday: {json.dumps(day)}\n".encode()  # (JSON: one line, whatever the name)
+def upload_marker_naming(table: str | None, day: str | None, source: tuple[str, str | None] | None = None) -> bytes:
+    """The lines of an upload marker that name the table-day whose run wrote it (none without both), and the
+    database it read (``source``: its name and system identifier, as manifests record them). A run that finds a
+    marker beside its day's own keys (at its key under another format, which another table's day may render)
+    aborts that upload only where the marker names its own table-day (see ``leftovers.owned_by``); one that finds
+    a marker of another database's run, which its table-day lock does not exclude, leaves that live upload alone
+    (see ``leftovers.tidy_day``)."""
+    lines = {"table": table, "day": day} if table and day else {}
+    if source is not None:
+        lines.update(database=source[0], system=source[1])
+    return "".join(f"{field}: {json.dumps(value)}\n" for field, value in lines.items()).encode()  # (JSON: one line)
+
+
+def _marker_fields(body: bytes) -> dict[str, object] | None:
+    """The named lines of an upload marker's ``body`` (see :func:`upload_marker_naming`); None where one cannot be
+    read (damaged)."""
+    named: dict[str, object] = {}
+    for line in body.decode("utf-8", "replace").splitlines():
+        field, sep, value = line.partition(": ")
+        if sep and field in ("table", "day", "database", "system"):
+            try:
+                named[field] = json.loads(value)
+            except ValueError:
+                return None
+    return named
 
 
 def upload_marker_owner(body: bytes) -> tuple[str, str] | None:
     """The (table, day) an upload marker's ``body`` names (see :func:`upload_marker_naming`); None where it names
     none: written before markers named their table-day, or damaged."""
-    named: dict[str, object] = {}
-    for line in body.decode("utf-8", "replace").splitlines():
-        field, sep, value = line.partition(": ")
-        if sep and field in ("table", "day"):
-            try:
-                named[field] = json.loads(value)
-            except ValueError:
-                return None
+    named = _marker_fields(body) or {}
     table, day = named.get("table"), named.get("day")
     return (table, day) if isinstance(table, str) and isinstance(day, str) else None
+
+
+def upload_marker_source(body: bytes) -> dict[str, str | None] | None:
+    """The database an upload marker's ``body`` says its run read, as a manifest's ``source`` records it (database,
+    system_identifier); None where it names none: written before markers named their source, or damaged."""
+    named = _marker_fields(body) or {}
+    database, system = named.get("database"), named.get("system")
+    if not isinstance(database, str):
+        return None
+    return {"database": database, "system_identifier": system if isinstance(system, str) else None}
 
 
 def upload_markers(key: str, listed: Iterable[str]) -> list[str]:

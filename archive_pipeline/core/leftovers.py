@@ -35,6 +35,15 @@ def stored_generations(key: str, listing: dict[str, dict]) -> list[int]:
     return [int(m.group(1) or 1) for name in listing if (m := pattern.fullmatch(name))]
 
 
+def marked_generations(key: str, listing: dict[str, dict] | None, tidied: set[str]) -> list[int]:
+    """Generations of the day's ``key`` whose upload marker ``listing`` shows and tidying (``tidied``: the keys it
+    deleted) left: another database's run may be uploading there now (see :func:`tidy_day`), so a new generation
+    goes past them; two runs that share a key abort each other's upload (each aborts the key's others)."""
+    pattern = keys.generation_pattern(key)
+    return [int(m.group(1) or 1) for marker in keys.upload_markers(key, listing or {}) if marker not in tidied
+            and (m := pattern.fullmatch(marker[:-len(keys.UPLOAD_MARKER_SUFFIX)]))]
+
+
 def same_source(manifest: dict, identity: SourceIdentity) -> bool:
     """Whether ``manifest`` was archived from the database ``identity`` names (its name, and its system where both
     record one): the only database whose runs of the day this run's table-day lock excludes."""
@@ -49,13 +58,16 @@ def tidy_day(store: S3Store, key: str, listing: dict[str, dict] | None, manifest
              owner: tuple[str, str] | None = None) -> set[str]:
     """Remove what earlier runs of the day at ``key`` left behind (the caller holds the day's lock): multipart
     uploads a killed run never finished, data objects of generations no manifest committed (a run killed
-    between its upload and its manifest), and retired generations whose delete failed; the keys deleted.
+    between its upload and its manifest), and retired generations whose delete failed; the keys deleted (upload
+    markers among them).
 
     Uploads are looked for only where ``listing`` (the day's, read under the lock) shows an upload marker:
     every multipart upload announces itself with one first, and deletes it only once no upload of its key
     can be left, so a day without a marker has no upload left to find. They are never anyone's data: all
-    of the day's are aborted. Objects are deleted only with a trustworthy ``manifest`` (None: none, or one
-    that fails its checks) of ``owner``'s table-day, which names every object of the day worth keeping (its
+    of the day's are aborted, but for those whose marker names another database than ``identity`` (a run there,
+    which this run's lock does not exclude, may be uploading right now: its upload and marker are left alone,
+    and :func:`marked_generations` keeps this run off its key). Objects are deleted only with a trustworthy
+    ``manifest`` (None: none, or one that fails its checks) of ``owner``'s table-day, which names every object of the day worth keeping (its
     object and ``kept``); anything else of the day is garbage, since the manifest is the commit point. Without
     one, stored data might be the only copy of something and stays. A failure here is logged, never fatal:
     leftovers cost storage, not correctness. ``label``: the table-day, for the log. ``owner``: the table-day
@@ -68,22 +80,21 @@ def tidy_day(store: S3Store, key: str, listing: dict[str, dict] | None, manifest
     beside = [key, *(k for k in dict.fromkeys(others) if k != key and keys.day_prefix(k) == keys.day_prefix(key)
                      and keys.upload_markers(k, listing or {}) and _other_owned(store, k, listing, owner, label))]
     markers = [m for k in beside for m in keys.upload_markers(k, listing or {})]
-    if markers:
-        _abort_stale_uploads(store, beside, markers, label)
+    unmarked = _abort_stale_uploads(store, beside, markers, identity, label) if markers else set()
     if manifest is None or not listing:
-        return set()
+        return unmarked
     if not same_source(manifest, identity):
         # archived from another database, whose runs this day's lock does not exclude (an advisory lock is the
         # database's own): an object its manifest does not name yet may be its run's, about to commit
-        return set()
+        return unmarked
     if owner is not None and (foreign := foreign_manifest(manifest, *owner)):
         # another table's (or day's) archive, whose runs this day's lock does not exclude either
         log.warning("%s: left %s as it is: %s", label, store.uri(key), foreign)
-        return set()
+        return unmarked
     keep = {(manifest.get("object") or {}).get("key"), *(k.get("key") for k in manifest.get("kept", []))}
     stray = [keys.generation_key(key, g) for g in stored_generations(key, listing)]
     stray += [k for k in manifest.get("superseded", []) if k in listing]  # e.g. another extension
-    tidied = set()
+    tidied = set(unmarked)
     for name in dict.fromkeys(stray):
         if name not in keep and store.delete_quietly(name):
             tidied.add(name)
@@ -155,23 +166,44 @@ def _named(manifest: dict | None) -> tuple[str, str] | None:
     return (table, day) if isinstance(table, str) and isinstance(day, str) else None
 
 
-def _abort_stale_uploads(store: S3Store, day_keys: list[str], markers: list[str], label: str) -> None:
+def _abort_stale_uploads(store: S3Store, day_keys: list[str], markers: list[str], identity: SourceIdentity,
+                         label: str) -> set[str]:
     """Abort every multipart upload of the generations of the day's keys that the ``markers`` announced, then
     delete each marker whose upload was seen settled (kept if its uploads could not be listed or aborted, or its
-    listing showed an upload it cannot account for, so the next run tries again). Each marker's uploads are listed
+    listing showed an upload it cannot account for, so the next run tries again); the markers deleted. A marker
+    that names another database than ``identity`` (:func:`_of_another_source`) is left alone with its upload: a
+    run there is not excluded by this run's lock, and its upload may be live. Each marker's uploads are listed
     with the key it names (``<key>.uploading``) as the prefix, not under the day's: some stores (MinIO, by design:
     minio/minio#20989) list only the uploads of the object a prefix names exactly, and a listing under the day's
     prefix would show none there, and the marker be deleted with its upload left open for ever."""
     patterns = [keys.generation_pattern(k) for k in day_keys]
     generations = re.compile("|".join(f"(?:{p.pattern})" for p in patterns))
+    unmarked = set()
     for marker in markers:
         try:
+            if _of_another_source(store, marker, identity, label):
+                continue
             _, settled = store.abort_stale_uploads_under(marker[:-len(keys.UPLOAD_MARKER_SUFFIX)], generations)
         except Exception as exc:  # noqa: BLE001 - see tidy_day's docstring
             # the cause, redacted, not a traceback: botocore quotes the endpoint URL, credentials and all
-            log.warning("%s: could not list or abort the stale multipart uploads of %s (%s); its marker stays for "
-                        "the next run, and a bucket lifecycle rule (AbortIncompleteMultipartUpload) would remove "
+            log.warning("%s: could not read %s, or list or abort its stale multipart uploads (%s); the marker stays "
+                        "for the next run, and a bucket lifecycle rule (AbortIncompleteMultipartUpload) would remove "
                         "them", label, store.uri(marker), redact(f"{type(exc).__name__}: {exc}"))
             continue
-        if settled:  # else an upload listed there that is no generation of the day's keys: damaged, or another
-            store.delete_quietly(marker)  # table's; the marker stays and the next run looks again
+        if settled and store.delete_quietly(marker):  # else an upload listed there that is no generation of the
+            unmarked.add(marker)  # day's keys: damaged, or another table's; the marker stays and the next run looks
+    return unmarked
+
+
+def _of_another_source(store: S3Store, marker: str, identity: SourceIdentity, label: str) -> bool:
+    """Whether ``marker`` names another database than ``identity`` (see :func:`same_source`): logged, and its upload
+    left to its own database's runs (or a bucket lifecycle rule). One gone since the listing, or written by an older
+    version that named none, counts as this database's (as before: a killed run's)."""
+    body = store.get_bytes_or_none(marker)
+    source = keys.upload_marker_source(body) if body is not None else None
+    if source is None or same_source({"source": source}, identity):
+        return False
+    log.info("%s: left %s and its upload as they are: written by a run on database %r (system %s), which this run's "
+             "table-day lock does not exclude", label, store.uri(marker), source["database"],
+             source["system_identifier"])
+    return True

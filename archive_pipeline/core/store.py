@@ -64,6 +64,7 @@ _PLAIN_MD5 = re.compile(r"^[0-9a-f]{32}$")
 _MARKER = (b"A multipart upload of the key without this suffix was started here; if no run of it is going on, its "
            b"next run aborts it and deletes this marker.\n")
 _NOT_THE_OBJECT = "the store's answer was not the object"
+WRITER_METADATA = "writer"  # a fresh key's object: the upload that wrote it (see S3Store.begin)
 _S3_TOO_LARGE = "the day is larger than S3's object limit"
 _CORRUPTED = "the object's checksum did not match on the way"
 _RETRIED = ("retried automatically; if it persists, check the network path to the store (proxies, gateways) and the "
@@ -248,6 +249,11 @@ def decode_metadata(metadata: dict[str, str]) -> dict[str, str]:
 
 
 # --- helpers ------------------------------------------------------------------------------------
+
+def _written_by(head: dict, writer: str | None) -> bool:
+    """Whether the object a HEAD answered carries the upload mark ``writer`` (any object, without one)."""
+    return writer is None or decode_metadata(head.get("Metadata") or {}).get(WRITER_METADATA) == writer
+
 
 def _md5_header(digest: bytes) -> str:
     return base64.b64encode(digest).decode()
@@ -635,7 +641,8 @@ class S3Store:
 
     def begin(self, key: str, *, content_type: str, content_encoding: str | None = None,
               metadata: dict[str, str] | None = None, expected_size: int | None = None,
-              stale_uploads: bool = True, fresh: bool = False) -> S3Upload:
+              stale_uploads: bool = True, fresh: bool = False,
+              source: tuple[str, str | None] | None = None) -> S3Upload:
         """Start writing ``key``; feed the upload with ``grow`` and end it with ``finish``/``abort``.
 
         ``expected_size`` (bytes, e.g. estimated from the catalog) sizes the parts; ``metadata``
@@ -643,14 +650,20 @@ class S3Store:
         until a whole part is there. ``stale_uploads=False``: the caller has already dealt with
         uploads of the key a killed process may have left (it listed no upload marker, see
         ``S3Upload``), so a single PUT does not list the store's uploads after it. ``fresh``: the key
-        holds nothing and must not be replaced (If-None-Match; :class:`KeyTakenError` if it is)."""
+        holds nothing and must not be replaced (If-None-Match; :class:`KeyTakenError` if it is); its object then
+        carries the upload's own mark (``writer`` metadata), by which alone a refused write takes what is there for
+        its own earlier try (another database's run may have written the very same bytes). ``source``: the
+        database the upload's run reads (name, system identifier), named in its upload marker."""
         meta = dict(metadata or {})
+        writer = f"{os.getpid()}.{uuid.uuid4().hex}"
+        if fresh:
+            meta[WRITER_METADATA] = writer
         headers: dict[str, Any] = {"ContentType": content_type, "Metadata": encode_metadata(meta)}
         if content_encoding:
             # no-transform: served as stored to every reader, whatever it accepts (see _read_as_stored)
             headers.update(ContentEncoding=content_encoding, CacheControl="no-transform")
         return S3Upload(self, key, headers, self.plan(expected_size), table=meta.get("table"), day=meta.get("day"),
-                        stale_uploads=stale_uploads, fresh=fresh)
+                        stale_uploads=stale_uploads, fresh=fresh, source=source, writer=writer)
 
     # --- small objects and reads -----------------------------------------------------------------
     def head(self, key: str) -> dict | None:
@@ -844,15 +857,18 @@ class S3Store:
             return first
         return {"IfMatch": head["ETag"]} if head is not None and head.get("ETag") else first
 
-    def holds(self, key: str, md5_hex: str, size: int, content_md5: str | None = None) -> bool:
+    def holds(self, key: str, md5_hex: str, size: int, content_md5: str | None = None,
+              writer: str | None = None) -> bool:
         """Whether ``key`` holds exactly the object of ETag ``md5_hex`` and ``size`` bytes: a write whose answer was
         lost, retried and refused (412, or NoSuchUpload for a multipart Complete), was ours after all. By its ETag
         (a single PUT's MD5, or a multipart's ``md5-of-parts-N``); without MD5 ETags (``verify_etags`` off) by
         reading it back and hashing it against ``content_md5`` (the whole object's MD5; a single PUT's is its
-        ETag): a rare path, after an answer was lost, so a big object is read back whole rather than guessed."""
+        ETag): a rare path, after an answer was lost, so a big object is read back whole rather than guessed.
+        ``writer``: the upload's own mark (see :meth:`begin`), which the object must carry too: the same bytes may
+        be another run's (another database's, a hot standby's), whose object is not ours to take or withdraw."""
         try:
             head = self.head(key)
-            if head is None or head.get("ContentLength") != size:
+            if head is None or head.get("ContentLength") != size or not _written_by(head, writer):
                 return False
             if self.verify_etags:
                 return self.etag_in(head) == md5_hex
@@ -921,15 +937,16 @@ class S3Store:
             return False
 
     def _withdraw_if_ours(self, key: str, expected_etag: str | set[str], size: int, original: BaseException,
-                          content_md5: str | None = None) -> None:
+                          content_md5: str | None = None, writer: str | None = None) -> None:
         """After a write that failed ambiguously (reset, 5xx, 200-with-Error after the store acted),
         delete the object under ``key`` only if it is the one we sent (one of our ETags, our size):
         an older archive that is still there must survive. Without MD5 ETags (``verify_etags`` off), by
-        reading it back against ``content_md5`` (the object's MD5; a single PUT's is its ETag)."""
+        reading it back against ``content_md5`` (the object's MD5; a single PUT's is its ETag). ``writer``: the
+        upload's own mark, which the object must carry too (see :meth:`holds`)."""
         etags = {expected_etag} if isinstance(expected_etag, str) else set(expected_etag)
         try:
             head = self.head(key)
-            ours = head is not None and head.get("ContentLength") == size and (
+            ours = head is not None and head.get("ContentLength") == size and _written_by(head, writer) and (
                 self.etag_in(head) in etags - {""} if self.verify_etags else
                 self._content_md5(key) == (content_md5 or next(iter(etags))))
         except Exception as exc:  # noqa: BLE001 - cleanup must not replace the original error
@@ -1322,7 +1339,8 @@ class S3Upload:
 
     def __init__(self, store: S3Store, key: str, headers: dict[str, Any], plan: PartPlan, *,
                  table: str | None = None, day: str | None = None, stale_uploads: bool = True,
-                 fresh: bool = False) -> None:
+                 fresh: bool = False, source: tuple[str, str | None] | None = None,
+                 writer: str | None = None) -> None:
         self.store = store
         self.key = key
         self.fresh = fresh  # the key must hold nothing: published with If-None-Match (see S3Store.conditions)
@@ -1330,9 +1348,10 @@ class S3Upload:
         self._marked = False  # the upload marker may be in the store (written, or its write attempted)
         # this upload's own marker: its text names the upload's owner, so a run that lost the day (its session ended
         # and another run took the key) never deletes the marker of the run that took it over (see _unmark_own),
-        # and its table-day, so a run of another table-day that finds it beside its own keys leaves it alone
-        self._marker_body = (_MARKER + upload_marker_naming(table, day)
-                             + f"owner: {os.getpid()}.{uuid.uuid4().hex}\n".encode())
+        # and its table-day and source, so a run of another table-day, or of another database (whose lock does not
+        # exclude this one), that finds it beside its own keys leaves it alone
+        self._writer = writer or f"{os.getpid()}.{uuid.uuid4().hex}"
+        self._marker_body = _MARKER + upload_marker_naming(table, day, source) + f"owner: {self._writer}\n".encode()
         # the owner's word that the key is still its own (its table-day lock held): then the marker is deleted as it
         # is; else (the lock gone with its session, or no owner said) only if it reads back as this upload's
         self.still_owned: Callable[[], bool] | None = None
@@ -1495,7 +1514,7 @@ class S3Upload:
             # a retried Complete meets a 412 (fresh key) or NoSuchUpload (a completed upload is no longer one)
             # when an earlier try, whose answer was lost, completed it: the key then holds our object
             lost = (self.fresh and _is_taken(exc)) or _code(exc) == "NoSuchUpload"
-            if lost and self.store.holds(self.key, expected, size, content_md5=md5_hex):
+            if lost and self.store.holds(self.key, expected, size, content_md5=md5_hex, writer=self._own_mark):
                 response = {"ETag": f'"{expected}"'} if self.store.verify_etags else self._head_etag(expected)
             elif self.fresh and _is_taken(exc):  # another run's object is there: not ours to withdraw
                 raise self._named(_taken(self.store.uri(self.key), exc)) from None
@@ -1592,7 +1611,7 @@ class S3Upload:
                 if _code(exc) in _CORRUPT_CODES and attempt < store.corrupt_attempts:
                     continue
                 if condition and _is_taken(exc):  # another run's object is there: not ours to withdraw
-                    if store.holds(self.key, md5_hex, size):
+                    if store.holds(self.key, md5_hex, size, writer=self._own_mark):
                         # ours arrived whole after all (an answer lost and the PUT retried, or damaged): its ETag as
                         # the store gives it (not an MD5 where ETags are not: the manifest records what verify compares)
                         etag = md5_hex if store.verify_etags else store.etag_in(self._head_etag(md5_hex))
@@ -1632,7 +1651,12 @@ class S3Upload:
 
     def _withdraw_if_ours(self, expected_etag: str, size: int, original: BaseException,
                           content_md5: str | None = None) -> None:
-        self.store._withdraw_if_ours(self.key, expected_etag, size, original, content_md5)
+        self.store._withdraw_if_ours(self.key, expected_etag, size, original, content_md5, writer=self._own_mark)
+
+    @property
+    def _own_mark(self) -> str | None:
+        """The ``writer`` metadata this upload's object carries (a fresh key's, see :meth:`S3Store.begin`), or None."""
+        return decode_metadata(self.headers.get("Metadata") or {}).get(WRITER_METADATA)
 
     # --- the upload's threads ------------------------------------------------------------------
     def _lead(self) -> None:
