@@ -34,7 +34,8 @@ from archive_pipeline.core.discovery import NO_PERIOD_TABLE, pinned_settings, so
 from archive_pipeline.core.errors import ArchiveError, named, note_cancelled, sql_name, wrap
 from archive_pipeline.core.formats import readers
 from archive_pipeline.core.manifest import (ManifestError, NewerManifestError, another_period, archived_encoding,
-                                            decoded_manifest, foreign_objects, layout_change, owned, removal_state,
+                                            committed_at, current_archive, day_archive, decoded_manifest,
+                                            foreign_objects, layout_change, object_key, owned, removal_state,
                                             stored_object_problems)
 from archive_pipeline.core.sink import temp_archive_file
 from archive_pipeline.core.parallel import dsn_of
@@ -104,6 +105,48 @@ def load_manifest(store: S3Store, key: str, owner: tuple[str, str] | None = None
     if problem := foreign_objects(manifest, key):
         raise ManifestError(problem)
     return manifest
+
+
+def judged_archive(store: S3Store, spec: TableSpec, day: Period, recorded: str,
+                   recorded_at: dt.datetime | None = None) -> tuple[str, dict | None]:
+    """(key, manifest) of the archive a check of ``day`` judges: the day's current one, chosen as the archive run,
+    restore, list and compare choose it (manifest.day_archive: the rendered key and the table's other formats' keys,
+    one listing), with ``recorded`` (the day's key as its last record names it: a former key_template's or prefix's
+    is weighed too, by manifest.current_archive). A check that read the recorded key alone judged an archive
+    superseded since (an overwrite under another format) and compared the source with it.
+
+    ``recorded`` itself where it is the current one, or where the day has no archive (manifest None: the caller
+    says it is missing), or where its manifest is gone and the one found elsewhere was committed before
+    ``recorded_at`` (the record's snapshot): an older archive does not stand in for a recorded one that is missing.
+    Where nothing changed this costs the manifest's GET and the listing; more only where other keys hold archives.
+    A manifest that fails its checks and could be the current one raises its ManifestError, naming its key
+    (``exc.key``); a failed read raises the store's error."""
+    owner = (spec.name, day.isoformat())
+    rendered = keys.table_day_key(spec, day, store.prefix)
+    here = _owned_at(store, rendered, owner)
+    key, manifest = day_archive(store, spec, day, rendered, here)
+    if key == recorded and manifest is not None:
+        return key, manifest
+    then = here if recorded == rendered else _owned_at(store, recorded, owner)  # (changed: one GET more)
+    if then is not None:
+        return current_archive([*([(key, manifest)] if manifest is not None else []), (recorded, then)])
+    if manifest is None or recorded_at is not None and committed_at(manifest)[0] <= recorded_at:
+        return recorded, None
+    return key, manifest
+
+
+def archive_named(manifest: dict) -> str:
+    """Which archive ``manifest`` is, as a check's text names the one it judged: its generation and object key."""
+    return f"generation {manifest.get('generation', 1)}, {object_key(manifest) or 'no object: an empty day'}"
+
+
+def _owned_at(store: S3Store, key: str, owner: tuple[str, str]) -> dict | None:
+    """:func:`load_manifest` of ``owner``'s day at ``key``, whose ManifestError names ``key`` (``exc.key``)."""
+    try:
+        return load_manifest(store, key, owner)
+    except ManifestError as exc:
+        exc.key = exc.key or key
+        raise
 
 
 def _manifest_or_problem(store: S3Store, key: str, missing: str,

@@ -152,7 +152,20 @@ def _archived_again(store: S3Store, key: str, expected: dict, owner: tuple[str, 
         return None
     if known and generation <= then:
         return None  # an older (or the same) generation back in its place: not archived again, rolled back
-    return f"generation {current.get('generation', 1)}, {now.get('key') or 'no object: an empty day'}"
+    return verify.archive_named(current)
+
+
+def _judged(store: S3Store, spec: TableSpec, day: dt.date, recorded: str, snapshot_at: object
+            ) -> tuple[str, dict | None]:
+    """(key, manifest) of the day's archive a check judges: the day's current one (verify.judged_archive, as the run,
+    restore and list choose it), ``recorded`` (the key its record names; ``snapshot_at``: the record's) where that is
+    the one. A manifest that fails its checks where it may be the day's current archive raises its ManifestError
+    (``exc.key``: its key); a failed read is raised, naming table and day."""
+    at = dt.datetime.fromtimestamp(snapshot_at, dt.UTC) if isinstance(snapshot_at, (int, float)) else None
+    try:
+        return verify.judged_archive(store, spec, spec.period(day), recorded, at)
+    except ArchiveError as exc:
+        raise named(exc, spec.name, spec.period(day).isoformat())
 
 
 def verify_result(store: S3Store, spec: TableSpec, day: dt.date, expected: dict, *, deep: bool,
@@ -167,22 +180,39 @@ def verify_result(store: S3Store, spec: TableSpec, day: dt.date, expected: dict,
     compare its content fingerprint with the manifest's and the source's (loaded into ``scratch_conn``
     when given: the primary, where ``conn`` is a hot standby).
     """
-    key = recorded_day_key(spec, day, store, expected.get("manifest_key"))
     owner = (spec.name, spec.period(day).isoformat())
-    problems = verify.verify_archive(store, key, expected, deep=deep, owner=owner, temp_dir=temp_dir,
-                                     period=spec.period(day))
+    recorded_key = recorded_day_key(spec, day, store, expected.get("manifest_key"))
+    try:
+        key, current = _judged(store, spec, day, recorded_key, expected.get("snapshot_at"))
+        problems = []
+    except verify.NewerManifestError:  # not damaged: no verdict either way (upgrade, its remedy says)
+        raise
+    except ValueError as exc:  # a ManifestError: damaged, or another table-day's, where the day's archive may be
+        key, current = getattr(exc, "key", None) or recorded_key, None
+        problems = [f"manifest {keys.manifest_key(key)} unreadable: {exc}"]
+    if not problems:
+        problems = verify.verify_archive(store, key, expected if key == recorded_key else {}, deep=deep, owner=owner,
+                                         temp_dir=temp_dir, period=spec.period(day), manifest=current)
     if expected.get("rows") == 0 and expected.get("empty"):
         verified = "no rows that day; its manifest records it as empty"
     else:
         verified = f"object, size{', MD5 and row count' if deep else ''} and manifest match what was recorded"
-    checked = expected.get("object_key")  # the object the verdict is about (the manifest's own, for an empty day)
-    replaced = _archived_again(store, key, expected, owner) if problems else None
+    # the object the verdict is about (the manifest's own, for an empty day; a damaged one elsewhere: its manifest)
+    checked = expected.get("object_key") if key == recorded_key else object_key(current)
+    if current is not None and key != recorded_key:  # the day's archive now is under another key (its format,
+        # key_template or prefix changed, and it was archived again): that one is judged, as a run or restore takes it
+        replaced = f"{verify.archive_named(current)}; the recorded {store.uri(recorded_key)} is superseded"
+    else:
+        replaced = _archived_again(store, key, expected, owner) if problems else None
+        if replaced is not None:
+            problems = verify.verify_archive(store, key, {}, deep=deep, owner=owner, temp_dir=temp_dir)
+            current = verify.load_manifest(store, key, owner)
     if replaced is not None:
-        # archived again since (an overwrite from the command line or another run): the recorded object was
-        # retired by that commit, which is no fault of the archive; the day's archive now is the one checked
-        problems = verify.verify_archive(store, key, {}, deep=deep, owner=owner, temp_dir=temp_dir)
+        # archived again since (an overwrite from the command line or another run, under this key or, the format
+        # changed, another): the recorded object was retired or superseded by that commit, which is no fault of the
+        # archive; the day's archive now is the one checked
         verified = f"archived again since this was recorded ({replaced}); that archive checked as its manifest says"
-        checked = object_key(verify.load_manifest(store, key, owner))
+        checked = object_key(current)
         if spec.deep_check and conn is None and not (expected.get("empty") and not checked):
             # a re-check: the proof recorded is of the archive replaced, and this one (the command line's, or a run's
             # that recorded nothing) was never proven; its object's check cannot stand for the proof deep_check wants
@@ -192,7 +222,7 @@ def verify_result(store: S3Store, spec: TableSpec, day: dt.date, expected: dict,
                             f"archive's content was never proven against the source (deep_check); a re-check of the "
                             f"object cannot prove it: {PROVE_IT}")
     if conn is not None and not problems:
-        # the manifest at the day's recorded key (its archive under a former format or key_template is there)
+        # the manifest of the archive judged (the day's current one: see _judged)
         recorded = verify.load_manifest(store, key, owner)
         problems, proved = verify.deep_verify_of(conn, store, spec, day, manifest=recorded, scratch_conn=scratch_conn,
                                                  temp_dir=temp_dir)
@@ -545,6 +575,8 @@ def expected_from(meta: dict) -> dict:
         expected["manifest_key"] = meta["manifest_key"]
     if isinstance(meta.get("generation"), int):
         expected["generation"] = meta["generation"]
+    if isinstance(meta.get("snapshot_at"), (int, float)):  # (an older archive elsewhere never stands in for it)
+        expected["snapshot_at"] = meta["snapshot_at"]
     return expected
 
 
@@ -753,6 +785,7 @@ def build_source_unchanged_check(spec: TableSpec, key: AssetKey, rerun_config: s
         untrusted: dict[str, str] = {}
         dropped: dict[str, str] = {}  # naming mode: days whose table was dropped by hand (restore, or nothing)
         checked, removed = [], {}
+        superseded: dict[str, str] = {}  # days archived again under another key since their record: the one compared
         latest = _latest(context.instance, key, spec, config.days)
         if not latest:  # (not "the source of 0 archived days still matches": a warning, as latest_archive_intact's)
             return AssetCheckResult(passed=False, severity=AssetCheckSeverity.WARN,
@@ -760,9 +793,12 @@ def build_source_unchanged_check(spec: TableSpec, key: AssetKey, rerun_config: s
         for event in latest:
             day = spec.period(event.partition)
             try:
-                recorded = event.metadata.get("manifest_key")
-                day_key = recorded_day_key(spec, day, store, recorded.value if recorded is not None else None)
-                manifest = verify.load_manifest(store, day_key, (spec.name, day.isoformat()))
+                recorded_key = recorded_day_key(spec, day, store,
+                                                getattr(event.metadata.get("manifest_key"), "value", None))
+                day_key, manifest = _judged(store, spec, day, recorded_key,
+                                            getattr(event.metadata.get("snapshot_at"), "value", None))
+                if manifest is not None and day_key != recorded_key:  # said: the source is compared with that one
+                    superseded[event.partition] = verify.archive_named(manifest)
                 mark = (manifest or {}).get("removed")
                 if mark and mark.get("state") != "done":
                     # pending: a removal that may not have happened (refused, or cut short) is compared; one whose
@@ -846,6 +882,8 @@ def build_source_unchanged_check(spec: TableSpec, key: AssetKey, rerun_config: s
                        for d, why in sorted(removed.items()))
         gone += "".join(f"; not compared, {d}: {why}" for d, why in sorted(untrusted.items()))
         gone += "".join(f"; {d}: {why}" for d, why in sorted(dropped.items()))
+        gone += "".join(f"; {d}: archived again under another key since it was recorded: compared with that archive "
+                        f"({which})" for d, which in sorted(superseded.items()))
         if changed:
             description = (f"{spec.name}: {len(changed)} of {len(checked)} archived {UNIT[spec.granularity]}s changed "
                            "in PostgreSQL after "
