@@ -73,7 +73,8 @@ def test_cli_archive_of_a_day_emptied_after_its_archive_says_no_data_exit_0_and_
     asks `plan.present_days` which days hold rows, and a day not present is reported "no-data" without ever
     reaching `archive_partition` or looking at the day's manifest (3 rows). The core for the same day says
     otherwise: `archive_partition` raises LateRowsError ("changed since it was archived … it has 0 rows now, the
-    archive holds 3"), and with overwrite archives the day as empty (a new generation, the old kept). So the
+    archive holds 3"), and with overwrite archives the day as empty (a new generation, the old kept); the Dagster
+    asset, which calls archive_partition without asking present_days, fails the same partition as changed. So the
     command line's exit 0 stands beside an archive that does not hold the day's rows (0), `verify --deep` fails
     the day forever, and its remedy is a no-op. (README: `archive` "archives through archive_partition … decides
     with the archiver's own rule".)
