@@ -964,11 +964,7 @@ def _archive_table(run: Run, spec: TableSpec, days: list[Period], settings: dict
         if _configuration(exc) and not any(r.get("stopped") for r in results):
             results[-1]["stopped"] = True
         return
-    # a day gone from the source whose manifest holds a pending removal mark (a prune killed after its
-    # COMMIT) is archived, which settles the mark, not passed over as "no data" (the recent ones: each
-    # costs a GET, and a table's years of removed days were settled long ago)
-    pending, _ = _pending_removals(run.store, spec, [d for d in days if d not in present
-                                                    and d not in unknown][-_RECENT_ABSENT:])
+    pending, gone = _absent_days(run, spec, [d for d in days if d not in present and d not in unknown])
     for day in days:
         if day in unknown:
             results.append(_unprobed(spec, day, unknown[day]))
@@ -976,9 +972,10 @@ def _archive_table(run: Run, spec: TableSpec, days: list[Period], settings: dict
         if day in pending:
             results.append(_settle_day(run, spec, day, pending[day]))
             continue
-        if day not in present:
+        if day not in present and not (day in gone and _overwrites_dropped(days, overwrite)):
             results.append({"table": spec.name, "day": day.isoformat(), "status": "no-data",
-                            "message": "no data for this day in PostgreSQL"})
+                            "message": _dropped_by_hand(spec, day, gone[day], run) if day in gone else
+                            "no data for this day in PostgreSQL"})
             continue
         results.append(_archive_day(run, spec, day, settings, overwrite, progress))
         if run.lost:  # (its message says the database was lost)
@@ -1153,8 +1150,19 @@ def _archive_plan(run: Run, overwrite: bool) -> None:
     planned = []
     failed_tables: dict[str, str] = {}
     for spec, days in run.chosen_days("archive"):
+        pending: dict[Period, str] = {}
+
+        gone: dict[Period, int] = {}
+
+        def archived_absent(absent: list[Period]) -> set[Period]:  # (the run's own look at them: see _absent_days)
+            found_pending, found_gone = _absent_days(run, spec, absent)
+            pending.update(found_pending)
+            gone.update(found_gone)
+            return set(found_gone) if _overwrites_dropped(days, overwrite or spec.overwrite) else set()
+
         try:
-            found = plan.plan_archive(run.conn, spec, run.store, days, overwrite=overwrite or spec.overwrite)
+            found = plan.plan_archive(run.conn, spec, run.store, days, overwrite=overwrite or spec.overwrite,
+                                      archived_absent=archived_absent)
         except ArchiveError as exc:  # one table that cannot be planned (missing, unreadable): the others still are,
             # as the real run still archives them
             if run.conn.closed or run.lost or len(run.tables) == 1:
@@ -1165,10 +1173,10 @@ def _archive_plan(run: Run, overwrite: bool) -> None:
                 run.stopped = run.stopped or (why if spec.name in why else f"{spec.name}: {why}")
             continue
         # a day without data whose removal left its mark pending: the run settles it (see archive)
-        pending, _ = _pending_removals(run.store, spec, [p.day for p in found if p.action == "no-data"][-_RECENT_ABSENT:])
         planned += [dataclasses.replace(p, action="settle", reason="no data in PostgreSQL: a removal of the day left "
-                                        "its mark pending, which the run settles") if p.day in pending else p
-                    for p in found]
+                                        "its mark pending, which the run settles") if p.day in pending else
+                    dataclasses.replace(p, reason=_dropped_by_hand(spec, p.day, gone[p.day], run))
+                    if p.action == "no-data" and p.day in gone else p for p in found]
     totals = {action: sum(1 for p in planned if p.action == action)
               for action in ("archive", "overwrite", "skip", "refuse", "not-checked", "no-data", "settle")}
     work = [p for p in planned if p.action in ("archive", "overwrite") and p.estimate]
@@ -1660,12 +1668,43 @@ def _restore_cancelled(run: Run, exc: KeyboardInterrupt, results: list, missing:
 _RECENT_ABSENT = 62  # the days gone from the source whose manifests archive reads for a pending removal mark
 
 
-def _pending_removals(store: S3Store, spec: TableSpec, days: list[Period], done: dict[Period, dict] | None = None
-                      ) -> tuple[dict[Period, str], dict[Period, str]]:
+def _overwrites_dropped(days: list[Period], overwrite: bool) -> bool:
+    """Whether archive replaces the archive of a day whose rows were deleted or dropped by hand since (see
+    :func:`_absent_days`) with an empty generation, as the archiver does with overwrite: only for a day named alone
+    (``--day D --overwrite``, the remedy verify --deep gives for it). A range's --overwrite (a change of format
+    re-archived) never makes an empty archive the current one of days a partition manager (pg_partman's retention)
+    dropped, and archive without --overwrite leaves such days as they are, exit 0: dropping archived partitions by
+    hand is how many users let the source go, and compare and verify --deep report such days."""
+    return overwrite and len(days) == 1
+
+
+def _dropped_by_hand(spec: TableSpec, day: Period, rows: int, run: Run) -> str:
+    """What archive says of a day with no rows whose archive holds ``rows`` and no removal mark."""
+    return (f"no data for this day in PostgreSQL, but its archive holds {rows:,} rows and no removal was recorded: "
+            "its rows were deleted or its partition dropped outside archive_pipeline; the archive is kept as it is "
+            f"(`{run.suggest('restore', spec.name, day)}` puts the rows back; "
+            f"`{run.suggest('archive', spec.name, day, '--overwrite')}` "
+            "archives the day as empty, the archive of its rows kept as an older generation)")
+
+
+def _absent_days(run: Run, spec: TableSpec, absent: list[Period]) -> tuple[dict[Period, str], dict[Period, int]]:
+    """Of the days the source has no rows of, the recent ones whose manifest holds a pending removal mark (a prune
+    killed after its COMMIT: archive settles the mark), with the key it was found at, and those whose archive holds
+    rows and no removal mark, with its rows: their rows were deleted or dropped by hand since (see
+    :func:`_dropped_by_hand`). Only the recent ones: each archived day costs a GET, and a table's years of removed
+    days were settled long ago. A day removed by prune (its mark done) stays "no data"."""
+    gone: dict[Period, int] = {}
+    pending, _ = _pending_removals(run.store, spec, absent[-_RECENT_ABSENT:], archived=gone)
+    return pending, gone
+
+
+def _pending_removals(store: S3Store, spec: TableSpec, days: list[Period], done: dict[Period, dict] | None = None,
+                      archived: dict[Period, int] | None = None) -> tuple[dict[Period, str], dict[Period, str]]:
     """Which of ``days`` have a manifest whose removal mark is still pending, with the key it was found at (under a
     former format's key too; one listing, then a GET per archived day), and the days whose manifest could not be
     read, with why: each may hold such a mark. ``done`` (given): filled with what prune says of the days whose
-    removal is done (:func:`_removal_said`), for a prune that names them."""
+    removal is done (:func:`_removal_said`), for a prune that names them; ``archived`` (given): filled with the days
+    whose archive holds rows and no removal mark, with its rows (see :func:`_absent_days`)."""
     from archive_pipeline.core.manifest import removal_state
 
     pending: dict[Period, str] = {}
@@ -1685,6 +1724,9 @@ def _pending_removals(store: S3Store, spec: TableSpec, days: list[Period], done:
         if done is not None:  # (what prune lists of each, not the manifests: years of removed days are many)
             done |= {day: _removal_said(lookup.archived.manifest) for day, lookup in found.items()
                      if lookup.archived is not None and removal_state(lookup.archived.manifest) == "done"}
+        if archived is not None:
+            archived |= {day: lookup.archived.rows for day, lookup in found.items() if lookup.archived is not None
+                         and lookup.archived.rows and removal_state(lookup.archived.manifest) is None}
         unread.update({day: lookup.problem for day, lookup in found.items() if lookup.problem})
     return pending, unread
 

@@ -8,7 +8,7 @@ fingerprints from PostgreSQL in READ ONLY transactions. No lock is taken and not
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, replace
 
 import psycopg
@@ -642,12 +642,17 @@ def _plan_day(conn: psycopg.Connection, spec: TableSpec, store: S3Store, day: Pe
     return PlannedDay(spec.name, day, key, "overwrite", reason, estimate)
 
 
-def plan_archive(conn: psycopg.Connection, spec: TableSpec, store: S3Store, days: list, *,
-                 overwrite: bool) -> list[PlannedDay]:
+def plan_archive(conn: psycopg.Connection, spec: TableSpec, store: S3Store, days: list, *, overwrite: bool,
+                 archived_absent: Callable[[list[Period]], Collection[Period]] | None = None) -> list[PlannedDay]:
+    """What archive would do with each of ``days`` (see :func:`plan_day`). ``archived_absent``: of the days the
+    source has no rows of, those the run still passes to the archiver (an archive of rows, no removal mark: refused
+    as changed, or overwritten, not "no data"), as the command line's run decides them."""
     days = [spec.period(d) for d in days]
     # the days the source has rows for, a DEFAULT partition's included (late rows of a day whose partition was
     # dropped: the run reads them), and the days whose own probe failed (a lock on the day's partition)
     in_source, unreadable = present_days(conn, spec, days)
+    if archived_absent is not None:
+        in_source = {*in_source, *archived_absent([d for d in days if d not in in_source and d not in unreadable])}
     if in_source and spec.partitioning.mode == "declarative":
         # the catalog gave the days; a role that may not read the table would fail every one of them, where
         # the plan said "archive" (column mode's discovery reads the table, and refuses the same way)

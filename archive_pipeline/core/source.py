@@ -1925,19 +1925,26 @@ def estimated_rows(conn: psycopg.Connection, table: SourceTable, where: sql.Comp
 
 
 SIZE_SAMPLE_ROWS = 1000  # rows of the day whose text is measured to estimate its size
+# The estimate's margin over the row text measured: a format quotes, escapes and frames values otherwise than a
+# row's text does (a JSON string's escapes, a bytea's hex in Parquet), and the sample is only the day's first rows
+SIZE_MARGIN = 1.25
 
 
-def estimated_bytes(conn: psycopg.Connection, table: SourceTable, where: sql.Composable, rows: int = 0) -> int:
-    """The day's size as its text: rows (the planner's estimate, at least ``rows``, the day's count where the run
-    has it) x the average width of a row's text (the planner's, at least that of the day's first
-    :data:`SIZE_SAMPLE_ROWS` rows). Statistics taken before the day's rows arrived say one row of a few bytes, so
-    both are checked against the day itself. What sizes an upload's parts up front (a store of equal parts cannot
-    grow them once the first is sent); as good as an estimate, never used for what was read."""
+def estimated_bytes(conn: psycopg.Connection, table: SourceTable, where: sql.Composable, rows: int = 0,
+                    row_overhead: int = 0) -> int:
+    """The day's size as the format writes it: rows (the planner's estimate, at least ``rows``, the day's count
+    where the run has it) x (the average width of a row's text (the planner's, at least that of the day's first
+    :data:`SIZE_SAMPLE_ROWS` rows) + ``row_overhead``, the bytes the format adds to each row's text: a JSON line's
+    column names), with :data:`SIZE_MARGIN`. Statistics taken before the day's rows arrived say one row of a few
+    bytes, so both are checked against the day itself. What sizes an upload's parts up front (a store of equal
+    parts cannot grow them once the first is sent, and fails a day past 4 x its estimate): as good as an
+    estimate, never used for what was read."""
     plan = explain(conn, sql.SQL("EXPLAIN (FORMAT JSON) SELECT * FROM {} WHERE {}").format(table.identifier, where))
     sampled = conn.execute(sql.SQL("SELECT pg_catalog.avg(pg_catalog.octet_length(t::text)) FROM "
                                    "(SELECT * FROM {} WHERE {} LIMIT {}) t").format(
         table.identifier, where, sql.Literal(SIZE_SAMPLE_ROWS))).fetchone()[0]
-    return max(int(plan["Plan Rows"]), rows) * max(int(plan["Plan Width"]), int(sampled or 0))
+    width = max(int(plan["Plan Width"]), int(sampled or 0)) + row_overhead
+    return int(max(int(plan["Plan Rows"]), rows) * width * SIZE_MARGIN)
 
 
 def primary_key(conn: psycopg.Connection, table: SourceTable) -> list[str] | None:

@@ -3,6 +3,8 @@ and delimiter (JSON text never holds raw control bytes, so CSV mode passes it th
 
 from __future__ import annotations
 
+import json
+
 from psycopg import sql
 from psycopg._encodings import pg2pyenc  # (psycopg's own table of PostgreSQL encodings)
 
@@ -258,6 +260,14 @@ class JsonLines(CopyFormat):
         return sql.SQL("CASE WHEN {plain} THEN pg_catalog.row_to_json(r.*) "
                        "ELSE (SELECT pg_catalog.row_to_json(x.*) FROM (SELECT {again}) AS x) END").format(
             plain=plain, again=again)
+
+    @staticmethod
+    def row_overhead(table: SourceTable) -> int:
+        """The bytes a line adds to its row's text (what ``source.estimated_bytes`` measures), for sizing an upload
+        up front: every column's name as a JSON string and its colon, in every line (a wide table of long names
+        writes lines many times its rows' text), up to 4 bytes more per value (``null`` for a NULL the text leaves
+        empty, the quotes of a string the text leaves bare), the braces and the newline."""
+        return 3 + sum(len(json.dumps(c.name, ensure_ascii=False).encode()) + 1 + 4 for c in table.columns)
 
     def refused_by_parse(self, table: SourceTable, exc: BaseException, culprits: list[int] | None
                          ) -> UnsupportedTypeError | None:
