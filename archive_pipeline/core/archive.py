@@ -539,8 +539,7 @@ class _Archiving:
                             source=(identity.database, identity.system_identifier),
                             expected_size=estimated_bytes(
                                 self.conn, table, where, fp.rows if fp is not None else 0,
-                                # (what the format adds to a row's text: JSONL's names; none declared, none)
-                                getattr(fmt, "row_overhead", lambda _: 0)(table))
+                                fmt.row_overhead(table))  # (what the format adds to a row's text: JSONL's names)
                             if self.store.equal_parts else None)
                         upload.still_owned = self._holds_day  # (its upload marker: see S3Upload._unmark_own)
                         sink.on_grow = lambda size: upload.grow(sink.fd, size)

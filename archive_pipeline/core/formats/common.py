@@ -576,6 +576,11 @@ class Format(Protocol):
         """Per column {"encoding", "exact", "note"}, known before anything is read."""
         ...
 
+    def row_overhead(self, table: SourceTable) -> int:
+        """The bytes the format adds to a row's text (what ``source.estimated_bytes`` measures), for sizing an
+        upload up front."""
+        ...
+
     def write(self, extraction: Extraction, out: ByteSink) -> WriteStats: ...
 
 
@@ -594,6 +599,11 @@ class CopyFormat:
 
     def header(self, table: SourceTable) -> bytes:
         return b""
+
+    @staticmethod
+    def row_overhead(table: SourceTable) -> int:
+        """Nothing beyond the row's text: CSV quotes about as a row's text does (see JsonLines for one that adds)."""
+        return 0
 
     def copy_statement(self, table: SourceTable, where: sql.Composable) -> sql.Composed:
         raise NotImplementedError

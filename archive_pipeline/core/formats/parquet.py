@@ -538,6 +538,12 @@ class Parquet:
         self.compression = compression
         self.level = level
 
+    @staticmethod
+    def row_overhead(table: SourceTable) -> int:
+        """Nothing beyond the row's text: dictionaries, run lengths and bit packing write most columns in fewer
+        bytes than their text (the estimate's margin covers plain small integers)."""
+        return 0
+
     def _open_reader(self, extraction: Extraction):
         """A second connection, in the archive transaction's snapshot (imported, the day's locks taken, the read's
         settings set), its query not started yet (see :meth:`_start_reader`): returns the connection and its
