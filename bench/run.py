@@ -110,7 +110,8 @@ def _switch_off_fingerprint() -> None:
 
     from archive_pipeline.core import archive, fingerprint
 
-    def count_only(self, conn, table, where, algorithm=fingerprint.ALGORITHM) -> tuple[fingerprint.Fingerprint, float]:
+    def count_only(self, conn, table, where, algorithm=fingerprint.ALGORITHM,
+                   columns=None) -> tuple[fingerprint.Fingerprint, float]:
         started = time.perf_counter()
         rows = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE {}").format(table.identifier, where))
         return fingerprint.Fingerprint(rows=rows.fetchone()[0], hash_sum="0"), time.perf_counter() - started
