@@ -404,9 +404,13 @@ def overlapping_period_keys(spec, day: Period, prefix: str, templates: dict[str,
         else:
             periods = periods_overlapping(granularity, spec.timezone, day.utc_start, day.utc_end)
         for template in dict.fromkeys(of_granularity):
-            groups.append([(key, period) for period in periods for key in sorted({
-                _render(template, prefix, spec.schema_name, spec.table_name, period.fields(), fmt, codec)
-                for fmt in FORMAT_EXTENSIONS for codec in CODEC_EXTENSIONS})])
+            group = []
+            for period in periods:
+                fields = period.fields()  # once per period, not per format and codec: a day's hours are 400 keys
+                group.extend((key, period) for key in sorted({
+                    _render(template, prefix, spec.schema_name, spec.table_name, fields, fmt, codec)
+                    for fmt in FORMAT_EXTENSIONS for codec in CODEC_EXTENSIONS}))
+            groups.append(group)
     return groups
 
 
