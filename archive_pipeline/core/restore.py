@@ -1775,9 +1775,11 @@ def _load(conn: psycopg.Connection, path: str | None, manifest: dict, relation: 
     the archived columns itself (``GENERATED ALWAYS AS (...)``: neither COPY nor INSERT may write them),
     through a temporary table of every archived column, from which an INSERT writes the others; the
     generated values are then the target's, and the fingerprint check that follows proves them equal
-    to the archived ones (or rolls the restore back)."""
+    to the archived ones (or rolls the restore back). An empty day (no object: ``path`` None) loads nothing,
+    and with ``fingerprint_added`` the rows it added are none, whose fingerprint is the empty one (else the
+    check read the whole target instead, its other days' rows, and called an intact empty archive altered)."""
     if path is None:
-        return 0, 0, None
+        return 0, 0, _no_rows(manifest) if fingerprint_added else None
     if on_conflict not in ("fail", "skip"):
         raise RestoreError(f"on_conflict must be 'fail' or 'skip', not {on_conflict!r}")
     target = relation.identifier
@@ -1851,6 +1853,11 @@ def _load(conn: psycopg.Connection, path: str | None, manifest: dict, relation: 
                            table=manifest["table"], day=manifest["day"], remedy=remedy) from exc
     except (psycopg.errors.UniqueViolation, psycopg.errors.ExclusionViolation) as exc:
         raise _UniqueViolation(exc, relation, manifest) from None
+
+
+def _no_rows(manifest: dict) -> fp.Fingerprint:
+    """The fingerprint of no rows, in the algorithm of ``manifest``'s (what an empty day's archive records)."""
+    return fp.Fingerprint(rows=0, hash_sum="0", algorithm=fp.algorithm_for(manifest.get("fingerprint")))
 
 
 def _bounded(exc: BaseException | None, most: int = 600) -> str:
