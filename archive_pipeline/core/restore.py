@@ -1145,28 +1145,31 @@ def _widen_own(conn: psycopg.Connection, manifest: dict, relation: Relation) -> 
     archived columns it lacks, nullable, of their recorded types, and let those the day lacks take NULL: the
     source gained, dropped or renamed them between the days a range restores, and the table made from the first
     day's definition refused every later day ("column does not exist", a NOT NULL), however often the range was
-    restored again (and its primary key, over a column the day lacks). Only such a table: any other target is the
-    user's."""
+    restored again (and its primary key, over a column the day lacks; and a NOT NULL the source dropped since the
+    first day, which refused the later day's NULLs). Only such a table: any other target is the user's."""
     oid = conn.execute("SELECT %s::pg_catalog.regclass::pg_catalog.oid", (relation.identifier.as_string(conn),)
                        ).fetchone()[0]
     have = set(column_names(conn, oid).values())
-    archived = [column["name"] for column in table_definition(manifest)["columns"]]
-    for column in table_definition(manifest)["columns"]:
+    definition, day_key = table_definition(manifest)["columns"], table_definition(manifest).get("primary_key") or []
+    for column in definition:
         if column["name"] not in have:
             conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(
                 relation.identifier, sql.Identifier(column["name"]),
                 checked_type_sql(conn, column["type"], f"column {column['name']!r}")))
-    # a column the day lacks (dropped or renamed in the source since an earlier day) takes NULL for its rows; a
-    # primary key over it (the first day's, `id` renamed `event_id` since) cannot hold such rows: it goes, as
-    # the day's rows have no value for it (and the days before keep theirs)
-    lacking = have - set(archived)
+    # a column the day lacks (dropped or renamed in the source since an earlier day), or has without the NOT NULL
+    # an earlier day's definition gave it (dropped in the source since), takes NULL for its rows, as a table made
+    # from the day's own definition would; a primary key over it (the first day's, `id` renamed `event_id` since)
+    # cannot hold such rows: it goes, as the day's rows may have no value for it (and the days before keep theirs)
+    nullable = (have - {column["name"] for column in definition}) | {
+        column["name"] for column in definition
+        if column["name"] in have and not column.get("not_null") and column["name"] not in day_key}
     for name, key in conn.execute(
             "SELECT c.conname, ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.conrelid "
             "AND a.attnum = ANY(c.conkey)) FROM pg_catalog.pg_constraint c WHERE c.conrelid = %s AND c.contype = 'p'",
             (oid,)).fetchall():
-        if lacking.intersection(key):
+        if nullable.intersection(key):
             conn.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(relation.identifier, sql.Identifier(name)))
-    for name in sorted(lacking):
+    for name in sorted(nullable):
         if conn.execute("SELECT attnotnull FROM pg_catalog.pg_attribute WHERE attrelid = %s AND attname = %s",
                         (oid, name)).fetchone()[0]:
             conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} DROP NOT NULL").format(
@@ -1174,7 +1177,7 @@ def _widen_own(conn: psycopg.Connection, manifest: dict, relation: Relation) -> 
     # a column widened in the source between the days (integer to bigint, as ids near 2^31): widened here too,
     # every value the table holds reading back the same
     now = {name: kind for name, kind, _, _ in conn.execute(_TARGET_TYPES, (relation.identifier.as_string(conn),))}
-    for column in table_definition(manifest)["columns"]:
+    for column in definition:
         if column["name"] in now and _widens(now[column["name"]], column["type"]):
             conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} TYPE {}").format(
                 relation.identifier, sql.Identifier(column["name"]),
