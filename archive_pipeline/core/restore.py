@@ -2532,9 +2532,7 @@ def _check(conn: psycopg.Connection, manifest: dict, relation: Relation, whole: 
                                                         "bucket, or archive the day again (overwrite) if the source "
                                                         "still holds it")
     if fp.recorded_algorithm(recorded) is None:
-        why = "its manifest (version 1) records no fingerprint" if not recorded else \
-            f"its fingerprint {recorded!r} is none of {', '.join(fp.ALGORITHMS)}"
-        return False, None, f"row count only ({rows:,} rows as recorded): {why}"
+        return _count_checked(conn, manifest, relation, whole, rows, added, before)
     columns = _hashed_columns(conn, relation, manifest)
     where = _day_where(conn, relation, manifest, whole)
     if whole and manifest.get("day_column") and (outside := rows_outside_period(conn, relation.identifier, manifest)):
@@ -2621,6 +2619,39 @@ def _check(conn: psycopg.Connection, manifest: dict, relation: Relation, whole: 
             f"rows of the day{computed}{drift}",
             table=table, day=day, remedy=remedy or lossy_remedy)
     return True, recorded, f"fingerprint {recorded} of {scope} equals the manifest's"
+
+
+def _count_checked(conn: psycopg.Connection, manifest: dict, relation: Relation, whole: bool, rows: int,
+                   added: fp.Fingerprint | None, before: _HeldBefore | None) -> tuple[bool, None, str]:
+    """The check of a day whose manifest records no fingerprint this version computes (version 1, or a newer
+    algorithm's): the day's rows in the target (by its day column, or the whole of a table that is the day's) must
+    count the manifest's rows, as the fingerprint counts them. The rows the load added always do; a target that
+    held the day already (the original table still holding it, a re-run into a copy) then held it twice, reported
+    as recorded. Where no day column tells the day's rows apart (``added``), what the load added is all there is."""
+    table, day, recorded = manifest["table"], manifest["day"], manifest.get("fingerprint")
+    why = "its manifest (version 1) records no fingerprint" if not recorded else \
+        f"its fingerprint {recorded!r} is none of {', '.join(fp.ALGORITHMS)}"
+    if added is not None:
+        return False, None, f"row count only ({rows:,} rows as recorded, those the load added to {relation}): {why}"
+    where = _day_where(conn, relation, manifest, whole)
+    scope = relation if where is None else f"the rows of {day} in {relation}"
+    held = conn.execute(sql.SQL("SELECT pg_catalog.count(*) FROM {} WHERE {}").format(
+        relation.identifier, where if where is not None else sql.SQL("TRUE"))).fetchone()[0]
+    if held > int(manifest["rows"]):
+        said, remedy = _extra_rows(held - int(manifest["rows"]), relation, before)
+    elif held < int(manifest["rows"]):
+        said, remedy = (f"{int(manifest['rows']) - held:,} archived row(s) are not there as rows of {day}: the "
+                        "archive holds rows of another day (another day's put in its place, its manifest altered "
+                        f"with it), a trigger of {relation} changed or removed them as they went in, or (skip) a row "
+                        "of another day there already had their key; the restore was rolled back"), (
+            "restore into a new table (into='new') and look at its rows; if they are another day's, restore the "
+            "day's object and manifest from a backup of the bucket")
+    else:
+        counted = relation if where is None else f"{relation} for {day}"
+        return False, None, f"row count only ({held:,} rows as recorded, counted in {counted}): {why}"
+    raise FingerprintMismatchError(
+        f"restoring {table} for {day}: {scope} are {held:,} rows with the restored ones, {manifest['rows']:,} "
+        f"archived (counted, as {why}): {said}", table=table, day=day, retryable=False, remedy=remedy)
 
 
 def _byte_padded(conn: psycopg.Connection, manifest: dict, relation: Relation, columns: list[Column],
