@@ -3357,20 +3357,29 @@ def _require_original(spec: TableSpec, day: Period | dt.date, manifest: dict) ->
                                   "(overwrite) if the source holds it")
 
 
+def _restore_configured(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: Period | dt.date,
+                        manifest: dict, **options) -> RestoreResult:
+    """:func:`restore_archive` of a manifest read for the configured table ``spec``: into the original table only
+    once :func:`_require_original` finds it names that table's own relations, whichever manifest it is (the one
+    read first, or the one that replaced it while the first was restored: the fallback loaded that one into
+    whatever table it named)."""
+    if options.get("into") == "original":
+        _require_original(spec, day, manifest)
+    return restore_archive(conn, store, manifest, **options)
+
+
 def _restore_current(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: Period | dt.date,
                      manifest: dict, **options) -> RestoreResult:
     """Restore ``manifest``'s archive; if its object is gone because an overwrite replaced the archive
     meanwhile (the manifest and object were read before the day's lock), the current archive."""
-    if options.get("into") == "original":
-        _require_original(spec, day, manifest)
     try:
-        return restore_archive(conn, store, manifest, **options)
+        return _restore_configured(conn, store, spec, day, manifest, **options)
     except ArchiveMissingError:
         current = find_manifest(store, spec, day)
         if current is None or current.get("manifest_sha256") == manifest.get("manifest_sha256"):
             raise
         log.info("%s %s: its archive was replaced while it was being restored; restoring the new one", spec.name, day)
-        return restore_archive(conn, store, current, **options)
+        return _restore_configured(conn, store, spec, day, current, **options)
     except BaseException as exc:  # cancelled: the day's transaction is rolled back on the way out
         note_cancelled(exc, spec.name, spec.period(day).isoformat(), "restoring")
         raise
