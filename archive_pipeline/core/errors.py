@@ -450,7 +450,11 @@ _S3_TOKEN_EXPIRED = _store(True, "the object store's temporary credentials expir
 
 _S3_RETRY_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests",
                    "RequestThrottled", "KMS.ThrottlingException", "RequestTimeout", "InternalError", "ServiceUnavailable", "503", "500"}
-_S3_CORRUPT_CODES = {"BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch", "XAmzContentChecksumMismatch"}
+# The codes that say a request's body arrived damaged (its Content-MD5 or x-amz-checksum-* did not match what the store
+# computed): the one list both classify (retryable) and the store (sent again on the spot, see store.S3Store's
+# corrupt_attempts) read, so a damaged copy is never resent for one store's code and failed at once for another's
+S3_CORRUPT_CODES = frozenset({"BadDigest", "InvalidDigest", "InvalidChecksum", "XAmzContentSHA256Mismatch",
+                              "XAmzContentChecksumMismatch"})  # (the last: MinIO's for a CRC32/SHA mismatch)
 _S3_GONE_CODES = {"NoSuchUpload", "InvalidPart", "InvalidPartOrder", "PreconditionFailed", "ConditionalRequestConflict",
                   "OperationAborted"}
 _S3_TOKEN_CODES = {"ExpiredToken", "TokenRefreshRequired", "RequestExpired"}
@@ -687,7 +691,7 @@ def _classify_boto(exc: BaseException) -> Classification | None:
         if "kms:" in said:  # AccessDenied "... not authorized to perform: kms:..."
             return _S3_KMS
         if ("x-amz-checksum" in said or "x-amz-sdk-checksum" in said) \
-                and error.get("Code") not in _S3_CORRUPT_CODES:  # B2's 400 for botocore's default CRC32 headers
+                and error.get("Code") not in S3_CORRUPT_CODES:  # B2's 400 for botocore's default CRC32 headers
             # (a checksum the store computed otherwise, BadDigest, is the upload damaged on the way: retried)
             return _S3_UNSUPPORTED
         if error.get("Code") == "InvalidPart" and "same length" in said:  # R2's rule of equal parts
@@ -740,7 +744,7 @@ def permission_remedy(operation: str) -> str | None:
 def _s3_code(code: str, status: int) -> Classification:
     if code == "XAmzContentSHA256Mismatch":
         return _S3_SHA_MISMATCH
-    if code in _S3_CORRUPT_CODES:
+    if code in S3_CORRUPT_CODES:
         return _S3_CORRUPTED
     if code == "RequestTimeTooSkewed":  # a 403, but no permission is missing
         return _S3_CLOCK

@@ -1114,10 +1114,9 @@ def _recheck_and_remove(conn: psycopg.Connection, spec: TableSpec, day: Period, 
         elif action == "detach":
             for parent, partition in _parents(conn, spec, target):
                 if partition:  # a day table that is a declarative partition: NO INHERIT is refused for those
-                    _detach(conn, spec, day, action, parent, sql.SQL("ALTER TABLE ") + sql.SQL(parent) +
-                            sql.SQL(" DETACH PARTITION {}").format(target.identifier))
+                    _detach(conn, spec, day, action, parent, _out_of(target, parent, partition))
                 else:
-                    conn.execute(sql.SQL("ALTER TABLE {} NO INHERIT ").format(target.identifier) + sql.SQL(parent))
+                    conn.execute(_out_of(target, parent, partition))
         if action == "drop":
             conn.execute(sql.SQL("DROP TABLE {}").format(target.identifier))
         _removed_the_locked(conn, spec, day, table, target, action)
@@ -1528,8 +1527,9 @@ def _refuse_unpublishable(conn: psycopg.Connection, spec: TableSpec, day: Period
 def _refuse_unremovable(conn: psycopg.Connection, spec: TableSpec, day: Period, table: SourceTable,
                         target: SourceTable, action: str) -> None:
     """Raise :class:`RemovalRefused` for what the action cannot remove whatever the archive: a partition
-    or day table also holding rows of other days, a day table with no parent to detach from, rows that
-    other tables' foreign keys reference. Checked by the removal itself and by its dry run alike."""
+    or day table also holding rows of other days, a day table with no parent to detach from, or (drop, detach)
+    also under a table other than the configured one, rows that other tables' foreign keys reference. Checked by
+    the removal itself and by its dry run alike."""
     _refuse_pending_detach(conn, spec, day)
     if action == "delete":
         _refuse_referenced(conn, spec, day, table)
@@ -1538,6 +1538,8 @@ def _refuse_unremovable(conn: psycopg.Connection, spec: TableSpec, day: Period, 
         _refuse_unidentified(conn, spec, day, table)
         _refuse_unpublishable(conn, spec, day, table)
         return
+    if spec.partitioning.mode == "naming":
+        _refuse_other_parents(conn, spec, day, target, action)
     if action == "drop":
         _refuse_extension_members(conn, spec, day, target)
         _refuse_dependents(conn, spec, day, target)
@@ -1749,9 +1751,56 @@ def _parent_rows(conn: psycopg.Connection, target: SourceTable) -> list[tuple[st
         "WHERE i.inhrelid = %s::pg_catalog.regclass", (target.identifier.as_string(conn),)).fetchall()
 
 
+def _out_of(target: SourceTable, parent: str, partition: bool) -> sql.Composable:
+    """The statement that takes ``target`` out of ``parent`` (as printed): DETACH PARTITION for a partition's parent
+    (NO INHERIT is refused for those), else NO INHERIT."""
+    if partition:
+        return sql.SQL("ALTER TABLE ") + sql.SQL(parent) + sql.SQL(" DETACH PARTITION {}").format(target.identifier)
+    return sql.SQL("ALTER TABLE {} NO INHERIT ").format(target.identifier) + sql.SQL(parent)
+
+
+def _refuse_other_parents(conn: psycopg.Connection, spec: TableSpec, day: Period, target: SourceTable,
+                          action: str) -> None:
+    """A naming-mode day table that also inherits from (or is a partition of) a table other than the configured one
+    or a partition of it (a second roll-up parent, ``INHERITS (events, audit_all)``): a ``drop`` takes the day's rows
+    out of that table for good, since a restore puts the day table back under the configured table only (a
+    manifest is sealed, not signed: see restore's ``_own_parents``), and a ``detach`` ends every inheritance (a
+    detached day table inherits from nothing): either changes a table nobody configured for retention. Refused
+    before the proof, naming it and the statement that takes the day table out of it. ``delete`` is not asked:
+    it keeps the day table under every parent, and a restore into the original table refills that very table."""
+    if action == "delete":
+        return
+    if others := _other_parents(conn, spec, target):
+        names = ", ".join(parent for parent, _ in others)
+        statements = "; ".join(_out_of(target, parent, partition).as_string(conn) for parent, partition in others)
+        under = "is a partition of" if others[0][1] else "also inherits from"  # (a partition has that one parent)
+        raise RemovalRefused(
+            f"{spec.name} {day} stays in the source: its day table {target.qualified} {under} {names}, "
+            f"which is not the configured table {spec.name} (nor a partition of it): a {action} would take the "
+            f"day's rows out of {names} too, a table retention is not configured for"
+            + (", and a restore puts the day table back under the configured table only, so they would not come "
+               "back there" if action == "drop" else " (a detached day table inherits from nothing)"),
+            table=spec.name, day=day.isoformat(), cause=f"the day table {under} {names}",
+            remedy=f"if {names} may lose the day's rows, take the day table out of it first ({statements}) and "
+                   "remove the day again; or use retention action 'delete', which keeps the day table under "
+                   f"{names} (its rows leave it too, and a restore into the original table brings them back there)")
+
+
+def _other_parents(conn: psycopg.Connection, spec: TableSpec, target: SourceTable) -> list[tuple[str, bool]]:
+    """Of :func:`_parent_rows`, the tables other than the configured one and its partitions at any depth (a month
+    partition of a table partitioned by month, then day): those a restore does not put a dropped day table back
+    under. All of them where the configured table does not exist."""
+    configured = sql.Identifier(spec.schema_name, spec.table_name).as_string(conn)
+    return [(parent, partition) for parent, partition in _parent_rows(conn, target) if not conn.execute(
+        "SELECT (%(p)s::pg_catalog.regclass = pg_catalog.to_regclass(%(c)s) OR %(p)s::pg_catalog.regclass IN "
+        "(SELECT relid FROM pg_catalog.pg_partition_tree(pg_catalog.to_regclass(%(c)s)))) IS TRUE",
+        {"p": parent, "c": configured}).fetchone()[0]]
+
+
 def _parents(conn: psycopg.Connection, spec: TableSpec, target: SourceTable) -> list[tuple[str, bool]]:
     """The tables a naming-mode day table inherits from or is a partition of (what detaching it ends), each with
-    whether it is a partition's parent; none is refused."""
+    whether it is a partition's parent; one with none is refused (any but the configured table and its partitions
+    were, by :func:`_refuse_other_parents`)."""
     parents = _parent_rows(conn, target)
     if not parents:
         raise RemovalRefused(f"{target.qualified} inherits from no table, so there is nothing to detach it from: "

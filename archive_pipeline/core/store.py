@@ -41,7 +41,8 @@ from dataclasses import dataclass, replace
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from typing import Any, BinaryIO, TypeVar
 
-from archive_pipeline.core.errors import ArchiveError, UploadError, classify, for_operation, is_cancellation, redact
+from archive_pipeline.core.errors import (S3_CORRUPT_CODES, ArchiveError, UploadError, classify, for_operation,
+                                         is_cancellation, redact)
 from archive_pipeline.core.keys import upload_marker_key, upload_marker_naming
 from archive_pipeline.core.sink import temp_dir_named
 
@@ -59,7 +60,6 @@ EQUAL_PARTS_SAFETY = 4  # equal parts: sized so that 4x the estimate still fits 
 CANCEL_WAIT = 1.0  # seconds a cancelled upload waits for parts in flight before it is aborted
 _MISSING_AGAIN_SECONDS = 0.1  # between the two HEADs that confirm a GET's 404 or another size (see S3Store)
 _READ_CHUNK = 1 * MiB
-_CORRUPT_CODES = frozenset({"BadDigest", "XAmzContentSHA256Mismatch", "InvalidChecksum"})
 _PLAIN_MD5 = re.compile(r"^[0-9a-f]{32}$")
 _MARKER = (b"A multipart upload of the key without this suffix was started here; if no run of it is going on, its "
            b"next run aborts it and deletes this marker.\n")
@@ -750,7 +750,7 @@ class S3Store:
                     self.client.put_object, Bucket=self.bucket, Key=key, Body=data, ContentType=content_type,
                     ContentMD5=_md5_header(digest)), condition, self.uri(key))
             except Exception as exc:
-                if _code(exc) in _CORRUPT_CODES and attempt < self.corrupt_attempts:
+                if _code(exc) in S3_CORRUPT_CODES and attempt < self.corrupt_attempts:
                     continue
                 if condition and _is_taken(exc):
                     # ours arrived whole after all: an answer lost and the PUT retried (by botocore, or by us after
@@ -1301,7 +1301,7 @@ def _wrap(exc: BaseException, what: str, kind: type[ArchiveError] = UploadError)
         return exc
     found = classify(exc)
     retryable = (found.retryable or _is_transport_error(exc) or _is_checksum_error(exc)
-                 or _code(exc) in _CORRUPT_CODES)
+                 or _code(exc) in S3_CORRUPT_CODES)
     if found.where == "unknown":
         found = replace(found, cause="the request failed", remedy="retried automatically" if retryable else
                         "check the bucket, its permissions and the store's credentials and endpoint")
@@ -1608,7 +1608,7 @@ class S3Upload:
             try:
                 response = self._put_whole(fd, size, digest, condition)
             except Exception as exc:
-                if _code(exc) in _CORRUPT_CODES and attempt < store.corrupt_attempts:
+                if _code(exc) in S3_CORRUPT_CODES and attempt < store.corrupt_attempts:
                     continue
                 if condition and _is_taken(exc):  # another run's object is there: not ours to withdraw
                     if store.holds(self.key, md5_hex, size, writer=self._own_mark):
@@ -1780,7 +1780,7 @@ class S3Upload:
                                                     PartNumber=number, Body=_FileRange(self._fd, offset, length),
                                                     ContentLength=length, ContentMD5=_md5_header(digest))
             except Exception as exc:
-                if _code(exc) in _CORRUPT_CODES and attempt < store.corrupt_attempts:
+                if _code(exc) in S3_CORRUPT_CODES and attempt < store.corrupt_attempts:
                     continue
                 raise self._named(_wrap(exc, f"uploading part {number} of {store.uri(self.key)} (UploadPart)")) \
                     from exc
