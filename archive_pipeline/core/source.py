@@ -325,8 +325,10 @@ SELECT a.attnum, a.attname,
             ELSE base.typnamespace::regnamespace::text || '.' || base.typname END,
        b.is_array,
        -- (NOT NULL of every row the read returns: an inheritance parent's, set ONLY on it, keeps no child's NULL
-       -- out; a partitioned table's holds for its partitions, which PostgreSQL keeps NOT NULL with it)
-       a.attnotnull AND ((SELECT r.relkind FROM pg_catalog.pg_class r WHERE r.oid = a.attrelid) = 'p' OR NOT EXISTS (
+       -- out; a partitioned table's holds for its partitions, which PostgreSQL keeps NOT NULL with it; a foreign
+       -- table's, the configured one or a partition or child at any depth, keeps nothing out: PostgreSQL does not
+       -- enforce it on the remote rows, and returns their NULLs)
+       a.attnotnull AND NOT tree.remote AND (r.relkind = 'p' OR NOT EXISTS (
            WITH RECURSIVE below(oid) AS (
                SELECT i.inhrelid FROM pg_catalog.pg_inherits i WHERE i.inhparent = a.attrelid
                UNION
@@ -362,7 +364,15 @@ CROSS JOIN LATERAL (
     SELECT oid, typmod, arrays > 0 AS is_array, arrays FROM walk ORDER BY depth DESC LIMIT 1
 ) AS b
 JOIN pg_catalog.pg_type base ON base.oid = b.oid
-WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped
+JOIN pg_catalog.pg_class r ON r.oid = a.attrelid
+CROSS JOIN (  -- (once for the relation, not once per column)
+    SELECT EXISTS (
+        WITH RECURSIVE member(oid) AS (
+            SELECT %(oid)s::pg_catalog.oid
+            UNION
+            SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN member ON i.inhparent = member.oid)
+        SELECT FROM member JOIN pg_catalog.pg_class f ON f.oid = member.oid WHERE f.relkind = 'f')) AS tree(remote)
+WHERE a.attrelid = %(oid)s AND a.attnum > 0 AND NOT a.attisdropped
 ORDER BY a.attnum
 """
 
@@ -891,7 +901,7 @@ def same_casts(conn: psycopg.Connection, table: SourceTable) -> None:
         return
     with conn.transaction():  # (the types named as the snapshot's description named them: PostgreSQL's first)
         apply_settings(conn.execute, {"search_path": SNAPSHOT_SETTINGS["search_path"]})
-        now = {r[1]: _casts(Column(*r[1:])) for r in conn.execute(_COLUMNS_QUERY, (table.oid,))}
+        now = {r[1]: _casts(Column(*r[1:])) for r in conn.execute(_COLUMNS_QUERY, {"oid": table.oid})}
     changed = [c.name for c in table.columns if c.name in now and now[c.name] != _casts(c)]
     if changed:
         raise SourceError(f"a cast to text of the type of {_columns_named(changed)} of "
@@ -1167,7 +1177,7 @@ def describe_relation(conn: psycopg.Connection, schema: str, name: str, day_colu
         with conn.transaction():  # (a savepoint inside the caller's: the name's error must not abort it)
             inner = inner_types(conn, oid, (*INNER_TYPES, *NUMBER_TYPES, *UNREADABLE_TYPES))
             shapes = composite_shapes(conn, oid)
-            found = conn.execute(_COLUMNS_QUERY, (oid,)).fetchall()
+            found = conn.execute(_COLUMNS_QUERY, {"oid": oid}).fetchall()
     except (psycopg.errors.CharacterNotInRepertoire, psycopg.errors.UntranslatableCharacter) as exc:
         raise _name_not_utf8(conn, qualified_name, oid, exc) from None
     columns = tuple(Column(*r[1:], inner=tuple(t for t in inner.get(r[0], ()) if t.type in INNER_TYPES),
