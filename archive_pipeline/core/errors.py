@@ -1021,14 +1021,15 @@ def refused_grant(exc: BaseException, table: str, user: str | None,
 
 
 def wrap(exc: BaseException, table: str, day: str, password: str | None = None, *,
-         user: str | None = None, database: str | None = None, standby: bool = False,
+         user: str | Callable[[], str] | None = None, database: str | None = None, standby: bool = False,
          doing: str = "archiving", temp_dir: str | None = None,
          own_readable: bool | Callable[[], bool] = False) -> ArchiveError:
     """``exc`` as an :class:`ArchiveError` naming ``table``, ``day``, the cause and the remedy, with the
     right ``retryable`` flag and no secret (``password``, URI credentials, ``password=``) in its text.
     ``standby``: the source is a hot standby, where a lost connection may be a silent recovery conflict.
     ``doing``: what failed, as the message begins ("archiving", "removing", "proving"). ``user`` and
-    ``database`` fill in the remedy's statements (``GRANT ... TO <role>``, ``ON DATABASE <database>``).
+    ``database`` fill in the remedy's statements (``GRANT ... TO <role>``, ``ON DATABASE <database>``); a callable
+    ``user`` is asked only where the remedy names the role (a query on a session that may be in trouble).
     ``temp_dir``: the directory of the operation's temp file, named where that file failed (full, too large).
     ``own_readable``: the role may read the configured relation (see :func:`refused_grant`).
 
@@ -1040,11 +1041,13 @@ def wrap(exc: BaseException, table: str, day: str, password: str | None = None, 
         exc.message = redact(exc.message, password)
         exc.args = (exc.message,)
         return exc
-    found = classify(exc, table=table, user=user)
-    if found.cause == _PERMISSION.cause and doing in _PERMISSION_FOR:
-        found = replace(found, remedy=_PERMISSION_FOR[doing].replace("<table>", sql_name(table))
-                        .replace("<role>", sql_name(user, qualified=False) if user else "<role>"))
-    if found.cause == _PERMISSION.cause and (refused := refused_grant(exc, table, user, own_readable)):
+    found = classify(exc, table=table)  # (its <role> filled in below)
+    permission = found.cause == _PERMISSION.cause
+    if permission and doing in _PERMISSION_FOR:
+        found = replace(found, remedy=_PERMISSION_FOR[doing].replace("<table>", sql_name(table)))
+    role = (user() if callable(user) else user) if permission or "<role>" in found.remedy else None
+    found = replace(found, remedy=found.remedy.replace("<role>", sql_name(role, qualified=False) if role else "<role>"))
+    if permission and (refused := refused_grant(exc, table, role, own_readable)):
         found = replace(found, remedy=refused)
     if found.cause == _IDLE_TIMEOUT.cause and doing == "removing":  # no snapshot sessions: it waited on the store
         found = replace(found, cause="idle_in_transaction_session_timeout ended the removal's transaction while it "

@@ -46,8 +46,8 @@ from archive_pipeline.core.errors import snapshot_gone
 from archive_pipeline.core.formats.common import ByteSink, Extraction, WriteStats
 from archive_pipeline.core.streams import StreamGroup, spools
 from archive_pipeline.core.periods import Period
-from archive_pipeline.core.session_settings import (CONNECT_PARAMETERS, apply_settings, pinned_options,
-                                                    unpinned_defaults, watch_client)
+from archive_pipeline.core.session_settings import (CONNECT_PARAMETERS, act_as, apply_settings, pinned_options,
+                                                    switched_role, unpinned_defaults, watch_client)
 from archive_pipeline.core.source import READ_SETTINGS, SourceTable, estimated_rows, lock_day, reads_foreign_tables, \
     same_members, scanned_relations
 
@@ -346,16 +346,19 @@ def free_sessions(conn: psycopg.Connection) -> int:
 def open_snapshot_sessions(coordinator: psycopg.Connection, snapshot_id: str, count: int,
                            settings: dict[str, str], table: SourceTable,
                            where: sql.Composable) -> list[psycopg.Connection]:
-    """``count`` sessions logged in as ``coordinator`` is, each in a READ ONLY transaction that
-    imported ``snapshot_id`` (so they see exactly its data) and holds the day's locks (see
+    """``count`` sessions logged in as ``coordinator`` is and acting as its role (a ``SET ROLE`` of the caller's
+    is taken over: see :func:`~archive_pipeline.core.session_settings.switched_role`), each in a READ ONLY
+    transaction that imported ``snapshot_id`` (so they see exactly its data) and holds the day's locks (see
     :func:`~archive_pipeline.core.source.lock_day`), with ``settings``. Any failure closes those
     already opened."""
     dsn = dsn_of(coordinator)
+    switched = switched_role(coordinator)
     opened: list[psycopg.Connection] = []
     try:
         for _ in range(count):
             conn = psycopg.connect(dsn, autocommit=True)
             opened.append(conn)
+            act_as(conn.execute, switched)
             watch_client(conn)  # killed mid-read, the server notices and ends the session (see watch_client)
             conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             try:

@@ -17,12 +17,13 @@ import functools
 import inspect
 import os
 from collections.abc import Callable, Iterator
+from typing import NamedTuple
 
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from archive_pipeline.core.errors import SessionSettingError, sql_name
+from archive_pipeline.core.errors import SessionSettingError, SourceError, classify, sql_name
 
 CATALOG_FIRST = "pg_catalog, <the session's path>, pg_temp"  # the value that asks for the composed path
 
@@ -172,6 +173,47 @@ def resolved(conn: psycopg.Connection, settings: dict[str, object]) -> dict[str,
         return settings
     path = conn.execute(sql.SQL("SELECT {}").format(_CATALOG_FIRST_SQL)).fetchone()[0]
     return {**settings, "search_path": path}
+
+
+class SwitchedRole(NamedTuple):
+    """The role a caller's session acts as (``current_user``) and the one it logged in as (``session_user``)."""
+
+    role: str
+    login: str
+
+
+def switched_role(conn: psycopg.Connection) -> SwitchedRole | None:
+    """The role ``conn`` acts as where it is not the one it logged in as (``SET ROLE``, or the login role's
+    ``ALTER ROLE ... SET role``), else None. A session opened beside ``conn`` (a parallel stream, the fingerprint
+    alongside, Parquet's reader) logs in afresh from the connection string, as the login role, and must switch as
+    ``conn`` did (:func:`act_as`): with the login role's privileges, which a least-privilege setup leaves empty (a
+    NOINHERIT login role that reads only after SET ROLE), raising parallel_streams or choosing Parquet lost the
+    table that one stream of CSV read."""
+    role, login = conn.execute("SELECT CURRENT_USER::text, SESSION_USER::text").fetchone()
+    return SwitchedRole(role, login) if role != login else None
+
+
+def act_as(execute: Callable[[sql.Composable], object], switched: SwitchedRole | None) -> None:
+    """Have a session opened beside the caller's act as the caller's session does (see :func:`switched_role`):
+    ``SET ROLE`` through ``execute`` (one statement: a psycopg connection's, or an ADBC cursor's), first thing,
+    before it takes the day's locks or reads a row. Where the login role may not switch to that role (its
+    membership revoked since the caller switched), refused, naming both roles: read as the login role, the day
+    would fail on privileges that role need not hold, with a GRANT to the wrong role as its remedy."""
+    if switched is None:
+        return
+    try:
+        execute(sql.SQL("SET ROLE {}").format(sql.Identifier(switched.role)))
+    except Exception as exc:
+        if classify(exc).cause != "permission denied":
+            raise
+        role, login = (sql_name(name, qualified=False) for name in switched)
+        raise SourceError(
+            f"the caller's session acts as role {switched.role!r} (SET ROLE), and a session opened beside it (a "
+            f"parallel stream, the fingerprint alongside, Parquet's reader), which logs in as {switched.login!r}, "
+            f"may not SET ROLE to it: it would read the day with the privileges of another role", retryable=False,
+            cause=f"role {switched.login!r} may not SET ROLE {switched.role!r}", every_day=True,
+            remedy=f"GRANT {role} TO {login} (as a superuser or a role with ADMIN OPTION on {role}), or archive "
+                   f"with a connection that logs in as {role}") from None
 
 
 def _to_ours(conn: object) -> dict[str, str] | None:

@@ -296,15 +296,17 @@ class Snapshot:
     release: Callable[[], None] = lambda: None  # end the read transaction now (idempotent)
 
 
-# The relation, and the columns the role may not read (none with SELECT on the table, or with SELECT
-# granted on every column: either reads every value of every row).
+# The relation, the columns the role may not read (none with SELECT on the table, or with SELECT
+# granted on every column: either reads every value of every row), and that role: the one the session acts as
+# (SET ROLE), whose privileges those checks ask, not the one it logged in as.
 _TABLE_QUERY = """
 SELECT c.oid, c.relkind, pg_catalog.has_any_column_privilege(c.oid, 'SELECT'),
        ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a
              WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
                AND NOT pg_catalog.has_table_privilege(c.oid, 'SELECT')
                AND NOT pg_catalog.has_column_privilege(c.oid, a.attnum, 'SELECT')
-             ORDER BY a.attnum)
+             ORDER BY a.attnum),
+       CURRENT_USER::text
 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
 """
@@ -325,8 +327,10 @@ SELECT a.attnum, a.attname,
             ELSE base.typnamespace::regnamespace::text || '.' || base.typname END,
        b.is_array,
        -- (NOT NULL of every row the read returns: an inheritance parent's, set ONLY on it, keeps no child's NULL
-       -- out; a partitioned table's holds for its partitions, which PostgreSQL keeps NOT NULL with it)
-       a.attnotnull AND ((SELECT r.relkind FROM pg_catalog.pg_class r WHERE r.oid = a.attrelid) = 'p' OR NOT EXISTS (
+       -- out; a partitioned table's holds for its partitions, which PostgreSQL keeps NOT NULL with it; a foreign
+       -- table's, the configured one or a partition or child at any depth, keeps nothing out: PostgreSQL does not
+       -- enforce it on the remote rows, and returns their NULLs)
+       a.attnotnull AND NOT tree.remote AND (r.relkind = 'p' OR NOT EXISTS (
            WITH RECURSIVE below(oid) AS (
                SELECT i.inhrelid FROM pg_catalog.pg_inherits i WHERE i.inhparent = a.attrelid
                UNION
@@ -362,7 +366,15 @@ CROSS JOIN LATERAL (
     SELECT oid, typmod, arrays > 0 AS is_array, arrays FROM walk ORDER BY depth DESC LIMIT 1
 ) AS b
 JOIN pg_catalog.pg_type base ON base.oid = b.oid
-WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped
+JOIN pg_catalog.pg_class r ON r.oid = a.attrelid
+CROSS JOIN (  -- (once for the relation, not once per column)
+    SELECT EXISTS (
+        WITH RECURSIVE member(oid) AS (
+            SELECT %(oid)s::pg_catalog.oid
+            UNION
+            SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN member ON i.inhparent = member.oid)
+        SELECT FROM member JOIN pg_catalog.pg_class f ON f.oid = member.oid WHERE f.relkind = 'f')) AS tree(remote)
+WHERE a.attrelid = %(oid)s AND a.attnum > 0 AND NOT a.attisdropped
 ORDER BY a.attnum
 """
 
@@ -891,7 +903,7 @@ def same_casts(conn: psycopg.Connection, table: SourceTable) -> None:
         return
     with conn.transaction():  # (the types named as the snapshot's description named them: PostgreSQL's first)
         apply_settings(conn.execute, {"search_path": SNAPSHOT_SETTINGS["search_path"]})
-        now = {r[1]: _casts(Column(*r[1:])) for r in conn.execute(_COLUMNS_QUERY, (table.oid,))}
+        now = {r[1]: _casts(Column(*r[1:])) for r in conn.execute(_COLUMNS_QUERY, {"oid": table.oid})}
     changed = [c.name for c in table.columns if c.name in now and now[c.name] != _casts(c)]
     if changed:
         raise SourceError(f"a cast to text of the type of {_columns_named(changed)} of "
@@ -1150,16 +1162,16 @@ def describe_relation(conn: psycopg.Connection, schema: str, name: str, day_colu
             remedy="check the table's name in the YAML configuration (schema.table, as the catalog spells it), "
                    "the database in ARCHIVE_PG_DSN, and whether the table was renamed or dropped",
         )
-    oid, relkind, can_select, unreadable = row
+    oid, relkind, can_select, unreadable, role = row
     # a grant is configuration (the command line exits 2 on it); the statement quotes the names as SQL needs
     grant = sql.SQL("GRANT SELECT ON {} TO {}").format(sql.Identifier(schema, name),
-                                                       sql.Identifier(conn.info.user)).as_string(conn)
+                                                       sql.Identifier(role)).as_string(conn)
     if not can_select:
-        raise SourceError(f"role {conn.info.user!r} may not SELECT from {qualified_name!r}; {grant}",
+        raise SourceError(f"role {role!r} may not SELECT from {qualified_name!r}; {grant}",
                           table=qualified_name, retryable=False, cause="permission denied",
                           remedy=f"{grant} (as the table's owner or a superuser)")
     if unreadable:  # SELECT granted on some columns only: every column is archived
-        raise SourceError(f"role {conn.info.user!r} may not SELECT column(s) {unreadable} of {qualified_name!r}, and "
+        raise SourceError(f"role {role!r} may not SELECT column(s) {unreadable} of {qualified_name!r}, and "
                           f"every column is archived; {grant} (or SELECT on those columns)", table=qualified_name,
                           retryable=False, cause="permission denied",
                           remedy=f"{grant} (or SELECT on those columns), as the table's owner or a superuser")
@@ -1167,7 +1179,7 @@ def describe_relation(conn: psycopg.Connection, schema: str, name: str, day_colu
         with conn.transaction():  # (a savepoint inside the caller's: the name's error must not abort it)
             inner = inner_types(conn, oid, (*INNER_TYPES, *NUMBER_TYPES, *UNREADABLE_TYPES))
             shapes = composite_shapes(conn, oid)
-            found = conn.execute(_COLUMNS_QUERY, (oid,)).fetchall()
+            found = conn.execute(_COLUMNS_QUERY, {"oid": oid}).fetchall()
     except (psycopg.errors.CharacterNotInRepertoire, psycopg.errors.UntranslatableCharacter) as exc:
         raise _name_not_utf8(conn, qualified_name, oid, exc) from None
     columns = tuple(Column(*r[1:], inner=tuple(t for t in inner.get(r[0], ()) if t.type in INNER_TYPES),
@@ -2110,24 +2122,42 @@ def server_identity(conn: psycopg.Connection) -> tuple[str, str | None, str, str
 
 def wrapped(exc: BaseException, conn: psycopg.Connection, spec: Any, day: str, **kwargs: Any) -> ArchiveError:
     """:func:`errors.wrap` of a failure of an operation on ``spec``'s table through ``conn``: with the connection's
-    password (redacted), role and database (the remedy's GRANT ... TO and ON DATABASE), and, where PostgreSQL refused
-    a relation of the configured table's name, whether the role may read the configured one itself (asked then: a
-    reporting view ``s.ev`` over ``raw.ev`` refuses the other ``ev``)."""
-    return wrap(exc, spec.name, day, conn.info.password, user=conn.info.user, database=conn.info.dbname,
+    password (redacted), the role whose privileges PostgreSQL checked (:func:`acting_role`) and the database (the
+    remedy's GRANT ... TO and ON DATABASE), and, where PostgreSQL refused a relation of the configured table's name,
+    whether the role may read the configured one itself (asked then: a reporting view ``s.ev`` over ``raw.ev``
+    refuses the other ``ev``)."""
+    return wrap(exc, spec.name, day, conn.info.password, user=lambda: acting_role(conn), database=conn.info.dbname,
                 own_readable=lambda: may_read(conn, spec.schema_name, spec.table_name), **kwargs)
+
+
+def acting_role(conn: psycopg.Connection) -> str:
+    """The role ``conn``'s session acts as (``current_user``: the one a ``SET ROLE`` switched to), whose privileges
+    PostgreSQL checks, so the one a remedy's GRANT must name: a GRANT to the login role of a session that switched
+    changes nothing the archive reads with, and its next run was refused the same way. The login role where it
+    cannot be asked (the connection lost, or in a failed transaction)."""
+    found = _asked(conn, "SELECT CURRENT_USER::text")
+    return found[0] if found else conn.info.user
 
 
 def may_read(conn: psycopg.Connection, schema: str, name: str) -> bool:
     """Whether the role may read the relation ``schema.name`` (SELECT on it); False where that cannot be asked (the
     connection lost, or in a failed transaction)."""
+    if conn.closed:
+        return False
+    found = _asked(conn, "SELECT pg_catalog.has_table_privilege(pg_catalog.to_regclass(%s), 'SELECT')",
+                   (sql.Identifier(schema, name).as_string(conn),))
+    return bool(found and found[0])
+
+
+def _asked(conn: psycopg.Connection, query: str, params: Sequence[object] = ()) -> tuple | None:
+    """``query``'s row, asked after a failure to word its error (in a savepoint where a transaction is open, so a
+    refusal leaves it as it was); None where it cannot be asked: the connection lost or in a failed transaction."""
     if conn.closed or conn.info.transaction_status not in (psycopg.pq.TransactionStatus.IDLE,
                                                              psycopg.pq.TransactionStatus.INTRANS):
-        return False
+        return None
     try:
         with conn.transaction() if conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS \
                 else contextlib.nullcontext():
-            found = conn.execute("SELECT pg_catalog.has_table_privilege(pg_catalog.to_regclass(%s), 'SELECT')",
-                                 (sql.Identifier(schema, name).as_string(conn),)).fetchone()
-        return bool(found and found[0])
-    except Exception:  # noqa: BLE001 - not known: the remedy stays the configured table's
-        return False
+            return conn.execute(query, params).fetchone()
+    except Exception:  # noqa: BLE001 - not known: the caller's default stands
+        return None

@@ -66,8 +66,8 @@ from archive_pipeline.core.formats.common import (
     refused_column,
     xml_text,
 )
-from archive_pipeline.core.session_settings import apply_settings, pinned_options, unpinned_defaults, \
-    watch_client_through
+from archive_pipeline.core.session_settings import act_as, apply_settings, pinned_options, switched_role, \
+    unpinned_defaults, watch_client_through
 from archive_pipeline.core.streams import Spool, StreamGroup, spools
 from archive_pipeline.core.source import Column, SourceTable, lock_day, prefetch, same_members
 
@@ -545,9 +545,9 @@ class Parquet:
         return 0
 
     def _open_reader(self, extraction: Extraction):
-        """A second connection, in the archive transaction's snapshot (imported, the day's locks taken, the read's
-        settings set), its query not started yet (see :meth:`_start_reader`): returns the connection and its
-        cursor."""
+        """A second connection, acting as the archive's session's role (see ``session_settings.switched_role``), in
+        the archive transaction's snapshot (imported, the day's locks taken, the read's settings set), its query not
+        started yet (see :meth:`_start_reader`): returns the connection and its cursor."""
         import adbc_driver_postgresql.dbapi as adbc
 
         info = extraction.conn.info
@@ -556,9 +556,11 @@ class Parquet:
         secret = {"password": info.password} if info.password else {}
         dsn = make_conninfo(_for_adbc_libpq(info.dsn, extraction.table), client_encoding="UTF8", **secret)
         pinned = unpinned_defaults(extraction.conn)
+        switched = switched_role(extraction.conn)  # (a SET ROLE of the caller's: this session takes it over)
         conn = _connect_unless_stopped(lambda: _adbc_connect(adbc, dsn, pinned))
         cur = conn.cursor()
         try:
+            act_as(lambda statement: cur.execute(statement.as_string(extraction.conn)), switched)
             # Smaller batches than ADBC's 16 MiB default keep the peak memory well under 100 MB (measured
             # in bench/) at the same speed; each batch becomes one row group.
             cur.adbc_statement.set_options(**{"adbc.postgresql.batch_size_hint_bytes": str(BATCH_BYTES)})
