@@ -193,6 +193,8 @@ def build_manifest(result: ArchiveResult, source: SourceIdentity, definition: di
 
 
 def _canonical(manifest: dict[str, Any]) -> bytes:
+    """The form the checksum is of: sorted keys, no spaces, strict UTF-8 (a string no UTF-8 encodes, a lone surrogate
+    that JSON can escape, raises UnicodeEncodeError: decode_manifest calls such a manifest damaged)."""
     body = {k: v for k, v in manifest.items() if k != _CHECKSUM_FIELD}
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
@@ -227,6 +229,11 @@ def decode_manifest(raw: bytes) -> dict[str, Any]:
         raise ManifestError("not valid JSON (nested too deeply to read)") from None
     if not isinstance(manifest, dict) or "object" not in manifest or "table" not in manifest:
         raise ManifestError("not an archive_pipeline manifest (no 'table' and 'object')")
+    try:  # (a version 1's too: no manifest of ours holds a string UTF-8 cannot encode, and no reader expects one)
+        canonical = _canonical(manifest)
+    except UnicodeEncodeError:  # a lone UTF-16 surrogate escape ("\ud800"): valid JSON, no text
+        raise ManifestError("not valid UTF-8 text (a string in it holds a lone UTF-16 surrogate escape): altered or "
+                            "damaged") from None
     version = manifest.get("manifest_version")
     if version == 1:  # (no checksum to check; its fields are read as a sealed one's, so checked alike)
         if not isinstance(manifest["object"], dict):
@@ -242,7 +249,7 @@ def decode_manifest(raw: bytes) -> dict[str, Any]:
     if version not in (2, MANIFEST_VERSION):
         raise ManifestError(f"unknown manifest_version {version!r}")
     recorded = manifest.get(_CHECKSUM_FIELD)
-    if recorded != hashlib.sha256(_canonical(manifest)).hexdigest():
+    if recorded != hashlib.sha256(canonical).hexdigest():
         raise ManifestError("its manifest_sha256 does not match its content (altered or damaged)")
     if not manifest.get("empty") and not isinstance(manifest["object"], dict):
         raise ManifestError("a non-empty day without an object")

@@ -607,17 +607,13 @@ def deep_verify_of(conn: psycopg.Connection, store: S3Store, spec: TableSpec, da
         _refuse_layout_change(spec, day, manifest)
         with pinned_settings(scratch_conn or conn, search_path=CATALOG_FIRST):  # the manifest's type names as written
             problems = _prove(conn, store, spec, day, manifest, scratch_conn, temp_dir)
-        if problems:
+        if problems and (current := _committed_since(store, spec, day, key, manifest)) is not None:
             # An overwrite that committed meanwhile retires the object being proven: "missing" (or rows that
             # are no longer the source's) would then be a verdict on an archive that is no longer the day's.
             # The current one is proven instead.
-            with contextlib.suppress(ManifestError):
-                current = load_manifest(store, key, owner)
-                if current is not None and current.get("manifest_sha256") != manifest.get("manifest_sha256"):
-                    log.info("%s %s: its archive was replaced while it was being proven; proving the new one",
-                             spec.name, day)
-                    with pinned_settings(scratch_conn or conn, search_path=CATALOG_FIRST):
-                        return _prove(conn, store, spec, day, current, scratch_conn, temp_dir), current
+            log.info("%s %s: its archive was replaced while it was being proven; proving the new one", spec.name, day)
+            with pinned_settings(scratch_conn or conn, search_path=CATALOG_FIRST):
+                return _prove(conn, store, spec, day, current, scratch_conn, temp_dir), current
         return problems, manifest
     except psycopg.Error as exc:  # a session of the proof failed (terminated, timed out, refused): no verdict
         raise wrapped(exc, conn, spec, day.isoformat(), doing="proving") from None
@@ -635,6 +631,21 @@ def deep_verify_of(conn: psycopg.Connection, store: S3Store, spec: TableSpec, da
     except BaseException as exc:  # cancelled: the proof's temporary table and download go with it
         note_cancelled(exc, spec.name, day.isoformat(), "proving")
         raise
+
+
+def _committed_since(store: S3Store, spec: TableSpec, day: Period, key: str, manifest: dict) -> dict | None:
+    """The day's current archive where it is another than ``manifest`` and no older (an overwrite or a removal mark
+    committed while ``manifest`` was being proven; a pending mark completed has the same time), else None. Chosen
+    as the run, restore, list and compare choose it (manifest.day_archive), not read at the rendered ``key`` alone:
+    after a format changed and changed back, that is a superseded archive, which, proven in the current one's
+    place, made ``verify --deep`` pass a day whose current archive differs from the source. A manifest that fails
+    its checks: None (the problems found stand)."""
+    with contextlib.suppress(ManifestError):
+        _, current = day_archive(store, spec, day, key, load_manifest(store, key, (spec.name, day.isoformat())))
+        if current is not None and current.get("manifest_sha256") != manifest.get("manifest_sha256") \
+                and committed_at(current) >= committed_at(manifest):
+            return current
+    return None
 
 
 def _refuse_layout_change(spec: TableSpec, day: Period, manifest: dict) -> None:

@@ -180,7 +180,8 @@ def verify_result(store: S3Store, spec: TableSpec, day: dt.date, expected: dict,
     compare its content fingerprint with the manifest's and the source's (loaded into ``scratch_conn``
     when given: the primary, where ``conn`` is a hot standby).
     """
-    owner = (spec.name, spec.period(day).isoformat())
+    period = spec.period(day)  # (the day as the table is configured now: an archive of another period fails)
+    owner = (spec.name, period.isoformat())
     recorded_key = recorded_day_key(spec, day, store, expected.get("manifest_key"))
     try:
         key, current = _judged(store, spec, day, recorded_key, expected.get("snapshot_at"))
@@ -192,7 +193,7 @@ def verify_result(store: S3Store, spec: TableSpec, day: dt.date, expected: dict,
         problems = [f"manifest {keys.manifest_key(key)} unreadable: {exc}"]
     if not problems:
         problems = verify.verify_archive(store, key, expected if key == recorded_key else {}, deep=deep, owner=owner,
-                                         temp_dir=temp_dir, period=spec.period(day), manifest=current)
+                                         temp_dir=temp_dir, period=period, manifest=current)
     if expected.get("rows") == 0 and expected.get("empty"):
         verified = "no rows that day; its manifest records it as empty"
     else:
@@ -204,8 +205,8 @@ def verify_result(store: S3Store, spec: TableSpec, day: dt.date, expected: dict,
         replaced = f"{verify.archive_named(current)}; the recorded {store.uri(recorded_key)} is superseded"
     else:
         replaced = _archived_again(store, key, expected, owner) if problems else None
-        if replaced is not None:
-            problems = verify.verify_archive(store, key, {}, deep=deep, owner=owner, temp_dir=temp_dir)
+        if replaced is not None:  # (judged for this period too: a replacement may hold another zone's day)
+            problems = verify.verify_archive(store, key, {}, deep=deep, owner=owner, temp_dir=temp_dir, period=period)
             current = verify.load_manifest(store, key, owner)
     if replaced is not None:
         # archived again since (an overwrite from the command line or another run, under this key or, the format
