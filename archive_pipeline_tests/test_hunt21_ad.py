@@ -170,3 +170,30 @@ def test_a_select_refused_under_set_role_names_the_login_role_and_its_grant_chan
         assert result.rows == 5
     finally:
         _drop_roles(conn, lg, rd)
+
+
+def test_deep_verification_under_set_role_fingerprints_the_source_as_the_callers_role(pg, conn, schema, store,
+                                                                                    temp_dir):
+    """Scenario: as in the SET ROLE tests above, the caller logs in as ``lg`` (NOINHERIT) and switches to ``rd``,
+    the only role that may read ``ev``; the day is archived, then proven by deep verification on the same
+    connection (scratch tables in the caller's own session, so the source's fingerprint is taken in a second one).
+
+    Now (before the fix): verify's _SourceFingerprint opened that session from the connection string as ``lg``,
+    without the caller's SET ROLE: the proof failed on "permission denied" for a day every other step reads.
+
+    Should: the second session acts as the caller's role (session_settings.act_as), and the day is proven."""
+    from archive_pipeline.core.verify import deep_verify
+
+    s = sql.Identifier(schema)
+    lg, rd = _noinherit_member(conn, schema)
+    try:
+        conn.execute(sql.SQL("CREATE TABLE {}.ev (id int, at date)").format(s))
+        conn.execute(sql.SQL("INSERT INTO {}.ev SELECT g, %s FROM generate_series(1, 50) g").format(s), (DAY,))
+        conn.execute(sql.SQL("GRANT SELECT ON {}.ev TO {}").format(s, sql.Identifier(rd)))
+        spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date="2024-03-01", format="jsonl")
+        with psycopg.connect(pg.dsn_for(lg), autocommit=True) as caller:
+            caller.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(rd)))
+            assert archive_partition(caller, spec, DAY, store, temp_dir=temp_dir).rows == 50
+            assert deep_verify(caller, store, spec, DAY, temp_dir=temp_dir) == []
+    finally:
+        _drop_roles(conn, lg, rd)

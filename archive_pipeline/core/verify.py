@@ -40,8 +40,8 @@ from archive_pipeline.core.manifest import (ManifestError, NewerManifestError, a
 from archive_pipeline.core.sink import temp_archive_file
 from archive_pipeline.core.parallel import dsn_of
 from archive_pipeline.core.periods import Period
-from archive_pipeline.core.session_settings import CATALOG_FIRST, SESSION_PINNED, apply_settings, session_pinned, \
-    set_session, speaks_utf8, watch_client, without_user_triggers
+from archive_pipeline.core.session_settings import CATALOG_FIRST, SESSION_PINNED, act_as, apply_settings, \
+    session_pinned, set_session, speaks_utf8, switched_role, watch_client, without_user_triggers
 from archive_pipeline.core.sqltext import CatalogText, with_params
 from archive_pipeline.core.source import (Column, PrintedNames, SourceTable, columns_as_archived, day_filter,
                                           describe_table, names_brief, printed_names_changed, refuse_stale_standby,
@@ -793,6 +793,7 @@ class _SourceFingerprint:
                 return self  # no second session: computed on conn when asked for
             try:
                 apply_settings(self.side.execute, limits, local=False)
+                act_as(self.side.execute, switched_role(self.conn))  # as the caller's role (its SET ROLE)
                 # as the caller's session: killed mid-fingerprint, the server notices and ends it (no scan for nobody)
                 set_session(self.side, session_pinned(self.side))
                 watch_client(self.side)
