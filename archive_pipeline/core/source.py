@@ -68,6 +68,10 @@ SNAPSHOT_SETTINGS = {
     # took ~24 ms a query, half the fixed cost of a small day, for plans that run in under a millisecond. The
     # day's own read and its fingerprint run no faster with it (measured on the 1M-row benchmark day).
     "jit": "off",
+    # Formats that build a list of an array's elements by reading its printed form back as text[] (Parquet's
+    # numeric[] and enum arrays, formats.common.element_texts) read an unquoted NULL as a NULL element only with
+    # this on: a role's array_nulls = off archived the string "NULL" for it, green and recorded exact.
+    "array_nulls": "on",
 }
 
 # Settings of every session that reads the day's rows into the archive (the archive's own session where it reads
