@@ -1679,10 +1679,12 @@ def _overwrites_dropped(days: list[Period], overwrite: bool) -> bool:
 
 
 def _dropped_by_hand(spec: TableSpec, day: Period, rows: int, run: Run) -> str:
-    """What archive says of a day with no rows whose archive holds ``rows`` and no removal mark."""
+    """What archive says of a day with no rows whose archive holds ``rows`` and no removal mark. Its restore command
+    names ``--into original``: the table holds none of the day, so the rows go back into it (restore's default,
+    ``--into new``, needs a ``--target`` and was refused as printed)."""
     return (f"no data for this day in PostgreSQL, but its archive holds {rows:,} rows and no removal was recorded: "
             "its rows were deleted or its partition dropped outside archive_pipeline; the archive is kept as it is "
-            f"(`{run.suggest('restore', spec.name, day)}` puts the rows back; "
+            f"(`{run.suggest('restore', spec.name, day, '--into', 'original')}` puts the rows back; "
             f"`{run.suggest('archive', spec.name, day, '--overwrite')}` "
             "archives the day as empty, the archive of its rows kept as an older generation)")
 
