@@ -1158,7 +1158,7 @@ def _archive_plan(run: Run, overwrite: bool) -> None:
             found_pending, found_gone = _absent_days(run, spec, absent)
             pending.update(found_pending)
             gone.update(found_gone)
-            return set(found_gone) if _overwrites_dropped(days, overwrite or spec.overwrite) else set()
+            return set(found_gone) if _overwrites_dropped(days, overwrite) else set()  # (the run's rule: its flag)
 
         try:
             found = plan.plan_archive(run.conn, spec, run.store, days, overwrite=overwrite or spec.overwrite,
@@ -1674,7 +1674,9 @@ def _overwrites_dropped(days: list[Period], overwrite: bool) -> bool:
     (``--day D --overwrite``, the remedy verify --deep gives for it). A range's --overwrite (a change of format
     re-archived) never makes an empty archive the current one of days a partition manager (pg_partman's retention)
     dropped, and archive without --overwrite leaves such days as they are, exit 0: dropping archived partitions by
-    hand is how many users let the source go, and compare and verify --deep report such days."""
+    hand is how many users let the source go, and compare and verify --deep report such days. ``overwrite`` is the
+    command's --overwrite alone, for the run and its dry run alike: a table's ``overwrite: true`` archives its changed
+    days again, not its hand-dropped ones as empty (the dry run asked with it and planned what the run did not do)."""
     return overwrite and len(days) == 1
 
 
