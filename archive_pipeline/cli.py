@@ -964,10 +964,13 @@ def _archive_table(run: Run, spec: TableSpec, days: list[Period], settings: dict
         if _configuration(exc) and not any(r.get("stopped") for r in results):
             results[-1]["stopped"] = True
         return
-    pending, gone = _absent_days(run, spec, [d for d in days if d not in present and d not in unknown])
+    pending, gone, unread = _absent_days(run, spec, [d for d in days if d not in present and d not in unknown])
     for day in days:
         if day in unknown:
             results.append(_unprobed(spec, day, unknown[day]))
+            continue
+        if day in unread:  # its manifest may hold a pending mark, or be the only record of the day: not "no data"
+            results.append(_manifest_unread(spec, day, unread[day]))
             continue
         if day in pending:
             results.append(_settle_day(run, spec, day, pending[day]))
@@ -1153,12 +1156,14 @@ def _archive_plan(run: Run, overwrite: bool) -> None:
         pending: dict[Period, str] = {}
 
         gone: dict[Period, int] = {}
+        unread: dict[Period, dict[str, Any]] = {}  # what the run says of them (see _manifest_unread)
 
         def archived_absent(absent: list[Period]) -> set[Period]:  # (the run's own look at them: see _absent_days)
-            found_pending, found_gone = _absent_days(run, spec, absent)
+            found_pending, found_gone, found_unread = _absent_days(run, spec, absent)
             pending.update(found_pending)
             gone.update(found_gone)
-            return set(found_gone) if _overwrites_dropped(days, overwrite or spec.overwrite) else set()
+            unread.update({day: _manifest_unread(spec, day, why) for day, why in found_unread.items()})
+            return set(found_gone) if _overwrites_dropped(days, overwrite) else set()  # (the run's rule: its flag)
 
         try:
             found = plan.plan_archive(run.conn, spec, run.store, days, overwrite=overwrite or spec.overwrite,
@@ -1172,9 +1177,12 @@ def _archive_plan(run: Run, overwrite: bool) -> None:
             if _configuration(exc) or getattr(exc.__cause__, "cause", None) in CONFIGURATION_CAUSES:
                 run.stopped = run.stopped or (why if spec.name in why else f"{spec.name}: {why}")
             continue
-        # a day without data whose removal left its mark pending: the run settles it (see archive)
+        # a day without data whose removal left its mark pending: the run settles it (see archive); one whose
+        # manifest could not be read: the run fails it, saying why
         planned += [dataclasses.replace(p, action="settle", reason="no data in PostgreSQL: a removal of the day left "
                                         "its mark pending, which the run settles") if p.day in pending else
+                    dataclasses.replace(p, action=plan.unplanned_action(unread[p.day]["message"]),
+                                        reason=unread[p.day]["message"]) if p.day in unread else
                     dataclasses.replace(p, reason=_dropped_by_hand(spec, p.day, gone[p.day], run))
                     if p.action == "no-data" and p.day in gone else p for p in found]
     totals = {action: sum(1 for p in planned if p.action == action)
@@ -1674,28 +1682,51 @@ def _overwrites_dropped(days: list[Period], overwrite: bool) -> bool:
     (``--day D --overwrite``, the remedy verify --deep gives for it). A range's --overwrite (a change of format
     re-archived) never makes an empty archive the current one of days a partition manager (pg_partman's retention)
     dropped, and archive without --overwrite leaves such days as they are, exit 0: dropping archived partitions by
-    hand is how many users let the source go, and compare and verify --deep report such days."""
+    hand is how many users let the source go, and compare and verify --deep report such days. ``overwrite`` is the
+    command's --overwrite alone, for the run and its dry run alike: a table's ``overwrite: true`` archives its changed
+    days again, not its hand-dropped ones as empty (the dry run asked with it and planned what the run did not do)."""
     return overwrite and len(days) == 1
 
 
 def _dropped_by_hand(spec: TableSpec, day: Period, rows: int, run: Run) -> str:
-    """What archive says of a day with no rows whose archive holds ``rows`` and no removal mark."""
+    """What archive says of a day with no rows whose archive holds ``rows`` and no removal mark. Its restore command
+    names ``--into original``: the table holds none of the day, so the rows go back into it (restore's default,
+    ``--into new``, needs a ``--target`` and was refused as printed)."""
     return (f"no data for this day in PostgreSQL, but its archive holds {rows:,} rows and no removal was recorded: "
             "its rows were deleted or its partition dropped outside archive_pipeline; the archive is kept as it is "
-            f"(`{run.suggest('restore', spec.name, day)}` puts the rows back; "
+            f"(`{run.suggest('restore', spec.name, day, '--into', 'original')}` puts the rows back; "
             f"`{run.suggest('archive', spec.name, day, '--overwrite')}` "
             "archives the day as empty, the archive of its rows kept as an older generation)")
 
 
-def _absent_days(run: Run, spec: TableSpec, absent: list[Period]) -> tuple[dict[Period, str], dict[Period, int]]:
+def _absent_days(run: Run, spec: TableSpec, absent: list[Period]
+                 ) -> tuple[dict[Period, str], dict[Period, int], dict[Period, str]]:
     """Of the days the source has no rows of, the recent ones whose manifest holds a pending removal mark (a prune
-    killed after its COMMIT: archive settles the mark), with the key it was found at, and those whose archive holds
+    killed after its COMMIT: archive settles the mark), with the key it was found at; those whose archive holds
     rows and no removal mark, with its rows: their rows were deleted or dropped by hand since (see
-    :func:`_dropped_by_hand`). Only the recent ones: each archived day costs a GET, and a table's years of removed
-    days were settled long ago. A day removed by prune (its mark done) stays "no data"."""
+    :func:`_dropped_by_hand`); and those whose manifest could not be read, with why (see :func:`_manifest_unread`).
+    Only the recent ones: each archived day costs a GET, and a table's years of removed days were settled long ago.
+    A day removed by prune (its mark done) stays "no data"."""
     gone: dict[Period, int] = {}
-    pending, _ = _pending_removals(run.store, spec, absent[-_RECENT_ABSENT:], archived=gone)
-    return pending, gone
+    pending, unread = _pending_removals(run.store, spec, absent[-_RECENT_ABSENT:], archived=gone)
+    return pending, gone, unread
+
+
+def _manifest_unread(spec: TableSpec, day: Period, why: str) -> dict[str, Any]:
+    """A day gone from the source whose manifest could not be read (``why``: from :func:`_pending_removals`), as
+    archive and prune say it: failed, never passed over as "no data" or nothing due, for the manifest may hold a
+    pending removal mark and, the source holding nothing of the day, is the only record of its archive. The remedy
+    follows the cause: a read that failed is retried; a newer version's manifest needs that version; a damaged one
+    is put back from a backup of the bucket (archiving the day again has nothing to archive)."""
+    retryable = "(retryable)" in why
+    newer = "newer archive_pipeline" in why  # not damaged: this version cannot read it
+    damaged = "unreadable" in why and not newer
+    remedy = f"; to fix: {NewerManifestError.remedy}" if newer else "" if retryable or not damaged else (
+        f"; the source no longer holds {day}: if it was removed, its archive is the day's only copy, and its "
+        "manifest must be put back from a backup of the bucket (its versions, a replica); archiving the day "
+        "again has nothing to archive")
+    return {"table": spec.name, "day": day.isoformat(), "status": "failed",
+            "message": _for_the_cli(redact(why, *_passwords())) + remedy, "retryable": retryable}
 
 
 def _pending_removals(store: S3Store, spec: TableSpec, days: list[Period], done: dict[Period, dict] | None = None,
@@ -1782,16 +1813,7 @@ def _prune_table(run: Run, spec: TableSpec, due: list[Period], dry_run: bool, re
             results.append(_unprobed(spec, day, unknown[day]))
             continue
         if day in unread:  # its manifest may hold a pending mark: said, not passed over
-            retryable = "(retryable)" in unread[day]
-            newer = "newer archive_pipeline" in unread[day]  # not damaged: this version cannot read it
-            damaged = "unreadable" in unread[day] and not newer
-            gone = f"; to fix: {NewerManifestError.remedy}" if newer else "" if retryable or not damaged else (
-                f"; the source no longer holds {day}: if it was removed, its archive is the day's only copy, and its "
-                "manifest must be put back from a backup of the bucket (its versions, a replica); archiving the day "
-                "again has nothing to archive")
-            results.append({"table": spec.name, "day": day.isoformat(), "status": "failed",
-                            "message": _for_the_cli(redact(unread[day], *_passwords())) + gone,
-                            "retryable": retryable})
+            results.append(_manifest_unread(spec, day, unread[day]))
             continue
         if day not in present and day not in pending:
             if day in done:  # named (a retry, a second look): said, not passed over

@@ -667,7 +667,7 @@ def plan_archive(conn: psycopg.Connection, spec: TableSpec, store: S3Store, days
     for day in days:
         if day in unreadable:
             planned.append(PlannedDay(spec.name, day, render_key(spec, day, store.prefix),
-                                      _unplanned_action(unreadable[day]), unreadable[day], None))
+                                      unplanned_action(unreadable[day]), unreadable[day], None))
             continue
         try:
             planned.append(plan_day(conn, spec, store, day, overwrite=overwrite, in_source=day in in_source,
@@ -675,7 +675,7 @@ def plan_archive(conn: psycopg.Connection, spec: TableSpec, store: S3Store, days
                                     listing=stored.get(render_key(spec, day, store.prefix))))
         except psycopg.Error as exc:  # a lock_timeout on the day's partition, a statement_timeout: this day only
             why = unread(conn, spec, day, exc)
-            planned.append(PlannedDay(spec.name, day, render_key(spec, day, store.prefix), _unplanned_action(why),
+            planned.append(PlannedDay(spec.name, day, render_key(spec, day, store.prefix), unplanned_action(why),
                                       why, None))
         except ArchiveError as exc:  # (a pending mark's settling check, say: already wrapped) this day only
             if conn.closed:
@@ -685,9 +685,9 @@ def plan_archive(conn: psycopg.Connection, spec: TableSpec, store: S3Store, days
     return planned
 
 
-def _unplanned_action(why: str) -> str:
+def unplanned_action(why: str) -> str:
     """A day the dry run could not plan: ``not-checked`` where a fault kept it from looking (not a day refused as
-    changed), else ``refuse``."""
+    changed), else ``refuse`` (also the command line's word for a gone day whose manifest it could not read)."""
     return "not-checked" if why.startswith("not checked") else "refuse"
 
 
