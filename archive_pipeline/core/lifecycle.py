@@ -45,8 +45,8 @@ from archive_pipeline.core.locks import require_autocommit, table_day_lock
 from archive_pipeline.core.manifest import ManifestError, SourceIdentity, day_archive, decode_manifest, \
     decoded_manifest, encode_manifest, foreign_manifest, layout_change, removal_state, stored_object_problems
 from archive_pipeline.core.periods import UNIT, Period
-from archive_pipeline.core.source import (SNAPSHOT_SETTINGS, Column, SourceTable, day_filter, describe_relation,
-                                          detaching, explain, pending_detach_error, relation_name, relation_shapes,
+from archive_pipeline.core.source import (SNAPSHOT_SETTINGS, Column, SourceTable, day_filter, descends_from,
+                                          describe_relation, detaching, explain, pending_detach_error, relation_name, relation_shapes,
                                           scanned_relations, server_identity, shape_changes, wrapped)
 from archive_pipeline.core.store import CorruptedWrite, KeyTakenError, S3Store, etag_text
 from archive_pipeline.core.verify import ColumnsChangedError, archived_order, deep_verify, load_manifest, \
@@ -1787,14 +1787,18 @@ def _refuse_other_parents(conn: psycopg.Connection, spec: TableSpec, day: Period
 
 
 def _other_parents(conn: psycopg.Connection, spec: TableSpec, target: SourceTable) -> list[tuple[str, bool]]:
-    """Of :func:`_parent_rows`, the tables other than the configured one and its partitions at any depth (a month
-    partition of a table partitioned by month, then day): those a restore does not put a dropped day table back
-    under. All of them where the configured table does not exist."""
+    """Of :func:`_parent_rows`, the tables other than the configured one and those under it at any depth, partitions
+    or inheritance children (a month table of a table partitioned by month, then day; ``log_202403 INHERITS (log)``):
+    those a restore does not put a dropped day table back under. All of them where the configured table does not
+    exist."""
     configured = sql.Identifier(spec.schema_name, spec.table_name).as_string(conn)
-    return [(parent, partition) for parent, partition in _parent_rows(conn, target) if not conn.execute(
-        "SELECT (%(p)s::pg_catalog.regclass = pg_catalog.to_regclass(%(c)s) OR %(p)s::pg_catalog.regclass IN "
-        "(SELECT relid FROM pg_catalog.pg_partition_tree(pg_catalog.to_regclass(%(c)s)))) IS TRUE",
-        {"p": parent, "c": configured}).fetchone()[0]]
+    return [(parent, partition) for parent, partition in _parent_rows(conn, target)
+            if not (_same_relation_text(conn, parent, configured) or descends_from(conn, parent, configured))]
+
+
+def _same_relation_text(conn: psycopg.Connection, relation: str, other: str) -> bool:
+    return conn.execute("SELECT (pg_catalog.to_regclass(%s) = pg_catalog.to_regclass(%s)) IS TRUE",
+                        (relation, other)).fetchone()[0]
 
 
 def _parents(conn: psycopg.Connection, spec: TableSpec, target: SourceTable) -> list[tuple[str, bool]]:

@@ -43,7 +43,8 @@ from archive_pipeline.core.manifest import (ManifestError, another_period, archi
 from archive_pipeline.core.memory import bound_allocator
 from archive_pipeline.core.periods import Period, manifest_period
 from archive_pipeline.core.sink import open_nameless
-from archive_pipeline.core.source import (NUMBER_TYPES, Column, PrintedNames, altered_composites, column_names,
+from archive_pipeline.core.source import (NUMBER_TYPES, Column, PrintedNames, acting_role, altered_composites,
+                                          column_names, descends_from,
                                           day_filter, describe_relation, inner_types, lookalike_hint,
                                           lookalike_relations, missing_character, prefetch, printed_names_changed,
                                           relation_name, relation_printed_names, relation_shapes, shape_changes,
@@ -1119,9 +1120,9 @@ def checked_type_sql(conn: psycopg.Connection, type_text: str, where: str) -> sq
         denied = exc.diag.message_primary or str(exc)
         schema = re.fullmatch(r"permission denied for schema (.+)", denied)
         grant = (sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(schema.group(1)),
-                                                                 sql.Identifier(conn.info.user)).as_string(conn)
-                 if schema else f"GRANT USAGE on the schema of {type_text} TO {conn.info.user}")
-        raise SourceError(f"{where}: role {conn.info.user!r} may not use the type {type_text!r} ({denied})",
+                                                                 sql.Identifier(acting_role(conn))).as_string(conn)
+                 if schema else f"GRANT USAGE on the schema of {type_text} TO {acting_role(conn)}")
+        raise SourceError(f"{where}: role {acting_role(conn)!r} may not use the type {type_text!r} ({denied})",
                           retryable=False, cause="permission denied", remedy=grant) from None
     except (psycopg.errors.SyntaxError, psycopg.errors.InvalidTextRepresentation, psycopg.errors.InvalidName,
             psycopg.errors.NameTooLong, psycopg.errors.UndefinedObject, psycopg.errors.InvalidParameterValue,
@@ -1129,7 +1130,7 @@ def checked_type_sql(conn: psycopg.Connection, type_text: str, where: str) -> sq
         # what the type-name parser says of text that is no type name: the manifest's, damaged
         raise RestoreError(f"{where}: {type_text!r} is not a type name ({exc}); the manifest is damaged") from None
     except psycopg.Error as exc:  # the session's fate (terminated, a timeout, a lost connection), not the name's
-        found_ = classify(exc, user=conn.info.user)
+        found_ = classify(exc, user=acting_role(conn))
         raise RestoreError(f"{where}: checking the type name {type_text!r} failed: {found_.cause} "
                            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",
                            retryable=found_.retryable, remedy=found_.remedy, cause=found_.cause) from exc
@@ -1494,14 +1495,16 @@ def _refuse_hidden_columns(conn: psycopg.Connection, manifest: dict, relation: R
 def _own_parents(conn: psycopg.Connection, manifest: dict, relation: Relation, *,
                  configured_only: bool = True) -> list[tuple[Relation, str | None]]:
     """The tables a naming-mode day table was under when archived (``parents``, with a partition's bound) that
-    it is put back under: the configured table only, if it exists (a manifest is sealed, not signed: one edited
-    to name another table must not hang the day's rows under it)."""
+    it is put back under: the configured table and the tables under it (partitions, inheritance children: see
+    source.descends_from), if it exists (a manifest is sealed, not signed: one edited to name another table must not
+    hang the day's rows under it)."""
     configured = Relation.configured(manifest["table"])
     own = []
     for parent in table_definition(manifest).get("parents") or []:
         above = Relation(str(parent.get("schema", "")), str(parent.get("name", "")))
         if not _exists(conn, above) or (configured_only and above != configured and not (
-                _exists(conn, configured) and _partition_below(conn, above, configured))):
+                _exists(conn, configured) and descends_from(conn, above.identifier.as_string(conn),
+                                                         configured.identifier.as_string(conn)))):
             log.info("%s %s: %s was under %s when archived; restored without it", manifest.get("table"),
                      manifest.get("day"), relation, above)
             continue
@@ -1517,15 +1520,6 @@ def _own_parents(conn: psycopg.Connection, manifest: dict, relation: Relation, *
 def _is_partitioned(conn: psycopg.Connection, relation: Relation) -> bool:
     return conn.execute("SELECT EXISTS (SELECT FROM pg_catalog.pg_partitioned_table "
                         "WHERE partrelid = %s::pg_catalog.regclass)", (relation.identifier.as_string(conn),)).fetchone()[0]
-
-
-def _partition_below(conn: psycopg.Connection, relation: Relation, table: Relation) -> bool:
-    """Whether ``relation`` is a partition of ``table`` at any depth (a month partition of a table partitioned
-    by month, then by day)."""
-    return conn.execute(
-        "SELECT EXISTS (SELECT FROM pg_catalog.pg_partition_tree(%s::pg_catalog.regclass) "
-        "WHERE relid = %s::pg_catalog.regclass AND level > 0)",
-        (table.identifier.as_string(conn), relation.identifier.as_string(conn))).fetchone()[0]
 
 
 def _created_under(conn: psycopg.Connection, manifest: dict, created: Sequence[Relation]) -> Relation | None:
@@ -2922,7 +2916,7 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
                             "of the table: restore as its owner (or GRANT the owner's role TO the restoring role), or "
                             "restore into a new table (into='new')")
         elif isinstance(exc, psycopg.errors.InsufficientPrivilege) and refused_kind(exc) == "tablespace" and \
-                (refused := refused_grant(exc, table or "", conn.info.user)):
+                (refused := refused_grant(exc, table or "", acting_role(conn))):
             found = replace(found, remedy=refused)  # (the role's default_tablespace: where its new tables go)
         elif isinstance(exc, psycopg.errors.InsufficientPrivilege) and "row-level security" not in str(exc):
             found = replace(found, remedy=_restore_grant(conn, exc, relation))
@@ -2999,7 +2993,7 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
                             remedy="restore into a new table (into='new'), or disable "
                                    f"{'it' if len(hooks) == 1 else 'them'} for the restore (ALTER TABLE ... DISABLE "
                                    "TRIGGER) and restore again")
-        remedy = remedy_for(found.remedy, "restoring").replace("<role>", sql_name(conn.info.user, qualified=False)) \
+        remedy = remedy_for(found.remedy, "restoring").replace("<role>", sql_name(acting_role(conn), qualified=False)) \
             .replace("<database>", sql_name(conn.info.dbname, qualified=False))
         # a target whose schema is missing refuses every day alike: the target's, not the day's
         kind = TargetError if isinstance(exc, psycopg.errors.InvalidSchemaName) and into != "original" and not gone \
@@ -3211,7 +3205,7 @@ def _restore_grant(conn: psycopg.Connection, exc: BaseException, relation: Relat
     on_conflict="skip", a generated column's), CREATE on the schema (a new table, a re-created partition), or
     INSERT and SELECT on the target."""
     message = getattr(getattr(exc, "diag", None), "message_primary", None) or str(exc)
-    role = sql_name(conn.info.user, qualified=False)
+    role = sql_name(acting_role(conn), qualified=False)  # (whose privileges were checked: a SET ROLE's)
     lacking = _lacking_privilege(conn, message, relation)
     if lacking:
         return f"{lacking} TO {role}"
@@ -3282,7 +3276,7 @@ def _lacking_privilege(conn: psycopg.Connection, message: str, relation: Relatio
             named.append((rank, grant))
     if len(named) > 1:  # one name for several objects (a schema named as its database): the message's kind decides
         kind = next((rank for rank, pattern in _REFUSED_KINDS if re.search(pattern, message)), None)
-        role = sql_name(conn.info.user, qualified=False)  # (the caller adds "TO <role>" after the last)
+        role = sql_name(acting_role(conn), qualified=False)  # (the caller adds "TO <role>" after the last)
         return next((grant for rank, grant in named if rank == kind), f" TO {role}, or ".join(g for _, g in named))
     return named[0][1] if named else None
 

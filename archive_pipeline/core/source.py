@@ -2134,6 +2134,19 @@ def wrapped(exc: BaseException, conn: psycopg.Connection, spec: Any, day: str, *
                 own_readable=lambda: may_read(conn, spec.schema_name, spec.table_name), **kwargs)
 
 
+def descends_from(conn: psycopg.Connection, relation: str, table: str) -> bool:
+    """Whether ``relation`` (a regclass text) is under ``table`` at any depth, as a partition or an inheritance child
+    (a month table ``INHERITS (log)`` whose day tables inherit from it, as pre-partitioning layouts nest them; a month
+    partition of a table partitioned by month, then day): its rows are ``table``'s rows. pg_inherits holds both;
+    pg_partition_tree only the first. False where either does not exist."""
+    return conn.execute(
+        "WITH RECURSIVE below(oid) AS (SELECT i.inhrelid FROM pg_catalog.pg_inherits i "
+        "WHERE i.inhparent = pg_catalog.to_regclass(%(t)s) UNION SELECT i.inhrelid FROM pg_catalog.pg_inherits i "
+        "JOIN below ON i.inhparent = below.oid) "
+        "SELECT EXISTS (SELECT FROM below WHERE oid = pg_catalog.to_regclass(%(r)s))",
+        {"t": table, "r": relation}).fetchone()[0]
+
+
 def acting_role(conn: psycopg.Connection) -> str:
     """The role ``conn``'s session acts as (``current_user``: the one a ``SET ROLE`` switched to), whose privileges
     PostgreSQL checks, so the one a remedy's GRANT must name: a GRANT to the login role of a session that switched

@@ -43,7 +43,7 @@ from archive_pipeline.core.periods import Period
 from archive_pipeline.core.session_settings import CATALOG_FIRST, SESSION_PINNED, act_as, apply_settings, \
     session_pinned, set_session, speaks_utf8, switched_role, watch_client, without_user_triggers
 from archive_pipeline.core.sqltext import CatalogText, with_params
-from archive_pipeline.core.source import (Column, PrintedNames, SourceTable, columns_as_archived, day_filter,
+from archive_pipeline.core.source import (Column, PrintedNames, SourceTable, acting_role, columns_as_archived, day_filter,
                                           describe_table, names_brief, printed_names_changed, refuse_stale_standby,
                                           relation_printed_names, relation_shapes, shape_changes, type_parts, wrapped)
 from archive_pipeline.core.store import DownloadError, LocalFileError, S3Store, temp_file_refused
@@ -504,7 +504,7 @@ def _nowhere_to_load(conn: psycopg.Connection, spec: TableSpec, day: Period) -> 
                             retryable=False, remedy="give it a writable database with the same column types to load "
                             "them into (scratch_conn; the command line and the code location use the primary, "
                             "ARCHIVE_PG_PRIMARY_DSN, when it is set)")
-    role = sql_name(conn.info.user, qualified=False)
+    role = sql_name(conn.info.user, qualified=False)  # (a role's settings are the login role's)
     return ArchiveError(said + "the session is read-only (default_transaction_read_only is on for the role, the "
                         "database or the connection), which allows no temporary tables", table=spec.name,
                         day=day.isoformat(), retryable=False,
@@ -910,7 +910,7 @@ def _load(conn: psycopg.Connection, path: str, manifest: dict, target: sql.Compo
         # timed out, disk full, out of memory, a privilege): no verdict on the archive either way.
         if isinstance(exc, psycopg.Error) and not isinstance(exc, (psycopg.DataError, psycopg.IntegrityError)):
             raise wrap(exc, manifest.get("table") or "?", manifest.get("day") or "?", conn.info.password,
-                       user=conn.info.user, database=conn.info.dbname, doing="proving") from None
+                       user=lambda: acting_role(conn), database=conn.info.dbname, doing="proving") from None
         raise ArchiveError(f"the archive {manifest['object']['uri']} does not load back into its recorded column "
                            f"types: {type(exc).__name__}: {exc}", table=manifest.get("table"),
                            day=manifest.get("day"), retryable=False) from None
