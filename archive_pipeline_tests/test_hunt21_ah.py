@@ -11,6 +11,8 @@ redaction, and the component's template checks.
 
 from __future__ import annotations
 
+import json
+
 from dagster import DagsterEventType, execute_job, instance_for_test, reconstructable
 
 from archive_pipeline.core.locks import lock_key
@@ -61,3 +63,84 @@ def _chain(error):
     while error is not None:
         yield error
         error = error.cause
+
+
+# --- the same for the other steps the retry: settings govern (the removal, the on-demand checks) ----------------
+
+DISABLED = {"execution": {"config": {"retries": {"disabled": {}}}}}
+
+
+def _closed_store(monkeypatch) -> None:
+    """The store's endpoint a port nothing listens on: every request fails as transient (endpoint unreachable)."""
+    import socket
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    monkeypatch.setenv("ARCHIVE_S3_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+
+
+def _run_disabled(instance, monkeypatch, raw: dict, job: str, **tags: str) -> list:
+    """The step failures of ``job`` of the configuration ``raw`` run with the run's retries disabled (execute_job:
+    ``execute_in_process`` ignores the run config's retry mode)."""
+    monkeypatch.setenv("TI_CONFIG", json.dumps(raw))
+    monkeypatch.setenv("TI_JOB", job)
+    with execute_job(reconstructable(_job_from_environment), instance=instance, tags=tags, raise_on_error=False,
+                     run_config=DISABLED) as result:
+        run_id = result.run_id
+    assert not instance.all_logs(run_id, of_type=DagsterEventType.STEP_RESTARTED)  # (the premise: none retried)
+    return [e.dagster_event.event_specific_data for e in instance.all_logs(
+        run_id, of_type=DagsterEventType.STEP_FAILURE)]
+
+
+def _problems(failure, table: str, day: str) -> list[str]:
+    """What is wrong with a step failure of a run whose retries are off: Dagster's bare retry error in place of ours
+    (table, day, cause), or words promising a retry."""
+    said, problems = failure.error.message, []
+    if table not in said or day not in said:
+        problems.append(f"the step's failure names neither table nor day: {said.strip()!r}")
+    text = (failure.user_failure_data.description if failure.user_failure_data else "") + "\n".join(
+        str(c.message) for c in _chain(failure.error))
+    if "retried automatically" in text or "transient, retried" in text or "retried as set by retry" in text:
+        problems.append(f"its text promises a retry that retries: disabled never makes: {text!r}")
+    return problems
+
+
+def test_a_removal_run_with_retries_disabled_fails_in_our_words_not_as_a_bare_retry_request(
+        conn, schema, archive_env, monkeypatch):
+    """Scenario: ``Remove_<schema>_events`` (``retry: max_retries: 2``) of a due day, launched with the run's retries
+    disabled, while the store is unreachable (transient). Was: the removal asset rewrote the words only for
+    ``max_retries: 0`` and raised a retryable Failure: Dagster failed the step as "RetryRequested but retries are
+    disabled", and our text said "retried automatically". Should: our message first, saying it is not retried."""
+    create_sample_events(conn, DAYS[:1], rows_per_day=3, schema=schema)
+    _closed_store(monkeypatch)
+    raw = _raw(schema, retry=2, delay=0, retention={"keep_days": 30, "action": "delete"})
+    with instance_for_test() as instance:
+        [failed] = _run_disabled(instance, monkeypatch, raw, f"Remove_{schema}_events",
+                                 **{"dagster/partition": DAYS[0].isoformat()})
+    metadata = {k: getattr(v, "value", v) for k, v in failed.user_failure_data.metadata.items()}
+    assert metadata.get("retryable") is True, metadata  # (the premise: a transient cause)
+    assert not _problems(failed, f"{schema}.events", DAYS[0].isoformat()), _problems(
+        failed, f"{schema}.events", DAYS[0].isoformat())
+
+
+def test_on_demand_checks_with_retries_disabled_fail_in_our_words_not_as_a_bare_retry_request(
+        conn, schema, archive_env, monkeypatch):
+    """Scenario: a day archived, then ``verify_archives`` (``retry: max_retries: 2``) launched with the run's
+    retries disabled while the store is unreachable (transient). Was: ``checks._unreachable`` rewrote the words only
+    for ``max_retries: 0`` (a policy known when the definitions were built, not the run's retry mode): each check
+    step failed as "RetryRequested but retries are disabled". Should: our message first, saying it is not retried."""
+    from archive_pipeline.core.config import parse_config
+    from archive_pipeline.definitions import build_definitions
+
+    create_sample_events(conn, DAYS[:1], rows_per_day=3, schema=schema)
+    raw = _raw(schema, retry=2, delay=0)
+    with instance_for_test() as instance:
+        assert build_definitions(parse_config(raw), check_source=False).resolve_job_def(
+            f"Archive_{schema}_events").execute_in_process(instance=instance,
+                                                           partition_key=DAYS[0].isoformat()).success
+        _closed_store(monkeypatch)
+        failures = _run_disabled(instance, monkeypatch, raw, "verify_archives")
+    assert failures, "the premise: the checks could not reach the store"
+    problems = [p for failed in failures for p in _problems(failed, f"{schema}.events", DAYS[0].isoformat())]
+    assert not problems, problems
