@@ -56,10 +56,10 @@ from pydantic import Field
 from archive_pipeline.core.archive import ArchiveResult, DayRemovedError, archive_partition, render_key
 from archive_pipeline.core.parallel import StreamSlots
 from archive_pipeline.core.discovery import NO_PERIOD_TABLE
-from archive_pipeline.defs.checks import (INTACT_CHECK, ON_DEMAND_CHECKS, Verdict, check_evaluation, log_guarded,
-                                          object_link, on_demand_as_they_were, recorded_day_key, removed_verdict,
-                                          retries_off, source_only, terminated, verdict_as_it_was, verdict_carried,
-                                          verify_result, written_verdict)
+from archive_pipeline.defs.checks import (INTACT_CHECK, ON_DEMAND_CHECKS, Retries, Verdict, check_evaluation,
+                                          log_guarded, object_link, on_demand_as_they_were, recorded_day_key,
+                                          removed_verdict, source_only, terminated, verdict_as_it_was,
+                                          verdict_carried, verify_result, written_verdict)
 from archive_pipeline.core.config import (BackfillSettings, RetrySettings, ScheduleSettings, TableSpec, ascii_spelling,
                                           config_path, name_digest)
 from archive_pipeline.core.errors import ArchiveError, SourceError, UnsupportedTypeError, is_retryable, redact, wrap
@@ -330,10 +330,11 @@ def relaunch(spec: TableSpec, day: dt.date, origin: str | None = None) -> str:
 
 
 def failure(exc: BaseException, spec: TableSpec, day: dt.date, password: str | None,
-            origin: str | None = None, retries: int | None = None) -> Failure:
+            origin: str | None = None, retries: Retries | None = None) -> Failure:
     """The step failure a person reads: table, day, cause (never a secret), what to do; no stack trace of
-    ours, because the cause is in the message. ``retries``: the step's max_retries, where known (with 0 a
-    transient failure is not retried, and the message must not say it is)."""
+    ours, because the cause is in the message. ``retries``: the step's (:func:`step_retries`), where known (off,
+    a transient failure is not retried, and the message must not say it is; the step raises it as
+    :meth:`~archive_pipeline.defs.checks.Retries.final` makes it)."""
     if isinstance(exc, ArchiveError):
         cause = redact(exc.message, password)
     else:
@@ -342,8 +343,8 @@ def failure(exc: BaseException, spec: TableSpec, day: dt.date, password: str | N
         cause = f"{spec.name} {day}: {cause}"
     retryable = is_retryable(exc)
     advice = remedy(exc, spec, day, origin)
-    if retryable and retries == 0:
-        cause, advice = retries_off(cause, origin), retries_off(advice, origin)
+    if retryable and retries is not None and retries.off:
+        cause, advice = retries.words(cause, origin), retries.words(advice, origin)
     elif retryable and "retried" not in advice:
         advice += f" (retried as set by retry: in {origin or config_path()})"
     nothing = (type(exc).__name__ == "DayRemovedError" and getattr(exc, "remedy", None) == getattr(exc, "REMEDY", "")
@@ -358,9 +359,10 @@ def failure(exc: BaseException, spec: TableSpec, day: dt.date, password: str | N
                              **({NEEDS_OVERWRITE: True} if overwrite else {}), **({DAMAGED: True} if damaged else {})})
 
 
-def step_retries(context: AssetExecutionContext) -> int | None:
-    """The step's max_retries (its op's retry policy), or None where the op has none."""
-    return getattr(_retry_policy(context), "max_retries", None)
+def step_retries(context: AssetExecutionContext) -> Retries:
+    """What the step does with a transient failure: its op's retry policy's max_retries (None where the op has
+    none), off too where the run was launched with its retries disabled, which no policy overrides."""
+    return Retries.of(_retry_policy(context), None).during(context)
 
 
 def _retry_policy(context: AssetExecutionContext) -> RetryPolicy | None:
@@ -613,8 +615,9 @@ def _archive_days(context: AssetExecutionContext, spec: TableSpec, key: AssetKey
                     except Failure as damaged:  # its object or manifest, the day's only copy, damaged or unread
                         exc = damaged
                 yield from verdicts_as_they_were(context, key, [day], exc, removed)
-                if len(days) == 1:
-                    raise exc  # (the day's damaged archive, where it was found so, not the core's "nothing to do")
+                if len(days) == 1:  # (the day's damaged archive, where it was found so, not the core's "nothing to
+                    # do"; not retryable where no retry follows, so Dagster's bare retry error does not replace it)
+                    raise step_retries(context).final(exc)
                 failed[day] = exc
                 context.log.error(exc.description or f"{spec.name} {day} failed")
             except (DagsterExecutionInterruptedError, KeyboardInterrupt) as exc:
@@ -776,7 +779,7 @@ def _removal_proof(manifest: dict) -> str:
 
 
 def _removed_manifest(spec: TableSpec, day: Period, exc: Failure, store: S3Store, before, origin: str | None,
-                      retries: int | None) -> tuple[str, dict] | None:
+                      retries: Retries | None) -> tuple[str, dict] | None:
     """(the day's key, its manifest) of a removed day: the first manifest of :func:`_removed_keys` marked removed
     (with an object, or empty); None where none is. The day's only record unread fails the day (see
     :func:`_manifest_unread`)."""
@@ -817,14 +820,14 @@ def _removed_keys(spec: TableSpec, day: Period, exc: Failure, store: S3Store, be
 
 
 def _refuse_damaged(spec: TableSpec, day: Period, day_key: str, manifest: dict, store: S3Store,
-                    temp_dir: str | None, origin: str | None, retries: int | None) -> Verdict:
+                    temp_dir: str | None, origin: str | None, retries: Retries | None) -> Verdict:
     """What a run finds of a removed day's archive, as a (passed) verdict; the day fails where its object is not as
     its manifest records (missing, replaced: one HEAD), as the core fails a column-mode one: the archive is the day's
     only copy, and a record saying it is kept would hide that. The recorded size under another ETag alone proves no
     damage: an object copied onto itself in parts (``aws s3 cp`` above its multipart threshold, a storage class
     changed) holds the same bytes under an ETag ``<...>-1``, so its download's digests decide, as a deep check's do
-    (verify.verify_archive). A store that does not answer fails the day as transient (``retries``: the step's
-    max_retries, ``origin``: see :func:`failure`)."""
+    (verify.verify_archive). A store that does not answer fails the day as transient (``retries``, ``origin``: see
+    :func:`failure`)."""
     obj = manifest.get("object")
     if not obj:  # an empty day: its manifest is its archive
         return Verdict(day, [], f"no rows that day; its manifest records it as empty, and {_removal_proof(manifest)}",
@@ -851,11 +854,11 @@ def _refuse_damaged(spec: TableSpec, day: Period, day_key: str, manifest: dict, 
 
 
 def _manifest_unread(spec: TableSpec, partition: str, uri: str, exc: BaseException, origin: str | None = None,
-                     retries: int | None = None) -> Failure:
+                     retries: Retries | None = None) -> Failure:
     """A removed day whose manifest (its archive's only record: the source rows are gone) cannot be read: damaged
     or altered (not retried: restore the manifest from a backup of the bucket), written by a newer version (not
-    retried: upgrade), or the store not answering (retried, unless the step's ``retries`` are 0: see
-    :func:`retries_off`)."""
+    retried: upgrade), or the store not answering (retried, unless the step's ``retries`` are off: see
+    :func:`~archive_pipeline.defs.checks.retries_off`)."""
     said = getattr(exc, "message", None) or str(exc)
     retryable = damaged = False
     if isinstance(exc, NewerManifestError):
@@ -870,7 +873,8 @@ def _manifest_unread(spec: TableSpec, partition: str, uri: str, exc: BaseExcepti
         retryable = is_retryable(exc)
     text = (f"{spec.name} {partition}: the day is gone from the source, and its manifest {uri} {what} ({said}); "
             f"nothing was recorded.\n\nWhat to do: {remedy}.")
-    return Failure(description=retries_off(text, origin) if retryable and retries == 0 else text,
+    off = retryable and retries is not None and retries.off
+    return Failure(description=retries.words(text, origin) if off else text,
                    allow_retries=retryable, metadata={"table": spec.name, "day": partition, "retryable": retryable,
                                                       **({DAMAGED: True} if damaged else {})})
 
@@ -1166,11 +1170,12 @@ def after_retry_wait(context: AssetExecutionContext, spec: TableSpec, failure: F
     own wait between attempts is outside the asset's code, so a person who terminated the run then got, an attempt
     later, a bare interrupt naming no table and no day. Waited here, a termination is the step's to word (the days
     it leaves unarchived, and why); the retry then starts at once (``RetryRequested`` with no wait, the failure as
-    its cause, as Dagster's policy would raise it). The failure itself where no retry is left or none helps."""
-    policy = _retry_policy(context)
+    its cause, as Dagster's policy would raise it). The failure itself where no retry is left or none helps (not
+    retryable where the step retries nothing: see :meth:`~archive_pipeline.defs.checks.Retries.final`)."""
+    policy, retries = _retry_policy(context), step_retries(context)
     attempt = context.retry_number + 1
-    if not failure.allow_retries or policy is None or attempt > policy.max_retries or _retries_off(context):
-        return failure
+    if not failure.allow_retries or policy is None or attempt > policy.max_retries or retries.off:
+        return retries.final(failure)
     wait = policy.calculate_delay(attempt)
     again = sorted(day for day, f in failed.items() if f.allow_retries)
     context.log.info(f"{spec.name}: {', '.join(d.isoformat() for d in again)} to be tried again in {wait:.0f} s "
@@ -1183,14 +1188,6 @@ def after_retry_wait(context: AssetExecutionContext, spec: TableSpec, failure: F
     retry = RetryRequested(max_retries=policy.max_retries, seconds_to_wait=0)
     retry.__cause__, retry.__suppress_context__ = failure, True
     return retry
-
-
-def _retries_off(context: AssetExecutionContext) -> bool:
-    """Whether the run's retries are off (run config ``execution: config: retries: disabled``): Dagster then fails a
-    step that asks for a retry, so none is waited for. (Dagster keeps the mode on the step's own context.)"""
-    step = getattr(context.op_execution_context, "_step_execution_context", None)
-    mode = getattr(step, "retry_mode", None)
-    return bool(getattr(mode, "disabled", False))
 
 
 def cancelled_batch(outcome: BaseException, spec: TableSpec, unstarted: list[Period],

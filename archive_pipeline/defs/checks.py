@@ -17,7 +17,7 @@ import re
 import shlex
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
@@ -438,27 +438,65 @@ def _history(instance, check: AssetCheckKey, *, partition_filter=None, status=No
 _CARRIED = {STORED_CHECK: "checked_in_run", CHANGED_CHECK: "compared_in_run"}
 
 
-def retries_off(text: str, origin: str | None) -> str:
-    """``text`` saying what happens to a transient failure when the step's retry policy retries nothing
-    (``retry: max_retries: 0``): the core's words say "retried" for every transient cause."""
-    off = f"retries are off (retry: max_retries: 0 in {origin or config_path()})"
+def retries_off(text: str, origin: str | None, disabled: bool = False) -> str:
+    """``text`` saying what happens to a transient failure when the step retries nothing: its retry policy's
+    ``retry: max_retries: 0``, or (``disabled``) the run launched with its retries off: the core's words say
+    "retried" for every transient cause."""
+    off = ("retries are off (this run was launched with execution: config: retries: disabled)" if disabled else
+           f"retries are off (retry: max_retries: 0 in {origin or config_path()})")
     text = text.replace("transient, retried", f"transient, but not retried: {off}")
     text = text.replace("This looked transient and was retried", f"This looked transient, but {off}")
     text = re.sub(r"; (?:the run|the download|the day) will be retried", "; retryable", text)  # (the store's words)
     return re.sub(r"\bretried automatically\b", f"not retried: {off}; launch it again", text)
 
 
+def run_retries_off(context: AssetExecutionContext | AssetCheckExecutionContext) -> bool:
+    """Whether the run's retries are off (run config ``execution: config: retries: disabled``, the launchpad's way
+    to fail fast): Dagster then fails a step that asks for a retry, whatever its policy. (Dagster keeps the mode on
+    the step's own context.)"""
+    step = getattr(context.op_execution_context, "_step_execution_context", None)
+    mode = getattr(step, "retry_mode", None)
+    return bool(getattr(mode, "disabled", False))
+
+
 @dataclass(frozen=True)
 class Retries:
-    """What a check's step does with a transient failure: ``max_retries`` of its retry policy (None: no policy
-    known) and ``origin``, where the configuration that set it is (for the words of :func:`retries_off`)."""
+    """What a step does with a transient failure: ``max_retries`` of its retry policy (None: no policy
+    known), ``origin``, where the configuration that set it is (for the words of :func:`retries_off`), and
+    ``disabled``: the run's retries are off (see :func:`run_retries_off`), whatever the policy says."""
 
     max_retries: int | None = None
     origin: str | None = None
+    disabled: bool = False
 
     @classmethod
     def of(cls, policy: RetryPolicy | None, origin: str | None) -> "Retries":
         return cls(getattr(policy, "max_retries", None), origin)
+
+    def during(self, context: AssetExecutionContext | AssetCheckExecutionContext) -> "Retries":
+        """These retries in the run of ``context``: a policy is built with the definitions, the run's retry mode
+        is known only once the step runs."""
+        return replace(self, disabled=run_retries_off(context))
+
+    @property
+    def off(self) -> bool:
+        """Whether a transient failure of the step is not retried (max_retries 0, or the run's retries off)."""
+        return self.disabled or self.max_retries == 0
+
+    def words(self, text: str, origin: str | None = None) -> str:
+        """``text`` as :func:`retries_off` words it (``origin``: where the configuration is, else this one's)."""
+        return retries_off(text, origin or self.origin, self.disabled)
+
+    def final(self, failure: Failure) -> Failure:
+        """``failure`` as the step raises it: not retryable where no retry follows. Dagster turns a retryable
+        Failure into its own RetryRequested, which then fails the step as "RetryRequested but retries are
+        disabled" or "Exceeded max_retries of 0": naming no table, day or cause, ours buried beneath. (Its
+        ``retryable`` metadata still says whether the cause was transient: launching it again may pass.)"""
+        if not (failure.allow_retries and self.off):
+            return failure
+        unretried = Failure(description=failure.description, allow_retries=False, metadata=failure.metadata)
+        unretried.__cause__, unretried.__suppress_context__ = failure.__cause__, True  # (its cause kept)
+        return unretried
 
 
 def _unreachable(spec: TableSpec, day: object, exc: Exception, password: str | None = None,
@@ -466,7 +504,8 @@ def _unreachable(spec: TableSpec, day: object, exc: Exception, password: str | N
     """The check's step failure when it could not check: no verdict either way. An :class:`ArchiveError`
     (the core's: a lost session, a timeout, a privilege refused) says its own cause and remedy and is
     retried where that can help; anything else is a store or database that could not be reached. With
-    ``retries`` off (max_retries 0) a transient cause says it is not retried, as the archive step's does."""
+    ``retries`` off (max_retries 0, or the run's retries disabled: see :meth:`Retries.during`) a transient cause
+    says it is not retried, as the archive step's does, and fails the step as ours (:meth:`Retries.final`)."""
     if isinstance(exc, ArchiveError):
         cause, remedy, retryable = redact(exc.message, password), exc.remedy, exc.retryable
     else:  # (a manifest of a newer version carries the remedy: upgrade)
@@ -475,10 +514,11 @@ def _unreachable(spec: TableSpec, day: object, exc: Exception, password: str | N
                         "database are reachable from this code location, then run the check again")
     named = any(f"{spec.name}{between}{day}" in cause for between in (" ", " for "))
     cause = f"could not check the archive: {cause}" if named else f"{spec.name} {day}: could not check the archive: {cause}"
-    if retryable and retries.max_retries == 0:
-        cause, remedy = retries_off(cause, retries.origin), retries_off(remedy, retries.origin)
-    return Failure(description=f"{cause}\n\nWhat to do: {redact(remedy, password)}", allow_retries=retryable,
-                   metadata={"table": spec.name, "day": str(day), "retryable": retryable})
+    if retryable and retries.off:
+        cause, remedy = retries.words(cause), retries.words(remedy)
+    return retries.final(Failure(description=f"{cause}\n\nWhat to do: {redact(remedy, password)}",
+                                 allow_retries=retryable,
+                                 metadata={"table": spec.name, "day": str(day), "retryable": retryable}))
 
 
 def in_archive_run(context: AssetCheckExecutionContext, key: AssetKey) -> bool:
@@ -663,8 +703,9 @@ def _build_intact_check(spec: TableSpec, key: AssetKey, partitions_def: "DailyPa
                        retry_policy=retry)
     def _intact(context: AssetCheckExecutionContext, config: StoredCheckConfig,
                 archive_store: ArchiveStoreResource) -> Iterator[AssetCheckResult]:
+        run_retries = retries.during(context)
         if context.has_partition_key:
-            yield _day_result(context, spec, key, context.partition_key, archive_store, config.deep, retries)
+            yield _day_result(context, spec, key, context.partition_key, archive_store, config.deep, run_retries)
             return
         if not context.has_partition_key_range:  # a verdict must be recorded for the day it is about
             raise Failure(description=f"{spec.name}: archive_intact checks one day at a time and no day was "
@@ -677,7 +718,7 @@ def _build_intact_check(spec: TableSpec, key: AssetKey, partitions_def: "DailyPa
         unchecked: dict[str, Failure] = {}
         for day in context.partition_keys:
             try:
-                result = _day_result(context, spec, key, day, archive_store, config.deep, retries)
+                result = _day_result(context, spec, key, day, archive_store, config.deep, run_retries)
             except Failure as exc:
                 unchecked[day] = exc
                 continue
@@ -720,7 +761,7 @@ def build_stored_archive_check(spec: TableSpec, key: AssetKey, retry: RetryPolic
                                    description=f"{spec.name}: nothing archived yet; nothing to check")
             return
         verdict = _recheck(context, spec, key, latest[0], archive_store.store_for(spec.name), config.deep,
-                          archive_store.temp_dir, retries)
+                          archive_store.temp_dir, retries.during(context))
         context.op_execution_context.log_event(check_evaluation(context, key, INTACT_CHECK, verdict, blocking=False))
         context.op_execution_context.log_event(AssetCheckEvaluation(
             asset_key=key, check_name=STORED_CHECK, passed=verdict.passed, severity=AssetCheckSeverity.ERROR,
@@ -862,12 +903,12 @@ def build_source_unchanged_check(spec: TableSpec, key: AssetKey, rerun_config: s
                             removed[event.partition] = f"{pending.get('state')}, {pending.get('at')}"
                             continue
             except verify.NewerManifestError as exc:  # not damaged, not a verdict: upgrade (its remedy says)
-                raise _unreachable(spec, day, exc, postgres.password, retries) from None
+                raise _unreachable(spec, day, exc, postgres.password, retries.during(context)) from None
             except verify.ManifestError as exc:  # damaged, or another table-day's: nothing to compare with
                 untrusted[event.partition] = f"its manifest cannot be trusted: {exc}"
                 continue
             except Exception as exc:  # noqa: BLE001 - unreachable database or store, or the comparison's error
-                raise _unreachable(spec, day, exc, postgres.password, retries) from None
+                raise _unreachable(spec, day, exc, postgres.password, retries.during(context)) from None
             except (DagsterExecutionInterruptedError, KeyboardInterrupt) as exc:
                 raise terminated(context, exc, spec, day, "checking", None) from None
             checked.append(event.partition)

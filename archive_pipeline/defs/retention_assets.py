@@ -50,7 +50,7 @@ from pydantic import Field
 
 from archive_pipeline.defs.assets import (STATE_TAG, TABLE_TAG, asset_key, asset_tag_value, config_path,
                                           daily_partitions, former_day_keys, freshness_policy, job_name, relaunch,
-                                          retries_off, retry_policy, step_retries)
+                                          retry_policy, step_retries)
 from archive_pipeline.defs.checks import latest_materialization, log_guarded, terminated
 from archive_pipeline.core.config import RetrySettings, ScheduleSettings, TableSpec
 from archive_pipeline.core.errors import ArchiveError, SourceError, UploadError, wrap
@@ -180,11 +180,13 @@ def build_removal_asset(spec: TableSpec, schedule: ScheduleSettings | None = Non
         except (DagsterExecutionInterruptedError, KeyboardInterrupt) as exc:
             raise terminated(context, exc, spec, day, "removing", removal_job_name(spec)) from None
         except Failure as failed:
-            if not (failed.allow_retries and step_retries(context) == 0):
+            retries = step_retries(context)
+            if not (failed.allow_retries and retries.off):
                 raise
-            # the core's words say "retried" of every transient cause; with max_retries 0 nothing is
-            raise Failure(description=retries_off(failed.description or "", origin), allow_retries=True,
-                          metadata=failed.metadata) from None
+            # the core's words say "retried" of every transient cause; with retries off (max_retries 0, or the
+            # run's retries disabled) nothing is, and a retryable Failure would fail as Dagster's bare retry error
+            raise retries.final(Failure(description=retries.words(failed.description or "", origin),
+                                        allow_retries=True, metadata=failed.metadata)) from None
 
     return remove
 
