@@ -1789,10 +1789,15 @@ def _refuse_other_parents(conn: psycopg.Connection, spec: TableSpec, day: Period
 def _other_parents(conn: psycopg.Connection, spec: TableSpec, target: SourceTable) -> list[tuple[str, bool]]:
     """Of :func:`_parent_rows`, the tables other than the configured one and those under it at any depth, partitions
     or inheritance children (a month table of a table partitioned by month, then day; ``log_202403 INHERITS (log)``):
-    those a restore does not put a dropped day table back under. All of them where the configured table does not
-    exist."""
+    those a restore does not put a dropped day table back under. Where the configured table does not exist (its
+    name is only the day tables' pattern) and the day table has one parent, that parent is the layout's own (``base``
+    of ``ev_20240311 INHERITS (base)``) and none is another: removals of that layout ran before this check was added,
+    and are not refused now; a second parent there is."""
     configured = sql.Identifier(spec.schema_name, spec.table_name).as_string(conn)
-    return [(parent, partition) for parent, partition in _parent_rows(conn, target)
+    parents = _parent_rows(conn, target)
+    if len(parents) == 1 and conn.execute("SELECT pg_catalog.to_regclass(%s) IS NULL", (configured,)).fetchone()[0]:
+        return []
+    return [(parent, partition) for parent, partition in parents
             if not (_same_relation_text(conn, parent, configured) or descends_from(conn, parent, configured))]
 
 
