@@ -499,6 +499,7 @@ class _Archiving:
                                 return self._skipped(existing.manifest, table, snapshot, fp_seconds)
                         else:
                             self._refuse_removed(existing, fp)
+                            self._refuse_lost_rows(existing, fp, overwrite)
                             if elsewhere is not None:
                                 self._refuse_removed_elsewhere(elsewhere, table, fp, overwrite)
                             if before is not None and self._keep(before[1].manifest, identity, table, fp, overwrite):
@@ -1036,6 +1037,32 @@ class _Archiving:
                 "copy. Nothing was written: restore the archive or its manifest from a backup", retryable=False,
                 damaged=True)
 
+    def _object_unsound(self, existing: Existing) -> bool:
+        """Whether the day's own manifest was read whole and only its data object does not check out (missing,
+        or of another size or ETag): what the archive held is then known, and the object is what to restore."""
+        return existing.manifest is not None and existing.problem is not None and \
+            foreign_objects(existing.manifest, self.key) is None
+
+    def _refuse_lost_rows(self, existing: Existing, fp: fingerprint.Fingerprint, overwrite: bool) -> None:
+        """A day whose manifest records rows in an object lost or damaged since, while the source holds none of
+        them now, is not archived as empty unasked: the rows may have been removed from the source after they
+        were archived (as where the manifest is lost, see ``_generation``), and an empty manifest would describe
+        them as a day that never had rows. Overwrite records the day as empty deliberately, as it does over an
+        intact archive (the previous manifest's object stays listed under ``kept``, see ``_retire``)."""
+        obj = (existing.manifest or {}).get("object")
+        if overwrite or fp.rows or not obj or not self._object_unsound(existing):
+            return
+        uri = self.store.uri(obj["key"])
+        raise ArchiveError(
+            f"{self.spec.name} {self.day}: its manifest {self.store.uri(self.manifest_key)} records "
+            f"{existing.manifest.get('rows', 0):,} rows in {uri}, but that object is lost or damaged "
+            f"({existing.problem}), and the source has no rows for the day now: they may have been removed from the "
+            "source after they were archived. Nothing was written", retryable=False,
+            cause="the archived object is lost or damaged while the source is empty",
+            remedy=f"restore {uri} from a backup of the bucket or its versioning, then run the day again; or, to "
+                   f"record the day as empty deliberately, set overwrite for this day alone (archive --day {self.day} "
+                   "--overwrite; the manifest keeps the object listed)")
+
     def _keep(self, manifest: dict, identity: SourceIdentity, table: SourceTable, fp: fingerprint.Fingerprint,
               overwrite: bool) -> bool:
         """True to skip: the archive is this day's rows exactly. Raises if it must not be replaced."""
@@ -1538,7 +1565,9 @@ class _Archiving:
             # run's to write over), and past those it just deleted: a store whose deletes land a moment after their
             # answer would take the new object with them
             return max([existing.generation, *listed]) + 1
-        if found and fp is not None and fp.rows == 0:  # (None only where nothing was found: _decided_by_fingerprint)
+        # (None only where nothing was found: _decided_by_fingerprint; a readable manifest whose object is lost or
+        # damaged names its rows: _refuse_lost_rows decided, and only an overwrite gets here)
+        if found and fp is not None and fp.rows == 0 and not self._object_unsound(existing):
             raise ArchiveError(
                 f"{self.store.uri(self.key)} has archived data ({len(found)} object(s)) but "
                 f"{'no readable manifest' if existing.raw is not None else 'no manifest'}, and the source has no rows "
