@@ -1119,10 +1119,11 @@ def checked_type_sql(conn: psycopg.Connection, type_text: str, where: str) -> sq
     except psycopg.errors.InsufficientPrivilege as exc:  # the name is fine; the role may not look into its schema
         denied = exc.diag.message_primary or str(exc)
         schema = re.fullmatch(r"permission denied for schema (.+)", denied)
+        role = acting_role(conn)  # (whose privileges were checked: a SET ROLE's)
         grant = (sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(schema.group(1)),
-                                                                 sql.Identifier(acting_role(conn))).as_string(conn)
-                 if schema else f"GRANT USAGE on the schema of {type_text} TO {acting_role(conn)}")
-        raise SourceError(f"{where}: role {acting_role(conn)!r} may not use the type {type_text!r} ({denied})",
+                                                                 sql.Identifier(role)).as_string(conn)
+                 if schema else f"GRANT USAGE on the schema of {type_text} TO {role}")
+        raise SourceError(f"{where}: role {role!r} may not use the type {type_text!r} ({denied})",
                           retryable=False, cause="permission denied", remedy=grant) from None
     except (psycopg.errors.SyntaxError, psycopg.errors.InvalidTextRepresentation, psycopg.errors.InvalidName,
             psycopg.errors.NameTooLong, psycopg.errors.UndefinedObject, psycopg.errors.InvalidParameterValue,
