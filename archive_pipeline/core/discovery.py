@@ -129,6 +129,13 @@ class ChildRange:
         rows before or after the table's other children, not any period's own partition."""
         return self.start is None or self.end is None
 
+    @property
+    def catch_all(self) -> bool:
+        """Unbounded on both sides (MINVALUE to MAXVALUE, '-infinity' to 'infinity': a table just made partitioned,
+        its rows attached as one child to be split later): it holds no period of its own, only rows of any, as a
+        DEFAULT partition does."""
+        return self._compared() is None
+
     def periods(self, spec: TableSpec) -> list[Period]:
         """The table's periods this child holds rows of: the ones it tiles, or the one it lies within (one open on a
         side: those of the table's, from its start_date up to now, on that side)."""

@@ -220,19 +220,20 @@ def _source(conn: psycopg.Connection, spec: TableSpec, day: Period) -> tuple[Sou
     return table, day_filter(table, day)
 
 
-def _has_default_partition(conn: psycopg.Connection, spec: TableSpec) -> bool:
-    """Whether rows of a day with no partition of its own can still be in the table: its DEFAULT
-    partition (declarative tables only; a column-mode day without rows has none, a naming-mode day
-    without its table has none)."""
+def _has_catch_all(conn: psycopg.Connection, spec: TableSpec) -> bool:
+    """Whether rows of a day with no partition of its own can still be in the table: its DEFAULT partition, or a
+    child unbounded on both sides (see ChildRange.catch_all), which holds rows of any day and no day's own
+    (declarative tables only; a column-mode day without rows has none, a naming-mode day without its table has
+    none). Such days are probed through the parent."""
     if spec.partitioning.mode != "declarative":
         return False
     name = sql.Identifier(spec.schema_name, spec.table_name).as_string(conn)
     try:
-        found = conn.execute("SELECT partdefid <> 0 FROM pg_catalog.pg_partitioned_table "
+        found = conn.execute("SELECT partdefid OPERATOR(pg_catalog.<>) 0 FROM pg_catalog.pg_partitioned_table "
                              "WHERE partrelid = pg_catalog.to_regclass(%s)", (name,)).fetchone()
+        return bool(found and found[0]) or any(child.catch_all for child in child_ranges(conn, spec))
     except psycopg.Error:  # (a role without USAGE on the schema: the fingerprints will say so, day by day)
         return False
-    return bool(found and found[0])
 
 
 def _has_open_ended_child(conn: psycopg.Connection, spec: TableSpec) -> bool:
@@ -326,9 +327,9 @@ def present_days(conn: psycopg.Connection, spec: TableSpec, days: list[Period], 
         else:
             found = set(existing_days(conn, spec, days, failed=failed))  # (open-ended children's days: probed)
         rest = [d for d in days if d not in found and d not in failed]
-        if rest and (_has_default_partition(conn, spec) or catalog and _has_open_ended_child(conn, spec)):
+        if rest and (_has_catch_all(conn, spec) or catalog and _has_open_ended_child(conn, spec)):
             # a day with no partition of its own may still have rows in the DEFAULT partition (late rows after
-            # its partition was dropped) or a catch-all child: probed through the parent, as compare does
+            # its partition was dropped) or a catch-all child (one unbounded on a side, for prune): probed through the parent, as compare does
             found |= set(days_read_with_rows(conn, spec, rest, failed))
     except psycopg.Error as exc:
         return set(), {day: unread(conn, spec, day, exc) for day in days}
@@ -796,7 +797,7 @@ def _stale_standby(conn: psycopg.Connection, spec: TableSpec, day: Period, archi
 def _compare_days(conn: psycopg.Connection, spec: TableSpec, store: S3Store, days: Iterable[dt.date],
                   used: dict[Period, str | None]) -> list[Comparison]:
     out = []
-    elsewhere = _has_default_partition(conn, spec)
+    elsewhere = _has_catch_all(conn, spec)
     for day, found, present, unknown in _found(conn, spec, store, days):
         used[day] = found.archived.manifest.get("manifest_sha256") if found.archived is not None else None
         if found.problem:
