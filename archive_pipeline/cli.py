@@ -1252,11 +1252,13 @@ def _day_checked(run: Run, table: str, day: dt.date, check: Callable[[], list[st
 def verify(run: Run, download: bool, deep: bool) -> None:
     """Check each archived day: the stored object against its manifest (size, ETag; --download: MD5 and
     SHA-256 of its bytes), and with --deep its rows against the source. Exits 1 when any day has a problem,
-    or when a --day or range holds no archived day (nothing was verified)."""
+    or when no day is archived while a --day or range names days, or days with rows in PostgreSQL are missing
+    (nothing was verified)."""
     results = []
     how = (*(("--download",) if download else ()), *(("--deep",) if deep else ()))  # (what verifying again needs)
-    for spec in run.tables:
-        for day, found in plan.lookup_manifests(run.store, spec, run.days(spec)).items():
+    chosen = [(spec, run.days(spec)) for spec in run.tables]
+    for spec, days in chosen:
+        for day, found in plan.lookup_manifests(run.store, spec, days).items():
             if found.problem:
                 results.append({"table": spec.name, "day": day.isoformat(), "key": found.key, "ok": False,
                                 "problems": [found.problem],
@@ -1304,8 +1306,8 @@ def verify(run: Run, download: bool, deep: bool) -> None:
                             **({"remedy": _verify_remedy(run, spec, day, "; ".join(problems), how, problems)}
                                if problems else {})})
     bad = [r for r in results if not r["ok"]]
-    # --day D with D not archived checked nothing: "0 with problems" and exit 0 read as D verified
-    nothing = not results and bool(run.first or run.last)
+    unverified = _nothing_verified(run, chosen) if not results else None
+    nothing = unverified is not None
 
     def render() -> None:
         table = _table("table", "day", "result", "key")
@@ -1317,10 +1319,10 @@ def verify(run: Run, download: bool, deep: bool) -> None:
                 run.out.print(_said(_verbatim(r["table"]), f" {r['day']}: {problem}"), soft_wrap=True)
             run.out.print(_said(_verbatim(r["table"]), f" {r['day']}: to fix: {r['remedy']}"), soft_wrap=True)
         what = " against the source" if deep else " (downloaded)" if download else ""
-        run.out.print(f"{len(results)} archived day(s) checked{what}, {len(bad)} with problems")
+        run.out.print(f"{len(results)} archived day(s) checked{what}, {len(bad)} with problems"
+                      + ("" if results or nothing else ": no day of the selection has rows in PostgreSQL or an "
+                         "archive, nothing to verify"))
 
-    unverified = ("nothing was verified: no day in the selection is archived "
-                  f"(see `{_shell_join(run.command('list'))}`)")
     # (a script reads why in the answer itself, as for any failed command)
     run.emit({"ok": not bad and not nothing, "days": results,
               **({"exit_code": EXIT_DIFFERENCES, "error": unverified, "retryable": False} if nothing else {})}, render)
@@ -1328,6 +1330,37 @@ def verify(run: Run, download: bool, deep: bool) -> None:
         raise Failed(unverified)
     if bad:
         raise Failed()
+
+
+def _nothing_verified(run: Run, chosen: list[tuple[TableSpec, list[Period]]]) -> str | None:
+    """Why a verify that found no day archived is no pass, or None where nothing is due (a new deployment of
+    tables without rows yet: no rows, no archive). A --day or range names days to verify: none archived is a
+    refusal. Over the whole selection, days with rows in PostgreSQL (``list``'s ``missing``) mean the archive is
+    not where it is looked for (a mistyped ARCHIVE_S3_PREFIX or bucket) or was never written (a new deployment
+    before its first archive run): a monitoring job that runs verify must not read either as verified. Only then
+    is the source asked (a light verify needs only the store); where it cannot be, that is no pass either."""
+    missing, why = 0, ""
+    for spec, days in chosen:
+        try:
+            present, unknown = plan.present_days(run.conn, spec, days)
+        except (ArchiveError, ConfigError, UnreachableError, psycopg.Error) as exc:
+            why = why or f"{spec.name}: {_told(exc)}"
+            if run._conn is None:  # no connection at all: the other tables would wait for the same refusal
+                break
+            continue
+        missing += len(present)
+        why = why or next((f"{spec.name} {day}: {said}" for day, said in unknown.items()), "")
+    if not (missing or why or run.first or run.last):
+        return None
+    listed = _shell_join(run.command("list"))
+    if not missing:
+        return (f"nothing was verified: no day in the selection is archived (see `{listed}`)"
+                + (f"; whether PostgreSQL holds rows of them is not known: {why}" if why else ""))
+    where = run.store.uri(f"{run.store.prefix}/" if run.store.prefix else "")
+    return (f"nothing was verified: no day in the selection is archived under {where} ({missing} day(s) with rows "
+            f"in PostgreSQL are missing; see `{listed}`); to fix: archive them "
+            f"(`{_shell_join(run.command('archive'))}`) if none was archived yet, else point ARCHIVE_S3_BUCKET and "
+            "ARCHIVE_S3_PREFIX at the archive")
 
 
 # ----------------------------------------------------------------------------------------------
