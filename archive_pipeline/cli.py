@@ -964,7 +964,8 @@ def _archive_table(run: Run, spec: TableSpec, days: list[Period], settings: dict
         if _configuration(exc) and not any(r.get("stopped") for r in results):
             results[-1]["stopped"] = True
         return
-    pending, gone, unread = _absent_days(run, spec, [d for d in days if d not in present and d not in unknown])
+    pending, gone, unread = _absent_days(run, spec, [d for d in days if d not in present and d not in unknown],
+                                         _overwrites_dropped(days, overwrite))
     for day in days:
         if day in unknown:
             results.append(_unprobed(spec, day, unknown[day]))
@@ -1159,7 +1160,8 @@ def _archive_plan(run: Run, overwrite: bool) -> None:
         unread: dict[Period, dict[str, Any]] = {}  # what the run says of them (see _manifest_unread)
 
         def archived_absent(absent: list[Period]) -> set[Period]:  # (the run's own look at them: see _absent_days)
-            found_pending, found_gone, found_unread = _absent_days(run, spec, absent)
+            found_pending, found_gone, found_unread = _absent_days(run, spec, absent,
+                                                                   _overwrites_dropped(days, overwrite))
             pending.update(found_pending)
             gone.update(found_gone)
             unread.update({day: _manifest_unread(spec, day, why) for day, why in found_unread.items()})
@@ -1732,17 +1734,44 @@ def _dropped_by_hand(spec: TableSpec, day: Period, rows: int, run: Run) -> str:
             "archives the day as empty, the archive of its rows kept as an older generation)")
 
 
-def _absent_days(run: Run, spec: TableSpec, absent: list[Period]
+def _absent_days(run: Run, spec: TableSpec, absent: list[Period], emptied: bool = False
                  ) -> tuple[dict[Period, str], dict[Period, int], dict[Period, str]]:
     """Of the days the source has no rows of, the recent ones whose manifest holds a pending removal mark (a prune
     killed after its COMMIT: archive settles the mark), with the key it was found at; those whose archive holds
     rows and no removal mark, with its rows: their rows were deleted or dropped by hand since (see
     :func:`_dropped_by_hand`); and those whose manifest could not be read, with why (see :func:`_manifest_unread`).
     Only the recent ones: each archived day costs a GET, and a table's years of removed days were settled long ago.
-    A day removed by prune (its mark done) stays "no data"."""
-    gone: dict[Period, int] = {}
+    A day removed by prune (its mark done) stays "no data". A gone day's archive is checked as verify's light
+    check does (a HEAD): one that does not check out holds the rows nowhere, and is unread with why (see
+    :func:`_archive_lost`), never said to be kept; unless ``emptied`` (:func:`_overwrites_dropped`): the day is
+    then archived as empty, as asked, whatever its old archive holds."""
+    gone: dict[Period, plan.Archived] = {}
     pending, unread = _pending_removals(run.store, spec, absent[-_RECENT_ABSENT:], archived=gone)
-    return pending, gone, unread
+    lost = {day: "" if emptied else _archive_lost(run, spec, day, archived) for day, archived in gone.items()}
+    unread |= {day: why for day, why in lost.items() if why}
+    return pending, {day: archived.rows for day, archived in gone.items() if not lost[day]}, unread
+
+
+def _archive_lost(run: Run, spec: TableSpec, day: Period, archived: plan.Archived) -> str:
+    """Why the archive of a day gone from the source whose manifest records rows does not hold them (its object
+    missing, or of another size or ETag: the light check of verify), or "" where it does. The source no longer
+    holds them either: the rows are in neither place, and only the object's backup (the bucket's versions, a
+    replica) brings them back; called kept, the advised restore could not work. A check that could not be made
+    is "not checked", as verify says it."""
+    try:
+        problems = verify_archive(run.store, archived.key, archived.expected, owner=(spec.name, day.isoformat()),
+                                  period=day, manifest=archived.manifest)
+    except ArchiveError as exc:
+        return f"not checked ({'retryable' if exc.retryable else 'not retryable'}): {_told(exc)}"
+    unchecked = next((p for p in problems if p.startswith("not checked")), None)
+    if unchecked or not problems:
+        return unchecked or ""
+    uri = run.store.uri(archived.object_key or archived.key)
+    return (f"no data for this day in PostgreSQL, and its archive, whose manifest records {archived.rows:,} rows, "
+            f"does not hold them: {'; '.join(problems)}; the rows are in neither place now (deleted or dropped from "
+            f"the source since, outside archive_pipeline); to fix: restore {uri} from the bucket's versions or a "
+            f"replica, then `{run.suggest('verify', spec.name, day)}`; or, to let the rows go, "
+            f"`{run.suggest('archive', spec.name, day, '--overwrite')}` records the day as empty")
 
 
 def _manifest_unread(spec: TableSpec, day: Period, why: str) -> dict[str, Any]:
@@ -1750,10 +1779,11 @@ def _manifest_unread(spec: TableSpec, day: Period, why: str) -> dict[str, Any]:
     archive and prune say it: failed, never passed over as "no data" or nothing due, for the manifest may hold a
     pending removal mark and, the source holding nothing of the day, is the only record of its archive. The remedy
     follows the cause: a read that failed is retried; a newer version's manifest needs that version; a damaged one
-    is put back from a backup of the bucket (archiving the day again has nothing to archive)."""
+    is put back from a backup of the bucket (archiving the day again has nothing to archive). A ``why`` with its own
+    remedy (a lost object's, see :func:`_archive_lost`) is said as it is."""
     retryable = "(retryable)" in why
     newer = "newer archive_pipeline" in why  # not damaged: this version cannot read it
-    damaged = "unreadable" in why and not newer
+    damaged = "unreadable" in why and not newer and "; to fix: " not in why
     remedy = f"; to fix: {NewerManifestError.remedy}" if newer else "" if retryable or not damaged else (
         f"; the source no longer holds {day}: if it was removed, its archive is the day's only copy, and its "
         "manifest must be put back from a backup of the bucket (its versions, a replica); archiving the day "
@@ -1763,12 +1793,13 @@ def _manifest_unread(spec: TableSpec, day: Period, why: str) -> dict[str, Any]:
 
 
 def _pending_removals(store: S3Store, spec: TableSpec, days: list[Period], done: dict[Period, dict] | None = None,
-                      archived: dict[Period, int] | None = None) -> tuple[dict[Period, str], dict[Period, str]]:
+                      archived: dict[Period, plan.Archived] | None = None
+                      ) -> tuple[dict[Period, str], dict[Period, str]]:
     """Which of ``days`` have a manifest whose removal mark is still pending, with the key it was found at (under a
     former format's key too; one listing, then a GET per archived day), and the days whose manifest could not be
     read, with why: each may hold such a mark. ``done`` (given): filled with what prune says of the days whose
     removal is done (:func:`_removal_said`), for a prune that names them; ``archived`` (given): filled with the days
-    whose archive holds rows and no removal mark, with its rows (see :func:`_absent_days`)."""
+    whose archive holds rows and no removal mark, with what its manifest says (see :func:`_absent_days`)."""
     from archive_pipeline.core.manifest import removal_state
 
     pending: dict[Period, str] = {}
@@ -1789,7 +1820,7 @@ def _pending_removals(store: S3Store, spec: TableSpec, days: list[Period], done:
             done |= {day: _removal_said(lookup.archived.manifest) for day, lookup in found.items()
                      if lookup.archived is not None and removal_state(lookup.archived.manifest) == "done"}
         if archived is not None:
-            archived |= {day: lookup.archived.rows for day, lookup in found.items() if lookup.archived is not None
+            archived |= {day: lookup.archived for day, lookup in found.items() if lookup.archived is not None
                          and lookup.archived.rows and removal_state(lookup.archived.manifest) is None}
         unread.update({day: lookup.problem for day, lookup in found.items() if lookup.problem})
     return pending, unread
