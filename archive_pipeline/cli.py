@@ -964,7 +964,8 @@ def _archive_table(run: Run, spec: TableSpec, days: list[Period], settings: dict
         if _configuration(exc) and not any(r.get("stopped") for r in results):
             results[-1]["stopped"] = True
         return
-    pending, gone, unread = _absent_days(run, spec, [d for d in days if d not in present and d not in unknown])
+    pending, gone, unread = _absent_days(run, spec, [d for d in days if d not in present and d not in unknown],
+                                         _overwrites_dropped(days, overwrite))
     for day in days:
         if day in unknown:
             results.append(_unprobed(spec, day, unknown[day]))
@@ -1159,7 +1160,8 @@ def _archive_plan(run: Run, overwrite: bool) -> None:
         unread: dict[Period, dict[str, Any]] = {}  # what the run says of them (see _manifest_unread)
 
         def archived_absent(absent: list[Period]) -> set[Period]:  # (the run's own look at them: see _absent_days)
-            found_pending, found_gone, found_unread = _absent_days(run, spec, absent)
+            found_pending, found_gone, found_unread = _absent_days(run, spec, absent,
+                                                                   _overwrites_dropped(days, overwrite))
             pending.update(found_pending)
             gone.update(found_gone)
             unread.update({day: _manifest_unread(spec, day, why) for day, why in found_unread.items()})
@@ -1252,11 +1254,13 @@ def _day_checked(run: Run, table: str, day: dt.date, check: Callable[[], list[st
 def verify(run: Run, download: bool, deep: bool) -> None:
     """Check each archived day: the stored object against its manifest (size, ETag; --download: MD5 and
     SHA-256 of its bytes), and with --deep its rows against the source. Exits 1 when any day has a problem,
-    or when a --day or range holds no archived day (nothing was verified)."""
+    or when no day is archived while a --day or range names days, or days with rows in PostgreSQL are missing
+    (nothing was verified)."""
     results = []
     how = (*(("--download",) if download else ()), *(("--deep",) if deep else ()))  # (what verifying again needs)
-    for spec in run.tables:
-        for day, found in plan.lookup_manifests(run.store, spec, run.days(spec)).items():
+    chosen = [(spec, run.days(spec)) for spec in run.tables]
+    for spec, days in chosen:
+        for day, found in plan.lookup_manifests(run.store, spec, days).items():
             if found.problem:
                 results.append({"table": spec.name, "day": day.isoformat(), "key": found.key, "ok": False,
                                 "problems": [found.problem],
@@ -1304,8 +1308,8 @@ def verify(run: Run, download: bool, deep: bool) -> None:
                             **({"remedy": _verify_remedy(run, spec, day, "; ".join(problems), how, problems)}
                                if problems else {})})
     bad = [r for r in results if not r["ok"]]
-    # --day D with D not archived checked nothing: "0 with problems" and exit 0 read as D verified
-    nothing = not results and bool(run.first or run.last)
+    unverified = _nothing_verified(run, chosen) if not results else None
+    nothing = unverified is not None
 
     def render() -> None:
         table = _table("table", "day", "result", "key")
@@ -1317,10 +1321,10 @@ def verify(run: Run, download: bool, deep: bool) -> None:
                 run.out.print(_said(_verbatim(r["table"]), f" {r['day']}: {problem}"), soft_wrap=True)
             run.out.print(_said(_verbatim(r["table"]), f" {r['day']}: to fix: {r['remedy']}"), soft_wrap=True)
         what = " against the source" if deep else " (downloaded)" if download else ""
-        run.out.print(f"{len(results)} archived day(s) checked{what}, {len(bad)} with problems")
+        run.out.print(f"{len(results)} archived day(s) checked{what}, {len(bad)} with problems"
+                      + ("" if results or nothing else ": no day of the selection has rows in PostgreSQL or an "
+                         "archive, nothing to verify"))
 
-    unverified = ("nothing was verified: no day in the selection is archived "
-                  f"(see `{_shell_join(run.command('list'))}`)")
     # (a script reads why in the answer itself, as for any failed command)
     run.emit({"ok": not bad and not nothing, "days": results,
               **({"exit_code": EXIT_DIFFERENCES, "error": unverified, "retryable": False} if nothing else {})}, render)
@@ -1328,6 +1332,37 @@ def verify(run: Run, download: bool, deep: bool) -> None:
         raise Failed(unverified)
     if bad:
         raise Failed()
+
+
+def _nothing_verified(run: Run, chosen: list[tuple[TableSpec, list[Period]]]) -> str | None:
+    """Why a verify that found no day archived is no pass, or None where nothing is due (a new deployment of
+    tables without rows yet: no rows, no archive). A --day or range names days to verify: none archived is a
+    refusal. Over the whole selection, days with rows in PostgreSQL (``list``'s ``missing``) mean the archive is
+    not where it is looked for (a mistyped ARCHIVE_S3_PREFIX or bucket) or was never written (a new deployment
+    before its first archive run): a monitoring job that runs verify must not read either as verified. Only then
+    is the source asked (a light verify needs only the store); where it cannot be, that is no pass either."""
+    missing, why = 0, ""
+    for spec, days in chosen:
+        try:
+            present, unknown = plan.present_days(run.conn, spec, days)
+        except (ArchiveError, ConfigError, UnreachableError, psycopg.Error) as exc:
+            why = why or f"{spec.name}: {_told(exc)}"
+            if run._conn is None:  # no connection at all: the other tables would wait for the same refusal
+                break
+            continue
+        missing += len(present)
+        why = why or next((f"{spec.name} {day}: {said}" for day, said in unknown.items()), "")
+    if not (missing or why or run.first or run.last):
+        return None
+    listed = _shell_join(run.command("list"))
+    if not missing:
+        return (f"nothing was verified: no day in the selection is archived (see `{listed}`)"
+                + (f"; whether PostgreSQL holds rows of them is not known: {why}" if why else ""))
+    where = run.store.uri(f"{run.store.prefix}/" if run.store.prefix else "")
+    return (f"nothing was verified: no day in the selection is archived under {where} ({missing} day(s) with rows "
+            f"in PostgreSQL are missing; see `{listed}`); to fix: archive them "
+            f"(`{_shell_join(run.command('archive'))}`) if none was archived yet, else point ARCHIVE_S3_BUCKET and "
+            "ARCHIVE_S3_PREFIX at the archive")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1699,17 +1734,44 @@ def _dropped_by_hand(spec: TableSpec, day: Period, rows: int, run: Run) -> str:
             "archives the day as empty, the archive of its rows kept as an older generation)")
 
 
-def _absent_days(run: Run, spec: TableSpec, absent: list[Period]
+def _absent_days(run: Run, spec: TableSpec, absent: list[Period], emptied: bool = False
                  ) -> tuple[dict[Period, str], dict[Period, int], dict[Period, str]]:
     """Of the days the source has no rows of, the recent ones whose manifest holds a pending removal mark (a prune
     killed after its COMMIT: archive settles the mark), with the key it was found at; those whose archive holds
     rows and no removal mark, with its rows: their rows were deleted or dropped by hand since (see
     :func:`_dropped_by_hand`); and those whose manifest could not be read, with why (see :func:`_manifest_unread`).
     Only the recent ones: each archived day costs a GET, and a table's years of removed days were settled long ago.
-    A day removed by prune (its mark done) stays "no data"."""
-    gone: dict[Period, int] = {}
+    A day removed by prune (its mark done) stays "no data". A gone day's archive is checked as verify's light
+    check does (a HEAD): one that does not check out holds the rows nowhere, and is unread with why (see
+    :func:`_archive_lost`), never said to be kept; unless ``emptied`` (:func:`_overwrites_dropped`): the day is
+    then archived as empty, as asked, whatever its old archive holds."""
+    gone: dict[Period, plan.Archived] = {}
     pending, unread = _pending_removals(run.store, spec, absent[-_RECENT_ABSENT:], archived=gone)
-    return pending, gone, unread
+    lost = {day: "" if emptied else _archive_lost(run, spec, day, archived) for day, archived in gone.items()}
+    unread |= {day: why for day, why in lost.items() if why}
+    return pending, {day: archived.rows for day, archived in gone.items() if not lost[day]}, unread
+
+
+def _archive_lost(run: Run, spec: TableSpec, day: Period, archived: plan.Archived) -> str:
+    """Why the archive of a day gone from the source whose manifest records rows does not hold them (its object
+    missing, or of another size or ETag: the light check of verify), or "" where it does. The source no longer
+    holds them either: the rows are in neither place, and only the object's backup (the bucket's versions, a
+    replica) brings them back; called kept, the advised restore could not work. A check that could not be made
+    is "not checked", as verify says it."""
+    try:
+        problems = verify_archive(run.store, archived.key, archived.expected, owner=(spec.name, day.isoformat()),
+                                  period=day, manifest=archived.manifest)
+    except ArchiveError as exc:
+        return f"not checked ({'retryable' if exc.retryable else 'not retryable'}): {_told(exc)}"
+    unchecked = next((p for p in problems if p.startswith("not checked")), None)
+    if unchecked or not problems:
+        return unchecked or ""
+    uri = run.store.uri(archived.object_key or archived.key)
+    return (f"no data for this day in PostgreSQL, and its archive, whose manifest records {archived.rows:,} rows, "
+            f"does not hold them: {'; '.join(problems)}; the rows are in neither place now (deleted or dropped from "
+            f"the source since, outside archive_pipeline); to fix: restore {uri} from the bucket's versions or a "
+            f"replica, then `{run.suggest('verify', spec.name, day)}`; or, to let the rows go, "
+            f"`{run.suggest('archive', spec.name, day, '--overwrite')}` records the day as empty")
 
 
 def _manifest_unread(spec: TableSpec, day: Period, why: str) -> dict[str, Any]:
@@ -1717,10 +1779,11 @@ def _manifest_unread(spec: TableSpec, day: Period, why: str) -> dict[str, Any]:
     archive and prune say it: failed, never passed over as "no data" or nothing due, for the manifest may hold a
     pending removal mark and, the source holding nothing of the day, is the only record of its archive. The remedy
     follows the cause: a read that failed is retried; a newer version's manifest needs that version; a damaged one
-    is put back from a backup of the bucket (archiving the day again has nothing to archive)."""
+    is put back from a backup of the bucket (archiving the day again has nothing to archive). A ``why`` with its own
+    remedy (a lost object's, see :func:`_archive_lost`) is said as it is."""
     retryable = "(retryable)" in why
     newer = "newer archive_pipeline" in why  # not damaged: this version cannot read it
-    damaged = "unreadable" in why and not newer
+    damaged = "unreadable" in why and not newer and "; to fix: " not in why
     remedy = f"; to fix: {NewerManifestError.remedy}" if newer else "" if retryable or not damaged else (
         f"; the source no longer holds {day}: if it was removed, its archive is the day's only copy, and its "
         "manifest must be put back from a backup of the bucket (its versions, a replica); archiving the day "
@@ -1730,12 +1793,13 @@ def _manifest_unread(spec: TableSpec, day: Period, why: str) -> dict[str, Any]:
 
 
 def _pending_removals(store: S3Store, spec: TableSpec, days: list[Period], done: dict[Period, dict] | None = None,
-                      archived: dict[Period, int] | None = None) -> tuple[dict[Period, str], dict[Period, str]]:
+                      archived: dict[Period, plan.Archived] | None = None
+                      ) -> tuple[dict[Period, str], dict[Period, str]]:
     """Which of ``days`` have a manifest whose removal mark is still pending, with the key it was found at (under a
     former format's key too; one listing, then a GET per archived day), and the days whose manifest could not be
     read, with why: each may hold such a mark. ``done`` (given): filled with what prune says of the days whose
     removal is done (:func:`_removal_said`), for a prune that names them; ``archived`` (given): filled with the days
-    whose archive holds rows and no removal mark, with its rows (see :func:`_absent_days`)."""
+    whose archive holds rows and no removal mark, with what its manifest says (see :func:`_absent_days`)."""
     from archive_pipeline.core.manifest import removal_state
 
     pending: dict[Period, str] = {}
@@ -1756,7 +1820,7 @@ def _pending_removals(store: S3Store, spec: TableSpec, days: list[Period], done:
             done |= {day: _removal_said(lookup.archived.manifest) for day, lookup in found.items()
                      if lookup.archived is not None and removal_state(lookup.archived.manifest) == "done"}
         if archived is not None:
-            archived |= {day: lookup.archived.rows for day, lookup in found.items() if lookup.archived is not None
+            archived |= {day: lookup.archived for day, lookup in found.items() if lookup.archived is not None
                          and lookup.archived.rows and removal_state(lookup.archived.manifest) is None}
         unread.update({day: lookup.problem for day, lookup in found.items() if lookup.problem})
     return pending, unread

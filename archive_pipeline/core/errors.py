@@ -184,14 +184,14 @@ _SESSIONS = ("a day's archive uses its own session, one more per stream when it 
 _MAX_CONNECTIONS = _src(True, "the server has no free connection slots (max_connections reached)",
                         f"lower the pool limit in dagster.yaml ({_SESSIONS}) or raise max_connections on the server")
 _ROLE_LIMIT = _src(True, "the role's CONNECTION LIMIT is reached",
-                   f"lower the pool limit in dagster.yaml ({_SESSIONS}) or ALTER ROLE <role> CONNECTION LIMIT <n> "
-                   "with room for them")
+                   f"lower the pool limit in dagster.yaml ({_SESSIONS}) or ALTER ROLE <login role> CONNECTION "
+                   "LIMIT <n> with room for them")
 _DB_LIMIT = _src(True, "the database's CONNECTION LIMIT is reached",
                  "lower the pool limit in dagster.yaml or ALTER DATABASE <database> CONNECTION LIMIT <n>")
 _STATEMENT_TIMEOUT = _src(True, "statement_timeout: reading the day took longer than allowed",
                           "raise source.statement_timeout_ms (0 = no limit) in the archive config; the day's "
-                          "reads take that setting, other statements the role's or database's (ALTER ROLE <role> "
-                          "SET statement_timeout = ...); a day that always takes longer will time out on every retry")
+                          "reads take that setting, other statements the role's or database's (ALTER ROLE "
+                          "<login role> SET statement_timeout = ...); a day that always takes longer will time out on every retry")
 _CANCELED = _src(True, "the query was cancelled (pg_cancel_backend or a client cancel)",
                  f"{_RETRIED}; if it recurs, look for a job that cancels long queries")
 # 57014 whose message is not PostgreSQL's English (lc_messages in another language): which of the two it was
@@ -212,8 +212,8 @@ _IDLE_TIMEOUT = _src(True, "idle_in_transaction_session_timeout ended the snapsh
 # that (a pooler's, a reader's reconnect) or one idle before it was turned off: not the snapshot's timeout above.
 _IDLE_SESSION_TIMEOUT = _src(True, "idle_session_timeout ended the session while it was idle between statements "
                              "(the role's, database's or server's setting that reaps idle connections)",
-                             f"{_RETRIED}; if it recurs, turn it off for the archiving role (ALTER ROLE <role> SET "
-                             "idle_session_timeout = 0: the role's setting wins over the database's and the server's), "
+                             f"{_RETRIED}; if it recurs, turn it off for the archiving role (ALTER ROLE <login role> "
+                             "SET idle_session_timeout = 0: the role's setting wins over the database's and the server's), "
                              "or look for a pooler that opens sessions without the archiver's settings")
 _RECOVERY_CONFLICT = _src(True, "hot-standby recovery conflict: the replica cancelled the read so WAL replay "
                           "could remove rows the snapshot still needed",
@@ -229,16 +229,16 @@ _SERIALIZATION = _src(True, "serialization failure or deadlock", _RETRIED)
 _WRONG_PASSWORD = _src(False, "wrong password (password authentication failed)",
                        f"check the password in {_DSN} (and that the role's password was not rotated); PostgreSQL "
                        "says the same when the role's VALID UNTIL has passed (see pg_roles.rolvaliduntil): ALTER ROLE "
-                       "<role> VALID UNTIL 'infinity' (or a later date)")
+                       "<login role> VALID UNTIL 'infinity' (or a later date)")
 _NO_PASSWORD = _src(False, "the server wants a password and none was given", f"add the password to {_DSN}")
 _NO_HBA = _src(False, "pg_hba.conf has no entry allowing this host, user and database",
                "add a pg_hba.conf line for this client address, user and database on the server (or set "
                f"sslmode=require in {_DSN} if the line is hostssl) and reload the server")
 _NO_ROLE = _src(False, "the database role does not exist", f"check the user in {_DSN} or CREATE ROLE it")
-_NO_LOGIN = _src(False, "the role may not log in", "ALTER ROLE <role> LOGIN, or use a role that may")
+_NO_LOGIN = _src(False, "the role may not log in", "ALTER ROLE <login role> LOGIN, or use a role that may")
 _NO_DATABASE = _src(False, "the database does not exist", f"check the database name in {_DSN}")
 _NO_CONNECT = _src(False, "the role may not connect to the database (no CONNECT privilege: a DBA's REVOKE CONNECT ... "
-                   "FROM PUBLIC)", "GRANT CONNECT ON DATABASE <database> TO <role> (as the database's owner)")
+                   "FROM PUBLIC)", "GRANT CONNECT ON DATABASE <database> TO <login role> (as the database's owner)")
 _CLOSED_DATABASE = _src(False, "the database accepts no connections (ALLOW_CONNECTIONS false)",
                         "ALTER DATABASE <database> ALLOW_CONNECTIONS true (as a superuser), or connect to another "
                         f"database in {_DSN}")
@@ -279,7 +279,7 @@ _STACK_DEPTH = _src(False, "a function or trigger recursed past PostgreSQL's sta
 _STACK_NESTING = _src(False, "a value nests (JSON, arrays, composite values) deeper than PostgreSQL's stack depth "
                       "limit lets it be read where this statement reads it (a JSONL line is read as JSON, a level or "
                       "two deeper than the values it holds)",
-                      "raise max_stack_depth for the role that runs this (a superuser: ALTER ROLE <role> SET "
+                      "raise max_stack_depth for the role that runs this (a superuser: ALTER ROLE <login role> SET "
                       "max_stack_depth = '6MB', within the server's ulimit -s) and run it again; a table holding "
                       "such values archives as csv or parquet, which read each value by itself")
 _PROGRAM_LIMIT = _src(False, "a value, row or query exceeds a PostgreSQL limit (e.g. a value over 1 GB as "
@@ -308,8 +308,8 @@ _READ_ONLY = _src(False, "the database session is read-only (a hot standby, or d
                   "for the role, database or connection), and this step writes",
                   "run restores, removals and deep verification against the primary (ARCHIVE_PG_PRIMARY_DSN, or "
                   "the connection you pass), with default_transaction_read_only off for its role and database "
-                  "(ALTER ROLE <role> RESET default_transaction_read_only); an archive of a view whose functions "
-                  "write cannot be taken in the archive's READ ONLY snapshot")
+                  "(ALTER ROLE <login role> RESET default_transaction_read_only); an archive of a view whose "
+                  "functions write cannot be taken in the archive's READ ONLY snapshot")
 _CORRUPTED = _src(False, "the server reports corrupted data or an internal error",
                   "check the server log; verify the table with amcheck / pg_amcheck")
 _SQL_REJECTED = _src(False, "the server rejected the archiver's SQL",
@@ -836,13 +836,27 @@ def _classify_one(exc: BaseException) -> Classification | None:
     return None
 
 
-def classify(exc: BaseException, *, table: str | None = None, user: str | None = None) -> Classification:
+def with_roles(remedy: str, user: str | None, login: str | None = None) -> str:
+    """``remedy`` with its roles named: ``<role>`` by ``user``, the role PostgreSQL checks privileges of (a
+    SET ROLE's: a GRANT's grantee), ``<login role>`` by ``login``, the role the session logged in as
+    (session_user), for what applies at login: a role's settings (ALTER ROLE ... SET/RESET), CONNECTION LIMIT,
+    VALID UNTIL, LOGIN and CONNECT. SET ROLE applies none of those, so naming the acting role there changed
+    nothing and the next run was refused the same way. Without ``login`` (no SET ROLE known of: a refused
+    login, a DSN's user) both are ``user``; a placeholder without a name stays as it is."""
+    for placeholder, name in (("<login role>", login or user), ("<role>", user)):
+        remedy = remedy.replace(placeholder, sql_name(name, qualified=False) if name else placeholder)
+    return remedy
+
+
+def classify(exc: BaseException, *, table: str | None = None, user: str | None = None,
+             login: str | None = None) -> Classification:
     """Why ``exc`` happened, whether a retry of the whole partition may help, and what to do.
 
     Decides by cause: the SQLSTATE (attribute, or ``SQLSTATE: XXXXX`` in an ADBC message), then the
     server's or libpq's message (connect-time errors carry no SQLSTATE), then the exception type.
     An exception nobody recognises is looked for in its ``__cause__`` / ``__context__`` and is
-    otherwise *not* retried. ``table`` and ``user`` fill the placeholders of remedies like GRANT.
+    otherwise *not* retried. ``table``, ``user`` and ``login`` fill the placeholders of remedies like GRANT
+    (see :func:`with_roles`).
     """
     seen: set[int] = set()
     current: BaseException | None = exc
@@ -855,8 +869,8 @@ def classify(exc: BaseException, *, table: str | None = None, user: str | None =
         current = current.__cause__ or current.__context__
     result = found or _UNKNOWN
     remedy = result.remedy.replace("<table>", sql_name(table) if table else "<table>")
-    remedy = remedy.replace("<role>", sql_name(user, qualified=False) if user else "<role>")
-    return Classification(result.retryable, result.cause, remedy, result.where, result.sqlstate)
+    return Classification(result.retryable, result.cause, with_roles(remedy, user, login), result.where,
+                          result.sqlstate)
 
 
 # PostgreSQL's reserved key words (pg_get_keywords() catcode R and T, 16) and the role names a GRANT reads as
@@ -986,13 +1000,14 @@ def refused_kind(exc: BaseException) -> str | None:
 
 
 def refused_grant(exc: BaseException, table: str, user: str | None,
-                  own_readable: bool | Callable[[], bool] = False) -> str | None:
+                  own_readable: bool | Callable[[], bool] = False, login: str | None = None) -> str | None:
     """The grant that PostgreSQL's "permission denied for <kind> <name>" asks for, where it is not the
     configured table's SELECT (which the remedies by what failed give): USAGE on a column type's schema or
     on the type, SELECT on a table a view reads (its owner's privilege, not the archiving role's).
     ``own_readable``: the role may read the configured relation (asked after the refusal), so a refused relation
     of the same name is another one it reads (a reporting view ``s.ev`` over ``raw.ev``); a callable is asked only
-    where a refused relation has the configured one's name."""
+    where a refused relation has the configured one's name. ``login``: the session's login role, whose setting
+    default_tablespace is (see :func:`with_roles`)."""
     found = _REFUSED.fullmatch(getattr(getattr(exc, "diag", None), "message_primary", None) or "")
     if found is None:
         return None
@@ -1001,8 +1016,8 @@ def refused_grant(exc: BaseException, table: str, user: str | None,
     # the configured name splits at its first dot, as TableSpec splits it: "s.ev.v2" is the relation "ev.v2"
     own_schema, _, own_name = table.partition(".") if "." in table else ("", "", table)
     if kind == "tablespace":  # where the role's new tables go (default_tablespace): a restore's table, a partition
-        return (f"GRANT CREATE ON TABLESPACE {sql_name(name, qualified=False)} TO {role}, or give the role a "
-                f"tablespace it may use (ALTER ROLE {role} RESET default_tablespace)")
+        return with_roles(f"GRANT CREATE ON TABLESPACE {sql_name(name, qualified=False)} TO <role>, or give the role "
+                          "a tablespace it may use (ALTER ROLE <login role> RESET default_tablespace)", user, login)
     if kind == "schema" and name != own_schema:  # not the table's own schema
         return f"GRANT USAGE ON SCHEMA {sql_name(name, qualified=False)} TO {role}"  # (as printed: unquoted)
     if kind == "type":
@@ -1021,15 +1036,16 @@ def refused_grant(exc: BaseException, table: str, user: str | None,
 
 
 def wrap(exc: BaseException, table: str, day: str, password: str | None = None, *,
-         user: str | Callable[[], str] | None = None, database: str | None = None, standby: bool = False,
-         doing: str = "archiving", temp_dir: str | None = None,
+         user: str | Callable[[], str] | None = None, login: str | None = None, database: str | None = None,
+         standby: bool = False, doing: str = "archiving", temp_dir: str | None = None,
          own_readable: bool | Callable[[], bool] = False) -> ArchiveError:
     """``exc`` as an :class:`ArchiveError` naming ``table``, ``day``, the cause and the remedy, with the
     right ``retryable`` flag and no secret (``password``, URI credentials, ``password=``) in its text.
     ``standby``: the source is a hot standby, where a lost connection may be a silent recovery conflict.
     ``doing``: what failed, as the message begins ("archiving", "removing", "proving"). ``user`` and
     ``database`` fill in the remedy's statements (``GRANT ... TO <role>``, ``ON DATABASE <database>``); a callable
-    ``user`` is asked only where the remedy names the role (a query on a session that may be in trouble).
+    ``user`` is asked only where the remedy names the role (a query on a session that may be in trouble); ``login``
+    the session's login role, named by what applies at login (see :func:`with_roles`; default ``user``).
     ``temp_dir``: the directory of the operation's temp file, named where that file failed (full, too large).
     ``own_readable``: the role may read the configured relation (see :func:`refused_grant`).
 
@@ -1045,9 +1061,10 @@ def wrap(exc: BaseException, table: str, day: str, password: str | None = None, 
     permission = found.cause == _PERMISSION.cause
     if permission and doing in _PERMISSION_FOR:
         found = replace(found, remedy=_PERMISSION_FOR[doing].replace("<table>", sql_name(table)))
-    role = (user() if callable(user) else user) if permission or "<role>" in found.remedy else None
-    found = replace(found, remedy=found.remedy.replace("<role>", sql_name(role, qualified=False) if role else "<role>"))
-    if permission and (refused := refused_grant(exc, table, role, own_readable)):
+    role = (user() if callable(user) else user) if permission or "<role>" in found.remedy or \
+        "<login role>" in found.remedy and not login else None
+    found = replace(found, remedy=with_roles(found.remedy, role, login))
+    if permission and (refused := refused_grant(exc, table, role, own_readable, login)):
         found = replace(found, remedy=refused)
     if found.cause == _IDLE_TIMEOUT.cause and doing == "removing":  # no snapshot sessions: it waited on the store
         found = replace(found, cause="idle_in_transaction_session_timeout ended the removal's transaction while it "

@@ -35,7 +35,7 @@ from archive_pipeline.core.config import MAX_IDENTIFIER_BYTES as MAX_NAME_BYTES,
 from archive_pipeline.core.discovery import child_ranges
 from archive_pipeline.core.errors import (SETTING_MISFITS, TABLE_MISSING, ArchiveError, SessionSettingError, SourceError,
                                           classify, named, note_cancelled, refused_grant, refused_kind, remedy_for,
-                                          sql_name)
+                                          sql_name, with_roles)
 from archive_pipeline.core.listing import unarchived_days
 from archive_pipeline.core.locks import require_autocommit, table_day_lock
 from archive_pipeline.core.manifest import (ManifestError, another_period, archived_encoding, decoded_manifest,
@@ -1131,7 +1131,7 @@ def checked_type_sql(conn: psycopg.Connection, type_text: str, where: str) -> sq
         # what the type-name parser says of text that is no type name: the manifest's, damaged
         raise RestoreError(f"{where}: {type_text!r} is not a type name ({exc}); the manifest is damaged") from None
     except psycopg.Error as exc:  # the session's fate (terminated, a timeout, a lost connection), not the name's
-        found_ = classify(exc, user=acting_role(conn))
+        found_ = classify(exc, user=acting_role(conn), login=conn.info.user)
         raise RestoreError(f"{where}: checking the type name {type_text!r} failed: {found_.cause} "
                            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",
                            retryable=found_.retryable, remedy=found_.remedy, cause=found_.cause) from exc
@@ -2910,14 +2910,14 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
                             remedy="retry; if another session holds a lock on the target (pg_blocking_pids(), "
                                    "pg_locks), wait until it ends; if the day itself takes longer, raise "
                                    "source.statement_timeout_ms (0 = no limit) in the archive config, which the "
-                                   "command line's sessions take; elsewhere the role's (ALTER ROLE <role> SET "
+                                   "command line's sessions take; elsewhere the role's (ALTER ROLE <login role> SET "
                                    "statement_timeout = ...)")
         if isinstance(exc, psycopg.errors.InsufficientPrivilege) and "must be owner" in str(exc):
             found = replace(found, remedy="re-creating and attaching the day's partition (or table) takes ownership "
                             "of the table: restore as its owner (or GRANT the owner's role TO the restoring role), or "
                             "restore into a new table (into='new')")
         elif isinstance(exc, psycopg.errors.InsufficientPrivilege) and refused_kind(exc) == "tablespace" and \
-                (refused := refused_grant(exc, table or "", acting_role(conn))):
+                (refused := refused_grant(exc, table or "", acting_role(conn), login=conn.info.user)):
             found = replace(found, remedy=refused)  # (the role's default_tablespace: where its new tables go)
         elif isinstance(exc, psycopg.errors.InsufficientPrivilege) and "row-level security" not in str(exc):
             found = replace(found, remedy=_restore_grant(conn, exc, relation))
@@ -2994,7 +2994,7 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
                             remedy="restore into a new table (into='new'), or disable "
                                    f"{'it' if len(hooks) == 1 else 'them'} for the restore (ALTER TABLE ... DISABLE "
                                    "TRIGGER) and restore again")
-        remedy = remedy_for(found.remedy, "restoring").replace("<role>", sql_name(acting_role(conn), qualified=False)) \
+        remedy = with_roles(remedy_for(found.remedy, "restoring"), acting_role(conn), conn.info.user) \
             .replace("<database>", sql_name(conn.info.dbname, qualified=False))
         # a target whose schema is missing refuses every day alike: the target's, not the day's
         kind = TargetError if isinstance(exc, psycopg.errors.InvalidSchemaName) and into != "original" and not gone \

@@ -2126,12 +2126,12 @@ def server_identity(conn: psycopg.Connection) -> tuple[str, str | None, str, str
 
 def wrapped(exc: BaseException, conn: psycopg.Connection, spec: Any, day: str, **kwargs: Any) -> ArchiveError:
     """:func:`errors.wrap` of a failure of an operation on ``spec``'s table through ``conn``: with the connection's
-    password (redacted), the role whose privileges PostgreSQL checked (:func:`acting_role`) and the database (the
-    remedy's GRANT ... TO and ON DATABASE), and, where PostgreSQL refused a relation of the configured table's name,
+    password (redacted), the role whose privileges PostgreSQL checked (:func:`acting_role`: the remedy's GRANT ... TO),
+    the login role (its ALTER ROLE ... SET: see :func:`errors.with_roles`) and the database (ON DATABASE), and, where PostgreSQL refused a relation of the configured table's name,
     whether the role may read the configured one itself (asked then: a reporting view ``s.ev`` over ``raw.ev``
     refuses the other ``ev``)."""
-    return wrap(exc, spec.name, day, conn.info.password, user=lambda: acting_role(conn), database=conn.info.dbname,
-                own_readable=lambda: may_read(conn, spec.schema_name, spec.table_name), **kwargs)
+    return wrap(exc, spec.name, day, conn.info.password, user=lambda: acting_role(conn), login=conn.info.user,
+                database=conn.info.dbname, own_readable=lambda: may_read(conn, spec.schema_name, spec.table_name), **kwargs)
 
 
 def descends_from(conn: psycopg.Connection, relation: str, table: str) -> bool:

@@ -910,7 +910,8 @@ def _load(conn: psycopg.Connection, path: str, manifest: dict, target: sql.Compo
         # timed out, disk full, out of memory, a privilege): no verdict on the archive either way.
         if isinstance(exc, psycopg.Error) and not isinstance(exc, (psycopg.DataError, psycopg.IntegrityError)):
             raise wrap(exc, manifest.get("table") or "?", manifest.get("day") or "?", conn.info.password,
-                       user=lambda: acting_role(conn), database=conn.info.dbname, doing="proving") from None
+                       user=lambda: acting_role(conn), login=conn.info.user, database=conn.info.dbname,
+                       doing="proving") from None
         raise ArchiveError(f"the archive {manifest['object']['uri']} does not load back into its recorded column "
                            f"types: {type(exc).__name__}: {exc}", table=manifest.get("table"),
                            day=manifest.get("day"), retryable=False) from None
