@@ -34,7 +34,7 @@ from archive_pipeline.core.config import DEFAULT_KEY_TEMPLATES, UNIQUE_KEY_FIELD
 from archive_pipeline.core.discovery import day_children, day_table_parents, partition_may_hold, partition_of_day, \
     source_table
 from archive_pipeline.core.errors import (ArchiveError, UnsupportedTypeError, is_cancellation, is_retryable, named,
-                                          note_cancelled, renote_cancelled)
+                                          note_cancelled, renote_cancelled, without_verdict)
 from archive_pipeline.core.formats.common import (
     OTHER_FORMATS,
     Extraction,
@@ -1308,7 +1308,8 @@ class _Archiving:
                 raise
             if not landed:
                 raise
-            log.warning("writing %s reported %s, but the manifest is in the store: committed", self.manifest_key, exc)
+            log.warning("writing %s reported %s, but the manifest is in the store: committed", self.manifest_key,
+                        without_verdict(exc))
             if is_cancellation(exc):  # committed, and the cancellation still ends the run: the day is archived, if
                 # its new object is still there (an overwrite's is checked by _refuse_lost_object, not reached: the
                 # note stays "committing", and the next run of the day finds which)
@@ -1619,5 +1620,5 @@ def _quietly(original: BaseException, what: str, action: Callable[[], object]) -
     try:
         action()
     except Exception as exc:  # noqa: BLE001 - the original error is the one to raise
-        log.warning("could not %s: %s", what, exc)
+        log.warning("could not %s: %s", what, without_verdict(exc))
         original.add_note(f"cleanup: could not {what}: {type(exc).__name__}: {exc}")

@@ -113,6 +113,19 @@ class ArchiveError(Exception):
         return self.message
 
 
+_VERDICTS = ("; transient, retried", "; not retried: a retry cannot fix this")
+
+
+def without_verdict(exc: BaseException) -> str:
+    """What failed and why, without the message's closing word on retrying: for a failure that is logged and passed
+    over (a cleanup step, a listing that only saves requests), which nothing retries whatever its cause, in a
+    Dagster run or a command alike."""
+    said = exc.message if isinstance(exc, ArchiveError) else str(exc)
+    for verdict in _VERDICTS:
+        said = said.removesuffix(verdict)
+    return said
+
+
 class SourceError(ArchiveError):
     """Something about PostgreSQL: the connection, the table, its privileges, its data."""
 

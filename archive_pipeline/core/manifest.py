@@ -907,7 +907,7 @@ def _other_format_archives(store, spec, day, listed: set[str] | None, asked_one_
     if not others:
         return [], []
     if listed is None:
-        from archive_pipeline.core.errors import ArchiveError  # (the listing's failure, as the store raises it)
+        from archive_pipeline.core.errors import ArchiveError, without_verdict  # (the listing's failure)
 
         try:
             listed = {item["Key"] for prefix in {p for k in others for p in keys.day_listing_prefixes(k)}
@@ -916,8 +916,9 @@ def _other_format_archives(store, spec, day, listed: set[str] | None, asked_one_
             if rendered is not None:
                 log.warning("%s %s: the day's keys under the table's other formats could not be listed (%s); its "
                             "archive at %s is taken as its current one (one written under another format since "
-                            "is not looked for)", spec.name, as_period(spec.granularity, spec.timezone, day),
-                            exc.message, store.uri(rendered))
+                            "is not looked for%s)", spec.name, as_period(spec.granularity, spec.timezone, day),
+                            without_verdict(exc), store.uri(rendered),
+                            ": the listing was not tried again; a later look lists them" if exc.retryable else "")
                 return [], []
             if not asked_one_by_one:  # (a dozen GETs a day: for a few days, not a range of years)
                 raise
