@@ -368,7 +368,10 @@ def etag_text(etag: object) -> str:
 
 
 
-def _md5_of_range(fd: int, offset: int, length: int) -> bytes:
+def _md5_of_range(fd: int, offset: int, length: int, whole: Any = None) -> bytes:
+    """The MD5 of ``length`` bytes of ``fd`` from ``offset``, also fed to ``whole`` (a running MD5) where given: a
+    multipart upload hashes its parts' bytes in file order from the same reads that give each part its Content-MD5,
+    so the whole file's MD5 costs no second read of it."""
     md5 = hashlib.md5()
     end = offset + length
     while offset < end:
@@ -380,6 +383,8 @@ def _md5_of_range(fd: int, offset: int, length: int) -> bytes:
                               remedy="retried automatically; if it persists, look for what else writes to or "
                                      "cleans temp_dir")
         md5.update(data)
+        if whole is not None:
+            whole.update(data)
         offset += len(data)
     return md5.digest()
 
@@ -1380,6 +1385,10 @@ class S3Upload:
         self._aborted_id: str | None = None  # the upload abort() aborted
         self._threads: list[threading.Thread] = []
         self._fd: int | None = None
+        # the parts' bytes hashed in file order as they are read for their Content-MD5 (up to _hashed): _finish
+        # compares it with the MD5 the sink computed while writing, so the file cannot change unseen in between
+        self._whole = hashlib.md5()
+        self._hashed = 0
 
     # --- public API ------------------------------------------------------------------------------
     @property
@@ -1505,6 +1514,8 @@ class S3Upload:
             raise self._error_here(f"the upload ended with {sum(p.size for p in parts):,} of {size:,} bytes in parts",
                                    retryable=True, cause="the uploaded parts do not add up to the file",
                                    remedy=_RETRIED)
+        if self._whole.hexdigest() != md5_hex:  # the parts are not the bytes the manifest will describe
+            raise self._changed_on_disk()
         waited = time.perf_counter()
         expected = hashlib.md5(b"".join(p.md5 for p in parts)).hexdigest() + f"-{len(parts)}"
         upload_id = self.upload_id
@@ -1597,11 +1608,7 @@ class S3Upload:
         store = self.store
         digest = bytes.fromhex(md5_hex)
         if size and _md5_of_range(fd, 0, size) != digest:
-            raise self._error_here("the temp file does not hash to the MD5 computed while writing it "
-                                   "(local disk or memory corruption); the run will be retried", retryable=True,
-                                   cause="the temp file changed on the local disk",
-                                   remedy="retried automatically; if it persists, check the disk behind temp_dir "
-                                          "and the machine's memory")
+            raise self._changed_on_disk()
         first = {"IfNoneMatch": "*"} if self.fresh else {}
         condition = first
         for attempt in range(1, store.corrupt_attempts + 1):
@@ -1637,6 +1644,15 @@ class S3Upload:
             store.abort_stale_uploads_quietly(self.key,
                                               initiated_before=_server_time(response) + dt.timedelta(seconds=1))
         return etag
+
+    def _changed_on_disk(self) -> UploadError:
+        """The bytes about to be published are not those hashed while writing the temp file (the MD5 and SHA-256 the
+        manifest records): refused, retryable, before the object can count (one PUT or CompleteMultipartUpload)."""
+        return self._error_here("the temp file does not hash to the MD5 computed while writing it (local disk or "
+                                "memory corruption); the run will be retried", retryable=True,
+                                cause="the temp file changed on the local disk",
+                                remedy="retried automatically; if it persists, check the disk behind temp_dir and "
+                                       "the machine's memory")
 
     def _put_whole(self, fd: int, size: int, digest: bytes, condition: dict[str, str]) -> dict:
         """One PutObject of the whole file, with ``condition`` where the store takes conditions."""
@@ -1771,7 +1787,7 @@ class S3Upload:
 
     def _send_part(self, number: int, offset: int, length: int) -> _Part:
         store = self.store
-        digest = _md5_of_range(self._fd, offset, length)
+        digest = self._hash_in_order(offset, length)
         for attempt in range(1, store.corrupt_attempts + 1):
             if self._aborted:
                 raise self._error_here("aborted", retryable=False, cause="the upload was aborted")
@@ -1794,6 +1810,22 @@ class S3Upload:
         raise self._error_here(f"part {number} arrived corrupted {store.corrupt_attempts} times (ETag {etag}, our "
                                f"MD5 {digest.hex()}): the network or store alters data; the run will be retried",
                                retryable=True)
+
+    def _hash_in_order(self, offset: int, length: int) -> bytes:
+        """A part's MD5 (its Content-MD5), its bytes fed to the running MD5 of the whole file by the same reads.
+
+        Parts are claimed in file order, so the part at ``_hashed`` is always held by some thread: a part waits
+        only for the hashing (not the upload) of the parts before it, which keeps the reads single."""
+        with self._cond:
+            while self._hashed != offset:
+                if self._aborted or self._error is not None:
+                    raise self._error_here("aborted", retryable=False, cause="the upload was aborted")
+                self._cond.wait()
+        digest = _md5_of_range(self._fd, offset, length, self._whole)
+        with self._cond:
+            self._hashed = offset + length
+            self._cond.notify_all()
+        return digest
 
     # --- shared --------------------------------------------------------------------------------
     def _fail(self, exc: BaseException) -> None:
