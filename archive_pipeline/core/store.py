@@ -1384,6 +1384,8 @@ class S3Upload:
         self._cleaned = False
         self._aborted_id: str | None = None  # the upload abort() aborted
         self._threads: list[threading.Thread] = []
+        self._live = 0  # the upload's threads still running: the last to end closes _fd once _close_fd was called
+        self._closing = False  # _close_fd was called: _fd goes as soon as no thread of the upload reads it
         self._fd: int | None = None
         # the parts' bytes hashed in file order as they are read for their Content-MD5 (up to _hashed): _finish
         # compares it with the MD5 the sink computed while writing, so the file cannot change unseen in between
@@ -1482,10 +1484,7 @@ class S3Upload:
     # --- the writer's side ---------------------------------------------------------------------
     def _start(self, fd: int) -> None:
         self._fd = os.dup(fd)
-        leader = threading.Thread(target=self._lead, name="s3-upload-0", daemon=True)
-        with self._cond:
-            self._threads.append(leader)
-        leader.start()
+        self._spawn(self._lead, "s3-upload-0")
 
     def _finish(self, fd: int, size: int, md5_hex: str) -> StoredObject:
         started = time.perf_counter()
@@ -1727,14 +1726,12 @@ class S3Upload:
             if not orphan:
                 self.upload_id = upload_id
                 for n in range(1, store.max_concurrency):
-                    worker = threading.Thread(target=self._work, name=f"s3-upload-{n}", daemon=True)
                     try:
-                        worker.start()
+                        self._spawn(self._work, f"s3-upload-{n}")
                     except RuntimeError as exc:  # no thread to be had (a thread or memory limit): fewer workers
                         log.warning("%s uploads with %d of %d threads: %s", store.uri(self.key), n,
                                     store.max_concurrency, exc)
                         break
-                    self._threads.append(worker)
         if orphan:  # aborted while we were creating it (abort() left the marker for this thread to settle)
             self._leftover = not self._abort_quietly(upload_id, None)
             if not self._leftover:
@@ -1903,12 +1900,44 @@ class S3Upload:
         except Exception:  # noqa: BLE001 - not known: read the marker first
             return False
 
+    def _spawn(self, target: Callable[[], None], name: str) -> None:
+        """Start one of the upload's threads, counted in ``_live`` from before it starts until ``target`` ends."""
+        thread = threading.Thread(target=self._run, args=(target,), name=name, daemon=True)
+        with self._cond:
+            self._live += 1
+            try:
+                thread.start()
+            except BaseException:
+                self._live -= 1
+                raise
+            self._threads.append(thread)
+
+    def _run(self, target: Callable[[], None]) -> None:
+        """A thread of the upload: ``target``, then the descriptor closed if this was the last thread reading it
+        after _close_fd (a part stalled past abort_timeout and answered since)."""
+        try:
+            target()
+        finally:
+            with self._cond:
+                self._live -= 1
+                self._release_fd()
+
     def _close_fd(self) -> None:
-        fd, self._fd = self._fd, None
-        if fd is not None and not any(t.is_alive() for t in self._threads):
-            os.close(fd)
-        elif fd is not None:
-            self._fd = fd  # a thread still reads it; it is closed with the process
+        """Close the upload's duplicate of the temp file's descriptor now, or, while a thread still reads it (a part
+        stalled past abort_timeout), when the last one ends: a failed day's nameless temp file is freed once its
+        upload's threads are done, never kept until the process exits (a ranged run would fill temp_dir)."""
+        with self._cond:
+            self._closing = True
+            self._release_fd()
+
+    def _release_fd(self) -> None:
+        """Close ``_fd`` if it is to go and no thread of the upload runs (counted under the lock, so the last thread
+        to end and _close_fd cannot both miss it, nor both close it)."""
+        with self._cond:
+            fd = self._fd if self._closing and self._live == 0 else None
+            if fd is not None:
+                self._fd = None
+                os.close(fd)
 
     def _too_big(self, size: int) -> UploadError:
         plan = self.plan
