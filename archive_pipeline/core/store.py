@@ -368,7 +368,10 @@ def etag_text(etag: object) -> str:
 
 
 
-def _md5_of_range(fd: int, offset: int, length: int) -> bytes:
+def _md5_of_range(fd: int, offset: int, length: int, whole: Any = None) -> bytes:
+    """The MD5 of ``length`` bytes of ``fd`` from ``offset``, also fed to ``whole`` (a running MD5) where given: a
+    multipart upload hashes its parts' bytes in file order from the same reads that give each part its Content-MD5,
+    so the whole file's MD5 costs no second read of it."""
     md5 = hashlib.md5()
     end = offset + length
     while offset < end:
@@ -380,6 +383,8 @@ def _md5_of_range(fd: int, offset: int, length: int) -> bytes:
                               remedy="retried automatically; if it persists, look for what else writes to or "
                                      "cleans temp_dir")
         md5.update(data)
+        if whole is not None:
+            whole.update(data)
         offset += len(data)
     return md5.digest()
 
@@ -1379,7 +1384,13 @@ class S3Upload:
         self._cleaned = False
         self._aborted_id: str | None = None  # the upload abort() aborted
         self._threads: list[threading.Thread] = []
+        self._live = 0  # the upload's threads still running: the last to end closes _fd once _close_fd was called
+        self._closing = False  # _close_fd was called: _fd goes as soon as no thread of the upload reads it
         self._fd: int | None = None
+        # the parts' bytes hashed in file order as they are read for their Content-MD5 (up to _hashed): _finish
+        # compares it with the MD5 the sink computed while writing, so the file cannot change unseen in between
+        self._whole = hashlib.md5()
+        self._hashed = 0
 
     # --- public API ------------------------------------------------------------------------------
     @property
@@ -1473,10 +1484,7 @@ class S3Upload:
     # --- the writer's side ---------------------------------------------------------------------
     def _start(self, fd: int) -> None:
         self._fd = os.dup(fd)
-        leader = threading.Thread(target=self._lead, name="s3-upload-0", daemon=True)
-        with self._cond:
-            self._threads.append(leader)
-        leader.start()
+        self._spawn(self._lead, "s3-upload-0")
 
     def _finish(self, fd: int, size: int, md5_hex: str) -> StoredObject:
         started = time.perf_counter()
@@ -1505,6 +1513,8 @@ class S3Upload:
             raise self._error_here(f"the upload ended with {sum(p.size for p in parts):,} of {size:,} bytes in parts",
                                    retryable=True, cause="the uploaded parts do not add up to the file",
                                    remedy=_RETRIED)
+        if self._whole.hexdigest() != md5_hex:  # the parts are not the bytes the manifest will describe
+            raise self._changed_on_disk()
         waited = time.perf_counter()
         expected = hashlib.md5(b"".join(p.md5 for p in parts)).hexdigest() + f"-{len(parts)}"
         upload_id = self.upload_id
@@ -1597,11 +1607,7 @@ class S3Upload:
         store = self.store
         digest = bytes.fromhex(md5_hex)
         if size and _md5_of_range(fd, 0, size) != digest:
-            raise self._error_here("the temp file does not hash to the MD5 computed while writing it "
-                                   "(local disk or memory corruption); the run will be retried", retryable=True,
-                                   cause="the temp file changed on the local disk",
-                                   remedy="retried automatically; if it persists, check the disk behind temp_dir "
-                                          "and the machine's memory")
+            raise self._changed_on_disk()
         first = {"IfNoneMatch": "*"} if self.fresh else {}
         condition = first
         for attempt in range(1, store.corrupt_attempts + 1):
@@ -1637,6 +1643,15 @@ class S3Upload:
             store.abort_stale_uploads_quietly(self.key,
                                               initiated_before=_server_time(response) + dt.timedelta(seconds=1))
         return etag
+
+    def _changed_on_disk(self) -> UploadError:
+        """The bytes about to be published are not those hashed while writing the temp file (the MD5 and SHA-256 the
+        manifest records): refused, retryable, before the object can count (one PUT or CompleteMultipartUpload)."""
+        return self._error_here("the temp file does not hash to the MD5 computed while writing it (local disk or "
+                                "memory corruption); the run will be retried", retryable=True,
+                                cause="the temp file changed on the local disk",
+                                remedy="retried automatically; if it persists, check the disk behind temp_dir and "
+                                       "the machine's memory")
 
     def _put_whole(self, fd: int, size: int, digest: bytes, condition: dict[str, str]) -> dict:
         """One PutObject of the whole file, with ``condition`` where the store takes conditions."""
@@ -1711,14 +1726,12 @@ class S3Upload:
             if not orphan:
                 self.upload_id = upload_id
                 for n in range(1, store.max_concurrency):
-                    worker = threading.Thread(target=self._work, name=f"s3-upload-{n}", daemon=True)
                     try:
-                        worker.start()
+                        self._spawn(self._work, f"s3-upload-{n}")
                     except RuntimeError as exc:  # no thread to be had (a thread or memory limit): fewer workers
                         log.warning("%s uploads with %d of %d threads: %s", store.uri(self.key), n,
                                     store.max_concurrency, exc)
                         break
-                    self._threads.append(worker)
         if orphan:  # aborted while we were creating it (abort() left the marker for this thread to settle)
             self._leftover = not self._abort_quietly(upload_id, None)
             if not self._leftover:
@@ -1771,7 +1784,7 @@ class S3Upload:
 
     def _send_part(self, number: int, offset: int, length: int) -> _Part:
         store = self.store
-        digest = _md5_of_range(self._fd, offset, length)
+        digest = self._hash_in_order(offset, length)
         for attempt in range(1, store.corrupt_attempts + 1):
             if self._aborted:
                 raise self._error_here("aborted", retryable=False, cause="the upload was aborted")
@@ -1794,6 +1807,22 @@ class S3Upload:
         raise self._error_here(f"part {number} arrived corrupted {store.corrupt_attempts} times (ETag {etag}, our "
                                f"MD5 {digest.hex()}): the network or store alters data; the run will be retried",
                                retryable=True)
+
+    def _hash_in_order(self, offset: int, length: int) -> bytes:
+        """A part's MD5 (its Content-MD5), its bytes fed to the running MD5 of the whole file by the same reads.
+
+        Parts are claimed in file order, so the part at ``_hashed`` is always held by some thread: a part waits
+        only for the hashing (not the upload) of the parts before it, which keeps the reads single."""
+        with self._cond:
+            while self._hashed != offset:
+                if self._aborted or self._error is not None:
+                    raise self._error_here("aborted", retryable=False, cause="the upload was aborted")
+                self._cond.wait()
+        digest = _md5_of_range(self._fd, offset, length, self._whole)
+        with self._cond:
+            self._hashed = offset + length
+            self._cond.notify_all()
+        return digest
 
     # --- shared --------------------------------------------------------------------------------
     def _fail(self, exc: BaseException) -> None:
@@ -1871,12 +1900,44 @@ class S3Upload:
         except Exception:  # noqa: BLE001 - not known: read the marker first
             return False
 
+    def _spawn(self, target: Callable[[], None], name: str) -> None:
+        """Start one of the upload's threads, counted in ``_live`` from before it starts until ``target`` ends."""
+        thread = threading.Thread(target=self._run, args=(target,), name=name, daemon=True)
+        with self._cond:
+            self._live += 1
+            try:
+                thread.start()
+            except BaseException:
+                self._live -= 1
+                raise
+            self._threads.append(thread)
+
+    def _run(self, target: Callable[[], None]) -> None:
+        """A thread of the upload: ``target``, then the descriptor closed if this was the last thread reading it
+        after _close_fd (a part stalled past abort_timeout and answered since)."""
+        try:
+            target()
+        finally:
+            with self._cond:
+                self._live -= 1
+                self._release_fd()
+
     def _close_fd(self) -> None:
-        fd, self._fd = self._fd, None
-        if fd is not None and not any(t.is_alive() for t in self._threads):
-            os.close(fd)
-        elif fd is not None:
-            self._fd = fd  # a thread still reads it; it is closed with the process
+        """Close the upload's duplicate of the temp file's descriptor now, or, while a thread still reads it (a part
+        stalled past abort_timeout), when the last one ends: a failed day's nameless temp file is freed once its
+        upload's threads are done, never kept until the process exits (a ranged run would fill temp_dir)."""
+        with self._cond:
+            self._closing = True
+            self._release_fd()
+
+    def _release_fd(self) -> None:
+        """Close ``_fd`` if it is to go and no thread of the upload runs (counted under the lock, so the last thread
+        to end and _close_fd cannot both miss it, nor both close it)."""
+        with self._cond:
+            fd = self._fd if self._closing and self._live == 0 else None
+            if fd is not None:
+                self._fd = None
+                os.close(fd)
 
     def _too_big(self, size: int) -> UploadError:
         plan = self.plan
