@@ -1610,9 +1610,10 @@ class S3Upload:
             raise self._changed_on_disk()
         first = {"IfNoneMatch": "*"} if self.fresh else {}
         condition = first
+        answer: dict = {}  # the store's last answer, whose Date bounds the stale uploads below
         for attempt in range(1, store.corrupt_attempts + 1):
             try:
-                response = self._put_whole(fd, size, digest, condition)
+                answer = self._put_whole(fd, size, digest, condition)
             except Exception as exc:
                 if _code(exc) in S3_CORRUPT_CODES and attempt < store.corrupt_attempts:
                     continue
@@ -1621,12 +1622,13 @@ class S3Upload:
                         # ours arrived whole after all (an answer lost and the PUT retried, or damaged): its ETag as
                         # the store gives it (not an MD5 where ETags are not: the manifest records what verify compares)
                         etag = md5_hex if store.verify_etags else store.etag_in(self._head_etag(md5_hex))
+                        answer = getattr(exc, "response", None) or {}  # the 412 came after our PUT landed
                         break
                     raise self._named(_taken(store.uri(self.key), exc)) from None
                 error = self._named(_wrap(exc, f"writing {store.uri(self.key)} (PutObject)"))
                 self._withdraw_if_ours(md5_hex, size, error)
                 raise error from exc
-            etag = self.store.etag_in(response)
+            etag = self.store.etag_in(answer)
             if not store.verify_etags or etag == md5_hex:
                 break
             if condition:  # a copy that arrived damaged is ours: replaced only while it still is
@@ -1641,7 +1643,7 @@ class S3Upload:
             raise error
         if self.stale_uploads:
             store.abort_stale_uploads_quietly(self.key,
-                                              initiated_before=_server_time(response) + dt.timedelta(seconds=1))
+                                              initiated_before=_server_time(answer) + dt.timedelta(seconds=1))
         return etag
 
     def _changed_on_disk(self) -> UploadError:
