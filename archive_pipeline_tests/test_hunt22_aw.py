@@ -51,3 +51,35 @@ def test_a_fresh_single_put_whose_first_answer_was_lost_fails_with_an_unbound_lo
         finally:
             os.close(fd)
         assert stored.key == key and stored.size == len(body)
+
+
+def test_a_single_put_answered_with_a_minus_0000_date_still_aborts_a_killed_runs_upload(s3, bucket, temp_dir):
+    """Scenario: a killed run left a multipart upload of the key; a fresh single PUT of the key then succeeds, and
+    the store dates its answer ``-0000`` (RFC 5322's UTC with no local zone known).
+
+    Was: _server_time returned the naive datetime ``parsedate_to_datetime`` gives for ``-0000``; comparing it with
+    the listing's timezone-aware ``Initiated`` raised TypeError inside abort_stale_uploads_quietly, which logged it
+    as a failed cleanup: the leftover upload stayed (its parts billed) with nothing saying why.
+
+    Should: a naive server time is read as UTC, and the killed run's upload is aborted."""
+    import datetime as dt
+    import email.utils
+
+    key = "archive/t/2024-03-11.csv"
+    later = (dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5)).replace(tzinfo=None)
+    date = email.utils.format_datetime(later)
+    assert date.endswith("-0000")
+    with FaultProxy(s3.endpoint_url) as proxy:
+        client = proxy.client()
+        client.create_multipart_upload(Bucket=bucket, Key=key)  # the killed run's
+        store = S3Store(client, bucket, prefix="archive")
+        proxy.add(Fault(method="PUT", path=r"2024-03-11\.csv$", action="set_header", header=("Date", date)))
+        body = b"id,at\n1,2024-03-11\n"
+        fd, md5 = _small_file(temp_dir, body)
+        try:
+            upload = store.begin(key, content_type="text/csv", metadata={"table": "t", "day": "2024-03-11"},
+                                 fresh=True)
+            assert upload.finish(fd, len(body), md5).size == len(body)
+        finally:
+            os.close(fd)
+        assert client.list_multipart_uploads(Bucket=bucket, Prefix=key).get("Uploads", []) == []

@@ -1971,14 +1971,18 @@ class S3Upload:
 
 
 def _server_time(response: dict) -> dt.datetime:
-    """The store's clock from a response's Date header (our clock if it has none)."""
+    """The store's clock from a response's Date header (our clock if it has none), always timezone-aware: it is
+    compared with the aware ``Initiated`` times of a listing, and a naive one (a ``-0000`` or zoneless Date, which
+    ``parsedate_to_datetime`` leaves naive) would raise TypeError there, swallowed as a failed cleanup. HTTP dates
+    are UTC (RFC 9110), and ``-0000`` means UTC with no local zone known (RFC 5322), so a naive one is read as UTC."""
     import email.utils
 
     header = response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
     try:
-        return email.utils.parsedate_to_datetime(header) if header else dt.datetime.now(dt.UTC)
+        when = email.utils.parsedate_to_datetime(header) if header else dt.datetime.now(dt.UTC)
     except (TypeError, ValueError):
         return dt.datetime.now(dt.UTC)
+    return when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)
 
 
 __all__ = ["MAX_OBJECT_SIZE", "MAX_PARTS", "MAX_PART_SIZE", "MIN_PART_SIZE", "MiB", "CorruptedWrite", "DownloadError",
