@@ -2436,23 +2436,31 @@ def _routed_by_trigger(conn: psycopg.Connection, manifest: dict, relation: Relat
             f"{int(manifest['rows']):,} archived rows: {how})"), gained
 
 
-# The archived columns of the target that take their values from a sequence they own (an identity column, ALWAYS
-# or BY DEFAULT, or a serial's), with the sequence and its increment
+# The archived columns of the target that take their values from a sequence, with the sequence and its increment:
+# one they own (an identity column, ALWAYS or BY DEFAULT, or a serial's: pg_get_serial_sequence) or one their default
+# draws from without owning it (``DEFAULT nextval('ids')``, a sequence shared by tables or OWNED BY another column:
+# the default expression's pg_depend on it), each once
 _OWNED_SEQUENCES = """
 SELECT a.attname::text, n.nspname::text, c.relname::text, q.seqincrement
 FROM pg_catalog.pg_attribute a
-CROSS JOIN LATERAL (SELECT pg_catalog.pg_get_serial_sequence(%(t)s, a.attname::text)::pg_catalog.regclass AS seq) s
+CROSS JOIN LATERAL (
+    SELECT pg_catalog.pg_get_serial_sequence(%(t)s, a.attname::text)::pg_catalog.regclass::pg_catalog.oid AS seq
+    UNION
+    SELECT d.refobjid FROM pg_catalog.pg_attrdef ad JOIN pg_catalog.pg_depend d
+        ON d.classid = 'pg_catalog.pg_attrdef'::pg_catalog.regclass AND d.objid = ad.oid
+        AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
+    WHERE ad.adrelid = a.attrelid AND ad.adnum = a.attnum) s
 JOIN pg_catalog.pg_sequence q ON q.seqrelid = s.seq
 JOIN pg_catalog.pg_class c ON c.oid = s.seq JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE a.attrelid = pg_catalog.to_regclass(%(t)s) AND a.attnum > 0 AND NOT a.attisdropped
   AND a.attname::text = ANY (%(names)s::text[])
-ORDER BY a.attnum
+ORDER BY a.attnum, n.nspname, c.relname
 """
 
 
 def _advance_sequences(conn: psycopg.Connection, manifest: dict, relation: Relation) -> str:
-    """Move each sequence the target's archived columns own (identity, serial) past the values the restore wrote
-    into them, where it is behind them: COPY and ``OVERRIDING SYSTEM VALUE`` write archived ids without taking
+    """Move each sequence the target's archived columns own (identity, serial) or their defaults draw from
+    (``DEFAULT nextval('ids')``) past the values the restore wrote into them, where it is behind them: COPY and ``OVERRIDING SYSTEM VALUE`` write archived ids without taking
     them from the sequence, so a target whose sequence is fresh (a copy made with LIKE ... INCLUDING ALL) handed
     the application a restored id on its next INSERT. Only ever forward (a sequence ahead of the rows is left as
     it is), by ``setval``, as pg_restore's data does; in the day's transaction, after the check (setval itself is
