@@ -2453,7 +2453,7 @@ CROSS JOIN LATERAL (
 JOIN pg_catalog.pg_sequence q ON q.seqrelid = s.seq
 JOIN pg_catalog.pg_class c ON c.oid = s.seq JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE a.attrelid = pg_catalog.to_regclass(%(t)s) AND a.attnum > 0 AND NOT a.attisdropped
-  AND a.attname::text = ANY (%(names)s::text[])
+  AND (%(names)s::text[] IS NULL OR a.attname::text = ANY (%(names)s::text[]))
 ORDER BY a.attnum, n.nspname, c.relname
 """
 
@@ -2465,13 +2465,24 @@ def _advance_sequences(conn: psycopg.Connection, manifest: dict, relation: Relat
     the application a restored id on its next INSERT. Only ever forward (a sequence ahead of the rows is left as
     it is), by ``setval``, as pg_restore's data does; in the day's transaction, after the check (setval itself is
     not undone by a rollback: a COMMIT that then fails leaves a gap in the sequence, which sequences have anyway).
-    Returns the words the result's check ends with: what was advanced, or what could not be (privileges)."""
-    if _kind(conn, relation) not in ("r", "p"):
+    Through a view (simply updatable, or an INSTEAD OF trigger writing its table) the rows land in the table it
+    reads (:func:`_view_base`), whose sequences are the ones behind: every column of it is looked at, since a
+    trigger may write columns the view renames or does not show; a view over no single table is named as not
+    checked. Returns the words the result's check ends with: what was advanced, or what could not be."""
+    names: list[str] | None = manifest_columns(manifest)
+    if _kind(conn, relation) == "v":
+        base = _view_base(conn, relation)
+        if base == relation or _kind(conn, base) not in ("r", "p"):
+            return (f"; {relation} is a view over no single table, so the sequences of the table(s) it writes into "
+                    "were not checked: if one is behind the restored values, its next value is a restored one "
+                    "(SELECT setval('<sequence>', (SELECT max(<column>) FROM <table>)) as its owner)")
+        relation, names = base, None
+    elif _kind(conn, relation) not in ("r", "p"):
         return ""
     target = relation.identifier.as_string(conn)
     try:
         with conn.transaction():
-            owned = conn.execute(_OWNED_SEQUENCES, {"t": target, "names": manifest_columns(manifest)}).fetchall()
+            owned = conn.execute(_OWNED_SEQUENCES, {"t": target, "names": names}).fetchall()
     except psycopg.Error:
         return ""
     said = []
