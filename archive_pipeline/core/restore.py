@@ -2003,12 +2003,15 @@ JOIN pg_catalog.pg_class c ON c.oid = tree.oid JOIN pg_catalog.pg_namespace n ON
 def _insert_fingerprinted(conn: psycopg.Connection, insert: sql.Composable, manifest: dict,
                           relation: Relation) -> fp.Fingerprint:
     """Run ``insert`` and return the fingerprint of the rows it inserted, as the target stored them
-    (its RETURNING): where no day column tells a day's rows apart in the target (a naming-mode table
-    restored into a table holding other days), these are exactly the restored rows, hashed once."""
+    (its RETURNING; read back by ctid for a table, through the view for a view: :func:`_added_through_view`):
+    where no day column tells a day's rows apart in the target (a naming-mode table restored into a table
+    holding other days), these are exactly the restored rows, hashed once."""
     algorithm = fp.algorithm_for(manifest.get("fingerprint"))
     columns = _hashed_columns(conn, relation, manifest)
+    if _kind(conn, relation) == "v":
+        return _added_through_view(conn, insert, relation, columns, algorithm)
     total = fp.hash_sum(fp.row_hash(columns, "t", algorithm, fp.server_encoding(conn)))
-    if _kind(conn, relation) not in ("r", "p"):  # (a foreign table's or a view's rows have no ctid to be read by)
+    if _kind(conn, relation) not in ("r", "p"):  # (a foreign table's rows have no ctid to be read by)
         query = sql.SQL("WITH t AS ({insert} RETURNING {cols}) SELECT pg_catalog.count(*), {total} FROM t").format(
             insert=insert, cols=_column_list(manifest_columns(manifest)), total=total)
         with fp.canonical_settings(conn):
@@ -2027,6 +2030,22 @@ def _insert_fingerprinted(conn: psycopg.Connection, insert: sql.Composable, mani
     with fp.canonical_settings(conn):
         rows, hash_sum = conn.execute(query).fetchone()
     return fp.Fingerprint(rows=rows, hash_sum=hash_sum, algorithm=algorithm)
+
+
+def _added_through_view(conn: psycopg.Connection, insert: sql.Composable, relation: Relation,
+                        columns: Sequence[Column], algorithm: str) -> fp.Fingerprint:
+    """The fingerprint of the rows ``insert`` added to the view ``relation``, as the view shows them: the view's
+    fingerprint after the insert minus the one before (a sum of row hashes: what remains is the added rows'). Its
+    RETURNING cannot be it: through an INSTEAD OF trigger that is the row the trigger returned (the archived values,
+    ``RETURN NEW``), not the row it wrote, and a view's rows have no ctid to be read back by. A trigger that rewrote
+    the rows, wrote them where the view does not show them or changed other rows leaves a difference that is not
+    the archive's, so the check rolls the restore back. Reads the whole view twice."""
+    before = fp.compute(conn, relation.identifier, columns, algorithm=algorithm)
+    conn.execute(insert)
+    conn.execute(sql.SQL("SET CONSTRAINTS ALL IMMEDIATE"))  # (deferred constraint triggers too: see _fire_deferred)
+    after = fp.compute(conn, relation.identifier, columns, algorithm=algorithm)
+    return fp.Fingerprint(rows=after.rows - before.rows, hash_sum=str(int(after.hash_sum) - int(before.hash_sum)),
+                          algorithm=algorithm)
 
 
 def _insert_contained(conn: psycopg.Connection, insert: sql.Composable, stage: sql.Identifier, manifest: dict,
