@@ -2003,12 +2003,15 @@ JOIN pg_catalog.pg_class c ON c.oid = tree.oid JOIN pg_catalog.pg_namespace n ON
 def _insert_fingerprinted(conn: psycopg.Connection, insert: sql.Composable, manifest: dict,
                           relation: Relation) -> fp.Fingerprint:
     """Run ``insert`` and return the fingerprint of the rows it inserted, as the target stored them
-    (its RETURNING): where no day column tells a day's rows apart in the target (a naming-mode table
-    restored into a table holding other days), these are exactly the restored rows, hashed once."""
+    (its RETURNING; read back by ctid for a table, through the view for a view: :func:`_added_through_view`):
+    where no day column tells a day's rows apart in the target (a naming-mode table restored into a table
+    holding other days), these are exactly the restored rows, hashed once."""
     algorithm = fp.algorithm_for(manifest.get("fingerprint"))
     columns = _hashed_columns(conn, relation, manifest)
+    if _kind(conn, relation) == "v":
+        return _added_through_view(conn, insert, relation, columns, algorithm)
     total = fp.hash_sum(fp.row_hash(columns, "t", algorithm, fp.server_encoding(conn)))
-    if _kind(conn, relation) not in ("r", "p"):  # (a foreign table's or a view's rows have no ctid to be read by)
+    if _kind(conn, relation) not in ("r", "p"):  # (a foreign table's rows have no ctid to be read by)
         query = sql.SQL("WITH t AS ({insert} RETURNING {cols}) SELECT pg_catalog.count(*), {total} FROM t").format(
             insert=insert, cols=_column_list(manifest_columns(manifest)), total=total)
         with fp.canonical_settings(conn):
@@ -2027,6 +2030,22 @@ def _insert_fingerprinted(conn: psycopg.Connection, insert: sql.Composable, mani
     with fp.canonical_settings(conn):
         rows, hash_sum = conn.execute(query).fetchone()
     return fp.Fingerprint(rows=rows, hash_sum=hash_sum, algorithm=algorithm)
+
+
+def _added_through_view(conn: psycopg.Connection, insert: sql.Composable, relation: Relation,
+                        columns: Sequence[Column], algorithm: str) -> fp.Fingerprint:
+    """The fingerprint of the rows ``insert`` added to the view ``relation``, as the view shows them: the view's
+    fingerprint after the insert minus the one before (a sum of row hashes: what remains is the added rows'). Its
+    RETURNING cannot be it: through an INSTEAD OF trigger that is the row the trigger returned (the archived values,
+    ``RETURN NEW``), not the row it wrote, and a view's rows have no ctid to be read back by. A trigger that rewrote
+    the rows, wrote them where the view does not show them or changed other rows leaves a difference that is not
+    the archive's, so the check rolls the restore back. Reads the whole view twice."""
+    before = fp.compute(conn, relation.identifier, columns, algorithm=algorithm)
+    conn.execute(insert)
+    conn.execute(sql.SQL("SET CONSTRAINTS ALL IMMEDIATE"))  # (deferred constraint triggers too: see _fire_deferred)
+    after = fp.compute(conn, relation.identifier, columns, algorithm=algorithm)
+    return fp.Fingerprint(rows=after.rows - before.rows, hash_sum=str(int(after.hash_sum) - int(before.hash_sum)),
+                          algorithm=algorithm)
 
 
 def _insert_contained(conn: psycopg.Connection, insert: sql.Composable, stage: sql.Identifier, manifest: dict,
@@ -2436,34 +2455,53 @@ def _routed_by_trigger(conn: psycopg.Connection, manifest: dict, relation: Relat
             f"{int(manifest['rows']):,} archived rows: {how})"), gained
 
 
-# The archived columns of the target that take their values from a sequence they own (an identity column, ALWAYS
-# or BY DEFAULT, or a serial's), with the sequence and its increment
+# The archived columns of the target that take their values from a sequence, with the sequence and its increment:
+# one they own (an identity column, ALWAYS or BY DEFAULT, or a serial's: pg_get_serial_sequence) or one their default
+# draws from without owning it (``DEFAULT nextval('ids')``, a sequence shared by tables or OWNED BY another column:
+# the default expression's pg_depend on it), each once
 _OWNED_SEQUENCES = """
 SELECT a.attname::text, n.nspname::text, c.relname::text, q.seqincrement
 FROM pg_catalog.pg_attribute a
-CROSS JOIN LATERAL (SELECT pg_catalog.pg_get_serial_sequence(%(t)s, a.attname::text)::pg_catalog.regclass AS seq) s
+CROSS JOIN LATERAL (
+    SELECT pg_catalog.pg_get_serial_sequence(%(t)s, a.attname::text)::pg_catalog.regclass::pg_catalog.oid AS seq
+    UNION
+    SELECT d.refobjid FROM pg_catalog.pg_attrdef ad JOIN pg_catalog.pg_depend d
+        ON d.classid = 'pg_catalog.pg_attrdef'::pg_catalog.regclass AND d.objid = ad.oid
+        AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
+    WHERE ad.adrelid = a.attrelid AND ad.adnum = a.attnum) s
 JOIN pg_catalog.pg_sequence q ON q.seqrelid = s.seq
 JOIN pg_catalog.pg_class c ON c.oid = s.seq JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE a.attrelid = pg_catalog.to_regclass(%(t)s) AND a.attnum > 0 AND NOT a.attisdropped
-  AND a.attname::text = ANY (%(names)s::text[])
-ORDER BY a.attnum
+  AND (%(names)s::text[] IS NULL OR a.attname::text = ANY (%(names)s::text[]))
+ORDER BY a.attnum, n.nspname, c.relname
 """
 
 
 def _advance_sequences(conn: psycopg.Connection, manifest: dict, relation: Relation) -> str:
-    """Move each sequence the target's archived columns own (identity, serial) past the values the restore wrote
-    into them, where it is behind them: COPY and ``OVERRIDING SYSTEM VALUE`` write archived ids without taking
+    """Move each sequence the target's archived columns own (identity, serial) or their defaults draw from
+    (``DEFAULT nextval('ids')``) past the values the restore wrote into them, where it is behind them: COPY and ``OVERRIDING SYSTEM VALUE`` write archived ids without taking
     them from the sequence, so a target whose sequence is fresh (a copy made with LIKE ... INCLUDING ALL) handed
     the application a restored id on its next INSERT. Only ever forward (a sequence ahead of the rows is left as
     it is), by ``setval``, as pg_restore's data does; in the day's transaction, after the check (setval itself is
     not undone by a rollback: a COMMIT that then fails leaves a gap in the sequence, which sequences have anyway).
-    Returns the words the result's check ends with: what was advanced, or what could not be (privileges)."""
-    if _kind(conn, relation) not in ("r", "p"):
+    Through a view (simply updatable, or an INSTEAD OF trigger writing its table) the rows land in the table it
+    reads (:func:`_view_base`), whose sequences are the ones behind: every column of it is looked at, since a
+    trigger may write columns the view renames or does not show; a view over no single table is named as not
+    checked. Returns the words the result's check ends with: what was advanced, or what could not be."""
+    names: list[str] | None = manifest_columns(manifest)
+    if _kind(conn, relation) == "v":
+        base = _view_base(conn, relation)
+        if base == relation or _kind(conn, base) not in ("r", "p"):
+            return (f"; {relation} is a view over no single table, so the sequences of the table(s) it writes into "
+                    "were not checked: if one is behind the restored values, its next value is a restored one "
+                    "(SELECT setval('<sequence>', (SELECT max(<column>) FROM <table>)) as its owner)")
+        relation, names = base, None
+    elif _kind(conn, relation) not in ("r", "p"):
         return ""
     target = relation.identifier.as_string(conn)
     try:
         with conn.transaction():
-            owned = conn.execute(_OWNED_SEQUENCES, {"t": target, "names": manifest_columns(manifest)}).fetchall()
+            owned = conn.execute(_OWNED_SEQUENCES, {"t": target, "names": names}).fetchall()
     except psycopg.Error:
         return ""
     said = []
