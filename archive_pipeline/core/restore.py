@@ -1890,13 +1890,16 @@ class _UniqueViolation(RestoreConflictError):
 
 def _unique_violation(conn: psycopg.Connection, exc: _UniqueViolation, manifest: dict,
                       created: Iterable[Relation] = ()) -> RestoreError:
-    """``exc`` told as what it was: rows already in the target (as said), the archived rows colliding among
-    themselves in a target that held none, or a table one of the target's triggers writes."""
+    """``exc`` told as what it was: rows already in the target (as said; for a simple view, in the table it
+    writes), the archived rows colliding among themselves in a target that held none, or a table one of the
+    target's triggers writes."""
     relation, table, day = exc.relation, manifest["table"], manifest["day"]
     try:
         with conn.transaction():
             conn.execute("SET LOCAL lock_timeout = '2s'")  # (asked after the rollback: never wait long for it)
-            tree = {tuple(r) for r in conn.execute(_TREE, (relation.identifier.as_string(conn),))}
+            base = _view_base(conn, relation)  # (a simple view writes its base table: its rows are the target's)
+            tree = {tuple(r) for target in {relation, base} for r in conn.execute(
+                _TREE, (target.identifier.as_string(conn),))}
             tree |= {(r.schema, r.name) for r in (relation, *created)}  # (what the rolled-back restore created too)
             if exc.where[1] and exc.where not in tree and (None, exc.where[1]) not in tree:
                 hooks = [name for name in _insert_hooks(conn, relation) if name.startswith("trigger ")]
@@ -1919,6 +1922,11 @@ def _unique_violation(conn: psycopg.Connection, exc: _UniqueViolation, manifest:
                 held = _holds_key(conn, refusing, exc)
     except psycopg.Error:
         return exc
+    if held and base != relation:  # skip cannot go through a view (_skip_mode): through its base table it can
+        return RestoreConflictError(
+            f"rows of the archive of {table} for {day} already exist in {relation}, in its base table {base} "
+            f"({exc.detail}); nothing was restored. Restore into {base} with on_conflict='skip' to add only the "
+            "missing rows, or restore into a new table", table=table, day=day)
     if held:
         return exc
     return RestoreError(
