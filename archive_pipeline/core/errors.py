@@ -1085,6 +1085,14 @@ def wrap(exc: BaseException, table: str, day: str, password: str | None = None, 
                         remedy="retried automatically; if the store is that slow, raise the role's or the server's "
                                "idle_in_transaction_session_timeout (or source.idle_in_transaction_timeout_ms) above "
                                "the store's slowest answer")
+    if found.cause == _STATEMENT_TIMEOUT.cause and doing == "removing":  # it read the day; then it waited to write
+        found = replace(found, cause="statement_timeout: removing the day took longer than allowed (deleting, "
+                                     "detaching or dropping it, or waiting for a lock on the table that another "
+                                     "session holds: the wait counts too)",
+                        remedy="retried automatically; if another session holds a lock on the table "
+                               "(pg_blocking_pids(), pg_locks), the removal goes on once it ends; if the removal "
+                               "itself takes longer, raise source.statement_timeout_ms (0 = no limit) in the archive "
+                               "config, or (action delete) lower retention.batch_rows")
     if standby and found.cause == _CONNECTION_LOST.cause:
         found = replace(found, cause=_LOST_ON_STANDBY.cause, remedy=_LOST_ON_STANDBY.remedy)
     if database:
