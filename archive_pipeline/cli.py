@@ -165,6 +165,7 @@ class Run:
     def __post_init__(self) -> None:
         # the configured names a message may hold, kept as they are by the rewording (see _for_the_cli)
         _KEPT.set(_kept_names(self.config.tables))
+        _QUOTED.set(())  # (the values quoted by an earlier command in this process: not this one's)
 
     def command(self, verb: str) -> list[str]:
         """The command ``verb`` as a user pastes it into a shell: the program's name, and the --config this run
@@ -390,6 +391,24 @@ _CLI_WORDING = [  # what the core says of a Dagster run, and what it means for o
 _KEPT: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("archive_pipeline_cli_kept", default=())
 
 
+# What a day's check quotes from the database, never the core's words (a row's text may read "set overwrite" or
+# "retried automatically", as a job log line does): verify's first differing row ("first difference: the source
+# has a row the archive lacks: (2,...)") and what PostgreSQL said where it could not be named. Kept exactly as it
+# is by the rewording, which is for the core's own sentences (see _for_the_cli).
+_QUOTING = re.compile(r"first difference(?: not named|: [^:]+): (?P<quoted>.+)\Z", re.DOTALL)
+_QUOTED: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("archive_pipeline_cli_quoted", default=())
+
+
+def _quoting(problems: list[str]) -> list[str]:
+    """``problems`` (a day's check), the values they quote from the database noted to be printed as they are: a
+    row's text reworded showed, in the one place that names the differing row, a value the database does not
+    hold (and a script reading --json got altered data)."""
+    quoted = [found["quoted"] for found in map(_QUOTING.match, problems) if found]
+    if quoted:
+        _QUOTED.set(tuple(sorted({*_QUOTED.get(), *quoted}, key=len, reverse=True)))
+    return problems
+
+
 def _kept_names(tables: Iterable[TableSpec]) -> tuple[str, ...]:
     names = {name for spec in tables for name in (spec.name, spec.schema_name, spec.table_name)}
     kept = [name for name in names if name and (_reworded(name) != name or _ANY_CONTROL.search(name))]
@@ -412,14 +431,17 @@ def _reworded(text: str) -> str:
 def _for_the_cli(text: str) -> str:
     """A core message as the command line means it: the CLI tries once, where a Dagster run is retried, and
     its options are spelled as options. Applied to everything a command prints (see :class:`_CliConsole`).
-    The configured names in it are kept as they are (never reworded) and their control characters escaped
-    (a schema's line feed split a remedy's command over two lines)."""
-    kept = [name for name in _KEPT.get() if name in text]
+    The values quoted from the database (see :func:`_quoting`) are kept exactly as they are, and the configured
+    names in it are kept as they are (never reworded) with their control characters escaped (a schema's line
+    feed split a remedy's command over two lines). The quoted values first: a row's text may hold a name."""
+    quoted = [value for value in _QUOTED.get() if value in text]
+    kept = [*quoted, *(name for name in _KEPT.get() if name in text)]
     for i, name in enumerate(kept):
         text = text.replace(name, f"\ue000{i}\ue001")
     text = _reworded(text)
     for i, name in enumerate(kept):
-        text = text.replace(f"\ue000{i}\ue001", _ANY_CONTROL.sub(lambda found: ascii(found[0])[1:-1], name))
+        text = text.replace(f"\ue000{i}\ue001", name if i < len(quoted) else
+                            _ANY_CONTROL.sub(lambda found: ascii(found[0])[1:-1], name))
     return text
 
 
@@ -1249,7 +1271,7 @@ def _day_checked(run: Run, table: str, day: dt.date, check: Callable[[], list[st
     try:
         if run is not None:
             run.between_days()
-        return check()
+        return _quoting(check())
     except (ArchiveError, psycopg.Error) as exc:
         if run.lost:
             raise UnreachableError(f"lost the source database while checking {table} {day}: "
@@ -1258,7 +1280,7 @@ def _day_checked(run: Run, table: str, day: dt.date, check: Callable[[], list[st
             exc = wrap(exc, table, day.isoformat(), doing="proving")
         return [_for_the_cli(f"not checked ({'retryable' if exc.retryable else 'not retryable'}): "
                              f"{redact(str(exc), *_passwords())}")]
-    except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM: said as the day being checked (see _cancelled)
+    except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM, SIGHUP: said as the day being checked (see _cancelled)
         note_cancelled(exc, table, day.isoformat(), "checking")
         raise
 
