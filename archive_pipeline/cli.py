@@ -4,8 +4,8 @@ Same YAML file (``--config`` or ``$ARCHIVE_PIPELINE_CONFIG``) and environment va
 location (``ARCHIVE_PG_DSN``, ``ARCHIVE_S3_*``). No Dagster import.
 
 Exit codes: 0 ok; 1 a check or comparison found differences, or a day failed; 2 usage or
-configuration error; 3 the source database or the object store cannot be reached; 130 (Ctrl-C) and
-143 (SIGTERM): cancelled.
+configuration error; 3 the source database or the object store cannot be reached; 130 (Ctrl-C),
+143 (SIGTERM) and 129 (SIGHUP, the terminal closed): cancelled.
 """
 
 from __future__ import annotations
@@ -72,33 +72,43 @@ class Failed(Exception):
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM (``kill``, a container or service manager stopping us), raised like Ctrl-C: Python's default
-    would end the process on the spot, leaving the day's multipart upload open in the store and no word
-    of what was stopped. Raised, the same cleanup runs as for Ctrl-C."""
+    """SIGTERM (``kill``, a container or service manager stopping us) or SIGHUP (the terminal or SSH session the
+    command runs in closed), raised like Ctrl-C: Python's default would end the process on the spot, leaving the
+    day's multipart upload open in the store and no word of what was stopped. Raised, the same cleanup runs as for
+    Ctrl-C; ``signum`` says which signal it was, for the exit code and the line (see :func:`_cancel_said`)."""
+
+    def __init__(self, signum: int | str = signal.SIGTERM) -> None:  # (a name: as it is copied, from its args)
+        self.signum = signal.Signals[signum] if isinstance(signum, str) else signal.Signals(signum)
+        super().__init__(self.signum.name)
 
 
-_CANCELS = [0]  # Ctrl-C and SIGTERM received so far
+_CANCELS = [0]  # Ctrl-C, SIGTERM and SIGHUP received so far
 
 
 def _cancel(signum: int, _frame: object) -> None:
-    """The first Ctrl-C or SIGTERM cancels the command. The second, which an impatient person sends while the
-    first one's cleanup runs (the upload's abort, the day's lock), would cut that cleanup short and leave the
+    """The first Ctrl-C, SIGTERM or SIGHUP cancels the command. The second, which an impatient person sends while
+    the first one's cleanup runs (the upload's abort, the day's lock), would cut that cleanup short and leave the
     day's multipart upload open: it only says so. A third stops at once."""
     _CANCELS[0] += 1
     if _CANCELS[0] == 2:
         print("still cleaning up after the cancel (aborting the day's upload, releasing its lock); cancel once more "
               "to stop at once and leave that to the next run of the day", file=sys.stderr, flush=True)
         return
-    raise (Terminated if signum == signal.SIGTERM else KeyboardInterrupt)(signal.Signals(signum).name)
+    raise KeyboardInterrupt(signal.Signals(signum).name) if signum == signal.SIGINT else Terminated(signum)
 
 
 @contextmanager
 def _cancellable() -> Iterator[None]:
-    """Ctrl-C and SIGTERM handled by :func:`_cancel` while a command runs; the handlers before it afterwards
-    (a caller in the same process, a test, keeps its own)."""
+    """Ctrl-C, SIGTERM and SIGHUP (a closed terminal: its processes' default end would leave the day's upload open)
+    handled by :func:`_cancel` while a command runs; the handlers before it afterwards (a caller in the same
+    process, a test, keeps its own). A SIGHUP ignored (``nohup``: the command is to outlive its terminal) stays
+    ignored."""
     _CANCELS[0] = 0
+    hangup = getattr(signal, "SIGHUP", None)  # (not on Windows)
+    taken = (signal.SIGINT, signal.SIGTERM,
+             *((hangup,) if hangup is not None and signal.getsignal(hangup) is not signal.SIG_IGN else ()))
     try:
-        previous = {signum: signal.signal(signum, _cancel) for signum in (signal.SIGINT, signal.SIGTERM)}
+        previous = {signum: signal.signal(signum, _cancel) for signum in taken}
     except ValueError:  # not the main thread (called from a test's thread): signals are not ours to take
         previous = {}
     try:
@@ -106,6 +116,14 @@ def _cancellable() -> Iterator[None]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def _cancel_said(exc: KeyboardInterrupt) -> tuple[int, str]:
+    """A cancelled command's exit code, 128 + the signal's number as a shell reports it (Ctrl-C 130, SIGHUP 129,
+    SIGTERM 143), and the words its line names the cancel with."""
+    if isinstance(exc, Terminated):
+        return 128 + exc.signum, f"by {exc.signum.name}"
+    return 128 + signal.SIGINT, "by Ctrl-C"
 
 
 def _require_existing_day(spec: TableSpec, given: str) -> None:
@@ -147,6 +165,7 @@ class Run:
     def __post_init__(self) -> None:
         # the configured names a message may hold, kept as they are by the rewording (see _for_the_cli)
         _KEPT.set(_kept_names(self.config.tables))
+        _QUOTED.set(())  # (the values quoted by an earlier command in this process: not this one's)
 
     def command(self, verb: str) -> list[str]:
         """The command ``verb`` as a user pastes it into a shell: the program's name, and the --config this run
@@ -372,6 +391,24 @@ _CLI_WORDING = [  # what the core says of a Dagster run, and what it means for o
 _KEPT: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("archive_pipeline_cli_kept", default=())
 
 
+# What a day's check quotes from the database, never the core's words (a row's text may read "set overwrite" or
+# "retried automatically", as a job log line does): verify's first differing row ("first difference: the source
+# has a row the archive lacks: (2,...)") and what PostgreSQL said where it could not be named. Kept exactly as it
+# is by the rewording, which is for the core's own sentences (see _for_the_cli).
+_QUOTING = re.compile(r"first difference(?: not named|: [^:]+): (?P<quoted>.+)\Z", re.DOTALL)
+_QUOTED: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("archive_pipeline_cli_quoted", default=())
+
+
+def _quoting(problems: list[str]) -> list[str]:
+    """``problems`` (a day's check), the values they quote from the database noted to be printed as they are: a
+    row's text reworded showed, in the one place that names the differing row, a value the database does not
+    hold (and a script reading --json got altered data)."""
+    quoted = [found["quoted"] for found in map(_QUOTING.match, problems) if found]
+    if quoted:
+        _QUOTED.set(tuple(sorted({*_QUOTED.get(), *quoted}, key=len, reverse=True)))
+    return problems
+
+
 def _kept_names(tables: Iterable[TableSpec]) -> tuple[str, ...]:
     names = {name for spec in tables for name in (spec.name, spec.schema_name, spec.table_name)}
     kept = [name for name in names if name and (_reworded(name) != name or _ANY_CONTROL.search(name))]
@@ -394,14 +431,17 @@ def _reworded(text: str) -> str:
 def _for_the_cli(text: str) -> str:
     """A core message as the command line means it: the CLI tries once, where a Dagster run is retried, and
     its options are spelled as options. Applied to everything a command prints (see :class:`_CliConsole`).
-    The configured names in it are kept as they are (never reworded) and their control characters escaped
-    (a schema's line feed split a remedy's command over two lines)."""
-    kept = [name for name in _KEPT.get() if name in text]
+    The values quoted from the database (see :func:`_quoting`) are kept exactly as they are, and the configured
+    names in it are kept as they are (never reworded) with their control characters escaped (a schema's line
+    feed split a remedy's command over two lines). The quoted values first: a row's text may hold a name."""
+    quoted = [value for value in _QUOTED.get() if value in text]
+    kept = [*quoted, *(name for name in _KEPT.get() if name in text)]
     for i, name in enumerate(kept):
         text = text.replace(name, f"\ue000{i}\ue001")
     text = _reworded(text)
     for i, name in enumerate(kept):
-        text = text.replace(f"\ue000{i}\ue001", _ANY_CONTROL.sub(lambda found: ascii(found[0])[1:-1], name))
+        text = text.replace(f"\ue000{i}\ue001", name if i < len(quoted) else
+                            _ANY_CONTROL.sub(lambda found: ascii(found[0])[1:-1], name))
     return text
 
 
@@ -528,16 +568,15 @@ def _fail(as_json: bool, code: int, message: str, retryable: bool | None = None)
 
 
 def _cancelled(as_json: bool, exc: KeyboardInterrupt) -> None:
-    """One line for a command stopped by Ctrl-C or SIGTERM (exit 130 / 143, as a shell reports them): what
-    was interrupted, what that day is left as, and that running the command again finishes the work."""
-    terminated = isinstance(exc, Terminated)
-    how = "by SIGTERM" if terminated else "by Ctrl-C"
+    """One line for a command stopped by Ctrl-C, SIGTERM or SIGHUP (exit 130 / 143 / 129, as a shell reports them):
+    what was interrupted, what that day is left as, and that running the command again finishes the work."""
+    code, how = _cancel_said(exc)
     interrupted = getattr(exc, "interrupted", None)
     if interrupted:
         text = f"{interrupted} was cancelled {how}: {CANCELLED_LEAVES[interrupted.split(' ', 1)[0]]}"
     else:
         text = f"cancelled {how}"
-    _fail(as_json, 143 if terminated else 130, f"{text}; to fix: run the same command again to finish", True)
+    _fail(as_json, code, f"{text}; to fix: run the same command again to finish", True)
 
 
 def command(fn: Callable[..., None]) -> Callable[..., None]:
@@ -751,7 +790,7 @@ def main() -> None:
 
     Reads the same YAML table list and ARCHIVE_PG_DSN / ARCHIVE_S3_* variables as the Dagster code
     location. Exit codes: 0 ok, 1 differences found or a day failed, 2 usage or configuration error,
-    3 source database or object store unreachable, 130 (Ctrl-C) or 143 (SIGTERM) cancelled.
+    3 source database or object store unreachable, 130 (Ctrl-C), 143 (SIGTERM) or 129 (SIGHUP) cancelled.
     """
 
 
@@ -1232,7 +1271,7 @@ def _day_checked(run: Run, table: str, day: dt.date, check: Callable[[], list[st
     try:
         if run is not None:
             run.between_days()
-        return check()
+        return _quoting(check())
     except (ArchiveError, psycopg.Error) as exc:
         if run.lost:
             raise UnreachableError(f"lost the source database while checking {table} {day}: "
@@ -1241,7 +1280,7 @@ def _day_checked(run: Run, table: str, day: dt.date, check: Callable[[], list[st
             exc = wrap(exc, table, day.isoformat(), doing="proving")
         return [_for_the_cli(f"not checked ({'retryable' if exc.retryable else 'not retryable'}): "
                              f"{redact(str(exc), *_passwords())}")]
-    except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM: said as the day being checked (see _cancelled)
+    except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM, SIGHUP: said as the day being checked (see _cancelled)
         note_cancelled(exc, table, day.isoformat(), "checking")
         raise
 
@@ -1667,11 +1706,10 @@ def _days_of(chosen: list, table: str) -> list:
 
 def _restore_cancelled(run: Run, exc: KeyboardInterrupt, results: list, missing: list, chosen: list, into: str,
                        target: str | None, on_conflict: str) -> None:
-    """A restore of several days stopped by Ctrl-C or SIGTERM after some were committed: those are listed (they
-    stay restored), and the remedy is the command that restores the rest, not the same one again, which
+    """A restore of several days stopped by Ctrl-C, SIGTERM or SIGHUP after some were committed: those are listed
+    (they stay restored), and the remedy is the command that restores the rest, not the same one again, which
     would refuse the target it created (``--into new``) or load the committed days a second time."""
-    terminated = isinstance(exc, Terminated)
-    code = 143 if terminated else 130
+    code, how = _cancel_said(exc)
     on = getattr(exc, "cancelled_at", None)  # (doing, table, day) the core noted: the table it was on
     # "finishing": cancelled after that day's commit, before its result came back: it is restored, and the rest
     # starts after it (from it, a target without a day column would get its rows twice)
@@ -1683,7 +1721,6 @@ def _restore_cancelled(run: Run, exc: KeyboardInterrupt, results: list, missing:
     else:
         table, left = last.table, _the_rest(run, chosen, last.table, on[2] if finishing else last.day, into,
                                             target or last.target, on_conflict)
-    how = "by SIGTERM" if terminated else "by Ctrl-C"
     being = CANCELLED_LEAVES["finishing"] if finishing else "the day being restored was rolled back"
     committed = len(results) + (1 if finishing else 0)
     message = (f"restoring {table} was cancelled {how} after {committed} day(s) were committed (listed, they "
@@ -1926,9 +1963,9 @@ def _prune_again(run: Run, dry_run: bool) -> str:
 
 
 def _prune_cancelled(run: Run, exc: KeyboardInterrupt, results: list[dict[str, Any]], dry_run: bool) -> None:
-    """A prune stopped by Ctrl-C or SIGTERM after it removed days: those are listed (they are gone from the
-    source, their archives proven), then the day it was on, left as it was."""
-    code = 143 if isinstance(exc, Terminated) else 130
+    """A prune stopped by Ctrl-C, SIGTERM or SIGHUP after it removed days: those are listed (they are gone from
+    the source, their archives proven), then the day it was on, left as it was."""
+    code, how = _cancel_said(exc)
     removed = [r for r in results if r["status"] in REMOVED]
     on = getattr(exc, "cancelled_at", None)  # (doing, table, day): what the day it was on is left as
     if on is not None:
@@ -1936,7 +1973,7 @@ def _prune_cancelled(run: Run, exc: KeyboardInterrupt, results: list[dict[str, A
         left = f"it was {on[0]} {on[1]} {on[2]}: {CANCELLED_LEAVES[on[0]]}"
     else:
         left = "the day it was on was left as it was"
-    message = (f"pruning was cancelled {'by SIGTERM' if code == 143 else 'by Ctrl-C'} after {len(removed)} day(s) were "
+    message = (f"pruning was cancelled {how} after {len(removed)} day(s) were "
                f"removed from the source (listed); {left}; to fix: {_prune_again(run, dry_run)}")
     if run.as_json:
         click.echo(_json_text(_worded({"ok": False, "exit_code": code, "error": message, "retryable": True,
