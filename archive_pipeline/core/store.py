@@ -592,9 +592,11 @@ class S3Store:
         self.abort_timeout = abort_timeout
         # Writes that must not replace anything (a data object's fresh key, a day's first manifest) carry
         # If-None-Match: * (S3, MinIO, R2), so two runs that race for one key (two databases or servers, which
-        # the table-day lock does not exclude) never leave one's manifest over the other's object. Off once a
-        # store answers that it does not implement them: such a store behaves as before.
-        self.conditional_writes = True
+        # the table-day lock does not exclude) never leave one's manifest over the other's object. A condition is
+        # off once the store answers that it does not implement it, for that operation only (see
+        # unconditional_after): AWS took If-None-Match in August 2024 and If-Match only in November, so a refused
+        # If-Match must not send a first manifest without its If-None-Match.
+        self._unimplemented: set[tuple[str, str]] = set()  # (operation, condition) the store does not implement
         self.upper_etags = False  # the store answers MD5 ETags in upper case (see etag_in)
         self.unquoted_etags = False  # ... or without their quotes
         self._answered_etags: dict[str, str] = {}  # MD5 of a manifest's bytes -> the ETag answered (see etag_of)
@@ -612,28 +614,37 @@ class S3Store:
             self._asked_once[what] = ask()
         return self._asked_once[what]  # type: ignore[return-value]
 
-    def conditions(self, **wanted: str) -> dict[str, str]:
-        """``wanted`` (IfNoneMatch, IfMatch) where the store takes conditional writes, else none."""
-        return wanted if self.conditional_writes else {}
+    @property
+    def conditional_writes(self) -> bool:
+        """Whether every conditional write still carries its condition (the store refused none as unimplemented)."""
+        return not self._unimplemented
 
-    def with_conditions(self, call: Callable[..., dict], condition: dict[str, str], uri: str) -> dict:
-        """``call(**condition)``, or ``call()`` once the store says it does not implement conditions (see
-        :meth:`unconditional_after`)."""
-        wanted = self.conditions(**condition)
+    def conditions(self, operation: str, wanted: dict[str, str]) -> dict[str, str]:
+        """``wanted`` (IfNoneMatch, IfMatch) without those the store said ``operation`` does not implement."""
+        return {name: value for name, value in wanted.items() if (operation, name) not in self._unimplemented}
+
+    def with_conditions(self, call: Callable[..., dict], condition: dict[str, str], uri: str, operation: str) -> dict:
+        """``call(**condition)`` (``operation``: the S3 operation it sends), without a condition once the store says
+        it does not implement it for that operation (see :meth:`unconditional_after`)."""
+        wanted = self.conditions(operation, condition)
         try:
             return call(**wanted)
         except Exception as exc:
-            if not (wanted and self.unconditional_after(exc, uri)):
+            if not (wanted and self.unconditional_after(exc, uri, operation, wanted)):
                 raise
-        return call()
+        return call(**self.conditions(operation, condition))
 
-    def unconditional_after(self, exc: BaseException, uri: str) -> bool:
-        """Whether ``exc`` says the store does not implement conditional writes: they are then off (logged)."""
-        if not (self.conditional_writes and _is_unimplemented(exc)):
+    def unconditional_after(self, exc: BaseException, uri: str, operation: str, sent: dict[str, str]) -> bool:
+        """Whether ``exc`` says the store does not implement the conditions ``sent`` with ``operation``: they are
+        then off for that operation (logged), and only they: a store may implement If-None-Match and not yet
+        If-Match (AWS between August and November 2024), and a first manifest sent without its If-None-Match
+        replaced another run's commit."""
+        if not _is_unimplemented(exc):
             return False
-        log.warning("the store does not implement conditional writes (%s, writing %s): writing without them; two "
-                    "runs of one day on different servers can then race", _said(exc), uri)
-        self.conditional_writes = False
+        headers = ", ".join(re.sub(r"(?<=[a-z])(?=[A-Z])", "-", name) for name in sent)
+        log.warning("the store does not implement %s on %s (%s, writing %s): writing without it from now on; two runs "
+                    "of one day on different servers can then race", headers, operation, _said(exc), uri)
+        self._unimplemented.update((operation, name) for name in sent)
         return True
 
     def uri(self, key: str) -> str:
@@ -753,7 +764,7 @@ class S3Store:
             try:
                 response = self.with_conditions(functools.partial(
                     self.client.put_object, Bucket=self.bucket, Key=key, Body=data, ContentType=content_type,
-                    ContentMD5=_md5_header(digest)), condition, self.uri(key))
+                    ContentMD5=_md5_header(digest)), condition, self.uri(key), "PutObject")
             except Exception as exc:
                 if _code(exc) in S3_CORRUPT_CODES and attempt < self.corrupt_attempts:
                     continue
@@ -1560,7 +1571,7 @@ class S3Upload:
             self.store.client.complete_multipart_upload, Bucket=self.store.bucket, Key=self.key, UploadId=upload_id,
             MultipartUpload={"Parts": [{"PartNumber": p.number, "ETag": p.etag} for p in parts]})
         return self.store.with_conditions(complete, {"IfNoneMatch": "*"} if self.fresh else {},
-                                          self.store.uri(self.key))
+                                          self.store.uri(self.key), "CompleteMultipartUpload")
 
     def _checked(self, size: int, etag: str, parts: int, part_sizes: tuple[int, ...], started: float,
                  waited: float, completed: float, *, expected_etag: str) -> StoredObject:
@@ -1664,7 +1675,7 @@ class S3Upload:
                                            ContentLength=size, ContentMD5=_md5_header(digest), **self.headers,
                                            **extra)
 
-        return store.with_conditions(put, condition, store.uri(self.key))
+        return store.with_conditions(put, condition, store.uri(self.key), "PutObject")
 
     def _withdraw_if_ours(self, expected_etag: str, size: int, original: BaseException,
                           content_md5: str | None = None) -> None:
