@@ -1504,7 +1504,11 @@ class _Archiving:
             named = object_key(decode_manifest(current)) if current else None
         except ManifestError:
             named = None
-            if existing.raw is None and self._manifest_settled:  # our own damaged copy: no manifest was there
+            # deleted only as our own damaged copy (no manifest was there before): by its ETag, the one our failed
+            # write left (a CorruptedWrite's). Any other that does not decode is not ours: another run's commit
+            # after a KeyTakenError, a newer version's manifest (NewerManifestError), another tool's object
+            if existing.raw is None and self._manifest_settled and damaged \
+                    and etag_text(self.store.answered_etag(current)) == etag_text(damaged):
                 self.store.delete_quietly(self.manifest_key, exc)
         # Our manifest may still land (a write that timed out, or answered 5xx): its object must then be
         # there. It is withdrawn only when no write can land any more (refused, or every copy stored

@@ -39,7 +39,7 @@ import time
 import uuid
 from dataclasses import dataclass, replace
 from collections.abc import Callable, Hashable, Iterable, Iterator
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, BinaryIO, NoReturn, TypeVar
 
 from archive_pipeline.core.errors import (S3_CORRUPT_CODES, ArchiveError, UploadError, classify, for_operation,
                                          is_cancellation, redact)
@@ -478,6 +478,17 @@ def _taken(uri: str, exc: BaseException) -> KeyTakenError:
                                 "from one database, and one server, only")
 
 
+def _unchecked(uri: str, refused: BaseException, check: ArchiveError) -> UploadError:
+    """A write refused for what its key holds (``refused``: a 412, NoSuchUpload) whose check of that object failed
+    (``check``): not known to be another run's, since it may be this run's own earlier try whose answer was lost, so
+    no :class:`KeyTakenError` but the check's own failure as it was classified (a denied HEAD names the permission it
+    needs, s3:GetObject, and is not retried); the object is left as it is."""
+    return UploadError(f"{uri}: the store refused this run's write for what the key holds ({_said(refused)}), and "
+                       f"whether that is this run's own earlier try could not be checked: {check.message}; the object "
+                       "there was left as it is (it may be this run's)", retryable=check.retryable, cause=check.cause,
+                       remedy=check.remedy)
+
+
 def _is_not_found(exc: BaseException) -> bool:
     """A missing key (not a missing bucket, which is a configuration error)."""
     return _code(exc) in ("NoSuchKey", "404", "NotFound")
@@ -592,9 +603,11 @@ class S3Store:
         self.abort_timeout = abort_timeout
         # Writes that must not replace anything (a data object's fresh key, a day's first manifest) carry
         # If-None-Match: * (S3, MinIO, R2), so two runs that race for one key (two databases or servers, which
-        # the table-day lock does not exclude) never leave one's manifest over the other's object. Off once a
-        # store answers that it does not implement them: such a store behaves as before.
-        self.conditional_writes = True
+        # the table-day lock does not exclude) never leave one's manifest over the other's object. A condition is
+        # off once the store answers that it does not implement it, for that operation only (see
+        # unconditional_after): AWS took If-None-Match in August 2024 and If-Match only in November, so a refused
+        # If-Match must not send a first manifest without its If-None-Match.
+        self._unimplemented: set[tuple[str, str]] = set()  # (operation, condition) the store does not implement
         self.upper_etags = False  # the store answers MD5 ETags in upper case (see etag_in)
         self.unquoted_etags = False  # ... or without their quotes
         self._answered_etags: dict[str, str] = {}  # MD5 of a manifest's bytes -> the ETag answered (see etag_of)
@@ -612,28 +625,37 @@ class S3Store:
             self._asked_once[what] = ask()
         return self._asked_once[what]  # type: ignore[return-value]
 
-    def conditions(self, **wanted: str) -> dict[str, str]:
-        """``wanted`` (IfNoneMatch, IfMatch) where the store takes conditional writes, else none."""
-        return wanted if self.conditional_writes else {}
+    @property
+    def conditional_writes(self) -> bool:
+        """Whether every conditional write still carries its condition (the store refused none as unimplemented)."""
+        return not self._unimplemented
 
-    def with_conditions(self, call: Callable[..., dict], condition: dict[str, str], uri: str) -> dict:
-        """``call(**condition)``, or ``call()`` once the store says it does not implement conditions (see
-        :meth:`unconditional_after`)."""
-        wanted = self.conditions(**condition)
+    def conditions(self, operation: str, wanted: dict[str, str]) -> dict[str, str]:
+        """``wanted`` (IfNoneMatch, IfMatch) without those the store said ``operation`` does not implement."""
+        return {name: value for name, value in wanted.items() if (operation, name) not in self._unimplemented}
+
+    def with_conditions(self, call: Callable[..., dict], condition: dict[str, str], uri: str, operation: str) -> dict:
+        """``call(**condition)`` (``operation``: the S3 operation it sends), without a condition once the store says
+        it does not implement it for that operation (see :meth:`unconditional_after`)."""
+        wanted = self.conditions(operation, condition)
         try:
             return call(**wanted)
         except Exception as exc:
-            if not (wanted and self.unconditional_after(exc, uri)):
+            if not (wanted and self.unconditional_after(exc, uri, operation, wanted)):
                 raise
-        return call()
+        return call(**self.conditions(operation, condition))
 
-    def unconditional_after(self, exc: BaseException, uri: str) -> bool:
-        """Whether ``exc`` says the store does not implement conditional writes: they are then off (logged)."""
-        if not (self.conditional_writes and _is_unimplemented(exc)):
+    def unconditional_after(self, exc: BaseException, uri: str, operation: str, sent: dict[str, str]) -> bool:
+        """Whether ``exc`` says the store does not implement the conditions ``sent`` with ``operation``: they are
+        then off for that operation (logged), and only they: a store may implement If-None-Match and not yet
+        If-Match (AWS between August and November 2024), and a first manifest sent without its If-None-Match
+        replaced another run's commit."""
+        if not _is_unimplemented(exc):
             return False
-        log.warning("the store does not implement conditional writes (%s, writing %s): writing without them; two "
-                    "runs of one day on different servers can then race", _said(exc), uri)
-        self.conditional_writes = False
+        headers = ", ".join(re.sub(r"(?<=[a-z])(?=[A-Z])", "-", name) for name in sent)
+        log.warning("the store does not implement %s on %s (%s, writing %s): writing without it from now on; two runs "
+                    "of one day on different servers can then race", headers, operation, _said(exc), uri)
+        self._unimplemented.update((operation, name) for name in sent)
         return True
 
     def uri(self, key: str) -> str:
@@ -745,7 +767,9 @@ class S3Store:
         ``fresh``: the key must hold nothing yet (a day's first manifest): written with If-None-Match, and
         :class:`KeyTakenError` if another run's is there; a copy of ours that arrived damaged is replaced
         only while it is still ours (If-Match its ETag; ``if_match`` for a caller's next try after a
-        :class:`CorruptedWrite`, whose ``etag`` it is)."""
+        :class:`CorruptedWrite`, whose ``etag`` it is). Where what the key holds cannot be checked (its HEAD
+        failing), the write fails with that failure (a :class:`CorruptedWrite` after a damaged copy), never as
+        :class:`KeyTakenError`: the object there may be our own."""
         digest = hashlib.md5(data).digest()
         first = {"IfMatch": if_match} if if_match else {"IfNoneMatch": "*"} if fresh else {}
         condition, etag = first, ""
@@ -753,14 +777,14 @@ class S3Store:
             try:
                 response = self.with_conditions(functools.partial(
                     self.client.put_object, Bucket=self.bucket, Key=key, Body=data, ContentType=content_type,
-                    ContentMD5=_md5_header(digest)), condition, self.uri(key))
+                    ContentMD5=_md5_header(digest)), condition, self.uri(key), "PutObject")
             except Exception as exc:
                 if _code(exc) in S3_CORRUPT_CODES and attempt < self.corrupt_attempts:
                     continue
                 if condition and _is_taken(exc):
                     # ours arrived whole after all: an answer lost and the PUT retried (by botocore, or by us after
                     # an answer that said it arrived damaged) finds our own copy there
-                    if self.holds(key, digest.hex(), len(data)):
+                    if self.held_after_refusal(key, exc, digest.hex(), len(data)):
                         if self.verify_etags:
                             return digest.hex()
                         try:  # the store's own ETag, as an answer would have given it
@@ -779,16 +803,29 @@ class S3Store:
                         f"ETag {etag}, MD5 {digest.hex()}" if self.verify_etags else "it does not read back as written",
                         attempt, self.corrupt_attempts)
             if condition:
-                condition = self.replacing(key, first)
-        # Not deleted: a manifest key may have held the previous commit (or a removal's mark) a moment ago,
-        # and an ETag damaged on the way back proves nothing about what was stored; the caller reads it back.
-        error = CorruptedWrite(f"{self.uri(key)} arrived corrupted {self.corrupt_attempts} times (ETag {etag}, "
-                               f"our MD5 {digest.hex()}" + ("" if self.verify_etags else ", and it did not read back "
-                               "as written") + "): the network or store alters data", retryable=True,
-                               cause=_CORRUPTED, remedy=_CORRUPTED_REMEDY)
-        stored = condition.get("IfMatch")
-        error.etag = stored  # the damaged copy's, as the store has it: a next try replaces only that one
-        raise error
+                try:
+                    condition = self.replacing(key, first)
+                except ArchiveError as check:  # the answer's ETag stands in for the one the HEAD would have read
+                    raise self._corrupted_write(key, attempt, etag, digest, response.get("ETag"), check) from check
+        raise self._corrupted_write(key, self.corrupt_attempts, etag, digest, condition.get("IfMatch"))
+
+    def _corrupted_write(self, key: str, attempts: int, etag: str, digest: bytes, stored: str | None,
+                         unchecked: ArchiveError | None = None) -> CorruptedWrite:
+        """The error of a small object's write whose ``attempts`` copies all arrived damaged. ``stored``: the damaged
+        copy's ETag as the store has it (a next try replaces only that one); ``unchecked``: the HEAD that was to read
+        it failed, so the write stops there, retryable, rather than be sent again as the first time (our own
+        damaged copy would refuse it, 412, and be taken for another run's).
+
+        Not deleted: a manifest key may have held the previous commit (or a removal's mark) a moment ago, and an
+        ETag damaged on the way back proves nothing about what was stored; the caller reads it back."""
+        error = CorruptedWrite(f"{self.uri(key)} arrived corrupted {attempts} time{'s' if attempts > 1 else ''} "
+                               f"(ETag {etag}, our MD5 {digest.hex()}" + ("" if self.verify_etags else ", and it did "
+                               "not read back as written") + "): the network or store alters data"
+                               + (f"; the copy the store kept could not be checked ({unchecked.message})"
+                                  if unchecked is not None else ""), retryable=True, cause=_CORRUPTED,
+                               remedy=_CORRUPTED_REMEDY)
+        error.etag = stored
+        return error
 
     def etag_in(self, response: dict) -> str:
         """The ETag of a store's answer (see :func:`etag_text`), noting whether the store writes MD5s in upper case
@@ -855,14 +892,12 @@ class S3Store:
     def replacing(self, key: str, first: dict[str, str]) -> dict[str, str]:
         """The condition for writing ``key`` again after a copy of ours did not arrive whole: replace the copy
         the store holds (If-Match its ETag, as a HEAD reads it: an answer's ETag may be the damaged thing), or,
-        where it kept nothing, write as the first time (``first``)."""
-        try:
-            head = self.head(key)
-        except Exception:  # noqa: BLE001 - the write that follows says what is wrong, if anything
-            return first
-        return {"IfMatch": head["ETag"]} if head is not None and head.get("ETag") else first
+        where it kept nothing, write as the first time (``first``). A HEAD that fails raises its error: written as
+        the first time, the write would meet our own damaged copy (412) and take it for another run's."""
+        head = self.head(key)
+        return {"IfMatch": head["ETag"]} if head is not None else first
 
-    def holds(self, key: str, md5_hex: str, size: int, content_md5: str | None = None,
+    def holds(self, key: str, md5_hex: str | None, size: int | None, content_md5: str | None = None,
               writer: str | None = None) -> bool:
         """Whether ``key`` holds exactly the object of ETag ``md5_hex`` and ``size`` bytes: a write whose answer was
         lost, retried and refused (412, or NoSuchUpload for a multipart Complete), was ours after all. By its ETag
@@ -870,16 +905,31 @@ class S3Store:
         reading it back and hashing it against ``content_md5`` (the whole object's MD5; a single PUT's is its
         ETag): a rare path, after an answer was lost, so a big object is read back whole rather than guessed.
         ``writer``: the upload's own mark (see :meth:`begin`), which the object must carry too: the same bytes may
-        be another run's (another database's, a hot standby's), whose object is not ours to take or withdraw."""
-        try:
-            head = self.head(key)
-            if head is None or head.get("ContentLength") != size or not _written_by(head, writer):
-                return False
-            if self.verify_etags:
-                return self.etag_in(head) == md5_hex
-            return self._content_md5(key) == (content_md5 or md5_hex)
-        except Exception:  # noqa: BLE001 - not known to hold it
+        be another run's (another database's, a hot standby's), whose object is not ours to take or withdraw.
+        ``md5_hex`` and ``size`` None: any object carrying ``writer`` (a copy of that upload's, whole or damaged).
+
+        A check that cannot be made (the HEAD, or the read back, failing) raises its error, classified (a denied
+        HEAD names s3:GetObject): "not known" is no "not ours", which a caller would blame on another run."""
+        head = self.head(key)
+        if head is None or (size is not None and head.get("ContentLength") != size) or not _written_by(head, writer):
             return False
+        if md5_hex is None:
+            return True
+        if self.verify_etags:
+            return self.etag_in(head) == md5_hex
+        try:
+            return self._content_md5(key) == (content_md5 or md5_hex)
+        except Exception as exc:
+            raise _wrap(exc, f"reading {self.uri(key)} back (GetObject)", DownloadError) from exc
+
+    def held_after_refusal(self, key: str, refused: BaseException, md5_hex: str | None, size: int | None,
+                           content_md5: str | None = None, writer: str | None = None) -> bool:
+        """:meth:`holds`, asked after a write of ``key`` was refused for what the key holds (``refused``: a 412, a
+        NoSuchUpload): a check that cannot be made raises that failure (see :func:`_unchecked`), never "taken"."""
+        try:
+            return self.holds(key, md5_hex, size, content_md5, writer)
+        except ArchiveError as check:
+            raise _unchecked(self.uri(key), refused, check) from refused
 
     def _content_md5(self, key: str) -> str:
         """The MD5 of the object's bytes, read back in chunks (flat memory whatever its size)."""
@@ -1524,10 +1574,10 @@ class S3Upload:
             # a retried Complete meets a 412 (fresh key) or NoSuchUpload (a completed upload is no longer one)
             # when an earlier try, whose answer was lost, completed it: the key then holds our object
             lost = (self.fresh and _is_taken(exc)) or _code(exc) == "NoSuchUpload"
-            if lost and self.store.holds(self.key, expected, size, content_md5=md5_hex, writer=self._own_mark):
+            if lost and self._ours_after_refusal(exc, expected, size, content_md5=md5_hex):
                 response = {"ETag": f'"{expected}"'} if self.store.verify_etags else self._head_etag(expected)
-            elif self.fresh and _is_taken(exc):  # another run's object is there: not ours to withdraw
-                raise self._named(_taken(self.store.uri(self.key), exc)) from None
+            elif self.fresh and _is_taken(exc):
+                self._refuse_taken(exc)
             else:
                 error = _wrap(exc, f"publishing {self.store.uri(self.key)} (CompleteMultipartUpload)")
                 # the store may have completed it before failing
@@ -1560,7 +1610,7 @@ class S3Upload:
             self.store.client.complete_multipart_upload, Bucket=self.store.bucket, Key=self.key, UploadId=upload_id,
             MultipartUpload={"Parts": [{"PartNumber": p.number, "ETag": p.etag} for p in parts]})
         return self.store.with_conditions(complete, {"IfNoneMatch": "*"} if self.fresh else {},
-                                          self.store.uri(self.key))
+                                          self.store.uri(self.key), "CompleteMultipartUpload")
 
     def _checked(self, size: int, etag: str, parts: int, part_sizes: tuple[int, ...], started: float,
                  waited: float, completed: float, *, expected_etag: str) -> StoredObject:
@@ -1617,34 +1667,69 @@ class S3Upload:
             except Exception as exc:
                 if _code(exc) in S3_CORRUPT_CODES and attempt < store.corrupt_attempts:
                     continue
-                if condition and _is_taken(exc):  # another run's object is there: not ours to withdraw
-                    if store.holds(self.key, md5_hex, size, writer=self._own_mark):
+                if condition and _is_taken(exc):
+                    if self._ours_after_refusal(exc, md5_hex, size):
                         # ours arrived whole after all (an answer lost and the PUT retried, or damaged): its ETag as
                         # the store gives it (not an MD5 where ETags are not: the manifest records what verify compares)
                         etag = md5_hex if store.verify_etags else store.etag_in(self._head_etag(md5_hex))
                         answer = getattr(exc, "response", None) or {}  # the 412 came after our PUT landed
                         break
-                    raise self._named(_taken(store.uri(self.key), exc)) from None
+                    self._refuse_taken(exc)
                 error = self._named(_wrap(exc, f"writing {store.uri(self.key)} (PutObject)"))
                 self._withdraw_if_ours(md5_hex, size, error)
                 raise error from exc
             etag = self.store.etag_in(answer)
             if not store.verify_etags or etag == md5_hex:
                 break
-            if condition:  # a copy that arrived damaged is ours: replaced only while it still is
-                condition = store.replacing(self.key, first)
             log.warning("%s arrived corrupted (ETag %s, MD5 %s), attempt %d of %d", store.uri(self.key), etag,
                         md5_hex, attempt, store.corrupt_attempts)
+            if condition:  # a copy that arrived damaged is ours: replaced only while it still is
+                try:
+                    condition = store.replacing(self.key, first)
+                except ArchiveError as check:
+                    self._withdraw_corrupted(attempt, etag, md5_hex, check)
         else:
-            error = self._error_here(f"arrived corrupted {store.corrupt_attempts} times (ETag {etag}, our MD5 "
-                                     f"{md5_hex}): the network or store alters data; the run will be retried",
-                                     retryable=True)
-            store.delete_quietly(self.key, error)
-            raise error
+            self._withdraw_corrupted(store.corrupt_attempts, etag, md5_hex)
         if self.stale_uploads:
             store.abort_stale_uploads_quietly(self.key,
                                               initiated_before=_server_time(answer) + dt.timedelta(seconds=1))
         return etag
+
+    def _withdraw_corrupted(self, attempts: int, etag: str, md5_hex: str,
+                            unchecked: ArchiveError | None = None) -> NoReturn:
+        """Withdraw the damaged copy a single PUT of ours left at the key and fail, retryable: every one of
+        ``attempts`` tries arrived corrupted, or (``unchecked``) the HEAD that was to read the damaged copy's ETag
+        for the next try failed. The store answered that PUT, so the copy there is ours (a fresh key's written
+        If-None-Match, or If-Match the copy before it)."""
+        checked = f"; the copy the store kept could not be checked ({unchecked.message})" if unchecked else ""
+        error = self._error_here(f"arrived corrupted {attempts} time{'s' if attempts > 1 else ''} (ETag {etag}, our "
+                                 f"MD5 {md5_hex}): the network or store alters data{checked}; the run will be "
+                                 "retried", retryable=True)
+        self.store.delete_quietly(self.key, error)
+        raise error
+
+    def _ours_after_refusal(self, refused: BaseException, md5_hex: str | None, size: int | None,
+                            content_md5: str | None = None) -> bool:
+        """Whether the key holds this upload's object (``md5_hex``, ``size``; None: any of its copies) after the
+        store refused a write of it for what the key holds: see :meth:`S3Store.held_after_refusal`."""
+        try:
+            return self.store.held_after_refusal(self.key, refused, md5_hex, size, content_md5, writer=self._own_mark)
+        except ArchiveError as error:
+            raise self._named(error)
+
+    def _refuse_taken(self, refused: BaseException) -> NoReturn:
+        """Raise for a fresh key's write refused (``refused``: 412) for an object that is not this upload's whole.
+        One carrying this upload's own mark is a copy of ours that arrived damaged (a try whose answer was lost, and
+        the request sent again): withdrawn, and the run fails, retryable, as arrived corrupted; kept, the next
+        run's manifest would keep it for ever as a possible only copy of rows. Any other is another run's
+        (:class:`KeyTakenError`), not ours to withdraw."""
+        if not (self._own_mark and self._ours_after_refusal(refused, None, None)):
+            raise self._named(_taken(self.store.uri(self.key), refused)) from None
+        error = self._error_here(f"the store refused this run's write for what the key holds ({_said(refused)}): a "
+                                 "copy of this upload's that arrived damaged (it carries the upload's own mark, not "
+                                 "its bytes); withdrawn, and the run will be retried", retryable=True)
+        self.store.delete_quietly(self.key, error)
+        raise error
 
     def _changed_on_disk(self) -> UploadError:
         """The bytes about to be published are not those hashed while writing the temp file (the MD5 and SHA-256 the
@@ -1664,7 +1749,7 @@ class S3Upload:
                                            ContentLength=size, ContentMD5=_md5_header(digest), **self.headers,
                                            **extra)
 
-        return store.with_conditions(put, condition, store.uri(self.key))
+        return store.with_conditions(put, condition, store.uri(self.key), "PutObject")
 
     def _withdraw_if_ours(self, expected_etag: str, size: int, original: BaseException,
                           content_md5: str | None = None) -> None:
