@@ -143,3 +143,37 @@ def test_a_range_restore_refused_by_the_targets_statement_trigger_keeps_its_firs
     error = answer.get("error", "")
     assert answer["days"] == [] and "trigger frozen" in error, answer  # (the premise: nothing restored, named)
     assert f"without {days[0]}" not in error and f"but for {days[0]}" not in error, error
+
+
+def test_a_range_restore_refused_by_the_targets_row_level_security_with_check_keeps_its_first_day_in_the_rest(
+        pg, s3, bucket, conn, schema, store, tmp_path):
+    """Scenario: three archived JSONL days D1..D3, restored ``--from D1 --to D3 --into existing --target S.back`` by
+    the role owning ``back``, which has ``FORCE ROW LEVEL SECURITY`` and a policy whose ``WITH CHECK (false)``
+    refuses every row it inserts (the JSONL load's INSERT, not a COPY): every day alike, until the role or the
+    policy is changed.
+
+    Now (found with the statement trigger's case): restore_archive's branch for a policy refusing an inserted row
+    names the policy but leaves ``every_day`` None, so the rest of the range is told without D1, exit 1.
+
+    Should: the target's row-level security refuses every day alike (README: "its row-level security" exits 2), as
+    the check's refusal under row security already is: exit 2, and nothing leaves D1 out."""
+    from archive_pipeline_tests.test_hunt19_yb import restore_range_as
+
+    days, table = _events(conn, schema, n_days=3, format="jsonl")
+    spec = parse_config({"tables": [table]}).tables[0]
+    for day in days:
+        archive_partition(conn, spec, day, store)
+    env = _env(pg, s3, bucket, tmp_path, [table])
+    role, back = sql.Identifier(f"{schema}_rls"), sql.Identifier(schema, "back")
+    conn.execute(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING ALL)").format(back, sql.Identifier(schema, "events")))
+    conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(role))
+    conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(schema), role))
+    conn.execute(sql.SQL("ALTER TABLE {} OWNER TO {}").format(back, role))
+    conn.execute(sql.SQL("ALTER TABLE {} ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY").format(back))
+    conn.execute(sql.SQL("CREATE POLICY frozen ON {} USING (true) WITH CHECK (false)").format(back))
+    done = restore_range_as(conn, pg, env, f"{schema}_rls", days, "existing", f"{schema}.back")
+    answer = json.loads(done.stdout)
+    error = answer.get("error", "")
+    assert answer["days"] == [] and "frozen" in error, answer  # (the premise: nothing restored, the policy named)
+    assert f"without {days[0]}" not in error and f"but for {days[0]}" not in error, error
+    assert done.returncode == 2, (done.returncode, error)

@@ -2979,6 +2979,7 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
         elif isinstance(exc, psycopg.errors.InsufficientPrivilege) and "row-level security" not in str(exc):
             found = replace(found, remedy=_restore_grant(conn, exc, relation))
         elif isinstance(exc, psycopg.errors.InsufficientPrivilege) and _policy_refused_row(exc):
+            every_day = True  # the target's policies for this role (told as the check's refusal below is)
             found = replace(found, cause=_insert_policies_refused(conn, relation),
                             remedy="restore as the table's owner (without FORCE ROW LEVEL SECURITY), a role with "
                                    "BYPASSRLS or a superuser, or let the policy's WITH CHECK pass the archived rows; "
@@ -3045,7 +3046,10 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
             found = replace(found, cause=found.cause + _column_lookalike(conn, manifest, relation),
                             remedy="the target must have every column the archive has (the manifest's "
                             f"columns): add the one named{where}, or restore into a new table (into='new')")
-        hooks = [] if moved else _raising_hooks(conn, exc, relation)
+        raising = [] if moved else _raising_triggers(conn, exc, relation)
+        hooks = [hook for hook, _ in raising]
+        if hooks and not any(sees_rows for _, sees_rows in raising):
+            every_day = True  # statement triggers that see no row refuse every day's load alike: the target's
         if hooks:  # a trigger of the target refused the rows (RAISE EXCEPTION, or an error of its own)
             found = replace(found, cause=f"{relation}'s {', '.join(hooks)} on INSERT refused the rows",
                             remedy="restore into a new table (into='new'), or disable "
@@ -3348,6 +3352,13 @@ _REFUSED_KINDS = ((3, r"to create temporary tables in database"), (2, r"permissi
 def _raising_hooks(conn: psycopg.Connection, exc: BaseException, relation: Relation | None) -> list[str]:
     """The target's INSERT triggers, where ``exc`` was raised inside a function (its context names one): the
     likely cause of a restore refused by something other than the archived values."""
+    return [hook for hook, _ in _raising_triggers(conn, exc, relation)]
+
+
+def _raising_triggers(conn: psycopg.Connection, exc: BaseException, relation: Relation | None
+                      ) -> list[tuple[str, bool]]:
+    """:func:`_raising_hooks`, each with whether it sees the rows (a row trigger, or a statement trigger with a
+    transition table): one that does not refuses every day's load alike, whatever the rows."""
     context = getattr(getattr(exc, "diag", None), "context", None) or ""
     functions = [_function_name(m) for m in _CONTEXT_FUNCTION.finditer(context)]
     if relation is None or not isinstance(exc, psycopg.Error) or not functions or classify(exc).retryable:
@@ -3358,7 +3369,7 @@ def _raising_hooks(conn: psycopg.Connection, exc: BaseException, relation: Relat
                                                  "names": [n for _, n in functions]}).fetchall()
     except psycopg.Error:
         return []
-    return [f"trigger {name}" for (name,) in found]
+    return [(f"trigger {name}", sees_rows) for name, sees_rows in found]
 
 
 # A function as PostgreSQL's error context names it ("PL/pgSQL function s_rules.valid(text) line 3 at RAISE",
@@ -3377,14 +3388,15 @@ def _function_name(match: re.Match) -> tuple[str | None, str]:
 
 
 _RAISING_TRIGGERS = """
-SELECT DISTINCT pg_catalog.quote_ident(t.tgname) FROM pg_catalog.pg_trigger t
+SELECT pg_catalog.quote_ident(t.tgname), pg_catalog.bool_or((t.tgtype & 1) = 1 OR t.tgnewtable IS NOT NULL)
+FROM pg_catalog.pg_trigger t
 JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
 JOIN unnest(%(schemas)s::text[], %(names)s::text[]) AS f(s, r)  -- (ROWS FROM sugar: not a function to qualify)
   ON p.proname = f.r AND (n.nspname = f.s OR f.s IS NULL)  -- (a function compiled under a path of its own: no schema)
 WHERE (t.tgrelid = pg_catalog.to_regclass(%(t)s)
        OR t.tgrelid IN (SELECT relid FROM pg_catalog.pg_partition_tree(pg_catalog.to_regclass(%(t)s))))
   AND NOT t.tgisinternal AND t.tgenabled <> 'D'
-ORDER BY 1
+GROUP BY 1 ORDER BY 1
 """
 
 
