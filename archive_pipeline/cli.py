@@ -1629,8 +1629,8 @@ def restore(run: Run, into: str, target: str | None, on_conflict: str) -> None:
 def _refuses_every_day(exc: BaseException) -> bool:
     """Whether ``exc`` refuses every day of a range alike, as the core told it where it raised it (``every_day``: a
     restore's target as the options named it, not there, already there for --into new, not a table, its row-level
-    security; not a column only the day's archive has), else by its cause: a setting or a grant
-    (:func:`_configuration`: a read-only role, no CREATE on the schema, a missing table). The command exits 2 for it, as for a bad setting, and the day it
+    security, a statement trigger of it that raises; not a column only the day's archive has), else by its cause:
+    a setting or a grant (:func:`_configuration`: a read-only role, no CREATE on the schema, a missing table). The command exits 2 for it, as for a bad setting, and the day it
     names failed only because it came first: what runs once it is fixed must restore that day too."""
     told = getattr(exc, "every_day", None)  # where it was raised, what refused was known (see ArchiveError)
     if told is not None:

@@ -1935,7 +1935,8 @@ def _unique_violation(conn: psycopg.Connection, exc: _UniqueViolation, manifest:
         f"constraint {exc.constraint} among themselves ({_conflict(exc.detail)}), a constraint the archived table "
         "did not "
         "have; nothing was restored", table=table, day=day,
-        remedy="restore into a new table (into='new'), created with the archived definition, or drop the constraint")
+        remedy="restore into a new table (into='new'), created with the archived definition, or drop the constraint "
+               "(ALTER TABLE ... DROP CONSTRAINT; DROP INDEX for a unique index made by CREATE UNIQUE INDEX)")
 
 
 def _conflict(detail: str) -> str:
@@ -1947,35 +1948,29 @@ def _conflict(detail: str) -> str:
 
 def _holds_key(conn: psycopg.Connection, refusing: tuple[str, str], exc: _UniqueViolation) -> bool:
     """Whether ``refusing`` holds a row with the key the violation names ("Key (v)=(dup) already exists."), looked
-    up by the constraint's columns with their own equality (a char(n) key as printed, blanks and all; numeric
-    1.0 as 1.00, as the index compares them); True where that cannot be told (an expression index, values holding
-    ", " in a key of several columns, an exclusion constraint, a detail withheld): the target's rows are then
-    taken to hold it, as before."""
-    columns = conn.execute(
-        "SELECT a.attname::text, pg_catalog.quote_ident(a.attname), pg_catalog.format_type(a.atttypid, a.atttypmod) "
-        "FROM pg_catalog.pg_constraint c CROSS JOIN LATERAL pg_catalog.unnest(c.conkey) "
-        "WITH ORDINALITY AS k(attnum, i) JOIN pg_catalog.pg_attribute a ON a.attrelid = c.conrelid "
-        "AND a.attnum = k.attnum WHERE c.conrelid = %s::pg_catalog.regclass AND c.conname = %s AND c.contype IN "
-        "('u', 'p', 'x') ORDER BY k.i", (sql.Identifier(*refusing).as_string(conn), exc.constraint or "")).fetchall()
+    up by the refusing index's key columns (a plain CREATE UNIQUE INDEX has no constraint; a constraint has its
+    index) with their own equality (a char(n) key as printed, blanks and all; numeric 1.0 as 1.00, as the index
+    compares them), among the rows a partial index covers; True where that cannot be told (an expression index,
+    values holding ", " in a key of several columns, a detail withheld): the target's rows are then taken to
+    hold it, as before."""
+    found = conn.execute(_REFUSING_INDEX, {"t": sql.Identifier(*refusing).as_string(conn),
+                                          "n": exc.constraint or ""}).fetchall()
+    if not found or any(name is None for name, *_ in found):  # (no such index, or an expression in its key)
+        return True
+    columns = [(name, quoted, kind) for name, quoted, kind, _, _ in found]
+    nulls_equal, predicate = bool(found[0][3]), found[0][4]
     listed = ", ".join(quoted for _, quoted, _ in columns)
     head, tail = f"Key ({listed})=(", ") already exists."
     detail = exc.detail or ""
     existing = f") conflicts with existing key ({listed})=("  # an exclusion constraint's: the row it found
-    if columns and existing in detail and detail.endswith(")."):
+    if existing in detail and detail.endswith(")."):
         head, tail = detail[:detail.index(existing) + len(existing)], ")."
-    if not columns or not detail.startswith(head) or not detail.endswith(tail):
+    if not detail.startswith(head) or not detail.endswith(tail):
         return True
     printed = detail[len(head):len(detail) - len(tail)]
     values = [printed] if len(columns) == 1 else printed.split(", ")
     if len(values) != len(columns):
         return True
-    # a printed "null" may be a NULL where the key's index has NULLS NOT DISTINCT (PostgreSQL 15; read as JSON, so
-    # an older server's pg_index without the column answers false)
-    nulls_equal = conn.execute(
-        "SELECT coalesce((pg_catalog.to_jsonb(i) ->> 'indnullsnotdistinct')::bool, false) FROM pg_catalog.pg_index i "
-        "JOIN pg_catalog.pg_constraint c ON c.conindid = i.indexrelid WHERE c.conrelid = %s::pg_catalog.regclass "
-        "AND c.conname = %s", (sql.Identifier(*refusing).as_string(conn), exc.constraint or "")).fetchone()
-    nulls_equal = bool(nulls_equal and nulls_equal[0])
 
     def matches(name: str, kind: str, value: str) -> sql.Composable:
         column = sql.Identifier(name)
@@ -1987,14 +1982,30 @@ def _holds_key(conn: psycopg.Connection, refusing: tuple[str, str], exc: _Unique
             same = sql.SQL("({} OR {} IS NULL)").format(same, column)
         return same
 
-    where = sql.SQL(" AND ").join(matches(name, kind, value)
-                                  for (name, _, kind), value in zip(columns, values, strict=True))
+    where = sql.SQL(" AND ").join([*(matches(name, kind, value)
+                                     for (name, _, kind), value in zip(columns, values, strict=True)),
+                                   *([sql.SQL("({})").format(sql.SQL(predicate))] if predicate else [])])
     try:
         with conn.transaction():
             return conn.execute(sql.SQL("SELECT EXISTS (SELECT FROM {} WHERE {})").format(
                 sql.Identifier(*refusing), where)).fetchone()[0]
     except psycopg.Error:  # a printed value its type does not read back (a NULLS NOT DISTINCT null): held
         return True
+
+
+# The key columns of ``t``'s index named ``n`` (a violation names the index: a constraint's has the constraint's
+# name), in the key's order: attname NULL for an expression; with whether it takes NULLs as equal (NULLS NOT
+# DISTINCT, PostgreSQL 15: read as JSON, an older server's pg_index lacks the column) and a partial index's WHERE.
+_REFUSING_INDEX = """
+SELECT a.attname::text, pg_catalog.quote_ident(a.attname), pg_catalog.format_type(a.atttypid, a.atttypmod),
+       coalesce((pg_catalog.to_jsonb(i) ->> 'indnullsnotdistinct')::bool, false),
+       pg_catalog.pg_get_expr(i.indpred, i.indrelid)
+FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class x ON x.oid = i.indexrelid
+CROSS JOIN LATERAL pg_catalog.unnest(i.indkey) WITH ORDINALITY AS k(attnum, n)
+LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum  -- (0: an expression)
+WHERE i.indrelid = pg_catalog.to_regclass(%(t)s) AND x.relname = %(n)s AND k.n <= i.indnkeyatts
+ORDER BY k.n
+"""
 
 
 # The target and every table below it (partitions, inheritance children), from pg_inherits: no lock taken.
@@ -2968,6 +2979,7 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
         elif isinstance(exc, psycopg.errors.InsufficientPrivilege) and "row-level security" not in str(exc):
             found = replace(found, remedy=_restore_grant(conn, exc, relation))
         elif isinstance(exc, psycopg.errors.InsufficientPrivilege) and _policy_refused_row(exc):
+            every_day = True  # the target's policies for this role (told as the check's refusal below is)
             found = replace(found, cause=_insert_policies_refused(conn, relation),
                             remedy="restore as the table's owner (without FORCE ROW LEVEL SECURITY), a role with "
                                    "BYPASSRLS or a superuser, or let the policy's WITH CHECK pass the archived rows; "
@@ -3034,7 +3046,10 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
             found = replace(found, cause=found.cause + _column_lookalike(conn, manifest, relation),
                             remedy="the target must have every column the archive has (the manifest's "
                             f"columns): add the one named{where}, or restore into a new table (into='new')")
-        hooks = [] if moved else _raising_hooks(conn, exc, relation)
+        raising = [] if moved else _raising_triggers(conn, exc, relation)
+        hooks = [hook for hook, _ in raising]
+        if hooks and not any(sees_rows for _, sees_rows in raising):
+            every_day = True  # statement triggers that see no row refuse every day's load alike: the target's
         if hooks:  # a trigger of the target refused the rows (RAISE EXCEPTION, or an error of its own)
             found = replace(found, cause=f"{relation}'s {', '.join(hooks)} on INSERT refused the rows",
                             remedy="restore into a new table (into='new'), or disable "
@@ -3337,6 +3352,13 @@ _REFUSED_KINDS = ((3, r"to create temporary tables in database"), (2, r"permissi
 def _raising_hooks(conn: psycopg.Connection, exc: BaseException, relation: Relation | None) -> list[str]:
     """The target's INSERT triggers, where ``exc`` was raised inside a function (its context names one): the
     likely cause of a restore refused by something other than the archived values."""
+    return [hook for hook, _ in _raising_triggers(conn, exc, relation)]
+
+
+def _raising_triggers(conn: psycopg.Connection, exc: BaseException, relation: Relation | None
+                      ) -> list[tuple[str, bool]]:
+    """:func:`_raising_hooks`, each with whether it sees the rows (a row trigger, or a statement trigger with a
+    transition table): one that does not refuses every day's load alike, whatever the rows."""
     context = getattr(getattr(exc, "diag", None), "context", None) or ""
     functions = [_function_name(m) for m in _CONTEXT_FUNCTION.finditer(context)]
     if relation is None or not isinstance(exc, psycopg.Error) or not functions or classify(exc).retryable:
@@ -3347,7 +3369,7 @@ def _raising_hooks(conn: psycopg.Connection, exc: BaseException, relation: Relat
                                                  "names": [n for _, n in functions]}).fetchall()
     except psycopg.Error:
         return []
-    return [f"trigger {name}" for (name,) in found]
+    return [(f"trigger {name}", sees_rows) for name, sees_rows in found]
 
 
 # A function as PostgreSQL's error context names it ("PL/pgSQL function s_rules.valid(text) line 3 at RAISE",
@@ -3366,14 +3388,15 @@ def _function_name(match: re.Match) -> tuple[str | None, str]:
 
 
 _RAISING_TRIGGERS = """
-SELECT DISTINCT pg_catalog.quote_ident(t.tgname) FROM pg_catalog.pg_trigger t
+SELECT pg_catalog.quote_ident(t.tgname), pg_catalog.bool_or((t.tgtype & 1) = 1 OR t.tgnewtable IS NOT NULL)
+FROM pg_catalog.pg_trigger t
 JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
 JOIN unnest(%(schemas)s::text[], %(names)s::text[]) AS f(s, r)  -- (ROWS FROM sugar: not a function to qualify)
   ON p.proname = f.r AND (n.nspname = f.s OR f.s IS NULL)  -- (a function compiled under a path of its own: no schema)
 WHERE (t.tgrelid = pg_catalog.to_regclass(%(t)s)
        OR t.tgrelid IN (SELECT relid FROM pg_catalog.pg_partition_tree(pg_catalog.to_regclass(%(t)s))))
   AND NOT t.tgisinternal AND t.tgenabled <> 'D'
-ORDER BY 1
+GROUP BY 1 ORDER BY 1
 """
 
 
