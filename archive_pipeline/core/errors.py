@@ -338,6 +338,15 @@ _CONSTRAINT = _src(False, "a value breaks a constraint (a CHECK, NOT NULL, uniqu
                    "column of the domain's base type), or relax the constraint while the day is restored")
 _SERVER_IO = _src(True, "the database server had an I/O or system error",
                   f"{_RETRIED}; if it persists, check the server log and its disks")
+# 58P01 undefined_file, 58P02 duplicate_file: not the disk failing (58030) but a file the server looks for and does
+# not find (an extension's shared library a package upgrade replaced or removed), or finds where it must create one:
+# no retry brings the file back or takes it away
+_SERVER_FILE = _src(False, "a file the server needs is missing (58P01), or one is in the way where the server creates "
+                    "its own (58P02): most often an extension's shared library (the .so the message names) removed or "
+                    "replaced by a package upgrade",
+                    "install the extension's package built for this server's major version (the library the message "
+                    "names), or ALTER EXTENSION ... UPDATE to the version whose files are installed; for another file, "
+                    "restore or remove the file the message names (the server log says more), then archive again")
 
 _DISK_FULL_LOCAL = Classification(
     False, "no space left for the temp file", "free space in the temp directory or point the store's temp_dir at a "
@@ -515,7 +524,7 @@ def _by_sqlstate(code: str, text: str) -> Classification:
         "57P01": _TERMINATED, "57P02": _TERMINATED, "57P03": _STARTING, "57P04": _DROPPED,
         "53300": (_ROLE_LIMIT if "for role" in lowered else _DB_LIMIT if "for database" in lowered
                   else _MAX_CONNECTIONS),
-        "53100": _DISK_FULL_SERVER, "53200": _LOCK_TABLE if "max_locks_per_transaction" in text else _OUT_OF_MEMORY, "53400": _CONFIG_LIMIT,
+        "58P01": _SERVER_FILE, "58P02": _SERVER_FILE, "53100": _DISK_FULL_SERVER, "53200": _LOCK_TABLE if "max_locks_per_transaction" in text else _OUT_OF_MEMORY, "53400": _CONFIG_LIMIT,
         "28P01": _WRONG_PASSWORD, "3D000": _NO_DATABASE,
         "42501": _ROW_SECURITY if "row-level security" in lowered else _PERMISSION, "25006": _READ_ONLY,
         "42P01": _UNDEFINED, "42703": _UNDEFINED, "3F000": _UNDEFINED, "55006": _SERIALIZATION,
