@@ -662,11 +662,17 @@ def _by_message(text: str) -> Classification | None:
     return None
 
 
-def _stack_depth(exc: BaseException) -> Classification:
-    """A recursion where the error's context names a function or trigger (PL/pgSQL, SQL), else a value
-    nested too deeply for where it is read (no function on the stack: the JSON or array parser's own)."""
+def is_recursion(exc: BaseException) -> bool:
+    """Whether ``exc`` is PostgreSQL's stack depth limit (54001) met with a function or trigger on the stack (its
+    context names one: PL/pgSQL, SQL): a recursion, which no value of the row causes and no format avoids, unlike
+    a value nested too deeply for where it is read (no function on the stack: the JSON or array parser's own)."""
     context = (getattr(getattr(exc, "diag", None), "context", None) or "").lower()
-    return _STACK_DEPTH if "function" in context or "trigger" in context else _STACK_NESTING
+    return getattr(exc, "sqlstate", None) == "54001" and ("function" in context or "trigger" in context)
+
+
+def _stack_depth(exc: BaseException) -> Classification:
+    """A recursion (see :func:`is_recursion`), else a value nested too deeply for where it is read."""
+    return _STACK_DEPTH if is_recursion(exc) else _STACK_NESTING
 
 
 def _with_sqlstate(c: Classification, code: str | None) -> Classification:
