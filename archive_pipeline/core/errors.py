@@ -16,6 +16,7 @@ from __future__ import annotations
 
 
 import errno
+import functools
 import re
 import shlex
 from collections.abc import Callable
@@ -338,6 +339,15 @@ _CONSTRAINT = _src(False, "a value breaks a constraint (a CHECK, NOT NULL, uniqu
                    "column of the domain's base type), or relax the constraint while the day is restored")
 _SERVER_IO = _src(True, "the database server had an I/O or system error",
                   f"{_RETRIED}; if it persists, check the server log and its disks")
+# 58P01 undefined_file, 58P02 duplicate_file: not the disk failing (58030) but a file the server looks for and does
+# not find (an extension's shared library a package upgrade replaced or removed), or finds where it must create one:
+# no retry brings the file back or takes it away
+_SERVER_FILE = _src(False, "a file the server needs is missing (58P01), or one is in the way where the server creates "
+                    "its own (58P02): most often an extension's shared library (the .so the message names) removed or "
+                    "replaced by a package upgrade",
+                    "install the extension's package built for this server's major version (the library the message "
+                    "names), or ALTER EXTENSION ... UPDATE to the version whose files are installed; for another file, "
+                    "restore or remove the file the message names (the server log says more), then archive again")
 
 _DISK_FULL_LOCAL = Classification(
     False, "no space left for the temp file", "free space in the temp directory or point the store's temp_dir at a "
@@ -493,7 +503,12 @@ def _fixed_part(text: str) -> str:
     """The server's own words of a message: the text after ``ERROR:``/``FATAL:`` if present, quoted
     names blanked, cut at the first ``": "`` (where PostgreSQL puts values), lower case."""
     server = _SERVER_MESSAGE.search(text)
-    message = server.group(1) if server is not None else text.strip().split("\n")[0]
+    return _fixed(server.group(1) if server is not None else text.strip().split("\n")[0])
+
+
+def _fixed(message: str) -> str:
+    """``message`` (a server's, without its severity) with quoted names blanked, cut at the first ``": "``, lower
+    case: the words that say its cause."""
     return re.sub(r'"[^"]*"', '""', message).split(": ")[0].lower()
 
 
@@ -515,7 +530,7 @@ def _by_sqlstate(code: str, text: str) -> Classification:
         "57P01": _TERMINATED, "57P02": _TERMINATED, "57P03": _STARTING, "57P04": _DROPPED,
         "53300": (_ROLE_LIMIT if "for role" in lowered else _DB_LIMIT if "for database" in lowered
                   else _MAX_CONNECTIONS),
-        "53100": _DISK_FULL_SERVER, "53200": _LOCK_TABLE if "max_locks_per_transaction" in text else _OUT_OF_MEMORY, "53400": _CONFIG_LIMIT,
+        "58P01": _SERVER_FILE, "58P02": _SERVER_FILE, "53100": _DISK_FULL_SERVER, "53200": _LOCK_TABLE if "max_locks_per_transaction" in text else _OUT_OF_MEMORY, "53400": _CONFIG_LIMIT,
         "28P01": _WRONG_PASSWORD, "3D000": _NO_DATABASE,
         "42501": _ROW_SECURITY if "row-level security" in lowered else _PERMISSION, "25006": _READ_ONLY,
         "42P01": _UNDEFINED, "42703": _UNDEFINED, "3F000": _UNDEFINED, "55006": _SERIALIZATION,
@@ -607,6 +622,8 @@ _MESSAGES: list[tuple[re.Pattern[str], Classification]] = [
         # (not where another host of the string could not be reached: a failover under way, retried)
         (r"(?s)^(?!.*(connection refused|timeout expired|timed out|network is unreachable|no route to host)).*"
          r"(server is (not )?in hot standby mode|session is (not )?read-only)", _SESSION_ATTRS),
+        # (libpq's wrapper alone, "connection to server at ... failed", only where no server answered after it:
+        # a login's refusal is taken apart first, see _server_said)
         (r"connection refused|timeout expired|timed out|network is unreachable|no route to host|"
          r"could not connect to server|connection to server at .* failed", _CONNECT_FAILED),
         (r"server closed the connection unexpectedly|terminating connection|could not receive data from server|"
@@ -630,34 +647,150 @@ def _sqlstate(exc: BaseException, text: str) -> str | None:
 
 
 _SERVER_UNKNOWN = _src(False, "the database reported an error", "read the message; fix the cause and archive again")
+# A login the server answered with a refusal neither its English words nor a message catalog here (see _translated)
+# names: the server was reached, so never "could not be reached"; not retried, as every refusal at login but a full
+# server or one starting up
+_LOGIN_REFUSED = _src(False, "the server refused the login for a reason not recognised here (its words are quoted: a "
+                      "server whose lc_messages is not English is read through PostgreSQL's message catalogs, "
+                      "postgres-<version>.mo, and none on this machine holds these words)",
+                      "read the server's words and fix what they name (the role, its password, pg_hba.conf, a CONNECTION "
+                      "LIMIT, the database), then archive again; to have such refusals recognised, and the transient "
+                      "ones (a full server, one starting up) retried, install PostgreSQL's translations on this machine "
+                      "(its locale files, where pg_config --localedir says) or set lc_messages = 'C' on the server")
+
+# libpq's own words before a server's answer to a login ('connection to server at "host" (addr), port N failed: ' or
+# 'connection to server on socket "path" failed: '), then the server's message as libpq prints it: its severity word
+# as lc_messages translates it (FATAL, ВАЖНО), a colon and two spaces. libpq's own reasons ("Connection refused",
+# "timeout expired", "SSL error: ...") have no severity word.
+_LOGIN_ANSWER = re.compile(r'connection to server (?:at "[^"\n]*"(?: \([^)\n]*\))?, port \d+|on socket "[^"\n]*") '
+                           r'failed: [^\s:][^:\n]{0,40}:  (?P<said>[^\n]*)')
+
+
+def _server_said(text: str) -> tuple[str, bool] | None:
+    """The server's message in ``text`` (its first line, without its severity word) and whether it answered a
+    login (libpq's connect failure, in any language: see _LOGIN_ANSWER); None where the text is libpq's own."""
+    login = _LOGIN_ANSWER.search(text)
+    if login is not None:
+        return login.group("said"), True
+    server = _SERVER_MESSAGE.search(text)
+    return (server.group(1), False) if server is not None else None
+
+
+def _match(text: str) -> Classification | None:
+    """The first cause of the _MESSAGES table whose pattern ``text`` holds."""
+    return next((classification for pattern, classification in _MESSAGES if pattern.search(text)), None)
 
 
 def _by_message(text: str) -> Classification | None:
     """Match known causes against the server's own words, never against data it quotes.
 
     Where the text holds a server message (``ERROR:``/``FATAL:``, as libpq and ADBC pass it on without
-    a SQLSTATE), only its fixed part is matched: quoted names are blanked and everything after the
-    first ``": "`` (where PostgreSQL puts values) is cut, so a row holding "statement timeout" in a
-    data error cannot pass for a transient cause. An unrecognised server message fails at once.
-    Text without a server message is libpq's own (connect failures, lost connections).
+    a SQLSTATE; or a login's answer in any language), only its fixed part is matched: quoted names are blanked and
+    everything after the first ``": "`` (where PostgreSQL puts values) is cut, so a row holding "statement timeout"
+    in a data error cannot pass for a transient cause; a login's refusal, which never carries a SQLSTATE, is also
+    read in another language through PostgreSQL's message catalogs (:func:`_translated`). An unrecognised server
+    message fails at once; a login the server answered is never "could not be reached". Text without a server
+    message is libpq's own (connect failures, lost connections).
     """
-    if _SERVER_MESSAGE.search(text) is not None:
-        fixed = _fixed_part(text)
-        for pattern, classification in _MESSAGES:
-            if pattern.search(fixed):
-                return classification
-        return _SERVER_UNKNOWN
-    for pattern, classification in _MESSAGES:
-        if pattern.search(text):
-            return classification
-    return None
+    said = _server_said(text)
+    if said is None:
+        return _match(text)
+    message, at_login = said
+    found = _match(_fixed(message))
+    if found is not None or not at_login:  # (a statement's error: its SQLSTATE decides, where it has one)
+        return found or _SERVER_UNKNOWN
+    return _translated(message) or _LOGIN_REFUSED
+
+
+# A printf conversion of a message template ("%s", "%d", "%1$s", "%.*s", "%m"; "%%" a percent sign)
+_PRINTF = re.compile(r"%(?:%|(?:\d+\$)?[-+ #0']*(?:\*|\d+)?(?:\.(?:\*|\d+))?(?:hh|h|ll|l|L|q|j|z|t)?"
+                     r"[diouxXeEfFgGaAcspm])")
+# Where PostgreSQL's message catalogs are found when pg_config is not there to say (packages, source builds, Homebrew)
+_LOCALE_DIRS = ("/usr/share/locale", "/usr/local/share/locale", "/usr/local/pgsql/share/locale",
+                "/opt/homebrew/share/locale")
+_MIN_WORDS = 8  # characters of a translation besides its values: a shorter one could match nearly any message
+
+
+def _translated(message: str) -> Classification | None:
+    """The cause of a server ``message`` in another language than English: a login's refusal carries no SQLSTATE,
+    so its words are all there is. Each translation (msgstr) of a message the English table recognises (msgid),
+    in PostgreSQL's catalogs on this machine, is matched against the whole message, the longest first; None where
+    none matches (no catalogs here, or a language or version they lack)."""
+    line = message.strip()
+    return next((cause for pattern, cause in _translations() if pattern.fullmatch(line)), None)
+
+
+@functools.cache
+def _translations() -> tuple[tuple[re.Pattern[str], Classification], ...]:
+    """(pattern of a translation, its English message's cause) for every language's catalog, the most specific
+    first; read once (a second or two), on the first message that needs it."""
+    causes: dict[str, Classification | None] = {}  # per English message: each language's catalog has the same
+    found: dict[str, Classification] = {}
+    for msgid, msgstr in _catalog_entries():
+        if msgid not in causes:
+            causes[msgid] = _match(_fixed(_PRINTF.sub("", msgid)))
+        if causes[msgid] is not None and len(_PRINTF.sub("", msgstr).strip()) >= _MIN_WORDS:
+            found.setdefault(msgstr, causes[msgid])
+    ordered = sorted(found, key=lambda msgstr: -len(_PRINTF.sub("", msgstr)))
+    return tuple((re.compile(_template_pattern(m), re.DOTALL), found[m]) for m in ordered)
+
+
+def _template_pattern(template: str) -> str:
+    """A regular expression of a message template: its words literal, each value (``%s``, ``%d``) any text."""
+    parts, at = [], 0
+    for found in _PRINTF.finditer(template):
+        parts += [re.escape(template[at:found.start()]), "%" if found.group() == "%%" else ".*?"]
+        at = found.end()
+    return "".join(parts) + re.escape(template[at:])
+
+
+def _catalog_entries() -> list[tuple[str, str]]:
+    """(msgid, msgstr) of every translated message in PostgreSQL's server catalogs (postgres-<version>.mo) on
+    this machine: where pg_config says, and where packages put them."""
+    import gettext
+    import glob
+    import os
+
+    dirs = dict.fromkeys(d for d in (_pg_config_localedir(), *_LOCALE_DIRS) if d)
+    paths = sorted({p for d in dirs for name in ("postgres-*.mo", "postgres.mo")
+                    for p in glob.glob(os.path.join(d, "*", "LC_MESSAGES", name))})
+    entries: list[tuple[str, str]] = []
+    for path in paths:
+        try:
+            with open(path, "rb") as fp:
+                catalog = gettext.GNUTranslations(fp)._catalog  # (msgid -> msgstr; gettext has no public listing)
+        except Exception:  # noqa: BLE001 - an unreadable catalog only leaves its language unrecognised
+            continue
+        entries += [(k, v) for k, v in catalog.items() if isinstance(k, str) and k and isinstance(v, str) and v != k]
+    return entries
+
+
+def _pg_config_localedir() -> str | None:
+    """Where this machine's PostgreSQL keeps its message catalogs (``pg_config --localedir``), if pg_config runs."""
+    import shutil
+    import subprocess
+
+    tool = shutil.which("pg_config")
+    if tool is None:
+        return None
+    try:
+        done = subprocess.run([tool, "--localedir"], capture_output=True, text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() or None
+
+
+def is_recursion(exc: BaseException) -> bool:
+    """Whether ``exc`` is PostgreSQL's stack depth limit (54001) met with a function or trigger on the stack (its
+    context names one: PL/pgSQL, SQL): a recursion, which no value of the row causes and no format avoids, unlike
+    a value nested too deeply for where it is read (no function on the stack: the JSON or array parser's own)."""
+    context = (getattr(getattr(exc, "diag", None), "context", None) or "").lower()
+    return getattr(exc, "sqlstate", None) == "54001" and ("function" in context or "trigger" in context)
 
 
 def _stack_depth(exc: BaseException) -> Classification:
-    """A recursion where the error's context names a function or trigger (PL/pgSQL, SQL), else a value
-    nested too deeply for where it is read (no function on the stack: the JSON or array parser's own)."""
-    context = (getattr(getattr(exc, "diag", None), "context", None) or "").lower()
-    return _STACK_DEPTH if "function" in context or "trigger" in context else _STACK_NESTING
+    """A recursion (see :func:`is_recursion`), else a value nested too deeply for where it is read."""
+    return _STACK_DEPTH if is_recursion(exc) else _STACK_NESTING
 
 
 def _with_sqlstate(c: Classification, code: str | None) -> Classification:

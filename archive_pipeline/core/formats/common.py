@@ -30,7 +30,7 @@ from typing import Protocol
 import psycopg
 from psycopg import sql
 
-from archive_pipeline.core.errors import UnsupportedTypeError
+from archive_pipeline.core.errors import UnsupportedTypeError, is_recursion
 from archive_pipeline.core.formats.big_values import find_big_rows, without_big_rows, write_big_rows
 from archive_pipeline.core.source import (
     WRITE_ONLY_TYPES,
@@ -319,10 +319,12 @@ _SNAPSHOT_IMPORT = ("invalid snapshot identifier", "could not import the request
 def is_value_failure(exc: BaseException) -> bool:
     """Whether PostgreSQL (or the Arrow reader) failed on a value rather than on the connection or the
     server: data exceptions (class 22, e.g. 22P05 untranslatable character), program limits (54000:
-    a value or row over 1 GB as text), and the allocation failures such a value causes."""
+    a value or row over 1 GB as text), and the allocation failures such a value causes. Not a function or trigger
+    recursing past the stack depth limit (54001 too): no value is at fault, and probing the columns would blame
+    the first one, each probe evaluating the recursion again (see errors.is_recursion)."""
     state = sqlstate_of(exc) or ""
     text = str(exc)
-    if any(marker in text for marker in _SNAPSHOT_IMPORT):  # 22023 too, but about the session, not a value
+    if any(marker in text for marker in _SNAPSHOT_IMPORT) or is_recursion(exc):  # (22023: the session's, no value's)
         return False
     if state.startswith(("22", "54")):
         return True
