@@ -48,7 +48,7 @@ from archive_pipeline.core.formats.common import (
     refuse_unrestorable,
 )
 from archive_pipeline.core.leftovers import day_listing, marked_generations, owned_by, same_source, \
-    stored_generations, tidy_day
+    stored_generations, tidy_day, why_not_ours
 from archive_pipeline.core.lifecycle import settle_pending_removal
 from archive_pipeline.core.listing import listed_once
 from archive_pipeline.core.locks import require_autocommit, require_lock_held, table_day_lock
@@ -613,7 +613,7 @@ class _Archiving:
         under other formats and codecs are :meth:`_tidy_former`'s (each only where it is this table-day's)."""
         manifest = existing.manifest if existing.problem is None else None
         self._tidied |= tidy_day(self.store, self.key, existing.listing, manifest, _identity(self.conn),
-                                 f"{self.spec.name} {self.day}", owner=self._owner)
+                                 self._label, owner=self._owner)
 
     def _tidy_former(self, existing: Existing) -> None:
         """Tidy the day's keys under the table's former formats, codecs or key_template too (the listing shows them
@@ -623,7 +623,7 @@ class _Archiving:
         keys differ from this one's only by the extension, in another configuration), whose runs this run's lock
         does not exclude."""
         former = [*keys.listed_under(self._other_extension_keys(), existing.listing or ()), *self.former_keys]
-        label = f"{self.spec.name} {self.day}"
+        label = self._label
         for other in dict.fromkeys(k for k in former if k != self.key):
             try:
                 there = read_existing(self.store, other)
@@ -633,6 +633,11 @@ class _Archiving:
                 manifest = there.manifest if there.problem is None else None
                 self._tidied |= tidy_day(self.store, other, there.listing, manifest, _identity(self.conn), label,
                                          owner=self._owner)
+
+    @property
+    def _label(self) -> str:
+        """This run's table-day, as log lines name it."""
+        return f"{self.spec.name} {self.day}"
 
     @property
     def _owner(self) -> tuple[str, str]:
@@ -1328,9 +1333,16 @@ class _Archiving:
         if not confirmed:  # the new object's HEAD could not be had: its predecessor is left to the next run's tidy
             return
         pattern = keys.generation_pattern(self.key)
-        for key in superseded:  # (only the day's own keys, whatever a manifest listed)
-            if pattern.fullmatch(key) and key != result.key:
+        for key in superseded:  # (only the day's own keys, whatever a manifest listed, and only where ours still)
+            if pattern.fullmatch(key) and key != result.key and why_not_ours(
+                    self.store, key, self._owner, self._label, self._record_of(key, existing)) is None:
                 self.store.delete_quietly(key)  # after the commit: a failure leaves a stray object, never a wrong archive
+
+    @staticmethod
+    def _record_of(key: str, existing: Existing) -> dict | None:
+        """The manifest whose object record (size, ETag) ``key`` must match to be the object it retires: the
+        previous manifest for its own object; None for a key retired earlier, proven by its metadata alone."""
+        return existing.manifest if key == object_key(existing.manifest) else None
 
     def _refuse_replaced(self, result: ArchiveResult, existing: Existing) -> None:
         """The manifest this run decided on must still be the one in the store when ours replaces it.
@@ -1388,8 +1400,9 @@ class _Archiving:
         return head is not None and etag_text(head.get("ETag")) == hashlib.md5(existing.raw).hexdigest()
 
     def _retire(self, result: ArchiveResult, existing: Existing) -> tuple[list[str], list[dict]]:
-        """Which earlier objects of this day the new manifest retires (deleted after the commit, and
-        listed so a later run retries) and which it keeps (an overwrite that lost rows)."""
+        """Which earlier objects of this day the new manifest retires (deleted after the commit where still ours,
+        see leftovers.why_not_ours, and listed so a later run retries) and which it keeps (an overwrite that lost
+        rows, or an object someone else put over the previous one: not ours to delete)."""
         previous = existing.manifest  # readable (a damaged object of a removed day never gets here)
         if previous is not None and foreign_objects(previous, self.key):
             previous = None  # it names other objects than the day's: nothing it lists is retired or carried
@@ -1415,6 +1428,11 @@ class _Archiving:
                 kept.append({"key": obj["key"], "rows": previous["rows"], "md5": obj.get("md5"),
                              "fingerprint": previous.get("fingerprint"),
                              "snapshot_at": previous.get("source", {}).get("snapshot_at")})
+            elif existing.problem is not None and (why := why_not_ours(
+                    self.store, obj["key"], self._owner, self._label, previous)) is not None:
+                # read_existing found another object there than recorded (or none): one someone else put over it is
+                # not ours to retire, and is named so that no later run's tidying takes it for a leftover either
+                kept.append({"key": obj["key"], "rows": None, "note": f"kept: not this archive's object: {why}"})
             else:
                 superseded.append(obj["key"])
         return superseded[-10:], kept

@@ -14,8 +14,9 @@ from collections.abc import Sequence
 
 from archive_pipeline.core import keys
 from archive_pipeline.core.errors import redact
-from archive_pipeline.core.manifest import ManifestError, SourceIdentity, decode_manifest, foreign_manifest
-from archive_pipeline.core.store import S3Store
+from archive_pipeline.core.manifest import ManifestError, SourceIdentity, decode_manifest, foreign_manifest, \
+    stored_object_problems
+from archive_pipeline.core.store import S3Store, decode_metadata
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +69,10 @@ def tidy_day(store: S3Store, key: str, listing: dict[str, dict] | None, manifest
     which this run's lock does not exclude, may be uploading right now: its upload and marker are left alone,
     and :func:`marked_generations` keeps this run off its key). Objects are deleted only with a trustworthy
     ``manifest`` (None: none, or one that fails its checks) of ``owner``'s table-day, which names every object of the day worth keeping (its
-    object and ``kept``); anything else of the day is garbage, since the manifest is the commit point. Without
-    one, stored data might be the only copy of something and stays. A failure here is logged, never fatal:
+    object and ``kept``); anything else of the day that is ours (:func:`why_not_ours`: a HEAD each, only for
+    such strays) is garbage, since the manifest is the commit point; an object someone else put at one of the
+    day's keys is no killed run's, and stays (logged). Without one, stored data might be the only copy of
+    something and stays. A failure here is logged, never fatal:
     leftovers cost storage, not correctness. ``label``: the table-day, for the log. ``owner``: the table-day
     (name, ISO day) whose lock the caller holds, by default the one ``manifest`` names (a removal's proven one).
     ``others``: the day's keys under the table's other formats and codecs (:func:`keys.other_extension_keys`),
@@ -96,10 +99,50 @@ def tidy_day(store: S3Store, key: str, listing: dict[str, dict] | None, manifest
     stray += [k for k in manifest.get("superseded", []) if k in listing]  # e.g. another extension
     tidied = set(unmarked)
     for name in dict.fromkeys(stray):
-        if name not in keep and store.delete_quietly(name):
+        if name not in keep and why_not_ours(store, name, owner, label) is None and store.delete_quietly(name):
             tidied.add(name)
             log.info("%s: removed %s, a generation no manifest names", label, store.uri(name))
     return tidied
+
+
+def why_not_ours(store: S3Store, key: str, owner: tuple[str, str] | None, label: str,
+                 recorded: dict | None = None) -> str | None:
+    """Why the object at ``key``, a generation of the day about to be deleted (retired, or a stray no manifest
+    names), may not be ``owner``'s (table name, ISO day) to delete, logged as left as it is; None where it is:
+    its HEAD shows the size and ETag the manifest ``recorded`` names for it, or the ``table`` and ``day``
+    metadata every data object an archive run writes carries name ``owner``, or nothing is there any more. An
+    object without them was put at the key by someone else (another tool, a hand's PutObject), one naming
+    another table-day is that one's, and a HEAD that failed says nothing: none of them is deleted on the
+    strength of its key alone, which only says where it is. One HEAD, asked only on these rare paths."""
+    why = _not_ours(store, key, owner, recorded)
+    if why is not None:
+        log.warning("%s: left %s as it is, not known to be an object of this table-day's archives: %s", label,
+                    store.uri(key), why)
+    return why
+
+
+def _not_ours(store: S3Store, key: str, owner: tuple[str, str] | None, recorded: dict | None) -> str | None:
+    """:func:`why_not_ours` without the log."""
+    if owner is None:
+        return "no manifest names the table-day whose lock this run holds"
+    try:
+        head = store.head(key)
+    except Exception as exc:  # noqa: BLE001 - not known whose it is
+        return f"its HEAD failed ({redact(f'{type(exc).__name__}: {exc}')})"
+    if head is None:
+        return None  # gone since the listing: nothing to lose
+    if recorded is not None and (recorded.get("object") or {}).get("etag") and \
+            not stored_object_problems(head, recorded):
+        return None  # the very object the manifest recorded
+    meta = decode_metadata(head.get("Metadata") or {})
+    named = (meta.get("table"), meta.get("day"))
+    if named == owner:
+        return None
+    if named == (None, None):
+        return (f"it carries no table or day metadata, which every object an archive run writes does (another "
+                f"tool's object, or one put there by hand; ETag {head.get('ETag')}, {head.get('ContentLength')} "
+                "bytes)")
+    return f"its metadata names table {named[0]!r} for {named[1]}, not {owner[0]!r} for {owner[1]}"
 
 
 def owned_by(store: S3Store, key: str, listing: dict[str, dict] | None, raw: bytes | None,
