@@ -594,6 +594,21 @@ def _fetch(store: S3Store, obj: dict, sink: _HashingWriter) -> bool:
                              content_encoding=obj.get("content_encoding")) is not None
 
 
+def _second_download_told(again: DownloadError, first_md5: str, second_md5: str, uri: str) -> DownloadError:
+    """What a multipart object's second complete download with a wrong MD5 (``damaged`` None: whole, the
+    manifest's size, another MD5), after a first alike, says. The same digest twice is what the store holds:
+    damaged, and no retry can fix it (verify's deep check gives the same verdict). Two different digests are
+    the way's fault: retryable."""
+    if second_md5 == first_md5:
+        return DownloadError(f"{uri} is damaged: two complete downloads agree on MD5 {second_md5}, not the "
+                             "manifest's; restore it from a replica or backup, or archive the day again",
+                             damaged=True, retryable=False, cause="the stored object is damaged")
+    return DownloadError(f"{again.message} (two downloads gave two different wrong digests: the bytes were corrupted "
+                         "on the way, not in the store)", damaged=False, retryable=True, remedy="retried "
+                         "automatically; if it persists, check the network path to the store",
+                         cause="corrupted in transit")
+
+
 @contextlib.contextmanager
 def downloaded(store: S3Store, manifest: dict, temp_dir: str | os.PathLike | None = None) -> Iterator[str]:
     """The manifest's data object in a private temp file, after checking its size and MD5 against
@@ -622,17 +637,13 @@ def downloaded(store: S3Store, manifest: dict, temp_dir: str | os.PathLike | Non
                     try:
                         found = _fetch(store, obj, sink)
                     except DownloadError as again:
-                        if again.damaged is None and sink.md5 != first_md5:  # two downloads, two digests: the way
-                            raise DownloadError(f"{again.message} (two downloads gave two different wrong digests: "
-                                                "the bytes were corrupted on the way, not in the store)", damaged=False,
-                                                retryable=True, remedy="retried automatically; if it persists, check "
-                                                "the network path to the store", cause="corrupted in transit"
-                                                ) from again
+                        if again.damaged is None:
+                            raise _second_download_told(again, first_md5, sink.md5, store.uri(obj["key"])) from again
                         raise
             except DownloadError as exc:
                 if exc.damaged is not False:  # bytes that differ from the manifest's: damaged (or, None, perhaps)
                     raise ArchiveCorruptError(f"the archive of {table} for {day}: {exc}; nothing was loaded",
-                                              table=table, day=day, retryable=exc.retryable) from exc
+                                              table=table, day=day, retryable=exc.retryable, cause=exc.cause) from exc
                 # a request that failed (throttled, refused, dropped) or bytes corrupted on the way: not the archive
                 raise RestoreError(f"the archive of {table} for {day} could not be downloaded: {exc.message}; "
                                    "nothing was loaded", table=table, day=day, retryable=exc.retryable,
