@@ -18,7 +18,7 @@ import archive_pipeline.cli as cli
 from archive_pipeline.core.archive import archive_partition
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.errors import ArchiveError
-from archive_pipeline.local.local_stack import start_postgres
+from archive_pipeline_tests.test_hunt6_lu import server_speaking
 from archive_pipeline_tests.test_hunt6_lu import german  # noqa: F401 - a fixture: a server whose messages are German
 
 DAY = dt.date(2024, 3, 10)
@@ -26,22 +26,9 @@ DAY = dt.date(2024, 3, 10)
 
 @pytest.fixture
 def russian():
-    """A server whose messages are Russian (as one with lc_messages = 'ru_RU.UTF-8'; only C locales exist on this
-    machine, so its gettext is told the language by LANGUAGE, which it honours under C.UTF-8, as test_hunt6_lu's
-    German server)."""
-    before = os.environ.get("LANGUAGE")
-    os.environ["LANGUAGE"] = "ru"
-    try:
-        server = start_postgres()
-    finally:
-        if before is None:
-            del os.environ["LANGUAGE"]
-        else:
-            os.environ["LANGUAGE"] = before
-    try:
+    """A server whose messages are Russian (as test_hunt6_lu's German one)."""
+    with server_speaking("ru") as server:
         yield server
-    finally:
-        server.stop()
 
 
 def _compare(server_dsn: str, table: str, s3, bucket: str, tmp_path, monkeypatch) -> tuple[int, dict]:

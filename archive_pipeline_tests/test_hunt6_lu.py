@@ -4,6 +4,7 @@ never by the English text of a message."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 
@@ -23,12 +24,13 @@ DAY = dt.date(2024, 3, 10)
 FORMATS = ("jsonl", "csv", "parquet")
 
 
-@pytest.fixture(scope="module")
-def german():
-    """A server whose messages are German (as one with lc_messages = 'de_DE.UTF-8'; only C locales exist on this
-    machine, so the server's gettext is told the language by LANGUAGE, which it honours under C.UTF-8)."""
+@contextlib.contextmanager
+def server_speaking(language: str):
+    """A throwaway server whose messages are in ``language`` (as one with lc_messages = 'de_DE.UTF-8'; only C
+    locales exist on this machine, so the server's gettext is told the language by LANGUAGE, which it honours
+    under C.UTF-8)."""
     before = os.environ.get("LANGUAGE")
-    os.environ["LANGUAGE"] = "de"
+    os.environ["LANGUAGE"] = language
     try:
         server = start_postgres()
     finally:
@@ -37,14 +39,21 @@ def german():
         else:
             os.environ["LANGUAGE"] = before
     try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def german():
+    """A server whose messages are German."""
+    with server_speaking("de") as server:
         with server.connect() as c:
             try:
                 c.execute("SELECT * FROM no_such_table")
             except psycopg.errors.UndefinedTable as exc:
                 assert "existiert nicht" in str(exc), exc  # the server speaks German
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
