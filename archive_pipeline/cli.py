@@ -57,7 +57,8 @@ from archive_pipeline.core.periods import Period, PeriodError, parse_period, zon
 from archive_pipeline.core.session_settings import session_pinned, set_session, watch_client
 from archive_pipeline.core.source import lookalike_hint
 from archive_pipeline.core.store import S3Store
-from archive_pipeline.core.verify import deep_verify, deep_verify_of, read_only, source_side_only, verify_archive
+from archive_pipeline.core.verify import (archive_damage, deep_verify, deep_verify_of, read_only, source_side_only,
+                                          verify_archive)
 
 EXIT_OK, EXIT_DIFFERENCES, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
@@ -1788,9 +1789,9 @@ def _absent_days(run: Run, spec: TableSpec, absent: list[Period], emptied: bool 
     :func:`_dropped_by_hand`); and those whose manifest could not be read, with why (see :func:`_manifest_unread`).
     Only the recent ones: each archived day costs a GET, and a table's years of removed days were settled long ago.
     A day removed by prune (its mark done) stays "no data". A gone day's archive is checked as verify's light
-    check does (a HEAD): one that does not check out holds the rows nowhere, and is unread with why (see
-    :func:`_archive_lost`), never said to be kept; unless ``emptied`` (:func:`_overwrites_dropped`): the day is
-    then archived as empty, as asked, whatever its old archive holds."""
+    check does (a HEAD; where it differs, by the download: see :func:`_archive_lost`): one proven missing or damaged
+    holds the rows nowhere, and is unread with why, never said to be kept; unless ``emptied``
+    (:func:`_overwrites_dropped`): the day is then archived as empty, as asked, whatever its old archive holds."""
     gone: dict[Period, plan.Archived] = {}
     pending, unread = _pending_removals(run.store, spec, absent[-_RECENT_ABSENT:], archived=gone)
     lost = {day: "" if emptied else _archive_lost(run, spec, day, archived) for day, archived in gone.items()}
@@ -1800,13 +1801,13 @@ def _absent_days(run: Run, spec: TableSpec, absent: list[Period], emptied: bool 
 
 def _archive_lost(run: Run, spec: TableSpec, day: Period, archived: plan.Archived) -> str:
     """Why the archive of a day gone from the source whose manifest records rows does not hold them (its object
-    missing, or of another size or ETag: the light check of verify), or "" where it does. The source no longer
-    holds them either: the rows are in neither place, and only the object's backup (the bucket's versions, a
-    replica) brings them back; called kept, the advised restore could not work. A check that could not be made
-    is "not checked", as verify says it."""
+    missing, or damaged as its download proves where its HEAD differs: see verify.archive_damage), or "" where it
+    does. The source no longer holds them either: the rows are in neither place, and only the object's backup (the
+    bucket's versions, a replica) brings them back; called kept, the advised restore could not work. A check that
+    could not be made is "not checked", as verify says it."""
     try:
-        problems = verify_archive(run.store, archived.key, archived.expected, owner=(spec.name, day.isoformat()),
-                                  period=day, manifest=archived.manifest)
+        problems = archive_damage(run.store, archived.key, archived.manifest, expected=archived.expected,
+                                  owner=(spec.name, day.isoformat()), period=day)
     except ArchiveError as exc:
         return f"not checked ({'retryable' if exc.retryable else 'not retryable'}): {_told(exc)}"
     unchecked = next((p for p in problems if p.startswith("not checked")), None)
