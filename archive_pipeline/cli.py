@@ -57,7 +57,8 @@ from archive_pipeline.core.periods import Period, PeriodError, parse_period, zon
 from archive_pipeline.core.session_settings import session_pinned, set_session, watch_client
 from archive_pipeline.core.source import lookalike_hint
 from archive_pipeline.core.store import S3Store
-from archive_pipeline.core.verify import deep_verify, deep_verify_of, read_only, source_side_only, verify_archive
+from archive_pipeline.core.verify import (archive_damage, deep_verify, deep_verify_of, read_only, source_side_only,
+                                          verify_archive)
 
 EXIT_OK, EXIT_DIFFERENCES, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
@@ -1294,7 +1295,7 @@ def verify(run: Run, download: bool, deep: bool) -> None:
     """Check each archived day: the stored object against its manifest (size, ETag; --download: MD5 and
     SHA-256 of its bytes), and with --deep its rows against the source. Exits 1 when any day has a problem,
     or when no day is archived while a --day or range names days, or days with rows in PostgreSQL are missing
-    (nothing was verified)."""
+    (nothing was verified): of the run, or of one table while others verified."""
     results = []
     how = (*(("--download",) if download else ()), *(("--deep",) if deep else ()))  # (what verifying again needs)
     chosen = [(spec, run.days(spec)) for spec in run.tables]
@@ -1349,6 +1350,8 @@ def verify(run: Run, download: bool, deep: bool) -> None:
     bad = [r for r in results if not r["ok"]]
     unverified = _nothing_verified(run, chosen) if not results else None
     nothing = unverified is not None
+    # (one table's archived days must not pass another's rows that no archive holds: the rule is per table)
+    failed_tables = {} if not results else _tables_unverified(run, chosen, {r["table"] for r in results})
 
     def render() -> None:
         table = _table("table", "day", "result", "key")
@@ -1361,15 +1364,20 @@ def verify(run: Run, download: bool, deep: bool) -> None:
             run.out.print(_said(_verbatim(r["table"]), f" {r['day']}: to fix: {r['remedy']}"), soft_wrap=True)
         what = " against the source" if deep else " (downloaded)" if download else ""
         run.out.print(f"{len(results)} archived day(s) checked{what}, {len(bad)} with problems"
+                      + (f", {len(failed_tables)} table(s) not verified" if failed_tables else "")
                       + ("" if results or nothing else ": no day of the selection has rows in PostgreSQL or an "
                          "archive, nothing to verify"))
+        for name, why in failed_tables.items():
+            run.out.print(_said(_verbatim(name), f": not verified: {why}"), soft_wrap=True)
 
     # (a script reads why in the answer itself, as for any failed command)
-    run.emit({"ok": not bad and not nothing, "days": results,
+    run.emit({"ok": not bad and not nothing and not failed_tables, "days": results,
+              **({"tables_failed": [{"table": name, "error": why} for name, why in failed_tables.items()]}
+                 if failed_tables else {}),
               **({"exit_code": EXIT_DIFFERENCES, "error": unverified, "retryable": False} if nothing else {})}, render)
     if nothing:
         raise Failed(unverified)
-    if bad:
+    if bad or failed_tables:
         raise Failed()
 
 
@@ -1380,28 +1388,67 @@ def _nothing_verified(run: Run, chosen: list[tuple[TableSpec, list[Period]]]) ->
     not where it is looked for (a mistyped ARCHIVE_S3_PREFIX or bucket) or was never written (a new deployment
     before its first archive run): a monitoring job that runs verify must not read either as verified. Only then
     is the source asked (a light verify needs only the store); where it cannot be, that is no pass either."""
-    missing, why = 0, ""
-    for spec, days in chosen:
-        try:
-            present, unknown = plan.present_days(run.conn, spec, days)
-        except (ArchiveError, ConfigError, UnreachableError, psycopg.Error) as exc:
-            why = why or f"{spec.name}: {_told(exc)}"
-            if run._conn is None:  # no connection at all: the other tables would wait for the same refusal
-                break
-            continue
-        missing += len(present)
-        why = why or next((f"{spec.name} {day}: {said}" for day, said in unknown.items()), "")
+    counted = _rows_unarchived(run, chosen)
+    missing = sum(len(present) for present, _ in counted.values())
+    why = next((why for _, why in counted.values() if why), "")
     if not (missing or why or run.first or run.last):
         return None
     listed = _shell_join(run.command("list"))
     if not missing:
         return (f"nothing was verified: no day in the selection is archived (see `{listed}`)"
                 + (f"; whether PostgreSQL holds rows of them is not known: {why}" if why else ""))
-    where = run.store.uri(f"{run.store.prefix}/" if run.store.prefix else "")
-    return (f"nothing was verified: no day in the selection is archived under {where} ({missing} day(s) with rows "
-            f"in PostgreSQL are missing; see `{listed}`); to fix: archive them "
+    holding = ", ".join(name for name, (present, _) in counted.items() if present)
+    return (f"nothing was verified: no day in the selection is archived under {_archive_root(run)} ({missing} "
+            f"day(s) with rows in PostgreSQL are missing, of {holding}; see `{listed}`); to fix: archive them "
             f"(`{_shell_join(run.command('archive'))}`) if none was archived yet, else point ARCHIVE_S3_BUCKET and "
             "ARCHIVE_S3_PREFIX at the archive")
+
+
+def _tables_unverified(run: Run, chosen: list[tuple[TableSpec, list[Period]]], verified: set[str]
+                       ) -> dict[str, str]:
+    """Why each chosen table of which no day was checked is no pass, while other tables' days were: PostgreSQL
+    holds rows of it that no archive holds where it is looked for (its first archive never ran, a mistyped
+    key_template), or whether it does is not known. The run as a whole found the archive, so the table's own
+    settings are what to check; a table without rows in the selection has nothing due (a --day it had no data)."""
+    idle = [(spec, days) for spec, days in chosen if spec.name not in verified]
+    failed = {}
+    for name, (present, why) in _rows_unarchived(run, idle).items():
+        listed = _shell_join([*run.command("list"), "--table", name])
+        if present:
+            shown = ", ".join(day.isoformat() for day in present[:5]) + \
+                (f" and {len(present) - 5} more" if len(present) > 5 else "")
+            archive = _shell_join([*run.command("archive"), "--table", name])
+            failed[name] = (f"none of its days in the selection is archived under {_archive_root(run)}, while "
+                            f"PostgreSQL has rows of {shown} (see `{listed}`); to fix: archive them (`{archive}`) if "
+                            "none was archived yet, else check the table's key_template")
+        elif why:
+            failed[name] = (f"none of its days in the selection is archived (see `{listed}`), and whether "
+                            f"PostgreSQL holds rows of them is not known: {why}")
+    return failed
+
+
+def _rows_unarchived(run: Run, chosen: list[tuple[TableSpec, list[Period]]]
+                     ) -> dict[str, tuple[list[Period], str]]:
+    """Per table of ``chosen`` (none of whose days is archived): its days with rows in PostgreSQL (``list``'s
+    ``missing``), in order, and why that is not known where the source could not be asked ("" where it could).
+    Without a connection at all, every table not yet asked is told the same refusal instead of waiting for it."""
+    counted: dict[str, tuple[list[Period], str]] = {}
+    for spec, days in chosen:
+        try:
+            present, unknown = plan.present_days(run.conn, spec, days)
+        except (ArchiveError, ConfigError, UnreachableError, psycopg.Error) as exc:
+            counted[spec.name] = ([], f"{spec.name}: {_told(exc)}")
+            if run._conn is None:
+                return counted | {other.name: counted[spec.name] for other, _ in chosen if other.name not in counted}
+            continue
+        why = next((f"{spec.name} {day}: {said}" for day, said in unknown.items()), "")
+        counted[spec.name] = (sorted(present), why)
+    return counted
+
+
+def _archive_root(run: Run) -> str:
+    """Where the archive is looked for (the bucket and ARCHIVE_S3_PREFIX), as a message names it."""
+    return run.store.uri(f"{run.store.prefix}/" if run.store.prefix else "")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1779,9 +1826,9 @@ def _absent_days(run: Run, spec: TableSpec, absent: list[Period], emptied: bool 
     :func:`_dropped_by_hand`); and those whose manifest could not be read, with why (see :func:`_manifest_unread`).
     Only the recent ones: each archived day costs a GET, and a table's years of removed days were settled long ago.
     A day removed by prune (its mark done) stays "no data". A gone day's archive is checked as verify's light
-    check does (a HEAD): one that does not check out holds the rows nowhere, and is unread with why (see
-    :func:`_archive_lost`), never said to be kept; unless ``emptied`` (:func:`_overwrites_dropped`): the day is
-    then archived as empty, as asked, whatever its old archive holds."""
+    check does (a HEAD; where it differs, by the download: see :func:`_archive_lost`): one proven missing or damaged
+    holds the rows nowhere, and is unread with why, never said to be kept; unless ``emptied``
+    (:func:`_overwrites_dropped`): the day is then archived as empty, as asked, whatever its old archive holds."""
     gone: dict[Period, plan.Archived] = {}
     pending, unread = _pending_removals(run.store, spec, absent[-_RECENT_ABSENT:], archived=gone)
     lost = {day: "" if emptied else _archive_lost(run, spec, day, archived) for day, archived in gone.items()}
@@ -1791,13 +1838,13 @@ def _absent_days(run: Run, spec: TableSpec, absent: list[Period], emptied: bool 
 
 def _archive_lost(run: Run, spec: TableSpec, day: Period, archived: plan.Archived) -> str:
     """Why the archive of a day gone from the source whose manifest records rows does not hold them (its object
-    missing, or of another size or ETag: the light check of verify), or "" where it does. The source no longer
-    holds them either: the rows are in neither place, and only the object's backup (the bucket's versions, a
-    replica) brings them back; called kept, the advised restore could not work. A check that could not be made
-    is "not checked", as verify says it."""
+    missing, or damaged as its download proves where its HEAD differs: see verify.archive_damage), or "" where it
+    does. The source no longer holds them either: the rows are in neither place, and only the object's backup (the
+    bucket's versions, a replica) brings them back; called kept, the advised restore could not work. A check that
+    could not be made is "not checked", as verify says it."""
     try:
-        problems = verify_archive(run.store, archived.key, archived.expected, owner=(spec.name, day.isoformat()),
-                                  period=day, manifest=archived.manifest)
+        problems = archive_damage(run.store, archived.key, archived.manifest, expected=archived.expected,
+                                  owner=(spec.name, day.isoformat()), period=day)
     except ArchiveError as exc:
         return f"not checked ({'retryable' if exc.retryable else 'not retryable'}): {_told(exc)}"
     unchecked = next((p for p in problems if p.startswith("not checked")), None)

@@ -86,6 +86,7 @@ from archive_pipeline.core.source import READ_SETTINGS, SNAPSHOT_SETTINGS, Repla
     shape_changes, snapshot_open, snapshot_time, standby_replay, view_calls, wrapped, columns_as_archived
 from archive_pipeline.core.store import DownloadError, KeyTakenError, S3Store, S3Upload, etag_text
 from archive_pipeline.core.streams import StreamGroup
+from archive_pipeline.core.verify import archive_damage
 
 __all__ = ["ArchiveResult", "DayRemovedError", "Existing", "ForeignArchiveError", "LateRowsError", "archive_partition",
            "keeps_existing", "read_existing", "render_key"]
@@ -1053,15 +1054,31 @@ class _Archiving:
         them now, is not archived as empty unasked: the rows may have been removed from the source after they
         were archived (as where the manifest is lost, see ``_generation``), and an empty manifest would describe
         them as a day that never had rows. Overwrite records the day as empty deliberately, as it does over an
-        intact archive (the previous manifest's object stays listed under ``kept``, see ``_retire``)."""
+        intact archive (the previous manifest's object stays listed under ``kept``, see ``_retire``). An object whose
+        HEAD differs but whose download is as recorded (copied onto itself in parts) is refused the same, said to hold
+        the rows: the remedy is then the archive's restore, not the object's."""
         obj = (existing.manifest or {}).get("object")
         if overwrite or fp.rows or not obj or not self._object_unsound(existing):
             return
         uri = self.store.uri(obj["key"])
+        # (a HEAD answering another ETag or size proves no damage: the download decides, as the command line's and
+        # the Dagster layer's looks at such a day do; the day is refused either way, only its words depend on it)
+        damage = archive_damage(self.store, self.key, existing.manifest, temp_dir=self.temp_dir)
+        if not damage:
+            raise ArchiveError(
+                f"{self.spec.name} {self.day}: its manifest {self.store.uri(self.manifest_key)} records "
+                f"{existing.manifest.get('rows', 0):,} rows in {uri}, which holds them as recorded (its HEAD answered "
+                f"otherwise: {existing.problem}; its download's size, MD5 and SHA-256 are as recorded, as for an "
+                "object copied onto itself in parts), and the source has no rows for the day now: they were deleted "
+                "or dropped from the source after they were archived. Nothing was written", retryable=False,
+                cause="the source is empty while the archive holds the day's rows",
+                remedy=f"restore the day from its archive if its rows were removed by mistake (restore --day "
+                       f"{self.day} --into original); or, to record the day as empty deliberately, set overwrite for "
+                       f"this day alone (archive --day {self.day} --overwrite; the manifest keeps the object listed)")
         raise ArchiveError(
             f"{self.spec.name} {self.day}: its manifest {self.store.uri(self.manifest_key)} records "
             f"{existing.manifest.get('rows', 0):,} rows in {uri}, but that object is lost or damaged "
-            f"({existing.problem}), and the source has no rows for the day now: they may have been removed from the "
+            f"({'; '.join(damage)}), and the source has no rows for the day now: they may have been removed from the "
             "source after they were archived. Nothing was written", retryable=False,
             cause="the archived object is lost or damaged while the source is empty",
             remedy=f"restore {uri} from a backup of the bucket or its versioning, then run the day again; or, to "

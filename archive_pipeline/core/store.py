@@ -2055,19 +2055,32 @@ class S3Upload:
         return error
 
 
+_SKEW_ALLOWED = dt.timedelta(minutes=15)  # S3 refuses a request signed further off its clock (RequestTimeTooSkewed)
+
+
 def _server_time(response: dict) -> dt.datetime:
-    """The store's clock from a response's Date header (our clock if it has none), always timezone-aware: it is
-    compared with the aware ``Initiated`` times of a listing, and a naive one (a ``-0000`` or zoneless Date, which
-    ``parsedate_to_datetime`` leaves naive) would raise TypeError there, swallowed as a failed cleanup. HTTP dates
+    """The store's clock from a response's Date header, always timezone-aware, and our clock where the header cannot
+    stand for the store's: absent, unparseable, or further from ours than a signed request may be (a store checks
+    that skew, so a Date beyond it is a gateway's or a broken clock's, such as one at the calendar's edge, whose
+    bound would abort everyone's uploads and overflow the caller's arithmetic). It bounds the stale-upload cleanup,
+    a best effort: it must never raise. Compared with the aware ``Initiated`` times of a listing, a naive one (a
+    ``-0000`` or zoneless Date, which ``parsedate_to_datetime`` leaves naive) would raise TypeError there; HTTP dates
     are UTC (RFC 9110), and ``-0000`` means UTC with no local zone known (RFC 5322), so a naive one is read as UTC."""
     import email.utils
 
+    ours = dt.datetime.now(dt.UTC)
     header = response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
     try:
-        when = email.utils.parsedate_to_datetime(header) if header else dt.datetime.now(dt.UTC)
-    except (TypeError, ValueError):
-        return dt.datetime.now(dt.UTC)
-    return when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)
+        when = email.utils.parsedate_to_datetime(header) if header else ours
+        when = when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)
+        usable = abs(when - ours) <= _SKEW_ALLOWED
+    except (TypeError, ValueError, OverflowError):
+        usable = False
+    if not usable:
+        log.info("the store's Date header %r cannot stand for its clock; this machine's clock bounds the "
+                 "stale-upload cleanup", header)
+        return ours
+    return when
 
 
 __all__ = ["MAX_OBJECT_SIZE", "MAX_PARTS", "MAX_PART_SIZE", "MIN_PART_SIZE", "MiB", "CorruptedWrite", "DownloadError",

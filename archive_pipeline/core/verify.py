@@ -50,8 +50,8 @@ from archive_pipeline.core.store import DownloadError, LocalFileError, S3Store, 
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ManifestError", "count_rows", "deep_verify", "load_manifest", "source_changed", "stored_object_problems",
-           "verify_archive"]
+__all__ = ["ManifestError", "archive_damage", "count_rows", "deep_verify", "load_manifest", "source_changed",
+           "stored_object_problems", "verify_archive"]
 
 _temp_names = itertools.count()
 
@@ -223,6 +223,24 @@ def verify_archive(store: S3Store, key: str, expected: dict, *, deep: bool = Fal
     if deep and not problems:
         problems += _download_problems(store, manifest, expected, temp_dir)
     return problems
+
+
+def archive_damage(store: S3Store, key: str, manifest: dict, *, expected: dict | None = None,
+                   owner: tuple[str, str] | None = None, period: Period | None = None,
+                   temp_dir: str | None = None) -> list[str]:
+    """What proves the archive of a day the source no longer holds damaged, or [] where it holds the day's rows:
+    the light check of :func:`verify_archive` (one HEAD), believed where it finds nothing or the object missing.
+    A HEAD that answers otherwise than recorded proves no damage (an object copied onto itself in parts, ``aws s3
+    cp`` above its multipart threshold or a storage class changed, holds the same bytes under an ETag ``<...>-1``;
+    a gateway may answer a wrong Content-Length): there the download's digests decide, as a deep check's do. Such a
+    verdict tells a person the rows are in neither place, so it must be proven; the download is paid only where
+    the HEAD already differs. Raises as :func:`verify_archive` does where no verdict could be had."""
+    expected = expected or {}
+    problems = verify_archive(store, key, expected, owner=owner, period=period, manifest=manifest)
+    if not problems or any(problem.endswith(" is missing") for problem in problems):
+        return problems
+    return verify_archive(store, key, expected, deep=True, owner=owner, period=period, manifest=manifest,
+                          temp_dir=temp_dir)
 
 
 def _named_for(exc: ArchiveError, manifest: dict) -> ArchiveError:
