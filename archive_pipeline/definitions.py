@@ -38,8 +38,8 @@ from archive_pipeline.defs.checks import (
 from archive_pipeline.core.config import ArchiveConfig, ConfigError, SourceSettings, TableSpec, config_path, load_config
 from archive_pipeline.core.discovery import ChildrenMemo, child_ranges
 from archive_pipeline.core.environment import (check_bucket_name, check_dsn, check_endpoint_url, check_key_pair, check_keys_fit,
-                                              check_prefix, check_s3_settings, equal_parts, session_settings,
-                                              verify_etags)
+                                              check_prefix, check_s3_settings, default_connect_timeout, equal_parts,
+                                              session_settings, verify_etags)
 from archive_pipeline.core.errors import SourceError, classify, password_of, redact
 from archive_pipeline.defs.resources import ArchiveStoreResource, PostgresResource, ArchiveS3Resource
 from archive_pipeline.defs.retention_assets import build_removal_asset, build_retention_schedule
@@ -154,7 +154,7 @@ def check_tables_exist(config: ArchiveConfig, dsn: str, children: ChildrenMemo |
     down for maintenance.
     """
     try:
-        conn = psycopg.connect(dsn, connect_timeout=5, autocommit=True, **CONNECT_PARAMETERS)
+        conn = psycopg.connect(dsn, **default_connect_timeout(dsn, 5), autocommit=True, **CONNECT_PARAMETERS)
         # SET: no snapshot (a serializable deferrable role's waits). A table a migration holds (describing an
         # expression-keyed parent reads its key, which locks it) is given up on quickly: the load goes on
         set_session(conn, {**session_settings(config.source), **session_pinned(conn), "lock_timeout": str(

@@ -83,7 +83,8 @@ def dsn_password(dsn: str) -> str | None:
 
 
 def connect_source(env: Mapping[str, str] | None = None, *, connect_timeout: int = 10) -> psycopg.Connection:
-    """An autocommit connection to ``$ARCHIVE_PG_DSN``.
+    """An autocommit connection to ``$ARCHIVE_PG_DSN``, waiting ``connect_timeout`` seconds at most unless the
+    DSN or ``$PGCONNECT_TIMEOUT`` says otherwise (see :func:`default_connect_timeout`).
 
     Raises :class:`ConfigError` when the variable is unset or malformed and :class:`UnreachableError`
     when the server cannot be reached or refuses the login; neither message contains the password.
@@ -127,10 +128,23 @@ def check_dsn(dsn: str, variable: str) -> None:
                           "holding '/', '@', ':' or '?' must be percent-encoded (%2F, %40, %3A, %3F)")
 
 
+def default_connect_timeout(dsn: str, seconds: int) -> dict[str, int]:
+    """``connect_timeout=seconds`` as a keyword of ``psycopg.connect``, or nothing when the DSN names its own
+    ``connect_timeout`` or ``$PGCONNECT_TIMEOUT`` (libpq's variable) is set: psycopg puts keywords over the
+    DSN's, so a hard-coded value replaced the user's (a hung server waited 10 s whatever the DSN said). A blank
+    variable counts as unset, as every other variable here does; a DSN that cannot be parsed gets ``seconds``
+    (the connect then fails on its syntax, and says so)."""
+    try:
+        given = "connect_timeout" in psycopg.conninfo.conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        given = False
+    return {} if given or os.environ.get("PGCONNECT_TIMEOUT", "").strip() else {"connect_timeout": seconds}
+
+
 def _connect(dsn: str, variable: str, connect_timeout: int) -> psycopg.Connection:
     check_dsn(dsn, variable)
     try:
-        return psycopg.connect(dsn, autocommit=True, connect_timeout=connect_timeout,
+        return psycopg.connect(dsn, autocommit=True, **default_connect_timeout(dsn, connect_timeout),
                                application_name="archive_pipeline_cli", **CONNECT_PARAMETERS)
     except psycopg.Error as exc:
         described = describe_connect_error(exc, dsn, variable)  # host, port, database, user, cause; no password
