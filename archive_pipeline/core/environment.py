@@ -55,15 +55,17 @@ _SECRET_VARS = (SECRET_VAR, "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "PGPAS
 _SECRET_SHAPE = re.compile(r"[A-Za-z0-9/+=]{40,}")
 
 
-def _quoted(value: str, env: Mapping[str, str] | None = None) -> str:
+def _quoted(value: str, env: Mapping[str, str] | None = None, *, public: bool = False) -> str:
     """A variable's value as a message about it quotes it, without the credentials of a URI or a
     ``password=`` in it: variables get swapped, and a DSN set as the bucket was printed whole. Nor is
     a value shown that holds another variable's secret, or has the shape of an S3 secret key (the secret
-    pasted into the bucket's variable was printed as "not a bucket name")."""
+    pasted into the bucket's variable was printed as "not a bucket name"), unless it is ``public``: the key
+    prefix is in every key, listing and manifest, so hiding it protects nothing, and any folder path of 40
+    characters has that shape (the refusal of a doubled '/' withheld the path the '//' was in)."""
     env = os.environ if env is None else env
     dsn = env.get(DSN_VAR)
     text = redact(value, *(env.get(name) for name in _SECRET_VARS), password_of(dsn) if dsn else None)
-    if _SECRET_SHAPE.search(text):
+    if not public and _SECRET_SHAPE.search(text):
         return "(not shown: it has the shape of a secret key)"
     return repr(text)
 
@@ -264,8 +266,8 @@ def check_prefix(prefix: str | None, setting: str) -> None:
             problem = ("the quotes of an env file, which the tool that set it kept (docker --env-file takes quotes "
                        "literally): remove the quotes around the value")
         if problem:
-            raise ConfigError(f"{setting} {_quoted(prefix)} cannot begin the archives' keys: it holds {problem}; "
-                              "set it to a plain folder name such as archive or team/archive")
+            raise ConfigError(f"{setting} {_quoted(prefix, public=True)} cannot begin the archives' keys: it holds "
+                              f"{problem}; set it to a plain folder name such as archive or team/archive")
 
 
 def check_keys_fit(config: ArchiveConfig, prefix: str) -> None:
