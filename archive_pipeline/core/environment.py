@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import psycopg
 import psycopg.conninfo
 
-from archive_pipeline.core.boto import new_session
+from archive_pipeline.core.boto import env_profile, new_session
 from archive_pipeline.core.config import ArchiveConfig, ConfigError, SourceSettings, config_path
 from archive_pipeline.core.errors import (classify, describe_connect_error, password_of, permission_remedy, redact,
                                          scrub_parse_error)
@@ -313,8 +313,9 @@ def _check_botocore_settings(env: Mapping[str, str]) -> None:
         if value is not None and value.lower() not in ("when_supported", "when_required"):  # (as botocore reads it)
             raise ConfigError(f"${name} {_quoted(value)} is not when_supported or when_required (botocore's two "
                               "values; note the underscore): set one of them, or unset it")
-    profile = env.get("AWS_PROFILE")
-    if profile:
+    found = env_profile(env)  # (a blank one is unset, for botocore too: see new_session)
+    if found:
+        profile_variable, profile = found
         import botocore.session
 
         import botocore.exceptions
@@ -329,14 +330,14 @@ def _check_botocore_settings(env: Mapping[str, str]) -> None:
             raise ConfigError(f"the AWS config or credentials file cannot be read ({exc}): fix it, or point "
                               "$AWS_CONFIG_FILE / $AWS_SHARED_CREDENTIALS_FILE at a valid one") from None
         if profile not in profiles:
-            raise ConfigError(_botocore_setting(f"the config profile ({profile}) could not be found"))
+            raise ConfigError(_botocore_setting(f"the config profile ({profile}) could not be found", profile_variable))
 
 
-def _botocore_setting(exc: Exception | str) -> str:
+def _botocore_setting(exc: Exception | str, profile_variable: str = "AWS_PROFILE") -> str:
     """A botocore setting from the environment that no client can be built with, named with its fix."""
     if isinstance(exc, str) or type(exc).__name__ == "ProfileNotFound":
-        return (f"$AWS_PROFILE names a profile that is not in the AWS config or credentials file ({exc}): set it to "
-                "one defined there (aws configure list-profiles), or unset it and set the keys in "
+        return (f"${profile_variable} names a profile that is not in the AWS config or credentials file ({exc}): set "
+                "it to one defined there (aws configure list-profiles), or unset it and set the keys in "
                 f"${KEY_ID_VAR} and ${SECRET_VAR}")
     return (f"an AWS checksum setting is not one botocore knows ({exc}): set $AWS_REQUEST_CHECKSUM_CALCULATION and "
             "$AWS_RESPONSE_CHECKSUM_VALIDATION to when_supported or when_required (or unset them)")
