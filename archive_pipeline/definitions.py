@@ -38,13 +38,13 @@ from archive_pipeline.defs.checks import (
 from archive_pipeline.core.config import ArchiveConfig, ConfigError, SourceSettings, TableSpec, config_path, load_config
 from archive_pipeline.core.discovery import ChildrenMemo, child_ranges
 from archive_pipeline.core.environment import (check_bucket_name, check_dsn, check_endpoint_url, check_key_pair, check_keys_fit,
-                                              check_prefix, check_s3_settings, equal_parts, session_settings,
-                                              verify_etags)
-from archive_pipeline.core.errors import SourceError, classify, password_of, redact
+                                              check_prefix, check_s3_settings, default_connect_timeout, equal_parts,
+                                              session_settings, verify_etags)
+from archive_pipeline.core.errors import SourceError, classify, describe_connect_error, password_of, redact
 from archive_pipeline.defs.resources import ArchiveStoreResource, PostgresResource, ArchiveS3Resource
 from archive_pipeline.defs.retention_assets import build_removal_asset, build_retention_schedule
 from archive_pipeline.defs.schedules import build_daily_schedule
-from archive_pipeline.defs.sensors import SensorTarget, build_new_days_sensor, describe_connect_failure
+from archive_pipeline.defs.sensors import SensorTarget, build_new_days_sensor
 from archive_pipeline.core.session_settings import CONNECT_PARAMETERS, session_pinned, set_session
 from archive_pipeline.core.source import describe_table
 
@@ -146,23 +146,25 @@ def check_table(conn: psycopg.Connection, spec: TableSpec, children: ChildrenMem
 _LOAD_LOCK_WAIT_MS = 2000  # how long the load's check of a table waits for a lock a migration holds
 
 
-def check_tables_exist(config: ArchiveConfig, dsn: str, children: ChildrenMemo | None = None) -> None:
+def check_tables_exist(config: ArchiveConfig, dsn: str, children: ChildrenMemo | None = None,
+                       dsn_setting: str = "ARCHIVE_PG_DSN") -> None:
     """Fail the load on a table or day column that does not exist, naming it.
 
-    An unreachable database only warns, naming host, port and reason (never the password): the
-    location must still load (and its runs fail with the same clear error) while the database is
-    down for maintenance.
+    An unreachable database only warns, naming host, port and reason (never the password) and, in its
+    remedy, ``dsn_setting`` (where the DSN was set, as the runs' errors name it): the location must still
+    load (and its runs fail with the same clear error) while the database is down for maintenance.
     """
     try:
-        conn = psycopg.connect(dsn, connect_timeout=5, autocommit=True, **CONNECT_PARAMETERS)
+        conn = psycopg.connect(dsn, **default_connect_timeout(dsn, 5), autocommit=True, **CONNECT_PARAMETERS)
         # SET: no snapshot (a serializable deferrable role's waits). A table a migration holds (describing an
         # expression-keyed parent reads its key, which locks it) is given up on quickly: the load goes on
         set_session(conn, {**session_settings(config.source), **session_pinned(conn), "lock_timeout": str(
             min(config.source.lock_timeout_ms or _LOAD_LOCK_WAIT_MS, _LOAD_LOCK_WAIT_MS))})
     except psycopg.Error as exc:
-        log.warning("could not reach the source database to check the tables of %s: %s; the code location "
-                    "loads anyway and runs will fail until it is reachable", config.origin,
-                    describe_connect_failure(exc, dsn))
+        described = describe_connect_error(exc, dsn, dsn_setting)
+        log.warning("could not %s the source database to check the tables of %s: %s; the code location loads "
+                    "anyway and runs will fail until this is fixed", "reach" if described.retryable else "connect to",
+                    config.origin, described)
         return
     with conn:
         for spec in config.tables:
@@ -202,12 +204,14 @@ def build_definitions(config: ArchiveConfig | None = None, resources: dict[str, 
     check_keys_fit(config, _store_prefix(resources))
     children = ChildrenMemo()  # the declarative tables' children: read by the checks, kept for the sensor
     # the tables are looked for where the runs will read them: the postgres resource given, else the environment's
-    given = getattr((resources or {}).get("postgres"), "dsn", None)
+    postgres = (resources or {}).get("postgres")
+    given = getattr(postgres, "dsn", None)
     if isinstance(given, EnvVar):  # (its value is the variable's name: the DSN is in the environment)
         given = given.get_value()
-    dsn = given if isinstance(given, str) and given.strip() else os.environ.get("ARCHIVE_PG_DSN", "").strip()
+    given = given.strip() if isinstance(given, str) else ""
+    dsn = given or os.environ.get("ARCHIVE_PG_DSN", "").strip()
     if check_source and dsn:
-        check_tables_exist(config, dsn.strip(), children)
+        check_tables_exist(config, dsn, children, _dsn_setting(postgres) if given else "ARCHIVE_PG_DSN")
     assets, checks, on_demand, jobs, schedules, targets = [], [], [], [], [], []
     owners: dict[str, str] = {}  # op name -> the table whose asset or check it runs
     sharing = shared_job_names(config)  # (the sensor and schedules count a queued run of a shared job as the table's)
@@ -251,6 +255,13 @@ def build_definitions(config: ArchiveConfig | None = None, resources: dict[str, 
         sensors=[build_new_days_sensor(targets, config.sensor, children)],
         resources=_with_primary(resources or default_resources(config)),
     )
+
+
+def _dsn_setting(postgres: object) -> str:
+    """Where the given postgres resource's DSN was set, as its runs' errors name it (PostgresResource's
+    ``dsn_setting``); a resource of another kind says which setting it is."""
+    setting = getattr(postgres, "dsn_setting", None)
+    return setting if isinstance(setting, str) and setting.strip() else "the postgres resource's dsn"
 
 
 def _claim_op_names(owners: dict[str, str], spec: TableSpec, nodes: list, origin: str) -> None:

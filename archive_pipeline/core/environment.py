@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import psycopg
 import psycopg.conninfo
 
-from archive_pipeline.core.boto import new_session
+from archive_pipeline.core.boto import env_profile, new_session
 from archive_pipeline.core.config import ArchiveConfig, ConfigError, SourceSettings, config_path
 from archive_pipeline.core.errors import (classify, describe_connect_error, password_of, permission_remedy, redact,
                                          scrub_parse_error)
@@ -55,15 +55,17 @@ _SECRET_VARS = (SECRET_VAR, "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "PGPAS
 _SECRET_SHAPE = re.compile(r"[A-Za-z0-9/+=]{40,}")
 
 
-def _quoted(value: str, env: Mapping[str, str] | None = None) -> str:
+def _quoted(value: str, env: Mapping[str, str] | None = None, *, public: bool = False) -> str:
     """A variable's value as a message about it quotes it, without the credentials of a URI or a
     ``password=`` in it: variables get swapped, and a DSN set as the bucket was printed whole. Nor is
     a value shown that holds another variable's secret, or has the shape of an S3 secret key (the secret
-    pasted into the bucket's variable was printed as "not a bucket name")."""
+    pasted into the bucket's variable was printed as "not a bucket name"), unless it is ``public``: the key
+    prefix is in every key, listing and manifest, so hiding it protects nothing, and any folder path of 40
+    characters has that shape (the refusal of a doubled '/' withheld the path the '//' was in)."""
     env = os.environ if env is None else env
     dsn = env.get(DSN_VAR)
     text = redact(value, *(env.get(name) for name in _SECRET_VARS), password_of(dsn) if dsn else None)
-    if _SECRET_SHAPE.search(text):
+    if not public and _SECRET_SHAPE.search(text):
         return "(not shown: it has the shape of a secret key)"
     return repr(text)
 
@@ -83,7 +85,8 @@ def dsn_password(dsn: str) -> str | None:
 
 
 def connect_source(env: Mapping[str, str] | None = None, *, connect_timeout: int = 10) -> psycopg.Connection:
-    """An autocommit connection to ``$ARCHIVE_PG_DSN``.
+    """An autocommit connection to ``$ARCHIVE_PG_DSN``, waiting ``connect_timeout`` seconds at most unless the
+    DSN or ``$PGCONNECT_TIMEOUT`` says otherwise (see :func:`default_connect_timeout`).
 
     Raises :class:`ConfigError` when the variable is unset or malformed and :class:`UnreachableError`
     when the server cannot be reached or refuses the login; neither message contains the password.
@@ -127,10 +130,23 @@ def check_dsn(dsn: str, variable: str) -> None:
                           "holding '/', '@', ':' or '?' must be percent-encoded (%2F, %40, %3A, %3F)")
 
 
+def default_connect_timeout(dsn: str, seconds: int) -> dict[str, int]:
+    """``connect_timeout=seconds`` as a keyword of ``psycopg.connect``, or nothing when the DSN names its own
+    ``connect_timeout`` or ``$PGCONNECT_TIMEOUT`` (libpq's variable) is set: psycopg puts keywords over the
+    DSN's, so a hard-coded value replaced the user's (a hung server waited 10 s whatever the DSN said). A blank
+    variable counts as unset, as every other variable here does; a DSN that cannot be parsed gets ``seconds``
+    (the connect then fails on its syntax, and says so)."""
+    try:
+        given = "connect_timeout" in psycopg.conninfo.conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        given = False
+    return {} if given or os.environ.get("PGCONNECT_TIMEOUT", "").strip() else {"connect_timeout": seconds}
+
+
 def _connect(dsn: str, variable: str, connect_timeout: int) -> psycopg.Connection:
     check_dsn(dsn, variable)
     try:
-        return psycopg.connect(dsn, autocommit=True, connect_timeout=connect_timeout,
+        return psycopg.connect(dsn, autocommit=True, **default_connect_timeout(dsn, connect_timeout),
                                application_name="archive_pipeline_cli", **CONNECT_PARAMETERS)
     except psycopg.Error as exc:
         described = describe_connect_error(exc, dsn, variable)  # host, port, database, user, cause; no password
@@ -250,8 +266,8 @@ def check_prefix(prefix: str | None, setting: str) -> None:
             problem = ("the quotes of an env file, which the tool that set it kept (docker --env-file takes quotes "
                        "literally): remove the quotes around the value")
         if problem:
-            raise ConfigError(f"{setting} {_quoted(prefix)} cannot begin the archives' keys: it holds {problem}; "
-                              "set it to a plain folder name such as archive or team/archive")
+            raise ConfigError(f"{setting} {_quoted(prefix, public=True)} cannot begin the archives' keys: it holds "
+                              f"{problem}; set it to a plain folder name such as archive or team/archive")
 
 
 def check_keys_fit(config: ArchiveConfig, prefix: str) -> None:
@@ -297,8 +313,9 @@ def _check_botocore_settings(env: Mapping[str, str]) -> None:
         if value is not None and value.lower() not in ("when_supported", "when_required"):  # (as botocore reads it)
             raise ConfigError(f"${name} {_quoted(value)} is not when_supported or when_required (botocore's two "
                               "values; note the underscore): set one of them, or unset it")
-    profile = env.get("AWS_PROFILE")
-    if profile:
+    found = env_profile(env)  # (a blank one is unset, for botocore too: see new_session)
+    if found:
+        profile_variable, profile = found
         import botocore.session
 
         import botocore.exceptions
@@ -313,14 +330,14 @@ def _check_botocore_settings(env: Mapping[str, str]) -> None:
             raise ConfigError(f"the AWS config or credentials file cannot be read ({exc}): fix it, or point "
                               "$AWS_CONFIG_FILE / $AWS_SHARED_CREDENTIALS_FILE at a valid one") from None
         if profile not in profiles:
-            raise ConfigError(_botocore_setting(f"the config profile ({profile}) could not be found"))
+            raise ConfigError(_botocore_setting(f"the config profile ({profile}) could not be found", profile_variable))
 
 
-def _botocore_setting(exc: Exception | str) -> str:
+def _botocore_setting(exc: Exception | str, profile_variable: str = "AWS_PROFILE") -> str:
     """A botocore setting from the environment that no client can be built with, named with its fix."""
     if isinstance(exc, str) or type(exc).__name__ == "ProfileNotFound":
-        return (f"$AWS_PROFILE names a profile that is not in the AWS config or credentials file ({exc}): set it to "
-                "one defined there (aws configure list-profiles), or unset it and set the keys in "
+        return (f"${profile_variable} names a profile that is not in the AWS config or credentials file ({exc}): set "
+                "it to one defined there (aws configure list-profiles), or unset it and set the keys in "
                 f"${KEY_ID_VAR} and ${SECRET_VAR}")
     return (f"an AWS checksum setting is not one botocore knows ({exc}): set $AWS_REQUEST_CHECKSUM_CALCULATION and "
             "$AWS_RESPONSE_CHECKSUM_VALIDATION to when_supported or when_required (or unset them)")

@@ -16,7 +16,7 @@ from pydantic import Field, field_validator
 
 from archive_pipeline.core.boto import new_session
 from archive_pipeline.core.config import ConfigError
-from archive_pipeline.core.environment import endpoint_has_credentials
+from archive_pipeline.core.environment import default_connect_timeout, endpoint_has_credentials
 from archive_pipeline.core.errors import (ArchiveError, SourceError, classify, connection_target, describe_connect_error, redact,
                                           wrap)
 from archive_pipeline.core.store import MiB, S3Store
@@ -31,7 +31,8 @@ class PostgresResource(ConfigurableResource):
                                       "One COPY is one statement, so this bounds a whole day's read")
     lock_timeout_ms: int = Field(default=30_000, ge=0, description="how long to wait for a lock; 0 = forever")
     idle_in_transaction_timeout_ms: int = Field(default=600_000, ge=0)
-    connect_timeout_s: int = Field(default=10, ge=1)
+    connect_timeout_s: int = Field(default=10, ge=1, description="how long a connect waits, when neither the DSN's "
+                                   "connect_timeout nor $PGCONNECT_TIMEOUT says")
     dsn_setting: str = Field(default="ARCHIVE_PG_DSN", description="where the DSN is set, named by the remedies of "
                              "a refused login (ARCHIVE_PG_PRIMARY_DSN for the primary's)")
     application_name: str = "archive_pipeline"
@@ -54,7 +55,8 @@ class PostgresResource(ConfigurableResource):
         """
         failure: SourceError | None = None
         try:
-            conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=self.connect_timeout_s,
+            conn = psycopg.connect(self.dsn, autocommit=True,
+                                   **default_connect_timeout(self.dsn, self.connect_timeout_s),
                                    application_name=self.application_name, **CONNECT_PARAMETERS)
         except psycopg.Error as exc:
             failure = describe_connect_error(exc, self.dsn, self.dsn_setting)
