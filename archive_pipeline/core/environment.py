@@ -25,7 +25,7 @@ from archive_pipeline.core.config import ArchiveConfig, ConfigError, SourceSetti
 from archive_pipeline.core.errors import (classify, describe_connect_error, password_of, permission_remedy, redact,
                                          scrub_parse_error)
 from archive_pipeline.core.session_settings import CONNECT_PARAMETERS
-from archive_pipeline.core.store import S3Store
+from archive_pipeline.core.store import CLOCK_SKEW_ALLOWED, S3Store
 
 DSN_VAR = "ARCHIVE_PG_DSN"
 PRIMARY_DSN_VAR = "ARCHIVE_PG_PRIMARY_DSN"
@@ -443,9 +443,6 @@ def _tls_refused(exc: Exception, env: Mapping[str, str]) -> str:
             "with a certificate this machine trusts: point $AWS_CA_BUNDLE at the CA of a self-signed one)")
 
 
-_SKEW_ALLOWED = dt.timedelta(minutes=15)  # S3 refuses a request signed further off its clock (RequestTimeTooSkewed)
-
-
 def _refused_for_another_cause(client: Any, bucket: str, refused: Any) -> tuple[str, str, bool] | None:
     """(cause, remedy, retryable) of a HeadBucket 403 that no grant fixes, or None (a missing grant, as far as
     can be told). A HEAD's answer has no body, so no error code: the store's Date header says whether this
@@ -458,7 +455,7 @@ def _refused_for_another_cause(client: Any, bucket: str, refused: Any) -> tuple[
         skew = abs(email.utils.parsedate_to_datetime(said) - dt.datetime.now(dt.timezone.utc)) if said else None
     except (TypeError, ValueError):
         skew = None
-    if skew is not None and skew > _SKEW_ALLOWED:
+    if skew is not None and skew > CLOCK_SKEW_ALLOWED:
         return (f"this machine's clock is {skew.total_seconds() / 60:.0f} minutes off the store's (its Date header "
                 f"says {said})", "synchronise the clock (NTP); no permission is missing", False)
     try:

@@ -2055,7 +2055,7 @@ class S3Upload:
         return error
 
 
-_SKEW_ALLOWED = dt.timedelta(minutes=15)  # S3 refuses a request signed further off its clock (RequestTimeTooSkewed)
+CLOCK_SKEW_ALLOWED = dt.timedelta(minutes=15)  # S3 refuses a request signed further off its clock (RequestTimeTooSkewed)
 
 
 def _server_time(response: dict) -> dt.datetime:
@@ -2073,7 +2073,7 @@ def _server_time(response: dict) -> dt.datetime:
     try:
         when = email.utils.parsedate_to_datetime(header) if header else ours
         when = when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)
-        usable = abs(when - ours) <= _SKEW_ALLOWED
+        usable = abs(when - ours) <= CLOCK_SKEW_ALLOWED
     except (TypeError, ValueError, OverflowError):
         usable = False
     if not usable:
@@ -2083,6 +2083,6 @@ def _server_time(response: dict) -> dt.datetime:
     return when
 
 
-__all__ = ["MAX_OBJECT_SIZE", "MAX_PARTS", "MAX_PART_SIZE", "MIN_PART_SIZE", "MiB", "CorruptedWrite", "DownloadError",
-           "Downloaded", "PartPlan", "S3Store", "S3Upload", "StoredObject", "decode_metadata", "encode_metadata",
-           "plan_parts"]
+__all__ = ["CLOCK_SKEW_ALLOWED", "MAX_OBJECT_SIZE", "MAX_PARTS", "MAX_PART_SIZE", "MIN_PART_SIZE", "MiB",
+           "CorruptedWrite", "DownloadError", "Downloaded", "PartPlan", "S3Store", "S3Upload", "StoredObject",
+           "decode_metadata", "encode_metadata", "plan_parts"]
