@@ -48,7 +48,7 @@ def test_a_blank_temp_dir_stages_the_day_in_the_current_working_directory(conn, 
     Should: a blank temp_dir is the default (TMPDIR, else the system temp dir), as a blank AWS_PROFILE is unset,
     or it is refused when the resource is built, naming the setting. Fix idea: ``temp_dir or None`` in
     open_nameless (and the resource's validator strips and blanks it to None)."""
-    assert ArchiveStoreResource(s3=S3Resource(), bucket=bucket, temp_dir="").temp_dir == ""  # accepted
+    assert ArchiveStoreResource(s3=S3Resource(), bucket=bucket, temp_dir=" ").temp_dir is None  # the default
     conn.execute(sql.SQL("CREATE TABLE {}.ev (id int, at date, body text)").format(sql.Identifier(schema)))
     conn.execute(sql.SQL("INSERT INTO {}.ev SELECT g, %s, md5(g::text) FROM generate_series(1, 300) g").format(
         sql.Identifier(schema)), (DAY,))

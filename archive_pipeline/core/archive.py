@@ -78,7 +78,7 @@ from archive_pipeline.core.memory import bound_allocator
 from archive_pipeline.core.periods import GRANULARITIES, Period, PeriodError
 from archive_pipeline.core.parallel import StreamSlots, free_sessions, open_snapshot_sessions, plan_streams, write_day
 from archive_pipeline.core.session_settings import resolved, speaks_utf8
-from archive_pipeline.core.sink import temp_archive_file, temp_dir_named
+from archive_pipeline.core.sink import temp_archive_file, temp_dir_given, temp_dir_named
 from archive_pipeline.core.formats import get_format
 from archive_pipeline.core.source import READ_SETTINGS, SNAPSHOT_SETTINGS, Replay, SourceTable, composite_signature, \
     day_filter, estimated_bytes, estimated_rows, hold_day, names_brief, primary_key, printed_names, read_snapshot, reads_foreign_tables, \
@@ -297,7 +297,7 @@ def archive_partition(conn: psycopg.Connection, spec: TableSpec, day: Period | d
         raise
     except Exception as exc:
         raise wrapped(exc, conn, spec, day.isoformat(), standby=standby,
-                      temp_dir=os.fspath(temp_dir) if temp_dir is not None else temp_dir_named()) from None
+                      temp_dir=temp_dir_given(temp_dir) or temp_dir_named()) from None
     except BaseException as exc:  # cancelled (Ctrl-C, SIGTERM, a terminated run): cleaned up on the way out
         note_cancelled(exc, spec.name, day.isoformat(), "archiving")
         raise

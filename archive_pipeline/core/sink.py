@@ -127,6 +127,16 @@ def default_temp_dir() -> str:
     return chosen
 
 
+def temp_dir_given(temp_dir: str | os.PathLike | None) -> str | None:
+    """``temp_dir`` as a path, or None for the default where it is None or blank: a YAML or launchpad field left
+    empty (``temp_dir: ""``) otherwise reached ``os.open("")`` and, through mkstemp's fallback, staged the day in
+    the process's working directory (the checkout, ``/`` in a container), never on the volume TMPDIR names."""
+    if temp_dir is None:
+        return None
+    path = os.fspath(temp_dir)
+    return path if path.strip() else None
+
+
 def temp_dir_named() -> str:
     """The temp directory a message names where none was given: $TMPDIR as set (even where it cannot be used:
     tempfile would name /tmp instead), else tempfile's."""
@@ -139,7 +149,7 @@ def open_nameless(temp_dir: str | os.PathLike | None = None, suffix: str = "") -
     Returns ``(fd, path, name)``: ``path`` reopens it (``/proc/self/fd/<fd>``), ``name`` is its
     directory entry on systems without ``/proc`` (where it cannot be unlinked early and must be
     removed by the caller), else None."""
-    directory = os.fspath(temp_dir) if temp_dir is not None else default_temp_dir()
+    directory = temp_dir_given(temp_dir) or default_temp_dir()
     proc = _PROC_FD.is_dir()
     if proc and hasattr(os, "O_TMPFILE"):
         try:

@@ -44,7 +44,7 @@ from typing import Any, BinaryIO, NoReturn, TypeVar
 from archive_pipeline.core.errors import (S3_CORRUPT_CODES, ArchiveError, UploadError, classify, for_operation,
                                          is_cancellation, redact)
 from archive_pipeline.core.keys import upload_marker_key, upload_marker_naming
-from archive_pipeline.core.sink import temp_dir_named
+from archive_pipeline.core.sink import temp_dir_given, temp_dir_named
 
 _T = TypeVar("_T")
 KiB = 1 << 10
@@ -1305,7 +1305,7 @@ def temp_file_refused(exc: OSError, table: str | None, day: str | None, temp_dir
     directory, named as one, with the setting that moves it."""
     from archive_pipeline.core.errors import classify
 
-    directory = os.fspath(temp_dir) if temp_dir is not None else temp_dir_named()
+    directory = temp_dir_given(temp_dir) or temp_dir_named()
     found = classify(exc)
     full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
     cause = f"the temp directory {directory} is full" if full else f"{found.cause} ({directory})"

@@ -37,7 +37,7 @@ from archive_pipeline.core.manifest import (ManifestError, NewerManifestError, a
                                             committed_at, current_archive, day_archive, decoded_manifest,
                                             foreign_objects, layout_change, object_key, owned, removal_state,
                                             stored_object_problems)
-from archive_pipeline.core.sink import temp_archive_file
+from archive_pipeline.core.sink import temp_archive_file, temp_dir_given, temp_dir_named
 from archive_pipeline.core.parallel import dsn_of
 from archive_pipeline.core.periods import Period
 from archive_pipeline.core.session_settings import CATALOG_FIRST, SESSION_PINNED, act_as, apply_settings, \
@@ -643,7 +643,8 @@ def deep_verify_of(conn: psycopg.Connection, store: S3Store, spec: TableSpec, da
         # the day with its cause and remedy (errors.classify), where it went out bare ("a bug in archive_pipeline")
         if isinstance(exc, MemoryError | RuntimeError | OSError) or \
                 (type(exc).__module__ or "").startswith(("pyarrow", "zstandard")):
-            raise wrap(exc, spec.name, day.isoformat(), conn.info.password, doing="proving", temp_dir=temp_dir) \
+            raise wrap(exc, spec.name, day.isoformat(), conn.info.password, doing="proving",
+                       temp_dir=temp_dir_given(temp_dir) or temp_dir_named()) \
                 from None
         raise
     except BaseException as exc:  # cancelled: the proof's temporary table and download go with it

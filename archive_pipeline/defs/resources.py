@@ -157,6 +157,13 @@ class ArchiveStoreResource(ConfigurableResource):
         """Without the whitespace around it (a trailing newline of a mounted secret), as the command line."""
         return value.strip()
 
+    @field_validator("temp_dir")
+    @classmethod
+    def _blank_is_default(cls, value: str | None) -> str | None:
+        """A field left blank (``temp_dir: ""``, an unset variable's empty text) is the default, TMPDIR else the
+        system temp dir, as a blank AWS_PROFILE is unset: never the code server's working directory."""
+        return (value.strip() or None) if value is not None else None
+
     def store(self) -> S3Store:
         """The store; refuses an endpoint with a user or secret in it (``http://key:secret@minio``), as the
         environment's is refused at load: boto3 never signs with them, and its errors quote the URL whole."""
