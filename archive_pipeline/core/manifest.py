@@ -30,7 +30,7 @@ from archive_pipeline.core.fingerprint import ALGORITHMS, Fingerprint
 from archive_pipeline.core.keys import manifest_key  # noqa: F401 - re-exported: readers look manifests up by data key
 from archive_pipeline.core.periods import Period, as_period, manifest_period, period_containing
 from archive_pipeline.core.source import Column, server_identity
-from archive_pipeline.core.store import MAX_SMALL_OBJECT_BYTES, OVERSIZED, OWN_DAMAGED, etag_text
+from archive_pipeline.core.store import MAX_SMALL_OBJECT_BYTES, OVERSIZED, StandIn, etag_text
 
 # 3: since row-hash-sum-v6 (2026-12-06), which a release before it cannot compute: such a release, still running
 # during an upgrade, reads a version 3 manifest as a newer version's and leaves the day alone, where it took a
@@ -211,11 +211,10 @@ def decode_manifest(raw: bytes) -> dict[str, Any]:
     Version 1 manifests (written before the checksum and fingerprint existed) are accepted as they
     are; their ``fingerprint`` is missing, which callers treat as "cannot prove content".
     """
-    if raw.startswith(OVERSIZED):
-        size = int(raw[len(OVERSIZED):].split(b":", 1)[0])
-        raise ManifestError(f"{size:,} bytes, larger than any manifest ({MAX_SMALL_OBJECT_BYTES:,} bytes at most): "
+    if isinstance(raw, StandIn) and raw.mark == OVERSIZED:  # (by its type: stored bytes that begin alike are JSON's)
+        raise ManifestError(f"{raw.size:,} bytes, larger than any manifest ({MAX_SMALL_OBJECT_BYTES:,} bytes at most): "
                             "not read")
-    if raw.startswith(OWN_DAMAGED):  # (see S3Store.own_damaged)
+    if isinstance(raw, StandIn):  # (see S3Store.own_damaged)
         raise ManifestError("a copy a failed write of this run's left damaged: it cannot be read")
     if not raw:  # (a zero-byte object another tool left at the key: the store vouched for its emptiness)
         raise ManifestError("it is empty (a zero-byte object, not a manifest)")
