@@ -30,7 +30,7 @@ from archive_pipeline.core.fingerprint import ALGORITHMS, Fingerprint
 from archive_pipeline.core.keys import manifest_key  # noqa: F401 - re-exported: readers look manifests up by data key
 from archive_pipeline.core.periods import Period, as_period, manifest_period, period_containing
 from archive_pipeline.core.source import Column, server_identity
-from archive_pipeline.core.store import MAX_SMALL_OBJECT_BYTES, OVERSIZED, OWN_DAMAGED, etag_text
+from archive_pipeline.core.store import MAX_SMALL_OBJECT_BYTES, OVERSIZED, StandIn, etag_text
 
 # 3: since row-hash-sum-v6 (2026-12-06), which a release before it cannot compute: such a release, still running
 # during an upgrade, reads a version 3 manifest as a newer version's and leaves the day alone, where it took a
@@ -211,11 +211,10 @@ def decode_manifest(raw: bytes) -> dict[str, Any]:
     Version 1 manifests (written before the checksum and fingerprint existed) are accepted as they
     are; their ``fingerprint`` is missing, which callers treat as "cannot prove content".
     """
-    if raw.startswith(OVERSIZED):
-        size = int(raw[len(OVERSIZED):].split(b":", 1)[0])
-        raise ManifestError(f"{size:,} bytes, larger than any manifest ({MAX_SMALL_OBJECT_BYTES:,} bytes at most): "
+    if isinstance(raw, StandIn) and raw.mark == OVERSIZED:  # (by its type: stored bytes that begin alike are JSON's)
+        raise ManifestError(f"{raw.size:,} bytes, larger than any manifest ({MAX_SMALL_OBJECT_BYTES:,} bytes at most): "
                             "not read")
-    if raw.startswith(OWN_DAMAGED):  # (see S3Store.own_damaged)
+    if isinstance(raw, StandIn):  # (see S3Store.own_damaged)
         raise ManifestError("a copy a failed write of this run's left damaged: it cannot be read")
     if not raw:  # (a zero-byte object another tool left at the key: the store vouched for its emptiness)
         raise ManifestError("it is empty (a zero-byte object, not a manifest)")
@@ -493,6 +492,10 @@ def _time_problem(value: object) -> str | None:
         return f"{value[:100]!r}, not a time (ISO 8601)"
     if parsed.utcoffset() is None:
         return f"{value[:100]!r}, a time without its offset (from UTC), which archive_pipeline always writes"
+    try:  # (every reader orders it as a UTC instant, see _instant: year 1 ahead of UTC is none, nor 9999 behind it)
+        parsed.astimezone(dt.UTC)
+    except OverflowError:
+        return f"{value[:100]!r}, not a time in UTC's years 1 to 9999 (its offset moves it past them)"
     return None
 
 
@@ -852,7 +855,7 @@ def _could_be_later(loose: dict | None, key: str, current: tuple[str, dict]) -> 
     archive rather than ``current``: :func:`current_archive` picks it, or it tells no time it was committed."""
     if loose is None:
         return True
-    with contextlib.suppress(TypeError, ValueError, AttributeError):
+    with contextlib.suppress(TypeError, ValueError, AttributeError, OverflowError):  # (a generation of 1e999)
         when = committed_at(loose)[0]
         return when == _EARLIEST or current_archive([current, (key, loose)])[0] == key
     return True
@@ -884,15 +887,14 @@ _EARLIEST = dt.datetime.min.replace(tzinfo=dt.UTC)
 
 
 def _instant(value: object) -> dt.datetime:
-    """A recorded time as a UTC instant; the earliest one for none or one that does not read as a time (an
-    unchecked manifest's: it never outranks one whose time is known)."""
+    """A recorded time as a UTC instant; the earliest one for none or one that does not read as a time, or as no
+    UTC instant (year 1 ahead of UTC, 9999 behind it: an unchecked manifest's, since _time_problem refuses such a
+    time in a checked one; it never outranks one whose time is known)."""
     try:
         moment = dt.datetime.fromisoformat(value) if isinstance(value, str) else None
-    except ValueError:
-        moment = None
-    if moment is None:
+        return (moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)).astimezone(dt.UTC) if moment else _EARLIEST
+    except (ValueError, OverflowError):
         return _EARLIEST
-    return (moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)).astimezone(dt.UTC)
 
 
 def _other_format_archives(store, spec, day, listed: set[str] | None, asked_one_by_one: bool, rendered: str | None

@@ -532,22 +532,32 @@ def _note(original: BaseException | None, text: str) -> None:
 # _read_as_stored): a context variable, so nothing else the client sends (a user's own GETs, presigned URLs) and
 # no other thread's request carries it.
 # What get_verified_bytes reads whole (a manifest: a few KB, a 1,600-column table's with its shapes well under a MB):
-# anything larger is answered by OVERSIZED and its size, never read, so a huge object written at a manifest's key
+# anything larger is answered by a StandIn marked OVERSIZED, never read, so a huge object written at a manifest's key
 # (by whoever may write to the bucket) cannot take the process's memory; decode_manifest refuses it as no manifest.
 MAX_SMALL_OBJECT_BYTES = 16 * MiB
 OVERSIZED = b"\x00archive_pipeline:oversized:"
-# What S3Store.own_damaged answers, with the copy's size and ETag, for a copy a failed write of ours left damaged at
-# a key that cannot be read: decode_manifest refuses it as no manifest, etag_of gives the ETag it is replaced by.
+# What S3Store.own_damaged answers (a StandIn so marked) for a copy a failed write of ours left damaged at a key that
+# cannot be read: decode_manifest refuses it as no manifest, etag_of gives the ETag it is replaced by.
 OWN_DAMAGED = b"\x00archive_pipeline:own-damaged:"
 
 
-def _stand_in_etag(data: bytes) -> str | None | bool:
-    """The ETag a stand-in for bytes not read (:data:`OVERSIZED`, :data:`OWN_DAMAGED`) carries, as the store answered
-    it (None if it answered none); False for bytes that were read."""
-    for mark in (OVERSIZED, OWN_DAMAGED):
-        if data.startswith(mark):
-            return data[len(mark):].decode().split(":", 1)[1] or None
-    return False
+class StandIn(bytes):
+    """What the store answers in place of an object's bytes it did not read (``mark``: :data:`OVERSIZED` or
+    :data:`OWN_DAMAGED`), with the object's size and ETag as the store answered them (``etag`` None: it answered
+    none). Bytes still, for the callers that pass a manifest's bytes on (compared; If-Match'd through
+    :meth:`S3Store.etag_of`), but known by their type, never by their first bytes: an object anyone stored at a
+    manifest's key that merely begins like one was read, and is a damaged manifest, not the store's word on a copy
+    it did not read (the bytes a marker began, parsed, failed the archive run as an IndexError)."""
+
+    mark: bytes
+    size: int
+    etag: str | None
+
+    def __new__(cls, mark: bytes, size: int, etag: str | None) -> StandIn:
+        self = super().__new__(cls, mark + f"{size}:{etag or ''}".encode())
+        self.mark, self.size, self.etag = mark, size, etag or None
+        return self
+
 
 _ACCEPT_STORED: contextvars.ContextVar[str | None] = contextvars.ContextVar("archive_pipeline_accept", default=None)
 
@@ -852,8 +862,8 @@ class S3Store:
         answered it, or None where none was seen: what a GET's bytes are compared with a listing by."""
         if data is None:
             return None
-        if (stand_in := _stand_in_etag(data)) is not False:  # not read: the ETag the store answered for it
-            return stand_in
+        if isinstance(data, StandIn):  # not read: the ETag the store answered for it
+            return data.etag
         return self._answered_etags.get(hashlib.md5(data).hexdigest())
 
     def etag_of(self, data: bytes | None) -> str | None:
@@ -861,8 +871,8 @@ class S3Store:
         store's case: the condition that replaces exactly those bytes (If-Match) with no further request."""
         if data is None:
             return None
-        if (stand_in := _stand_in_etag(data)) is not False:  # not read: the ETag the store answered for it
-            return stand_in
+        if isinstance(data, StandIn):  # not read: the ETag the store answered for it
+            return data.etag
         if not self.verify_etags:  # the ETag the store answered for these bytes, if it was seen
             return self._answered_etags.get(hashlib.md5(data).hexdigest())
         digest = hashlib.md5(data).hexdigest()
@@ -887,7 +897,7 @@ class S3Store:
             return None
         log.warning("%s cannot be read, and it is the copy a failed write of this run's left damaged (ETag %s)",
                     self.uri(key), etag_text(head["ETag"]))
-        return OWN_DAMAGED + f"{head['ContentLength']}:{head['ETag']}".encode()
+        return StandIn(OWN_DAMAGED, head["ContentLength"], head["ETag"])
 
     def replacing(self, key: str, first: dict[str, str]) -> dict[str, str]:
         """The condition for writing ``key`` again after a copy of ours did not arrive whole: replace the copy
@@ -1035,7 +1045,7 @@ class S3Store:
                 length = response.get("ContentLength") or 0
                 if length > MAX_SMALL_OBJECT_BYTES:  # no manifest of ours: not read into memory (the bucket's say)
                     response["Body"].close()  # (its ETag kept: a new manifest replaces exactly it, If-Match)
-                    return OVERSIZED + f"{length}:{response.get('ETag') or ''}".encode()
+                    return StandIn(OVERSIZED, length, response.get("ETag"))
                 data = response["Body"].read()
             except Exception as exc:
                 if _is_not_found(exc):
