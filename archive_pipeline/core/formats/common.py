@@ -358,10 +358,11 @@ def _probe(conn: psycopg.Connection, table: SourceTable, where: sql.Composable,
 
 
 def failing_columns(conn: psycopg.Connection, table: SourceTable, where: sql.Composable,
-                    probes: Sequence[sql.Composable]) -> tuple[list[int] | None, psycopg.Error | None]:
+                    probes: Sequence[sql.Composable]) -> tuple[list[int] | None, BaseException | None]:
     """Which column's expression fails over the day, and PostgreSQL's error for it: bisection, about
     2·log2(columns) scans, run only after a failure. Several indexes when only their combination
-    fails (a row over PostgreSQL's 1 GB limit); (None, None) when no probe fails."""
+    fails (a row over PostgreSQL's 1 GB limit); (None, None) when no probe fails. The error is a
+    :class:`ReadFailure` when the column fails as the relation yields it, with no format's expression around it."""
     candidates = list(range(len(probes)))
     try:
         failure = _probe(conn, table, where, [probes[i] for i in candidates])
@@ -386,7 +387,37 @@ def failing_columns(conn: psycopg.Connection, table: SourceTable, where: sql.Com
             failure = found
     except psycopg.Error:
         return None, None  # the probe itself could not run (connection lost): report the original failure
-    return candidates, failure
+    return candidates, _as_read(conn, table, where, candidates, failure)
+
+
+class ReadFailure(Exception):
+    """PostgreSQL's error reading the day as the relation yields it, with no format's expression around the values:
+    the relation's own expression (a view's, a virtual generated column's, a row security policy's, a foreign
+    table's conversion of its remote row) raises on a row of the day, so the day's query fails the same way in every
+    format, and only fixing the row or that expression helps. ``in_columns``: the culprit columns raise it (False:
+    reading the rows alone does, such as a view's WHERE, or a view that computes every column, DISTINCT's)."""
+
+    def __init__(self, error: BaseException, in_columns: bool) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.sqlstate = sqlstate_of(error)
+        self.in_columns = in_columns
+
+
+def _as_read(conn: psycopg.Connection, table: SourceTable, where: sql.Composable, culprits: list[int],
+             failure: psycopg.Error) -> BaseException:
+    """``failure`` (the culprit columns' as a format reads them), or a :class:`ReadFailure` where those columns fail
+    as the relation yields them, plain: then no format can read the day, and naming another one would send the user
+    round in a circle. Two probes more, after a failure only: the plain columns, then none (the rows alone). Not for
+    a value too big or not UTF-8, which is the format's form of it failing (see :func:`explain_value_failure`)."""
+    if _failure_kind(failure) != "conversion":
+        return failure
+    try:
+        plain = _probe(conn, table, where, [sql.Identifier(table.columns[i].name) for i in culprits])
+        rows = _probe(conn, table, where, []) if plain is not None else None
+    except psycopg.Error:
+        return failure  # (the connection lost: the format's failure is still the one to name)
+    return failure if plain is None else ReadFailure(rows or plain, in_columns=rows is None)
 
 
 # Text PostgreSQL cannot send in the session's encoding (UTF-8): the same in every format.
@@ -394,23 +425,40 @@ _ENCODING_STATES = ("22021", "22P05")  # character_not_in_repertoire, untranslat
 _ENCODING_MARKERS = ("invalid byte sequence for encoding", "has no equivalent in encoding")
 
 
+def _failure_kind(exc: BaseException) -> str:
+    """What a value failure is: "too_big" (over PostgreSQL's 1 GB per value or row as text), "encoding" (text that
+    cannot be sent as UTF-8), or "conversion" (any other: a value PostgreSQL cannot convert)."""
+    state = sqlstate_of(exc) or ""
+    if state.startswith("54") or any(marker in str(exc) for marker in _TOO_BIG):
+        return "too_big"
+    if state in _ENCODING_STATES or any(marker in str(exc) for marker in _ENCODING_MARKERS):
+        return "encoding"
+    return "conversion"
+
+
+def _culprits_named(table: SourceTable, culprits: list[int] | None) -> str:
+    """The column(s) a value failure is on, as its message names them."""
+    if culprits is None:
+        return "a value of the day"
+    if len(culprits) == 1:
+        col = table.columns[culprits[0]]
+        return f"column {col.name!r} ({col.type_name})"
+    return "the row formed by columns " + ", ".join(repr(table.columns[i].name) for i in culprits)
+
+
 def explain_value_failure(format_name: str, table: SourceTable, exc: BaseException,
                           culprits: list[int] | None) -> UnsupportedTypeError:
     """A typed, non-retryable error naming the column(s) PostgreSQL failed on, the cause, the remedy."""
+    if isinstance(exc, ReadFailure):
+        return _unreadable_in_any_format(table, exc, culprits)
     state = sqlstate_of(exc) or "?"
-    too_big = state.startswith("54") or any(marker in str(exc) for marker in _TOO_BIG)
-    if culprits is None:
-        where = "a value of the day"
-    elif len(culprits) == 1:
-        col = table.columns[culprits[0]]
-        where = f"column {col.name!r} ({col.type_name})"
-    else:
-        where = "the row formed by columns " + ", ".join(repr(table.columns[i].name) for i in culprits)
-    if too_big:
+    kind = _failure_kind(exc)
+    where = _culprits_named(table, culprits)
+    if kind == "too_big":
         cause = ("is larger than PostgreSQL can send in one piece (1 GB per value or row as text, "
                  f"SQLSTATE {state}: {first_line(exc)})")
         remedy = _too_big_remedy(format_name, [table.columns[i] for i in culprits or []])
-    elif state in _ENCODING_STATES or any(marker in str(exc) for marker in _ENCODING_MARKERS):
+    elif kind == "encoding":
         cause = f"cannot be sent as UTF-8 (SQLSTATE {state}: {first_line(exc)})"
         if getattr(table, "encoding", None) in (None, "", "SQL_ASCII"):
             remedy = ("no format can archive it as it is: every format reads text as UTF-8. Fix the value in the "
@@ -427,6 +475,38 @@ def explain_value_failure(format_name: str, table: SourceTable, exc: BaseExcepti
         remedy = f"archive this table as {OTHER_FORMATS.get(format_name, 'another format')}, or fix the value"
     return UnsupportedTypeError(f"{where} of {table.qualified} {cause} in {format_name}; {remedy}",
                                 table=table.qualified, retryable=False)
+
+
+# What computes a value as a relation of the kind is read (and so can raise on a row of it in every format), and
+# what to fix then; for the other kinds, _READ_BY_TABLE.
+_READ_BY = {
+    "v": ("the view's definition", "fix that row in the tables the view reads, or the view's definition (so that its "
+                                   "expression takes the row)"),
+    "f": ("the foreign table's conversion of its remote row", "fix that row in the remote table, or the foreign "
+                                                              "table's column type"),
+}
+_READ_BY_TABLE = ("an expression PostgreSQL computes as it reads the table (a virtual generated column's, a row "
+                  "security policy's, or a foreign partition's conversion of its remote row)",
+                  "fix that row, or that expression")
+
+
+def _unreadable_in_any_format(table: SourceTable, exc: ReadFailure, culprits: list[int] | None
+                              ) -> UnsupportedTypeError:
+    """The refusal of a day the relation itself cannot yield (see :class:`ReadFailure`): its own expression fails on
+    a row, in PostgreSQL's words, with the remedy to fix the row or the expression; another format fails the same
+    way, so none is named."""
+    what, remedy = _READ_BY.get(table.relkind, _READ_BY_TABLE)
+    said = f"SQLSTATE {exc.sqlstate or '?'}: {first_line(exc.error)}"
+    if exc.in_columns:
+        message = (f"{_culprits_named(table, culprits)} of {table.qualified} cannot be read in any format: {what} "
+                   f"fails computing it on a row of the day ({said})")
+    else:
+        message = (f"the day's rows of {table.qualified} cannot be read in any format: {what} fails on one of them "
+                   f"({said})")
+    return UnsupportedTypeError(
+        f"{message}, before any format sees it (every format fails the same way)", table=table.qualified,
+        retryable=False, cause=f"{what} fails on a row of the day",
+        remedy=f"{remedy}, then archive the day again")
 
 
 def _too_big_remedy(format_name: str, culprits: list[Column]) -> str:
@@ -672,8 +752,8 @@ class CopyFormat:
         except psycopg.Error:
             return exc
         culprits, failure = failing_columns(extraction.conn, table, extraction.where, self.probes(table))
-        return self.refused_by_parse(table, failure or exc, culprits) or \
-            explain_value_failure(self.name, table, failure or exc, culprits)
+        parsed = None if isinstance(failure, ReadFailure) else self.refused_by_parse(table, failure or exc, culprits)
+        return parsed or explain_value_failure(self.name, table, failure or exc, culprits)
 
     def refused_by_parse(self, table: SourceTable, exc: BaseException, culprits: list[int] | None
                          ) -> UnsupportedTypeError | None:
