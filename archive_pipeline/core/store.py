@@ -1258,7 +1258,7 @@ class S3Store:
         stale = [u["UploadId"] for u in uploads if u["UploadId"] != keep
                  and (bound is None or not isinstance(u.get("Initiated"), dt.datetime) or u["Initiated"] <= bound)]
         for upload_id in stale:
-            self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+            self.abort_upload(key, upload_id)
         if stale:
             log.info("aborted %d stale multipart upload(s) of %s", len(stale), self.uri(key))
         ours = sum(1 for u in uploads if keep is not None and u["UploadId"] == keep)
@@ -1275,9 +1275,20 @@ class S3Store:
         listed = self._uploads_under(prefix)
         uploads = [u for u in listed if pattern.fullmatch(u["Key"])]
         for upload in uploads:
-            self.client.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+            self.abort_upload(upload["Key"], upload["UploadId"])
             log.info("aborted a stale multipart upload of %s", self.uri(upload["Key"]))
         return len(uploads), len(uploads) == len(listed)
+
+    def abort_upload(self, key: str, upload_id: str) -> None:
+        """AbortMultipartUpload of ``upload_id``, where NoSuchUpload counts as done: the upload is gone, which is all
+        an abort wants. botocore sends an abort again whose answer was lost after the store carried it out, and the
+        store answers that retry NoSuchUpload; taken for a failure, it kept a killed run's marker for good (a day is
+        archived once, so no later run comes to remove it). Any other failure is raised as botocore gives it."""
+        try:
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+        except Exception as exc:
+            if _code(exc) != "NoSuchUpload":
+                raise
 
     def _uploads_under(self, prefix: str) -> list[dict]:
         """Every open multipart upload whose key starts with ``prefix`` (all pages of the listing)."""
@@ -1934,10 +1945,8 @@ class S3Upload:
     def _abort_quietly(self, upload_id: str, original: BaseException | None) -> bool:
         """Abort ``upload_id``; False (logged, noted on ``original``) if the store may still hold it."""
         try:
-            self.store.client.abort_multipart_upload(Bucket=self.store.bucket, Key=self.key, UploadId=upload_id)
+            self.store.abort_upload(self.key, upload_id)
         except Exception as exc:  # noqa: BLE001 - the original failure matters more
-            if _code(exc) == "NoSuchUpload":
-                return True
             text = (f"cleanup: could not abort multipart upload of {self.store.uri(self.key)} "
                     f"({_said(exc)}); a bucket lifecycle rule (AbortIncompleteMultipartUpload) "
                     "or the next archive of this key removes its parts")
