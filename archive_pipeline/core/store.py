@@ -340,6 +340,10 @@ def _pages(pages: Iterable[dict], doing: str, way_on: str) -> Iterator[dict]:
 
 
 _READ_AFTER_WRITE_PAUSES = (0.2, 0.8, 2.0)
+# A conditional write answered 409 ConditionalRequestConflict (AWS: "a conflicting conditional operation is currently
+# in progress against this resource; try again"; botocore does not retry a 409) is sent again after each pause.
+_CONFLICT_PAUSES = (0.5, 1.0, 2.0)
+_CONFLICT = "ConditionalRequestConflict"
 _HEX_ETAG = re.compile(r"[0-9A-Fa-f]{32}(-[0-9]+)?")
 
 
@@ -442,7 +446,8 @@ def _code(exc: BaseException) -> str:
 
 
 # A conditional write the store refused: the key is not as the condition said (412), or another conditional
-# write of it is under way (AWS: 409 ConditionalRequestConflict).
+# write of it is under way (AWS: 409 ConditionalRequestConflict, sent again first: see S3Store.with_conditions). Either
+# way the key is read: it may hold this run's own earlier try; else see _refusal.
 _TAKEN_CODES = frozenset({"PreconditionFailed", "ConditionalRequestConflict", "412"})
 
 
@@ -468,6 +473,25 @@ def _is_unimplemented(exc: BaseException) -> bool:
 
 class KeyTakenError(UploadError):
     """A write that must not replace what is at its key found something there: another run wrote it meanwhile."""
+
+
+def _refusal(uri: str, exc: BaseException) -> UploadError:
+    """The error of a conditional write of ``uri`` refused (``exc``) for a key that does not hold this run's object.
+    A 412 means the key is not as the condition said: :class:`KeyTakenError`. A 409 ConditionalRequestConflict still
+    answered after :meth:`S3Store.with_conditions` sent the write again says only that a conditional write of the key
+    was under way at the store: nothing is known to be at the key, so no other run is blamed, and the write fails
+    retryable with the store's own answer as the cause."""
+    if _code(exc) != _CONFLICT:
+        return _taken(uri, exc)
+    return UploadError(f"{uri}: the store answered every try of this run's conditional write that a conflicting "
+                       f"conditional write of the key was in progress ({_said(exc)}, {len(_CONFLICT_PAUSES) + 1} "
+                       f"tries over {sum(_CONFLICT_PAUSES):.1f} s); the key does not hold this run's write, and the "
+                       "run will be retried", retryable=True,
+                       cause="the store reported a conflicting conditional write of the key in progress (409 "
+                             "ConditionalRequestConflict)",
+                       remedy="retried automatically; if it persists, check what else writes under the bucket's "
+                              "prefix (the store answers so while another conditional write of the same key is "
+                              "under way)")
 
 
 def _taken(uri: str, exc: BaseException) -> KeyTakenError:
@@ -649,11 +673,36 @@ class S3Store:
         it does not implement it for that operation (see :meth:`unconditional_after`)."""
         wanted = self.conditions(operation, condition)
         try:
-            return call(**wanted)
+            return self._past_conflicts(call, wanted, uri, operation) if wanted else call()
         except Exception as exc:
             if not (wanted and self.unconditional_after(exc, uri, operation, wanted)):
                 raise
         return call(**self.conditions(operation, condition))
+
+    @staticmethod
+    def _past_conflicts(call: Callable[..., dict], wanted: dict[str, str], uri: str, operation: str) -> dict:
+        """``call(**wanted)``, sent again after each of :data:`_CONFLICT_PAUSES` while the store answers 409
+        ConditionalRequestConflict: a transient answer (another conditional write of the key under way, which may be
+        this very write's own earlier attempt, its answer lost and botocore's retry refused), which the condition
+        decides anew on every try against what the key holds then (a 412 once a write landed, which the caller
+        reads the key for). A conflict that persists is raised for the caller (see :func:`_refusal`); where an
+        earlier one came after botocore's own retries (an attempt that may still land), that one, so the failure
+        does not pass for a write the store certainly refused (:meth:`S3Store.settled`)."""
+        open_conflict: BaseException | None = None
+        for pause in (*_CONFLICT_PAUSES, None):
+            try:
+                return call(**wanted)
+            except Exception as exc:
+                if _code(exc) != _CONFLICT:
+                    raise
+                if open_conflict is None and not S3Store.refused(exc):
+                    open_conflict = exc
+                if pause is None:
+                    raise open_conflict or exc
+                log.warning("writing %s (%s): the store answered that a conflicting conditional write of the key is "
+                            "in progress (%s); trying again in %.1f s", uri, operation, _said(exc), pause)
+                time.sleep(pause)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def unconditional_after(self, exc: BaseException, uri: str, operation: str, sent: dict[str, str]) -> bool:
         """Whether ``exc`` says the store does not implement the conditions ``sent`` with ``operation``: they are
@@ -803,7 +852,7 @@ class S3Store:
                             answered = {}
                         self._note_answered(data, answered)
                         return self.etag_in(answered) or digest.hex()
-                    raise _taken(self.uri(key), exc) from None
+                    raise _refusal(self.uri(key), exc) from None
                 raise _wrap(exc, f"writing {self.uri(key)} (PutObject)") from exc
             etag = self.etag_in(response)
             if (etag == digest.hex()) if self.verify_etags else (self.get_verified_bytes(key) == data):
@@ -1268,7 +1317,7 @@ class S3Store:
         stale = [u["UploadId"] for u in uploads if u["UploadId"] != keep
                  and (bound is None or not isinstance(u.get("Initiated"), dt.datetime) or u["Initiated"] <= bound)]
         for upload_id in stale:
-            self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+            self.abort_upload(key, upload_id)
         if stale:
             log.info("aborted %d stale multipart upload(s) of %s", len(stale), self.uri(key))
         ours = sum(1 for u in uploads if keep is not None and u["UploadId"] == keep)
@@ -1285,9 +1334,20 @@ class S3Store:
         listed = self._uploads_under(prefix)
         uploads = [u for u in listed if pattern.fullmatch(u["Key"])]
         for upload in uploads:
-            self.client.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+            self.abort_upload(upload["Key"], upload["UploadId"])
             log.info("aborted a stale multipart upload of %s", self.uri(upload["Key"]))
         return len(uploads), len(uploads) == len(listed)
+
+    def abort_upload(self, key: str, upload_id: str) -> None:
+        """AbortMultipartUpload of ``upload_id``, where NoSuchUpload counts as done: the upload is gone, which is all
+        an abort wants. botocore sends an abort again whose answer was lost after the store carried it out, and the
+        store answers that retry NoSuchUpload; taken for a failure, it kept a killed run's marker for good (a day is
+        archived once, so no later run comes to remove it). Any other failure is raised as botocore gives it."""
+        try:
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+        except Exception as exc:
+            if _code(exc) != "NoSuchUpload":
+                raise
 
     def _uploads_under(self, prefix: str) -> list[dict]:
         """Every open multipart upload whose key starts with ``prefix`` (all pages of the listing)."""
@@ -1731,10 +1791,11 @@ class S3Upload:
         """Raise for a fresh key's write refused (``refused``: 412) for an object that is not this upload's whole.
         One carrying this upload's own mark is a copy of ours that arrived damaged (a try whose answer was lost, and
         the request sent again): withdrawn, and the run fails, retryable, as arrived corrupted; kept, the next
-        run's manifest would keep it for ever as a possible only copy of rows. Any other is another run's
-        (:class:`KeyTakenError`), not ours to withdraw."""
+        run's manifest would keep it for ever as a possible only copy of rows. Any other is not ours to withdraw:
+        another run's after a 412 (:class:`KeyTakenError`), after a 409 a conflict the store kept reporting (see
+        :func:`_refusal`)."""
         if not (self._own_mark and self._ours_after_refusal(refused, None, None)):
-            raise self._named(_taken(self.store.uri(self.key), refused)) from None
+            raise self._named(_refusal(self.store.uri(self.key), refused)) from None
         error = self._error_here(f"the store refused this run's write for what the key holds ({_said(refused)}): a "
                                  "copy of this upload's that arrived damaged (it carries the upload's own mark, not "
                                  "its bytes); withdrawn, and the run will be retried", retryable=True)
@@ -1944,10 +2005,8 @@ class S3Upload:
     def _abort_quietly(self, upload_id: str, original: BaseException | None) -> bool:
         """Abort ``upload_id``; False (logged, noted on ``original``) if the store may still hold it."""
         try:
-            self.store.client.abort_multipart_upload(Bucket=self.store.bucket, Key=self.key, UploadId=upload_id)
+            self.store.abort_upload(self.key, upload_id)
         except Exception as exc:  # noqa: BLE001 - the original failure matters more
-            if _code(exc) == "NoSuchUpload":
-                return True
             text = (f"cleanup: could not abort multipart upload of {self.store.uri(self.key)} "
                     f"({_said(exc)}); a bucket lifecycle rule (AbortIncompleteMultipartUpload) "
                     "or the next archive of this key removes its parts")
