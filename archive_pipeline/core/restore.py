@@ -1895,8 +1895,9 @@ class _UniqueViolation(RestoreConflictError):
         self.constraint, self.where = exc.diag.constraint_name, (exc.diag.schema_name, exc.diag.table_name)
         self.relation = relation
         super().__init__(f"rows of the archive of {manifest['table']} for {manifest['day']} already exist in "
-                         f"{relation} ({self.detail}); nothing was restored. Use on_conflict='skip' to add only the "
-                         "missing rows, or restore into a new table", table=manifest["table"], day=manifest["day"])
+                         f"{relation} ({self.detail}); nothing was restored", table=manifest["table"],
+                         day=manifest["day"], remedy="use on_conflict='skip' to add only the missing rows, or "
+                                                     "restore into a new table (into='new')")
 
 
 def _unique_violation(conn: psycopg.Connection, exc: _UniqueViolation, manifest: dict,
@@ -1931,13 +1932,14 @@ def _unique_violation(conn: psycopg.Connection, exc: _UniqueViolation, manifest:
                 sql.Identifier(*refusing))).fetchone()[0]
             if held:  # a table of other rows: whether it holds the refused key itself, or the archive's rows collide
                 held = _holds_key(conn, refusing, exc)
+            if held and base != relation:  # skip cannot go through a view (_skip_mode): through its base table,
+                remedy = _through_base_remedy(conn, relation, base, manifest)  # where that is the same rows
     except psycopg.Error:
         return exc
-    if held and base != relation:  # skip cannot go through a view (_skip_mode): through its base table it can
+    if held and base != relation:
         return RestoreConflictError(
             f"rows of the archive of {table} for {day} already exist in {relation}, in its base table {base} "
-            f"({exc.detail}); nothing was restored. Restore into {base} with on_conflict='skip' to add only the "
-            "missing rows, or restore into a new table", table=table, day=day)
+            f"({exc.detail}); nothing was restored", table=table, day=day, remedy=remedy)
     if held:
         return exc
     return RestoreError(
@@ -1948,6 +1950,55 @@ def _unique_violation(conn: psycopg.Connection, exc: _UniqueViolation, manifest:
         "have; nothing was restored", table=table, day=day,
         remedy="restore into a new table (into='new'), created with the archived definition, or drop the constraint "
                "(ALTER TABLE ... DROP CONSTRAINT; DROP INDEX for a unique index made by CREATE UNIQUE INDEX)")
+
+
+def _through_base_remedy(conn: psycopg.Connection, view: Relation, base: Relation, manifest: dict) -> str:
+    """What to do about archived rows already in the base table of ``view``: a restore into ``base`` with skip
+    only where it loads the same rows (the view passes every archived column through as ``base``'s own column of
+    that name, :func:`_passed_through`); else a restore into ``base`` under the archive's names would fail (a
+    renamed column) or put values into other columns (swapped ones), so what works is named instead."""
+    if _passed_through(conn, view, manifest_columns(manifest)) == base:
+        return (f"Restore into {base} with on_conflict='skip' to add only the missing rows ({view} passes the "
+                f"archived columns through as {base}'s own), or restore into a new table (into='new')")
+    return (f"restore into a new table (into='new') and add from it by hand, through {view}, the rows {base} "
+            f"lacks, or delete the rows of the conflicting key from {base} and restore again (a restore into {base} "
+            f"itself would not load the same rows: {view} does not show every archived column as {base}'s column "
+            "of that name, or that could not be told)")
+
+
+def _passed_through(conn: psycopg.Connection, view: Relation, names: list[str]) -> Relation | None:
+    """The table that ``view`` (or a chain of views) shows the columns ``names`` of as they are: each a plain
+    reference to that table's column of the same name. Told by PostgreSQL itself, from the origin (table and
+    column) the protocol gives each column of the view's query, set only for a column that is a table's column,
+    not an expression; a renamed, swapped or computed column, or what cannot be told (the query not to be
+    run: a privilege, a lock), is None. The query is run with LIMIT 0, in a savepoint: no row is read."""
+    try:
+        with conn.transaction():
+            oid = conn.execute("SELECT pg_catalog.to_regclass(%s)::oid", (view.identifier.as_string(conn),)
+                               ).fetchone()[0]
+            for _ in range(100):  # (a chain of views, never a cycle)
+                row = conn.execute(
+                    "SELECT c.relkind::text, n.nspname, c.relname, CASE c.relkind WHEN 'v' THEN "
+                    "pg_catalog.pg_get_viewdef(c.oid) END FROM pg_catalog.pg_class c "
+                    "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = %s", (oid,)).fetchone()
+                if not row or row[0] != "v":
+                    return Relation(row[1], row[2]) if row else None
+                shown = conn.execute(sql.SQL("SELECT * FROM ({}) AS shown LIMIT 0").format(
+                    sql.SQL(row[3].strip().removesuffix(";"))))
+                origins = {column.name: (shown.pgresult.ftable(i), shown.pgresult.ftablecol(i))
+                           for i, column in enumerate(shown.description)}
+                tables = {origins.get(name, (0, 0))[0] for name in names}
+                if len(tables) != 1 or 0 in tables:
+                    return None
+                oid = tables.pop()
+                named = dict(conn.execute(
+                    "SELECT attnum, attname::text FROM pg_catalog.pg_attribute WHERE attrelid = %s "
+                    "AND attnum = ANY(%s) AND NOT attisdropped", (oid, [origins[name][1] for name in names])))
+                if any(named.get(origins[name][1]) != name for name in names):
+                    return None
+    except psycopg.Error:
+        return None
+    return None
 
 
 def _conflict(detail: str) -> str:
