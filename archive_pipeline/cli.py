@@ -401,9 +401,10 @@ _QUOTED: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("archi
 
 
 def _quoting(problems: list[str]) -> list[str]:
-    """``problems`` (a day's check), the values they quote from the database noted to be printed as they are: a
-    row's text reworded showed, in the one place that names the differing row, a value the database does not
-    hold (and a script reading --json got altered data)."""
+    """``problems`` (a day's check, or those an error embeds: see ``ArchiveError.problems`` and :func:`_told`), the
+    values they quote from the database noted to be printed as they are: a row's text reworded showed, in the one
+    place that names the differing row, a value the database does not hold (and a script reading --json got
+    altered data)."""
     quoted = [found["quoted"] for found in map(_QUOTING.match, problems) if found]
     if quoted:
         _QUOTED.set(tuple(sorted({*_QUOTED.get(), *quoted}, key=len, reverse=True)))
@@ -653,6 +654,7 @@ def command(fn: Callable[..., None]) -> Callable[..., None]:
             configuration = _configuration(exc)  # a missing table, a grant
             transient = getattr(exc, "retryable", False)  # the store or database failing the whole command
             code = EXIT_USAGE if configuration else EXIT_UNREACHABLE if transient else EXIT_DIFFERENCES
+            _quoting(exc.problems)  # (a refusal quoting a differing row, as _told notes it for a day's error)
             text = str(exc)
             if run is not None and run.table and not getattr(exc, "table", None) and run.table not in text:
                 text = f"table {run.table!r}: {text}"  # (an error that does not know which table it is about)
@@ -977,8 +979,7 @@ def _losing_the_database(run: Run, results: list[dict[str, Any]], doing: str) ->
         if not results or not (isinstance(exc, UnreachableError) or run.lost
                                or isinstance(exc, psycopg.OperationalError)):
             raise
-        raise _DatabaseLost(f"lost the source database while {doing}: "
-                            f"{_for_the_cli(redact(str(exc), *_passwords()))}") from None
+        raise _DatabaseLost(f"lost the source database while {doing}: {_told(exc)}") from None
 
 
 def _archive_tables(run: Run, chosen: list[tuple[TableSpec, list[Period]]], settings: dict[str, str],
@@ -1114,7 +1115,9 @@ def _configuration(exc: ArchiveError) -> bool:
 def _told(exc: BaseException) -> str:
     """A day's error as the command prints it: its message with the notes the core added on its way out (what
     a cleanup could not do: "could not take back the pending removal mark ..."), passwords redacted, in the
-    command line's words."""
+    command line's words, the values it quotes from the database (the differing row a refusal embeds with its
+    proof's problems) noted to be printed exactly, by whichever path prints it (see :func:`_quoting`)."""
+    _quoting(getattr(exc, "problems", None) or [])
     notes = [str(note) for note in getattr(exc, "__notes__", ()) or ()]
     return _for_the_cli(redact("; ".join([str(exc), *notes]), *_passwords()))
 
@@ -1122,7 +1125,7 @@ def _told(exc: BaseException) -> str:
 def _table_failed(spec: TableSpec, days: list[Period], exc: ArchiveError) -> list[dict[str, Any]]:
     """A table whose days could not be looked for at all, after other tables' days were done: each of its days
     failed with the table's error, so the answer still reports what was done before (exit 1)."""
-    message = _for_the_cli(redact(str(exc), *_passwords()))
+    message = _told(exc)
     message = message if spec.name in message else f"{spec.name}: {message}"
     return [{"table": spec.name, "day": day.isoformat(), "status": "failed", "message": message,
              "retryable": exc.retryable} for day in days]
@@ -1173,8 +1176,7 @@ def _archive_day(run: Run, spec: TableSpec, day: dt.date, settings: dict[str, st
     except ArchiveError as exc:
         if run.conn.closed:  # the connection itself went: the next day would fail the same way (see _archive_tables)
             return {"table": spec.name, "day": day.isoformat(), "status": "failed", "retryable": True,
-                    "message": _for_the_cli(redact(f"lost the source database while archiving {spec.name} {day}: "
-                                                   f"{exc}", *_passwords()))}
+                    "message": f"lost the source database while archiving {spec.name} {day}: {_told(exc)}"}
         # (a day changed since archived, a removed day whose rows are back, an archive of another format, codec or
         # database: what only --overwrite archives again, as the day's own message says)
         changed = not exc.retryable and exc.needs_overwrite
@@ -1275,12 +1277,10 @@ def _day_checked(run: Run, table: str, day: dt.date, check: Callable[[], list[st
         return _quoting(check())
     except (ArchiveError, psycopg.Error) as exc:
         if run.lost:
-            raise UnreachableError(f"lost the source database while checking {table} {day}: "
-                                   f"{redact(str(exc), *_passwords())}") from None
+            raise UnreachableError(f"lost the source database while checking {table} {day}: {_told(exc)}") from None
         if not isinstance(exc, ArchiveError):  # a lock_timeout behind a migration, a statement_timeout
             exc = wrap(exc, table, day.isoformat(), doing="proving")
-        return [_for_the_cli(f"not checked ({'retryable' if exc.retryable else 'not retryable'}): "
-                             f"{redact(str(exc), *_passwords())}")]
+        return [f"not checked ({'retryable' if exc.retryable else 'not retryable'}): {_told(exc)}"]
     except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM, SIGHUP: said as the day being checked (see _cancelled)
         note_cancelled(exc, table, day.isoformat(), "checking")
         raise
@@ -1893,7 +1893,7 @@ def _pending_removals(store: S3Store, spec: TableSpec, days: list[Period], done:
         try:
             found = plan.lookup_manifests(store, spec, chunk)
         except ArchiveError as exc:  # the listing failed: each of those days unread, the days in the source still run
-            why = f"not checked ({'retryable' if exc.retryable else 'not retryable'}): {exc}"
+            why = f"not checked ({'retryable' if exc.retryable else 'not retryable'}): {_told(exc)}"
             # and the months after it too, unlisted: a store that throttled or refused one listing after its retries
             # would be asked again for every month of years of removed days (a minute of backoff, for nothing)
             unread.update({day: why for day in days[start:]})
@@ -1980,8 +1980,7 @@ def _prune_table(run: Run, spec: TableSpec, due: list[Period], dry_run: bool, re
                             "message": _told(exc), "retryable": exc.retryable})
             if run.lost:  # the next days would fail the same way, and not for their own reasons
                 doing = "checking" if dry_run else "removing"  # (a dry run removes nothing)
-                raise _DatabaseLost(f"lost the database while {doing} {spec.name} {day}: "
-                                    f"{_for_the_cli(redact(str(exc), *_passwords()))}") from None
+                raise _DatabaseLost(f"lost the database while {doing} {spec.name} {day}: {_told(exc)}") from None
             continue
         status = ("no data" if removal.nothing else "removal completed" if removal.completed
                   else "already removed" if removal.already_removed else "would remove" if dry_run else "removed")

@@ -19,7 +19,7 @@ import errno
 import functools
 import re
 import shlex
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from urllib.parse import quote, quote_plus, unquote
 
@@ -88,7 +88,8 @@ class ArchiveError(Exception):
 
     def __init__(self, message: str, *, table: str | None = None, day: str | None = None,
                  retryable: bool = False, remedy: str | None = None, cause: str | None = None,
-                 needs_overwrite: bool = False, every_day: bool | None = None) -> None:
+                 needs_overwrite: bool = False, every_day: bool | None = None,
+                 problems: Iterable[str] = ()) -> None:
         # needs_overwrite: only archiving the day again with overwrite ends it (a day changed since it was archived,
         # an archive of another format or database at its key): what the command line and Dagster advise, told by
         # the error itself rather than by its words (a strict table's refusal also says "with overwrite", and
@@ -100,6 +101,11 @@ class ArchiveError(Exception):
         # (CONFIGURATION_CAUSES). The same SQLSTATE can be either: a target lacking a column every day has, or a
         # column only one day's archive names.
         self.every_day = self.EVERY_DAY if every_day is None else every_day
+        # problems: what a check found, each as it said it, where the message embeds them (a removal refused for a
+        # day its proof failed): they quote the database (a differing row, PostgreSQL's words), so a reader that
+        # words the message for itself (the command line, see cli._quoting) keeps them exactly as they are, and
+        # Dagster records them as the failed proof they are
+        self.problems = list(problems)
         self.message = message
         self.table = table
         self.day = day

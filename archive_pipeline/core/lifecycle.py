@@ -65,8 +65,6 @@ class RemovalNotRecorded(ArchiveError):
     "done" mark failed, or the archive no longer checks out: ``problems``, what its check found); a re-run of the
     removal completes it."""
 
-    problems: list[str] = []
-
 
 @dataclass(frozen=True)
 class Settlement:
@@ -184,7 +182,7 @@ def _remove_day(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date
                     raise RemovalNotRecorded(
                         f"{spec.name} {day} was removed from the source ({why}), but its archive no longer checks "
                         f"out: {'; '.join(problems)}; a removal would leave it marked 'pending'",
-                        table=spec.name, day=day.isoformat(), retryable=False,
+                        table=spec.name, day=day.isoformat(), retryable=False, problems=problems,
                         remedy="restore the archive's object from a replica or backup of the bucket, then run the "
                                "removal again")
                 if _nothing_back(conn, spec, day, manifest):
@@ -235,7 +233,7 @@ def _remove_day(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date
                 raise source_differs(spec, day, problems, conn)
             if problems:
                 raise RemovalRefused(f"{spec.name} {day} stays in the source: its archive is not proven: "
-                                     + "; ".join(problems), table=spec.name, day=day.isoformat())
+                                     + "; ".join(problems), table=spec.name, day=day.isoformat(), problems=problems)
         if dry_run:
             return Removal(spec.name, day, action, target.qualified, manifest["rows"], archive, None, True)
         return _remove(conn, spec, day, store, key, manifest, action, archive, removed_by)
@@ -698,7 +696,7 @@ def source_differs(spec: TableSpec, day: Period, problems: list[str],
     return RemovalRefused(
         f"{spec.name} {day} stays in the source, not proven: its rows are not the archive's any more (rows changed, "
         "arrived late or were deleted since it was archived; the archive checks out): " + "; ".join(problems),
-        table=spec.name, day=day.isoformat(), needs_overwrite=True,
+        table=spec.name, day=day.isoformat(), needs_overwrite=True, problems=problems,
         remedy="if the source's rows are the right ones, archive the day again (overwrite), then remove it; if rows "
                "were lost from the source, put them back first: restore the day into a new table (into='new') and "
                f"insert the rows the table lacks ({put_back_statement(conn, spec, day, '<that table>')}), then "
@@ -1047,13 +1045,11 @@ def _settle(conn: psycopg.Connection, spec: TableSpec, day: Period, store: S3Sto
         return Settlement("taken back", decode_manifest(encode_manifest(unmarked)), why)
     problems = verify_archive(store, key, {}, deep=True, owner=(spec.name, day.isoformat()), temp_dir=temp_dir)
     if problems:
-        refused = RemovalNotRecorded(
+        raise RemovalNotRecorded(
             f"{spec.name} {day} was removed from the source ({mark.get('action')} at {mark.get('at')}; {why}), but "
             f"its archive no longer checks out: {'; '.join(problems)}; {store.uri(mkey)} stays marked 'pending'",
-            table=spec.name, day=day.isoformat(), retryable=False,
+            table=spec.name, day=day.isoformat(), retryable=False, problems=problems,
             remedy="restore the archive's object from a replica or backup of the bucket, then run the removal again")
-        refused.problems = problems
-        raise refused
     done = {**{k: v for k, v in manifest.items() if k != "manifest_sha256"},
             "removed": {**mark, "state": "done", "relation": mark.get("relation") or "", "rows": manifest["rows"],
                         "settled_at": dt.datetime.now(dt.UTC).isoformat(), "settled_because": why}}
