@@ -504,17 +504,9 @@ class _Source:
         self.unreachable: BaseException | None = None  # the connect that failed: the run's other days fail with it
 
     def get(self) -> psycopg.Connection:
-        """The run's connection, checked with one round trip when a day before used it: a session the
-        server ended while it sat idle between days (terminated, the server restarted) is found only by
-        its next query, which was the next day's lock, and that day failed for its neighbour's loss."""
-        if self.conn is not None and not (self.conn.closed or self.conn.broken):
-            try:
-                if self.conn.info.transaction_status != TransactionStatus.IDLE:
-                    self.conn.rollback()  # a failed day's transaction must not leak into the next day
-                self.conn.execute("SELECT 1")
-                return self.conn
-            except psycopg.OperationalError:
-                pass  # gone: a new session below
+        """The run's connection, checked with one round trip when a day before used it (:func:`_usable`)."""
+        if _usable(self.conn):
+            return self.conn
         if self.unreachable is not None:
             # a database that did not answer a connect a moment ago: each further day would wait out the connect
             # timeout again (50 days of 10 s), so they fail at once with its cause, and a retry tries them all
@@ -535,17 +527,34 @@ class _Source:
 
     def scratch(self, conn: psycopg.Connection) -> psycopg.Connection | None:
         """Where deep verification loads the archive: the primary when ``conn`` is a hot standby and a
-        primary is configured (the same connection as ``conn`` otherwise: None)."""
+        primary is configured (the same connection as ``conn`` otherwise: None), checked as :meth:`get` checks its
+        own."""
         if self.primary is None or self.primary.dsn == self.postgres.dsn:
             return None
         if not read_only(conn):
             return None
-        if self.scratch_conn is None or self.scratch_conn.closed or self.scratch_conn.broken:
+        if not _usable(self.scratch_conn):  # (ended while idle between days: the next day's proof got it dead)
             self.scratch_conn = self.stack.enter_context(self.primary.connect())
         return self.scratch_conn
 
     def close(self) -> None:
         self.stack.close()
+
+
+def _usable(conn: psycopg.Connection | None) -> bool:
+    """Whether a session kept from an earlier day still answers, its failed transaction rolled back (which must not
+    leak into the next day): one round trip, since a session the server ended while it sat idle between days
+    (terminated, the server restarted) is found only by its next query, and that day failed for its neighbour's
+    loss."""
+    if conn is None or conn.closed or conn.broken:
+        return False
+    try:
+        if conn.info.transaction_status != TransactionStatus.IDLE:
+            conn.rollback()
+        conn.execute("SELECT 1")
+        return True
+    except psycopg.OperationalError:
+        return False
 
 
 def archive_days(context: AssetExecutionContext, spec: TableSpec, key: AssetKey, config: ArchiveRunConfig,
