@@ -34,8 +34,8 @@ from archive_pipeline.core.periods import (MICROSECOND, Period, period_containin
                                            periods_overlapping)
 from archive_pipeline.core.session_settings import apply_settings
 from archive_pipeline.core.source import (SNAPSHOT_SETTINGS, SourceTable, day_filter, describe_relation,
-                                          describe_table, lookalike_hint, relation_name, stored_name_problem,
-                                          unquoted_hint)
+                                          describe_table, lookalike_hint, pending_detach_error, relation_name,
+                                          stored_name_problem, unquoted_hint)
 
 # pg_get_expr(bound, 0): a bound holds constants only, and given the child's oid PostgreSQL (15 here) locks
 # the child to print it, so one partition under a migration's or VACUUM FULL's lock stopped every day's discovery.
@@ -744,17 +744,21 @@ def _described(conn: psycopg.Connection, spec: TableSpec, period: Period) -> Sou
 
 
 def existing_days(conn: psycopg.Connection, spec: TableSpec, candidates: list,
-                  memo: ChildrenMemo | None = None, failed: dict[Period, psycopg.Error] | None = None
+                  memo: ChildrenMemo | None = None, failed: dict[Period, psycopg.Error | SourceError] | None = None
                   ) -> list[Period]:
     """Which of ``candidates`` (periods, or dates meaning the table's days) exist as data in PostgreSQL.
     ``memo``: declarative children kept from an earlier call while the catalog says they are the same.
-    ``failed``: where a day whose own probe failed goes (see :func:`periods_with_rows`)."""
+    ``failed``: where a day whose own probe failed goes (see :func:`periods_with_rows`), and a day a partition
+    pending detach may hold (see :func:`catalog_days`); without it, the first such error is raised."""
     # The catalog narrows the candidates (:func:`catalog_days`); then each is probed for a row, as in column
     # mode. A partition created before its rows (a history load, a sub-partitioned month) was a day "with
     # data": requested and archived as empty, then never requested again once its rows came; and a table the
     # role may not read had every day requested, each run failing.
     mode = spec.partitioning.mode
-    wanted = catalog_days(conn, spec, candidates, memo)
+    pending: dict[Period, psycopg.Error | SourceError] = {}
+    wanted = catalog_days(conn, spec, candidates, memo, failed=pending if failed is None else failed)
+    if pending:
+        raise next(iter(pending.values()))
     if mode == "naming":
         with pinned_settings(conn, row_security="off", search_path=SEARCH_PATH):
             return _day_tables_with_rows(conn, spec, wanted, failed)
@@ -773,12 +777,21 @@ def days_read_with_rows(conn: psycopg.Connection, spec: TableSpec, days: Iterabl
 
 
 def catalog_days(conn: psycopg.Connection, spec: TableSpec, candidates: list,
-                 memo: ChildrenMemo | None = None, *, open_ended: bool = True) -> list[Period]:
+                 memo: ChildrenMemo | None = None, *, open_ended: bool = True,
+                 failed: dict[Period, psycopg.Error | SourceError] | None = None) -> list[Period]:
     """Which of ``candidates`` the catalog says may hold rows: declarative, the days some child holds (each
     candidate against the children, not every period of every child listed); naming, the days whose table
     exists; column mode, every candidate (the catalog cannot tell). ``open_ended`` False: not the days held only
-    by a child unbounded on a side (a catch-all holds a day's rows, yet is no partition of the day's own)."""
+    by a child unbounded on a side (a catch-all holds a day's rows, yet is no partition of the day's own).
+    ``failed``: where a day a partition pending detach may hold goes, with why it cannot be told now
+    (:func:`pending_detach_days`), left out of the days returned: probed through the table it would be "no data"
+    while its rows are still in PostgreSQL. Without it, such a day is returned as the catalog shows it (its
+    partition is there: retention's prune, whose removal refuses it naming the FINALIZE)."""
     wanted = {spec.period(c) for c in candidates}
+    if failed is not None:
+        pending = pending_detach_days(conn, spec, wanted)
+        failed.update(pending)
+        wanted -= pending.keys()
     if spec.partitioning.mode == "declarative":
         if not open_ended:
             return held_periods([c for c in candidate_ranges(conn, spec) if not c.open_ended], wanted)
@@ -808,9 +821,17 @@ def _widened(child: ChildRange) -> ChildRange:
 
 def partition_may_hold(conn: psycopg.Connection, spec: TableSpec, day: Period, relation: tuple[str, str]) -> bool:
     """Whether a partition of ``spec``'s table (at any depth; one pending detach, say) may hold rows of ``day`` by its
-    bound, read as discovery reads bounds (an expression key's widened by a day each way: it may be in another zone
-    than the table's). Where its own bound cannot be read (a HASH or LIST sub-partition, a parent in a schema whose
-    name holds a dot), its parent's is asked, and so on up: a month's range rules out every partition under it."""
+    bound (see :func:`bounding_ranges`)."""
+    ranges = bounding_ranges(conn, spec, relation)
+    return ranges is None or any(c.overlaps(day) for c in ranges)
+
+
+def bounding_ranges(conn: psycopg.Connection, spec: TableSpec, relation: tuple[str, str]) -> list[ChildRange] | None:
+    """What bounds the rows of a partition of ``spec``'s table (at any depth): its bound, read as discovery reads
+    bounds (an expression key's widened by a day each way: it may be in another zone than the table's). Where its own
+    bound cannot be read (a HASH or LIST sub-partition, a parent in a schema whose name holds a dot), its parent's,
+    and so on up: a month's range rules out every partition under it. None where nothing bounds it (a DEFAULT
+    partition of the table itself): it may hold rows of any period."""
     while True:
         # (by name in the catalog as the caller's snapshot sees it, not ::regclass, which reads the current one: a
         # partition dropped since the snapshot has no regclass, and its bound is what tells whether it mattered)
@@ -820,12 +841,52 @@ def partition_may_hold(conn: psycopg.Connection, spec: TableSpec, day: Period, r
             "WHERE i.inhrelid = (SELECT r.oid FROM pg_catalog.pg_class r JOIN pg_catalog.pg_namespace rn "
             "ON rn.oid = r.relnamespace WHERE rn.nspname = %s AND r.relname = %s)", relation).fetchone()
         if found is None:
-            return True
+            return None
         parent = tuple(found)
         ranges = _child_ranges_of(conn, spec, parent, relation)
         if ranges:
-            return any(c.overlaps(day) for c in ranges)
+            return ranges
         relation = parent
+
+
+# Every partition of the table's tree (at any depth) pending detach, with the parent it is leaving: read from
+# pg_inherits, since pg_partition_tree leaves a partition pending detach out (PostgreSQL 14+).
+_PENDING_DETACH_QUERY = """
+WITH RECURSIVE tree(oid, parent, pending) AS (
+    SELECT i.inhrelid, i.inhparent, i.inhdetachpending FROM pg_catalog.pg_inherits i
+    JOIN pg_catalog.pg_class p ON p.oid = i.inhparent JOIN pg_catalog.pg_namespace n ON n.oid = p.relnamespace
+    WHERE n.nspname = %s AND p.relname = %s AND p.relkind = 'p'
+    UNION ALL
+    SELECT i.inhrelid, i.inhparent, i.inhdetachpending
+    FROM pg_catalog.pg_inherits i JOIN tree ON i.inhparent = tree.oid)
+SELECT n.nspname, c.relname, tree.parent::pg_catalog.regclass::text
+FROM tree JOIN pg_catalog.pg_class c ON c.oid = tree.oid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE tree.pending
+ORDER BY 1, 2
+"""
+
+
+def pending_detach_days(conn: psycopg.Connection, spec: TableSpec, days: Iterable[Period]) -> dict[Period, SourceError]:
+    """Declarative mode: of ``days``, those a partition pending detach (``DETACH PARTITION ... CONCURRENTLY`` running,
+    or interrupted and never finished; at any depth) may hold rows of, each with why whether it has rows cannot be
+    told now. The table no longer reads such a partition's rows, which are no table of their own yet: probed through
+    the table the day was "no data" (or "not in the source") while its rows are still in PostgreSQL, and once
+    FINALIZE ran nothing ever archived them. The error is the archiver's own (source.pending_detach_error: retryable,
+    naming the partition and the FINALIZE that ends it), which refuses such a day the same way."""
+    if spec.partitioning.mode != "declarative" or conn.info.server_version < 140000:
+        return {}  # (no partition is ever pending before PostgreSQL 14)
+    with pinned_settings(conn, search_path=SEARCH_PATH):  # (the parent as a statement to paste names it: qualified)
+        pending = conn.execute(_PENDING_DETACH_QUERY, (spec.schema_name, spec.table_name)).fetchall()
+    found: dict[Period, SourceError] = {}
+    for schema, name, parent in pending:
+        ranges = bounding_ranges(conn, spec, (schema, name))
+        error = pending_detach_error(spec.name, (schema, name), parent)
+        for day in days:
+            if day not in found and (ranges is None or any(c.overlaps(day) for c in ranges)):
+                found[day] = SourceError(f"whether {spec.name} has rows of {day} cannot be told now: {error.message}",
+                                         table=spec.name, day=day.isoformat(), retryable=True, cause=error.cause,
+                                         remedy=error.remedy)
+    return found
 
 
 def _child_ranges_of(conn: psycopg.Connection, spec: TableSpec, parent: tuple[str, str],

@@ -263,10 +263,10 @@ def uncomputable(archived: Archived) -> str:
     return ""
 
 
-def unread(conn: psycopg.Connection, spec: TableSpec, day: Period, exc: psycopg.Error) -> str:
+def unread(conn: psycopg.Connection, spec: TableSpec, day: Period, exc: psycopg.Error | SourceError) -> str:
     """Why the source's rows of ``day`` could not be read (a lock_timeout behind a migration, a
-    statement_timeout), naming table, day, cause and remedy: that day is not checked, the others
-    still are. A lost connection is raised: every other day would fail the same way."""
+    statement_timeout, a partition of the day pending detach), naming table, day, cause and remedy: that day is not
+    checked, the others still are. A lost connection is raised: every other day would fail the same way."""
     if conn.closed:
         raise exc
     error = wrapped(exc, conn, spec, day.isoformat(), doing="reading")
@@ -313,14 +313,15 @@ def _found(conn: psycopg.Connection, spec: TableSpec, store: S3Store,
 def present_days(conn: psycopg.Connection, spec: TableSpec, days: list[Period], *, catalog: bool = False
                  ) -> tuple[set[Period], dict[Period, str]]:
     """The days of ``days`` the source has rows for, and, where the source could not be asked (its rows
-    locked past lock_timeout, a statement_timeout), why, per day (see :func:`unread`): those days are not
-    checked, the other tables' still are. A lost connection is raised. ``catalog``: in declarative and
-    naming mode, the days whose partition or table exists, rows or not (retention's prune: a day whose rows
-    it deleted, its partition left, is settled as "already removed"); a day held only by a child unbounded on a side
-    (FROM (...) TO (MAXVALUE)) is, as one in the DEFAULT partition, where it has rows."""
+    locked past lock_timeout, a statement_timeout, a partition of the day pending detach: see catalog_days), why,
+    per day (see :func:`unread`): those days are not checked, the other tables' still are. A lost connection is
+    raised. ``catalog``: in declarative and naming mode, the days whose partition or table exists, rows or not
+    (retention's prune: a day whose rows it deleted, its partition left, is settled as "already removed"; one whose
+    partition is pending detach is there, and its removal refuses it naming the FINALIZE); a day held only by a
+    child unbounded on a side (FROM (...) TO (MAXVALUE)) is, as one in the DEFAULT partition, where it has rows."""
     if not days:
         return set(), {}
-    failed: dict[Period, psycopg.Error] = {}
+    failed: dict[Period, psycopg.Error | SourceError] = {}
     try:
         if catalog and spec.partitioning.mode != "column":
             found = set(catalog_days(conn, spec, days, open_ended=False))
@@ -338,7 +339,8 @@ def present_days(conn: psycopg.Connection, spec: TableSpec, days: list[Period], 
             raise
         # rows the role may not read (no SELECT): which days exist is the catalog's word, and each day's own
         # reading says why it cannot be read (compare: unreadable; list --check-source: the grant to give)
-        return set(catalog_days(conn, spec, days)), {}
+        failed.clear()
+        found = set(catalog_days(conn, spec, days, failed=None if catalog else failed))
     return found, {day: unread(conn, spec, day, exc) for day, exc in failed.items()}
 
 
