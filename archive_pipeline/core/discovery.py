@@ -851,19 +851,17 @@ def bounding_ranges(conn: psycopg.Connection, spec: TableSpec, relation: tuple[s
 
 # Every partition of the table's tree (at any depth) pending detach, with the parent it is leaving: read from
 # pg_inherits, since pg_partition_tree leaves a partition pending detach out (PostgreSQL 14+).
-_PENDING_DETACH_QUERY = """
+PENDING_DETACH_UNDER = """
 WITH RECURSIVE tree(oid, parent, pending) AS (
-    SELECT i.inhrelid, i.inhparent, i.inhdetachpending FROM pg_catalog.pg_inherits i
-    JOIN pg_catalog.pg_class p ON p.oid = i.inhparent JOIN pg_catalog.pg_namespace n ON n.oid = p.relnamespace
-    WHERE n.nspname = %s AND p.relname = %s AND p.relkind = 'p'
+    SELECT pg_catalog.to_regclass(%s)::pg_catalog.oid, NULL::pg_catalog.oid, false
     UNION ALL
-    SELECT i.inhrelid, i.inhparent, i.inhdetachpending
-    FROM pg_catalog.pg_inherits i JOIN tree ON i.inhparent = tree.oid)
+    SELECT i.inhrelid, i.inhparent, i.inhdetachpending FROM pg_catalog.pg_inherits i JOIN tree ON i.inhparent = tree.oid)
 SELECT n.nspname, c.relname, tree.parent::pg_catalog.regclass::text
 FROM tree JOIN pg_catalog.pg_class c ON c.oid = tree.oid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE tree.pending
 ORDER BY 1, 2
-"""
+"""  # the partitions pending detach at any depth under a relation (its name as a statement quotes it; none if gone),
+# with their parent: read from pg_inherits, since pg_partition_tree leaves a partition pending detach out
 
 
 def pending_detach_days(conn: psycopg.Connection, spec: TableSpec, days: Iterable[Period]) -> dict[Period, SourceError]:
@@ -876,7 +874,8 @@ def pending_detach_days(conn: psycopg.Connection, spec: TableSpec, days: Iterabl
     if spec.partitioning.mode != "declarative" or conn.info.server_version < 140000:
         return {}  # (no partition is ever pending before PostgreSQL 14)
     with pinned_settings(conn, search_path=SEARCH_PATH):  # (the parent as a statement to paste names it: qualified)
-        pending = conn.execute(_PENDING_DETACH_QUERY, (spec.schema_name, spec.table_name)).fetchall()
+        pending = conn.execute(PENDING_DETACH_UNDER, (sql.Identifier(spec.schema_name, spec.table_name).as_string(
+            conn),)).fetchall()
     found: dict[Period, SourceError] = {}
     for schema, name, parent in pending:
         ranges = bounding_ranges(conn, spec, (schema, name))

@@ -38,7 +38,8 @@ from archive_pipeline.core.session_settings import speaks_utf8, writing_as_origi
 from archive_pipeline.core import fingerprint
 from archive_pipeline.core import keys, periods
 from archive_pipeline.core.config import TableSpec
-from archive_pipeline.core.discovery import day_children, partition_of_day, pinned_settings, source_table
+from archive_pipeline.core.discovery import PENDING_DETACH_UNDER, day_children, partition_of_day, pinned_settings, \
+    source_table
 from archive_pipeline.core.errors import ArchiveError, named, note_cancelled, redact, sql_name
 from archive_pipeline.core.leftovers import day_listing, tidy_day
 from archive_pipeline.core.locks import require_autocommit, table_day_lock
@@ -1561,19 +1562,6 @@ def _refuse_unremovable(conn: psycopg.Connection, spec: TableSpec, day: Period, 
         _parents(conn, spec, target)
 
 
-# The partitions under a day's partition (a sub-partitioned day) pending detach, with their parent: read from
-# pg_inherits, since pg_partition_tree leaves a partition pending detach out.
-_PENDING_UNDER = """
-WITH RECURSIVE tree(oid, parent, pending) AS (
-    SELECT %s::pg_catalog.regclass::pg_catalog.oid, NULL::pg_catalog.oid, false
-    UNION ALL
-    SELECT i.inhrelid, i.inhparent, i.inhdetachpending FROM pg_catalog.pg_inherits i JOIN tree ON i.inhparent = tree.oid)
-SELECT n.nspname, c.relname, tree.parent::pg_catalog.regclass::text
-FROM tree JOIN pg_catalog.pg_class c ON c.oid = tree.oid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-WHERE tree.pending
-"""
-
-
 def _refuse_pending_detach(conn: psycopg.Connection, spec: TableSpec, day: Period) -> None:
     """A partition of the day pending detach (a DETACH ... CONCURRENTLY interrupted), the day's own or one
     under it, holds rows the table no longer reads: the proof would compare the wrong rows, and PostgreSQL
@@ -1585,7 +1573,7 @@ def _refuse_pending_detach(conn: psycopg.Connection, spec: TableSpec, day: Perio
         parent = detaching(conn, relation)
         found = [(child.relation(spec), parent)] if parent else \
             [((schema, name), under) for schema, name, under in
-             conn.execute(_PENDING_UNDER, (relation.as_string(conn),)).fetchall()]
+             conn.execute(PENDING_DETACH_UNDER, (relation.as_string(conn),)).fetchall()]
         if found:
             pending = pending_detach_error(spec.name, *found[0])
             raise RemovalRefused(f"{spec.name} {day} stays in the source: {pending.message}", table=spec.name,
