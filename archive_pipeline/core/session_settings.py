@@ -39,7 +39,13 @@ CONNECT_PARAMETERS = {"client_encoding": "UTF8"}
 # default_transaction_isolation too: a role set to serializable (with read only and deferrable, a reporting role)
 # made every statement we run outside our own REPEATABLE READ transactions wait for a safe snapshot behind any
 # serializable writer, and on a hot standby fail ("cannot use serializable mode in a hot standby").
-SESSION_PINNED = {"quote_all_identifiers": "off", "default_transaction_isolation": "read committed"}
+# exit_on_error too: a role's "fail fast" default (ALTER ROLE ... SET exit_on_error = on; any user may set it) turns
+# every ERROR into FATAL, and our SQL expects to catch some inside a savepoint (a domain's NOT NULL probe, a value
+# failure's column probe, a sensor's per-day probe): the backend exited there, and a healthy day failed at every
+# retry as "the database connection was lost". (A connection a Python caller passes in keeps its own value outside
+# the archive's snapshot, which pins it too: source.SNAPSHOT_SETTINGS.)
+SESSION_PINNED = {"quote_all_identifiers": "off", "default_transaction_isolation": "read committed",
+                  "exit_on_error": "off"}
 
 
 def unpinned_defaults(conn: psycopg.Connection) -> dict[str, str]:

@@ -33,6 +33,7 @@ from archive_pipeline.core.errors import SETTING_MISFITS, TABLE_MISSING, Archive
 from archive_pipeline.core.locks import end_interrupted_query
 from archive_pipeline.core.periods import Period, as_period
 from archive_pipeline.core.session_settings import CATALOG_FIRST, apply_settings
+from archive_pipeline.core.sqltext import CatalogText
 
 DAY_COLUMN_TYPES = {"date", "timestamp", "timestamptz"}
 
@@ -72,6 +73,9 @@ SNAPSHOT_SETTINGS = {
     # numeric[] and enum arrays, formats.common.element_texts) read an unquoted NULL as a NULL element only with
     # this on: a role's array_nulls = off archived the string "NULL" for it, green and recorded exact.
     "array_nulls": "on",
+    # Our probes catch an ERROR inside a savepoint (a domain refusing NULL, a value failure's column): a role's
+    # exit_on_error = on made each one FATAL and ended the session (see session_settings.SESSION_PINNED).
+    "exit_on_error": "off",
 }
 
 # Settings of every session that reads the day's rows into the archive (the archive's own session where it reads
@@ -1281,7 +1285,9 @@ def _key_tokens(text: str) -> list[re.Match[str]] | None:
 
 def key_at(table: SourceTable, moment: sql.Composable) -> sql.Composable:
     """The table's key expression (:attr:`SourceTable.key_expression`) of ``moment`` (a literal of the day
-    column's type) instead of the column: constant, so the planner prunes the partitions by it."""
+    column's type) instead of the column: constant, so the planner prunes the partitions by it. The key's pieces
+    are the catalog's text (:class:`~archive_pipeline.core.sqltext.CatalogText`): a ``%`` in a quoted name of
+    it (``"at%"``) is no placeholder where the day's filter is sent with parameters."""
     quoted = _quoted_identifier(table.day_column.name)
     pieces, position = [], 0
     text = table.key_expression
@@ -1289,13 +1295,13 @@ def key_at(table: SourceTable, moment: sql.Composable) -> sql.Composable:
     for i, match in enumerate(tokens):
         token = match.group(1)
         following = tokens[i + 1].group(1) if i + 1 < len(tokens) else ""
-        pieces.append(sql.SQL(text[position:match.start(1)]))
+        pieces.append(CatalogText(text[position:match.start(1)]))
         if token in (table.day_column.name, quoted) and following != "(":
             pieces.append(sql.SQL("({})").format(moment))
         else:
-            pieces.append(sql.SQL(token))
+            pieces.append(CatalogText(token))
         position = match.end(1)
-    pieces.append(sql.SQL(text[position:]))
+    pieces.append(CatalogText(text[position:]))
     return sql.Composed(pieces)
 
 
@@ -1361,7 +1367,7 @@ def day_filter(table: SourceTable, day: Period | dt.date) -> sql.Composable:
             (sql.Literal(start), sql.Literal(end - last))
     except OverflowError:  # a day at the end of Python's calendar (year 1 or 9999): unbounded, as before
         return where
-    key = sql.SQL("({})").format(sql.SQL(table.key_expression))
+    key = sql.SQL("({})").format(CatalogText(table.key_expression))  # (the catalog's text: see key_at)
     return sql.SQL("{} AND {key} OPERATOR(pg_catalog.>=) ({low}) AND {key} OPERATOR(pg_catalog.<=) ({high})").format(
         where, key=key, low=key_at(table, low), high=key_at(table, high))
 
