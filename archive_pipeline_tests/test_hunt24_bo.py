@@ -95,3 +95,26 @@ def test_a_percent_in_an_expression_keyed_day_column_fails_the_day_once_a_bytea_
     spec = TableSpec(name=f"{schema}.ev", day_column="at%", start_date=DAY, format="csv", compression="none")
     result = archive_partition(conn, spec, DAY, store, temp_dir=str(temp_dir))
     assert result.rows == 2
+
+
+def test_a_percent_in_the_table_name_makes_rows_restored_after_a_removal_look_older_than_it(conn, schema):
+    """Scenario: a table named ``sales 100%`` whose day was removed (a transaction ``xid``) and restored into it
+    afterwards; settling the removal's pending mark asks whether every row of the day was written after ``xid``
+    (lifecycle._written_after).
+
+    Now (before the fix): the question went out with a parameter but without with_params, so the ``%`` of the
+    table's quoted name was read as a placeholder: a ProgrammingError, caught as "cannot be told", answered False,
+    and the settling concluded the removal never took effect.
+
+    Should: rows written after ``xid`` are told so, whatever the table is named."""
+    from archive_pipeline.core.lifecycle import _written_after
+
+    table = sql.Identifier(schema, "sales 100%")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at date)").format(table))
+    xid = conn.execute("SELECT pg_catalog.txid_current()").fetchone()[0]
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (1, {}), (2, {})").format(table, sql.Literal(DAY), sql.Literal(DAY)))
+    spec = TableSpec(name=f"{schema}.sales 100%", day_column="at", start_date="2024-03-01")
+    assert _written_after(conn, spec, spec.period(DAY), xid) is True
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (3, {})").format(table, sql.Literal(DAY)))
+    later = conn.execute("SELECT pg_catalog.txid_current()").fetchone()[0]
+    assert _written_after(conn, spec, spec.period(DAY), later) is False

@@ -50,6 +50,7 @@ from archive_pipeline.core.source import (SNAPSHOT_SETTINGS, Column, SourceTable
                                           describe_relation, detaching, explain, pending_detach_error, relation_name, relation_shapes,
                                           scanned_relations, server_identity, shape_changes, wrapped)
 from archive_pipeline.core.store import CorruptedWrite, KeyTakenError, S3Store, etag_text
+from archive_pipeline.core.sqltext import with_params
 from archive_pipeline.core.verify import ColumnsChangedError, archived_order, deep_verify, load_manifest, \
     refuse_retype, source_fingerprint, source_side_only, verify_archive
 
@@ -1004,7 +1005,8 @@ def _written_after(conn: psycopg.Connection, spec: TableSpec, day: Period, xid: 
             younger = sql.SQL("SELECT pg_catalog.count(*) > 0 AND pg_catalog.bool_and(pg_catalog.age(xmin) < "
                               "pg_catalog.age(%s::pg_catalog.text::pg_catalog.xid)) FROM {} WHERE {}").format(
                 table.identifier, day_filter(table, day))
-            return bool(conn.execute(younger, (str(xid % 2**32),)).fetchone()[0])
+            # (with_params: a "%" in the table's name or its key expression is no placeholder)
+            return bool(conn.execute(with_params(younger, conn), (str(xid % 2**32),)).fetchone()[0])
     except (psycopg.Error, ArchiveError):
         return False
 
