@@ -6,6 +6,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 
+import pytest
+
 from psycopg import sql
 
 from archive_pipeline.core.archive import archive_partition
@@ -66,3 +68,47 @@ def test_late_rows_after_a_removal_from_another_cluster_make_its_pending_mark_ta
     listed = [o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket, Prefix=first.rsplit("/", 1)[0]).get(
         "Contents", [])]
     assert mark and first in listed, (mark, first, listed)  # the 3 removed rows' only copy
+
+
+@pytest.mark.parametrize("trigger", ["no xid", "xid too old"])
+def test_late_rows_after_a_removal_whose_mark_names_no_known_transaction_keep_the_mark_pending(
+        conn, schema, store, s3_client, bucket, temp_dir, trigger):
+    """The siblings of the test above on the day's own cluster: the mark names no transaction (an older release
+    wrote it), or one PostgreSQL no longer remembers (txid_status NULL), and late rows arrived after the removal.
+    Was: taken back ("the source still has 4 rows"), and the overwrite its refusal advised deleted the removed
+    rows' only copy. Now: the mark stays pending, settling says "kept pending", the removal (and its dry run) is
+    refused naming the doubt, the archive plan refuses without overwrite, and the overwrite keeps that archive."""
+    from archive_pipeline.core.lifecycle import RemovalRefused, settle_pending_removal
+    from archive_pipeline.core.plan import plan_day
+
+    if trigger == "xid too old" and conn.execute("SELECT txid_status(3)").fetchone()[0] is not None:
+        pytest.skip("this cluster still remembers transaction 3")
+    t = sql.Identifier(schema, "t")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, at date NOT NULL, v text)").format(t))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT g, %s, 'v' || g FROM generate_series(1, 3) g").format(t), (DAY,))
+    spec = TableSpec(name=f"{schema}.t", day_column="at", start_date=DAY.isoformat(), format="jsonl",
+                     compression="none", retention={"keep_days": 1, "action": "delete"})
+    key = archive_partition(conn, spec, DAY, store, temp_dir=temp_dir).key
+    assert remove_day(conn, spec, DAY, store, temp_dir=str(temp_dir)).rows == 3
+    _forge_pending(store, key, xid=None if trigger == "no xid" else "3")
+    conn.execute(sql.SQL("INSERT INTO {} SELECT g, %s, 'late' || g FROM generate_series(11, 14) g").format(t),
+                 (DAY,))
+    first = _manifest(s3_client, bucket, key)["object"]["key"]
+    for dry_run in (True, False):
+        with pytest.raises(RemovalRefused, match="stays marked 'pending'.*cannot be told.*4 rows of the day, "
+                                                 "which are not the 3 archived") as refused:
+            remove_day(conn, spec, DAY, store, temp_dir=str(temp_dir), dry_run=dry_run)
+        assert refused.value.needs_overwrite and spec.name in str(refused.value) and DAY.isoformat() in str(
+            refused.value)
+    settled = settle_pending_removal(conn, spec, DAY, store, temp_dir=str(temp_dir))
+    assert settled.outcome == "kept pending" and "4 rows of the day" in settled.why
+    assert _manifest(s3_client, bucket, key)["removed"]["state"] == "pending"
+    assert plan_day(conn, spec, store, spec.period(DAY), overwrite=False, in_source=True).action == "refuse"
+    assert plan_day(conn, spec, store, spec.period(DAY), overwrite=True, in_source=True).action == "overwrite"
+    with pytest.raises(ArchiveError, match="overwrite"):
+        archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    assert archive_partition(conn, spec, DAY, store, temp_dir=temp_dir, overwrite=True).rows == 4
+    now = _manifest(s3_client, bucket, key)
+    assert "removed" not in now and [k["key"] for k in now["kept"]] == [first]
+    listed = [o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket, Prefix=first.rsplit("/", 1)[0])["Contents"]]
+    assert first in listed
