@@ -19,8 +19,11 @@ a refused removal could not put the unmarked manifest back) is settled by the ne
 day, under the table-day lock (:func:`settle_pending_removal`): if the removing transaction
 committed (PostgreSQL's ``txid_status``; for a mark without a known transaction, the source having
 no rows of the day), the mark is completed once the archive still checks out (object, digests,
-rows); if it did not, the manifest is put back without the mark and the removal starts again from
-the proof, so a day whose rows are all still in the source is never taken for removed.
+rows); if it did not (for a mark without a known transaction: the source holds exactly the archived
+rows), the manifest is put back without the mark and the removal starts again from the proof, so a
+day whose rows are all still in the source is never taken for removed. A mark without a known
+transaction over rows that are not the archived ones stays pending (they may be late rows after a
+removal that committed): the removal refuses, and an overwrite keeps the archive beside its own.
 """
 
 from __future__ import annotations
@@ -72,7 +75,9 @@ class RemovalNotRecorded(ArchiveError):
 class Settlement:
     """What :func:`settle_pending_removal` found and did about a pending removal mark."""
 
-    outcome: str  # "none" (no pending mark) | "completed" (the removal had committed) | "taken back" (it had not)
+    # "none" (no pending mark) | "completed" (the removal had committed) | "taken back" (it had not) |
+    # "kept pending" (whether it had cannot be told: see _in_doubt)
+    outcome: str
     manifest: dict | None  # the manifest as it is now in the store
     why: str = ""  # the evidence, in words
 
@@ -176,6 +181,8 @@ def _remove_day(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date
             # mark was taken back while the real source had lost the day
             refuse_other_cluster(conn, spec, day, manifest)
             committed, why = _committed(conn, spec, day, manifest)
+            if committed is None:
+                raise _in_doubt(spec, day, store, key, manifest, why)
             if dry_run and committed:
                 # what the real run's settling checks first: the archive, now the day's only copy
                 problems = verify_archive(store, key, {}, deep=True, owner=(spec.name, day.isoformat()),
@@ -790,7 +797,9 @@ def settle_pending_removal(conn: psycopg.Connection, spec: TableSpec, day: Perio
     Under the (table, day) lock, on the primary (``conn``): if the removing transaction committed,
     the mark is completed ("done") once the archive still checks out; if it did not, the manifest is
     put back without the mark, so the day is an ordinary archived day again (archived again with
-    ``overwrite`` if its rows changed, proven and removed by the next removal). A manifest without
+    ``overwrite`` if its rows changed, proven and removed by the next removal); if that cannot be told (no
+    transaction to ask about, and rows that are not the archived ones: see :func:`_told_by_source`), the mark
+    stays (``outcome="kept pending"``). A manifest without
     a pending mark is left as it is (``outcome="none"``); one that is not the day's (another table-day's,
     see ``manifest.owned``) is never settled: :class:`RemovalRefused`. Raises :class:`RemovalNotRecorded` when the
     removal committed but the archive no longer checks out (the mark stays pending); a database error (a
@@ -876,24 +885,25 @@ def _transaction_status(conn: psycopg.Connection, xid: object) -> str | None:
 def pending_removal_committed(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date,
                               manifest: dict) -> bool:
     """Whether the removal that left ``manifest``'s pending mark committed, decided as settling decides it but
-    changing nothing (a dry run, a check on its own: the day is then removed, or still the source's to prove)."""
+    changing nothing (a dry run, a check on its own: the day is then removed, or still the source's to prove). A
+    removal whose fate cannot be told (see :func:`_in_doubt`) is not known to have committed: False, and settling
+    leaves its mark pending."""
     try:
-        return _committed(conn, spec, spec.period(day), manifest)[0]
+        return _committed(conn, spec, spec.period(day), manifest)[0] is True
     except psycopg.Error as exc:
         raise wrapped(exc, conn, spec, spec.period(day).isoformat(), doing="proving") from None
 
 
-def _committed(conn: psycopg.Connection, spec: TableSpec, day: Period, manifest: dict) -> tuple[bool, str]:
-    """Whether the removal that wrote the manifest's pending mark committed, and the evidence.
+def _committed(conn: psycopg.Connection, spec: TableSpec, day: Period,
+               manifest: dict) -> tuple[bool | None, str]:
+    """Whether the removal that wrote the manifest's pending mark committed (None: it cannot be told), and the
+    evidence.
 
     The mark's transaction id decides where PostgreSQL still knows it (``txid_status``), unless it says
     committed while the source still holds exactly the archived rows (an id handed out again after a
     crash: see :func:`_holds_archived_rows`'s caller); a mark without
     one (written by an older version), one too old to know, or one of another cluster (its ``system``
-    identifier not this server's) falls back to the source: a day with no
-    rows left (its partition or table gone, or empty), or a naming-mode day table a detach left
-    inheriting from nothing, was removed, a day whose rows are still there was not (whether or not they
-    still equal the archive's)."""
+    identifier not this server's) falls back to the source (see :func:`_told_by_source`)."""
     mark = manifest["removed"]
     xid = mark.get("xid")
     # Transaction ids are a cluster's own: after the database moved to another cluster (a dump restored, a
@@ -931,12 +941,27 @@ def _committed(conn: psycopg.Connection, spec: TableSpec, day: Period, manifest:
         why = f"its transaction {xid} is unknown ({unknown}); "
     else:
         why = "the mark names no transaction; "
+    return _told_by_source(conn, spec, day, manifest, why)
+
+
+def _told_by_source(conn: psycopg.Connection, spec: TableSpec, day: Period, manifest: dict,
+                    why: str) -> tuple[bool | None, str]:
+    """:func:`_committed`'s answer for a mark whose transaction cannot be asked about (``why``: why not), from the
+    source alone: a day with no rows left (its partition or table gone, or empty), or a naming-mode day table a
+    detach left inheriting from nothing, was removed; a day that still holds exactly the archived rows was not (as
+    for a "committed" status). Other rows tell nothing (None): the archived rows changed since (not removed), or
+    rows that arrived after a removal that committed (late rows: they do not make the removed ones less gone),
+    and taking the mark back over those made the removed rows' archive, their only copy, an ordinary archived
+    day's, which an overwrite deleted."""
     if still_detached(conn, spec, day, manifest):
         return True, why + "its day table inherits from no table any more"
     rows = _source_rows(conn, spec, day, manifest)
     if rows == 0:
         return True, why + "the source has no rows of the day left"
-    return False, why + f"the source still has {rows:,} rows of the day"
+    if _holds_archived_rows(conn, spec, day, manifest):
+        return False, why + f"the source still holds exactly the {rows:,} archived rows of the day"
+    return None, why + f"the source has {rows:,} rows of the day, which are not the {manifest.get('rows', 0):,} " \
+                       "archived ones"
 
 
 def _day_table_gone(conn: psycopg.Connection, spec: TableSpec, day: Period) -> bool:
@@ -1025,10 +1050,17 @@ def _holds_archived_rows(conn: psycopg.Connection, spec: TableSpec, day: Period,
 
 
 def _settle(conn: psycopg.Connection, spec: TableSpec, day: Period, store: S3Store, key: str, manifest: dict,
-            committed: bool, why: str, temp_dir: str | None = None) -> Settlement:
-    """Complete the pending mark (``committed``) or take it back; the caller holds the table-day lock."""
+            committed: bool | None, why: str, temp_dir: str | None = None) -> Settlement:
+    """Complete the pending mark (``committed``) or take it back; the caller holds the table-day lock. A mark
+    whose removal cannot be told committed or not (None) stays pending: an archive run of the day then takes it
+    for a removal (refused without overwrite; with it, the marked archive is kept beside the new one), and a
+    removal refuses it (:func:`_in_doubt`)."""
     mkey = keys.manifest_key(key)
     mark = manifest["removed"]
+    if committed is None:
+        log.warning("%s %s: kept the pending removal mark of %s: whether its removal committed cannot be told (%s)",
+                    spec.name, day, store.uri(mkey), why)
+        return Settlement("kept pending", manifest, why)
     marked = store.get_verified_bytes(mkey)  # put back if what replaces it comes back damaged
     if not committed:
         unmarked = {k: v for k, v in manifest.items() if k not in ("removed", "manifest_sha256")}
@@ -1068,6 +1100,25 @@ def _settle(conn: psycopg.Connection, spec: TableSpec, day: Period, store: S3Sto
                             manifest["rows"], exc) from exc
     log.info("%s %s: completed the pending removal mark of %s (%s)", spec.name, day, store.uri(mkey), why)
     return Settlement("completed", decode_manifest(encode_manifest(done)), why)
+
+
+def _in_doubt(spec: TableSpec, day: Period, store: S3Store, key: str, manifest: dict, why: str) -> RemovalRefused:
+    """The refusal of a day whose pending mark's removal cannot be told committed or not (see
+    :func:`_told_by_source`): taken back, an overwrite deleted the archive that may be the removed rows' only copy;
+    completed, rows that may be the archived ones changed would pass for late ones. Archived again with
+    overwrite, the marked archive is kept beside the new one (``kept``), so either way nothing is lost."""
+    mark = manifest["removed"]
+    uri = (manifest.get("object") or {}).get("uri") or store.uri(keys.manifest_key(key))
+    return RemovalRefused(
+        f"{spec.name} {day} stays in the source, and {store.uri(keys.manifest_key(key))} stays marked 'pending': "
+        f"whether the removal that marked it ({mark.get('action') or '?'} at {mark.get('at') or '?'}) committed cannot "
+        f"be told ({why}): those are either the archived rows changed since (it never took effect) or rows that "
+        f"arrived after it (it did, and {uri} is the only copy of the removed rows); this run removed nothing",
+        table=spec.name, day=day.isoformat(), retryable=False, needs_overwrite=True,
+        cause="a pending removal mark whose transaction cannot be checked, over rows that are not the archived ones",
+        remedy=f"archive the day again with overwrite (the rows there are now are archived; {uri} is kept beside "
+               "them, listed under 'kept' in the new manifest: restore it if you need the rows the removal may have "
+               "taken), then remove the day")
 
 
 def _recheck_and_remove(conn: psycopg.Connection, spec: TableSpec, day: Period, table: SourceTable,
