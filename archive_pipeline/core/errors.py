@@ -471,6 +471,21 @@ _S3_TOKEN_EXPIRED = _store(True, "the object store's temporary credentials expir
                            f"{_RETRIED} with fresh credentials; if it persists, check the credential source (role "
                            "session duration, token refresh)")
 
+# A TLS connection the store's end closed without TLS's goodbye (ssl's EOF "in violation of protocol", also at the
+# handshake: a load balancer with no backend, a store restarting) or broke (a bad record MAC): a dropped connection
+# on an https endpoint, which botocore retries as well; not a certificate or a scheme to fix (_S3_TLS)
+_S3_TLS_DROPPED = _store(True, "the object store's TLS connection was closed or broken before its answer came (a "
+                         "dropped connection, not a certificate problem)",
+                         f"{_RETRIED}; if it persists, check the network and any load balancer or proxy in front of "
+                         "the store (an idle timeout that cuts connections, a backend that is down)")
+_S3_PROXY = _store(True, "the HTTP proxy between the archiver and the object store could not be reached or refused "
+                   "the connection", f"{_RETRIED}; if it persists, check the proxy that HTTPS_PROXY / HTTP_PROXY name "
+                   "(or the client's proxies setting), or exclude the store from it with NO_PROXY")
+_S3_PROXY_AUTH = _store(False, "the HTTP proxy between the archiver and the object store asks for credentials (407 "
+                        "Proxy Authentication Required)", "put the proxy's user and password in the URL HTTPS_PROXY / "
+                        "HTTP_PROXY name (http://user:password@proxy:port), or exclude the store from the proxy with "
+                        "NO_PROXY")
+
 _S3_RETRY_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests",
                    "RequestThrottled", "KMS.ThrottlingException", "RequestTimeout", "InternalError", "ServiceUnavailable", "503", "500"}
 # The codes that say a request's body arrived damaged (its Content-MD5 or x-amz-checksum-* did not match what the store
@@ -817,10 +832,10 @@ def _classify_boto(exc: BaseException) -> Classification | None:
         import botocore.exceptions as bx
     except ImportError:  # pragma: no cover - botocore is a dependency
         return None
-    if isinstance(exc, bx.FlexibleChecksumError):
+    if isinstance(exc, bx.FlexibleChecksumError | bx.ChecksumError):
         return _S3_CHECKSUM
-    if isinstance(exc, bx.SSLError):
-        return _S3_TLS
+    if isinstance(exc, bx.SSLError | bx.ProxyConnectionError):  # (ConnectionErrors, whose causes differ)
+        return _connection_failed(exc)
     if isinstance(exc, bx.ConnectionError | bx.ReadTimeoutError | bx.ConnectionClosedError):
         return _S3_UNREACHABLE
     from botocore.parsers import ResponseParserError
@@ -857,6 +872,23 @@ def _classify_boto(exc: BaseException) -> Classification | None:
         found = re.search(r"An error occurred \(([^)]+)\)", str(exc))
         return _s3_code(found.group(1), 0) if found else _S3_THROTTLED
     return None
+
+
+# What ssl says of a TLS connection the other end closed without TLS's goodbye or broke mid-record: no certificate
+_TLS_DROPPED = re.compile(r"EOF occurred in violation of protocol|UNEXPECTED_EOF_WHILE_READING|"
+                          r"TLS/SSL connection has been closed|BAD_RECORD_MAC|bad record mac")
+
+
+def _connection_failed(exc: BaseException) -> Classification:
+    """botocore's SSLError or ProxyConnectionError by what urllib3 said (its ``error``, which the message of a
+    ProxyConnectionError leaves out): a certificate or scheme that fails every handshake the same way (_S3_TLS), a
+    TLS connection dropped (retried), a proxy asking for credentials (407) or one that could not be reached."""
+    from botocore.exceptions import ProxyConnectionError
+
+    said = str(getattr(exc, "kwargs", {}).get("error", ""))
+    if isinstance(exc, ProxyConnectionError):
+        return _S3_PROXY_AUTH if re.search(r"\b407\b", said) else _S3_PROXY
+    return _S3_TLS_DROPPED if _TLS_DROPPED.search(said) else _S3_TLS
 
 
 def for_operation(found: Classification, what: str) -> Classification:
