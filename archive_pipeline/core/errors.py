@@ -19,7 +19,7 @@ import errno
 import functools
 import re
 import shlex
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, replace
 from urllib.parse import quote, quote_plus, unquote
 
@@ -477,8 +477,48 @@ _S3_TOKEN_EXPIRED = _store(True, "the object store's temporary credentials expir
                            f"{_RETRIED} with fresh credentials; if it persists, check the credential source (role "
                            "session duration, token refresh)")
 
+# A TLS connection the store's end closed without TLS's goodbye (ssl's EOF "in violation of protocol", also at the
+# handshake: a load balancer with no backend, a store restarting) or broke (a bad record MAC): a dropped connection
+# on an https endpoint, which botocore retries as well; not a certificate or a scheme to fix (_S3_TLS)
+_S3_TLS_DROPPED = _store(True, "the object store's TLS connection was closed or broken before its answer came (a "
+                         "dropped connection, not a certificate problem)",
+                         f"{_RETRIED}; if it persists, check the network and any load balancer or proxy in front of "
+                         "the store (an idle timeout that cuts connections, a backend that is down)")
+_S3_PROXY = _store(True, "the HTTP proxy between the archiver and the object store could not be reached or refused "
+                   "the connection", f"{_RETRIED}; if it persists, check the proxy that HTTPS_PROXY / HTTP_PROXY name "
+                   "(or the client's proxies setting), or exclude the store from it with NO_PROXY")
+_S3_PROXY_AUTH = _store(False, "the HTTP proxy between the archiver and the object store asks for credentials (407 "
+                        "Proxy Authentication Required)", "put the proxy's user and password in the URL HTTPS_PROXY / "
+                        "HTTP_PROXY name (http://user:password@proxy:port), or exclude the store from the proxy with "
+                        "NO_PROXY")
+# S3's own RequestTimeout (a 400: "Your socket connection to the server was not read from or written to within the
+# timeout period") and HTTP's 408, a proxy's page when a request's body stalls past its limit: the same cause
+_S3_TIMED_OUT = _store(True, "the request timed out before the store, or a proxy in front of it, had its whole body "
+                       "(S3's RequestTimeout, HTTP 408 Request Timeout)",
+                       f"{_RETRIED}; if it persists, check the network between the archiver and the store and the "
+                       "body timeout of any proxy or load balancer in front of it (nginx: client_body_timeout; an "
+                       "ALB's idle timeout), or lower the store's max_concurrency so each part gets more bandwidth")
+_S3_BAD_GATEWAY = _store(True, "a proxy or gateway in front of the object store got no valid answer from it (502 Bad "
+                         "Gateway)", f"{_RETRIED}; if it persists, check that the store behind the proxy is up and "
+                         "reachable from it (the proxy's error log says why it failed)")
+_S3_GATEWAY_TIMEOUT = _store(True, "a proxy or gateway in front of the object store timed out waiting for its answer "
+                             "(504 Gateway Timeout)", f"{_RETRIED}; if it persists, check the store's health and the "
+                             "proxy's upstream timeout (nginx: proxy_read_timeout), or lower the store's "
+                             "max_concurrency")
+_S3_BODY_REFUSED = _store(False, "a proxy in front of the object store refused the request's body as too large (413 "
+                          "with no S3 error code: its body limit is below the archiver's part size)",
+                          "raise the proxy's body limit above the store's part size (part_size_mb, 8 MiB by default; "
+                          "nginx: client_max_body_size, 1m by default, 0 for none)")
+# An answer with a status this module has no cause for and no S3 error code: a HEAD's (which has no body), or the
+# error page of a proxy, gateway or web server that is not the store's S3 API
+_S3_BARE_STATUS = _store(False, "the object store, or a proxy or gateway in front of it, refused the request with a "
+                         "bare HTTP status (no S3 error code: a HEAD's answer, or an error page)",
+                         "check that ARCHIVE_S3_ENDPOINT_URL is the store's S3 API (not its web console or another "
+                         "service), ARCHIVE_S3_BUCKET its bucket and ARCHIVE_S3_REGION its region; where a proxy or "
+                         "gateway sits in front of the store, its log says why it refused the request")
+
 _S3_RETRY_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests",
-                   "RequestThrottled", "KMS.ThrottlingException", "RequestTimeout", "InternalError", "ServiceUnavailable", "503", "500"}
+                   "RequestThrottled", "KMS.ThrottlingException", "InternalError", "ServiceUnavailable"}
 # The codes that say a request's body arrived damaged (its Content-MD5 or x-amz-checksum-* did not match what the store
 # computed): the one list both classify (retryable) and the store (sent again on the spot, see store.S3Store's
 # corrupt_attempts) read, so a damaged copy is never resent for one store's code and failed at once for another's
@@ -487,13 +527,32 @@ S3_CORRUPT_CODES = frozenset({"BadDigest", "InvalidDigest", "InvalidChecksum", "
 _S3_GONE_CODES = {"NoSuchUpload", "InvalidPart", "InvalidPartOrder", "PreconditionFailed", "ConditionalRequestConflict",
                   "OperationAborted"}
 _S3_TOKEN_CODES = {"ExpiredToken", "TokenRefreshRequired", "RequestExpired"}
-_S3_ACCESS_CODES = {"AccessDenied", "AllAccessDisabled", "AccountProblem", "Forbidden", "403"}
+_S3_ACCESS_CODES = {"AccessDenied", "AllAccessDisabled", "AccountProblem", "Forbidden"}
 _S3_KMS_CODES = {"KMS.DisabledException", "KMS.NotFoundException", "KMS.AccessDeniedException",
                  "KMS.KMSInvalidStateException", "KMS.InvalidKeyUsageException", "KMS.KeyUnavailableException"}
 _S3_KEY_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "AuthorizationHeaderMalformed",
                  "InvalidSecurity", "UnrecognizedClientException"}
 _S3_BUCKET_CODES = {"NoSuchBucket", "InvalidBucketName"}
 _S3_SIZE_CODES = {"EntityTooLarge", "EntityTooSmall", "MaxMessageLengthExceeded"}
+# What an S3 error code says, whatever status it came with (RequestTimeTooSkewed is a 403 that no grant fixes,
+# NotImplemented a 5xx that no retry fixes, RequestTimeout a 400 that a retry does): the first set holding it
+_S3_CODES: tuple[tuple[Collection[str], Classification], ...] = (
+    ({"XAmzContentSHA256Mismatch"}, _S3_SHA_MISMATCH), (S3_CORRUPT_CODES, _S3_CORRUPTED),
+    ({"RequestTimeTooSkewed"}, _S3_CLOCK), (_S3_TOKEN_CODES, _S3_TOKEN_EXPIRED),
+    ({"IncompleteBody"}, _S3_STREAM),  # (a 400 for a body cut short in transit)
+    ({"NotImplemented"}, _S3_UNSUPPORTED), ({"PermanentRedirect"}, _S3_REGION),
+    ({"TemporaryRedirect"}, _S3_REDIRECTED), ({"RequestTimeout"}, _S3_TIMED_OUT), (_S3_RETRY_CODES, _S3_THROTTLED),
+    ({"NoSuchUpload"}, _S3_UPLOAD_ABORTED), (_S3_GONE_CODES, _S3_GONE), (_S3_KEY_CODES, _S3_BAD_KEY),
+    (_S3_KMS_CODES, _S3_KMS),
+    ({"InvalidObjectState"}, _S3_ARCHIVED),  # (a 403 for an object in GLACIER / DEEP_ARCHIVE: no grant is missing)
+    (_S3_ACCESS_CODES, _S3_ACCESS), (_S3_BUCKET_CODES, _S3_NO_BUCKET), (_S3_SIZE_CODES, _S3_TOO_LARGE))
+# What an HTTP status says where the answer's code says nothing known: S3's own statuses, and the bare ones a proxy,
+# load balancer or gateway in front of the store answers with its own error page (botocore names a page it cannot
+# parse by its status: code "408"). One table, so each has its cause and a remedy; other 3xx and 5xx below it.
+_S3_STATUSES: dict[int, Classification] = {
+    301: _S3_REGION, 307: _S3_REDIRECTED, 403: _S3_ACCESS, 407: _S3_PROXY_AUTH, 408: _S3_TIMED_OUT,
+    413: _S3_BODY_REFUSED, 429: _S3_THROTTLED, 501: _S3_UNSUPPORTED, 502: _S3_BAD_GATEWAY, 503: _S3_THROTTLED,
+    504: _S3_GATEWAY_TIMEOUT}
 
 
 # Every session that imports the archive's snapshot meets this: the Parquet (ADBC) reader, a parallel
@@ -823,10 +882,10 @@ def _classify_boto(exc: BaseException) -> Classification | None:
         import botocore.exceptions as bx
     except ImportError:  # pragma: no cover - botocore is a dependency
         return None
-    if isinstance(exc, bx.FlexibleChecksumError):
+    if isinstance(exc, bx.FlexibleChecksumError | bx.ChecksumError):
         return _S3_CHECKSUM
-    if isinstance(exc, bx.SSLError):
-        return _S3_TLS
+    if isinstance(exc, bx.SSLError | bx.ProxyConnectionError):  # (ConnectionErrors, whose causes differ)
+        return _connection_failed(exc)
     if isinstance(exc, bx.ConnectionError | bx.ReadTimeoutError | bx.ConnectionClosedError):
         return _S3_UNREACHABLE
     from botocore.parsers import ResponseParserError
@@ -865,6 +924,23 @@ def _classify_boto(exc: BaseException) -> Classification | None:
     return None
 
 
+# What ssl says of a TLS connection the other end closed without TLS's goodbye or broke mid-record: no certificate
+_TLS_DROPPED = re.compile(r"EOF occurred in violation of protocol|UNEXPECTED_EOF_WHILE_READING|"
+                          r"TLS/SSL connection has been closed|BAD_RECORD_MAC|bad record mac")
+
+
+def _connection_failed(exc: BaseException) -> Classification:
+    """botocore's SSLError or ProxyConnectionError by what urllib3 said (its ``error``, which the message of a
+    ProxyConnectionError leaves out): a certificate or scheme that fails every handshake the same way (_S3_TLS), a
+    TLS connection dropped (retried), a proxy asking for credentials (407) or one that could not be reached."""
+    from botocore.exceptions import ProxyConnectionError
+
+    said = str(getattr(exc, "kwargs", {}).get("error", ""))
+    if isinstance(exc, ProxyConnectionError):
+        return _S3_PROXY_AUTH if re.search(r"\b407\b", said) else _S3_PROXY
+    return _S3_TLS_DROPPED if _TLS_DROPPED.search(said) else _S3_TLS
+
+
 def for_operation(found: Classification, what: str) -> Classification:
     """``found`` for a request described by ``what`` ("listing s3://... (ListObjectsV2)"): a refused access
     names the permission that operation needs (a least-privilege role lacking only s3:ListBucket was told
@@ -894,43 +970,21 @@ def permission_remedy(operation: str) -> str | None:
 
 
 def _s3_code(code: str, status: int) -> Classification:
-    if code == "XAmzContentSHA256Mismatch":
-        return _S3_SHA_MISMATCH
-    if code in S3_CORRUPT_CODES:
-        return _S3_CORRUPTED
-    if code == "RequestTimeTooSkewed":  # a 403, but no permission is missing
-        return _S3_CLOCK
-    if code in _S3_TOKEN_CODES:
-        return _S3_TOKEN_EXPIRED
-    if code == "IncompleteBody":  # a 400 for a body cut short in transit
-        return _S3_STREAM
-    if code == "NotImplemented" or status == 501:  # a 5xx that no retry fixes
-        return _S3_UNSUPPORTED
-    if code == "PermanentRedirect" or status == 301:
-        return _S3_REGION
-    if code == "TemporaryRedirect" or status == 307:
-        return _S3_REDIRECTED
-    if 300 <= status < 400:  # (the store's conditional answers, 304 to an If-None-Match, are handled where sent)
+    """An S3 error by its code, else by its status (:data:`_S3_STATUSES`); ``status`` 0 where only the code is known
+    (boto3's transfer manager), whose code is then the status where the answer had no code of its own."""
+    status = status or (int(code) if code.isdigit() else 0)
+    found = next((classification for codes, classification in _S3_CODES if code in codes), None)
+    return found or _s3_status(status) or (_S3_BARE_STATUS if not code or code.isdigit() else _S3_REJECTED)
+
+
+def _s3_status(status: int) -> Classification | None:
+    """What ``status`` says of a request: :data:`_S3_STATUSES`, else a 3xx that was not the store's answer (its
+    conditional answers, 304 to an If-None-Match, are handled where sent) or a 5xx that may pass; None for another."""
+    if status in _S3_STATUSES:
+        return _S3_STATUSES[status]
+    if 300 <= status < 400:
         return _S3_NOT_THE_OBJECT
-    if code in _S3_RETRY_CODES or status >= 500 or status == 429:
-        return _S3_THROTTLED
-    if code == "NoSuchUpload":
-        return _S3_UPLOAD_ABORTED
-    if code in _S3_GONE_CODES:
-        return _S3_GONE
-    if code in _S3_KEY_CODES:
-        return _S3_BAD_KEY
-    if code in _S3_KMS_CODES:
-        return _S3_KMS
-    if code == "InvalidObjectState":  # a 403 for an object in GLACIER / DEEP_ARCHIVE: no permission is missing
-        return _S3_ARCHIVED
-    if code in _S3_ACCESS_CODES or status == 403:
-        return _S3_ACCESS
-    if code in _S3_BUCKET_CODES:
-        return _S3_NO_BUCKET
-    if code in _S3_SIZE_CODES:
-        return _S3_TOO_LARGE
-    return _S3_REJECTED
+    return _S3_THROTTLED if status >= 500 else None
 
 
 def _classify_os(exc: OSError, text: str) -> Classification:

@@ -528,9 +528,10 @@ def _is_checksum_error(exc: BaseException) -> bool:
 
 
 def _is_transport_error(exc: BaseException) -> bool:
-    """The connection failed or closed mid-request (reset, timeout, truncated body): transient.
-    botocore's ConnectionClosedError, ReadTimeoutError and ResponseStreamingError are
-    HTTPClientErrors, not botocore ConnectionErrors."""
+    """The request failed on its connection (reset, timeout, truncated body, TLS), so the store may or may not
+    have acted on it. Not whether a retry helps, which :func:`classify` says (a TLS handshake that fails is a
+    botocore ConnectionError too, and fails the same way each time). botocore's ConnectionClosedError,
+    ReadTimeoutError and ResponseStreamingError are HTTPClientErrors, not botocore ConnectionErrors."""
     try:
         from botocore.exceptions import ConnectionError as BotoConnectionError
         from botocore.exceptions import HTTPClientError, IncompleteReadError
@@ -1421,12 +1422,14 @@ def _local_write_error(exc: OSError, uri: str, sink: Any) -> LocalFileError:
 
 
 def _wrap(exc: BaseException, what: str, kind: type[ArchiveError] = UploadError) -> ArchiveError:
-    """``exc`` (botocore, OSError, ...) as an archive error saying what failed and whether retrying helps."""
+    """``exc`` (botocore, OSError, ...) as an archive error saying what failed and whether retrying helps: as
+    :func:`classify` says, whose words the message quotes (a dropped connection, a checksum or an upload that
+    arrived damaged are retried there; a TLS handshake that fails is not, though botocore's SSLError is a
+    ConnectionError: called transient, it was retried through the whole backoff and failed the same way each time)."""
     if isinstance(exc, ArchiveError):
         return exc
     found = classify(exc)
-    retryable = (found.retryable or _is_transport_error(exc) or _is_checksum_error(exc)
-                 or _code(exc) in S3_CORRUPT_CODES)
+    retryable = found.retryable
     if found.where == "unknown":
         found = replace(found, cause="the request failed", remedy="retried automatically" if retryable else
                         "check the bucket, its permissions and the store's credentials and endpoint")
