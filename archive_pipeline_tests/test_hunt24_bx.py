@@ -96,3 +96,31 @@ def test_a_proxys_408_request_timeout_to_an_upload_is_called_permanent_with_no_r
     assert day["status"] == "failed" and "408" in day["message"], day
     assert day["retryable"] is True, day["message"]
     assert "read the error code in the message" not in day["message"], day["message"]
+
+
+def test_the_command_lines_bucket_check_answered_a_proxys_407_says_the_proxy_wants_credentials(pg, s3, bucket, conn,
+                                                                                             schema, tmp_path):
+    """Scenario: a forward proxy in front of the store asks for credentials (``407 Proxy Authentication
+    Required``, its own page) when the command line checks the bucket (HeadBucket) before any day.
+
+    Now (before the fix): environment.store_from_env had a table of its own for HeadBucket's statuses; a 407 was in
+    none of it: "bucket '...' answered 407 ...: check $ARCHIVE_S3_BUCKET and the S3 credentials", retryable (exit
+    3), so a wrapper retried a setting that only the proxy's credentials fix.
+
+    Should: the core's status table (errors._S3_STATUSES) says what a status the bucket check does not know
+    itself means: not retryable, the proxy's credentials to give."""
+    days, table = _events(conn, schema, n_days=1)
+    env = _env(pg, s3, bucket, tmp_path, [table])
+
+    def proxy_wants_credentials(handler, method, body):
+        if method == "HEAD":
+            return 407, [("Content-Type", "text/html"), ("Proxy-Authenticate", 'Basic realm="proxy"')], \
+                b"<html><body><h1>407 Proxy Authentication Required</h1></body></html>"
+        return None
+
+    with DialectProxy(s3.endpoint_url, before=[proxy_wants_credentials]) as proxy:
+        done = cli({**env, "ARCHIVE_S3_ENDPOINT_URL": proxy.url}, "archive", "--day", days[0].isoformat())
+    said = done.stdout + done.stderr
+    assert done.returncode == 2, (done.returncode, said)  # a setting to fix, not "unreachable for now" (3)
+    assert "407" in said and "proxy" in said.lower(), said
+    assert "check $ARCHIVE_S3_BUCKET and the S3 credentials" not in said, said

@@ -415,7 +415,11 @@ def store_from_env(env: Mapping[str, str] | None = None, *, check: bool = True) 
                       f"{permission_remedy('HeadBucket')}, and check ${BUCKET_VAR} and the S3 credentials"),
                 301: ("is elsewhere (301: another region or endpoint)",
                       f"set ${REGION_VAR} to the bucket's region (or ${ENDPOINT_VAR} to its endpoint)"),
-            }.get(status, (f"answered {status}", f"check ${BUCKET_VAR} and the S3 credentials"))
+            }.get(status, (None, None))
+            if reason is None:  # another status (a proxy's 408, 407 or 413 page): the core's table says it
+                found = classify(exc)
+                raise UnreachableError(f"bucket {bucket!r} at {env.get(ENDPOINT_VAR) or 'AWS S3'} answered {status} "
+                                       f"({found.cause}): {found.remedy}", retryable=found.retryable) from None
             raise UnreachableError(f"bucket {bucket!r} {reason} at {env.get(ENDPOINT_VAR) or 'AWS S3'}: {remedy}",
                                    retryable=status not in (301, 400, 403, 404)) from None
         except (NoCredentialsError, PartialCredentialsError, CredentialRetrievalError) as exc:
@@ -424,6 +428,9 @@ def store_from_env(env: Mapping[str, str] | None = None, *, check: bool = True) 
                               f"${KEY_ID_VAR} and ${SECRET_VAR}, or give boto3 credentials its own way "
                               "(AWS_PROFILE, an instance or task role)") from None
         except SSLError as exc:  # the same on every retry: the endpoint's scheme or the CA bundle must change
+            if (found := classify(exc)).retryable:  # a TLS connection closed or broken (EOF): dropped, not refused
+                raise UnreachableError(f"cannot reach the object store at {env.get(ENDPOINT_VAR) or 'AWS S3'}: "
+                                       f"{found.cause}: {found.remedy}", retryable=True) from None
             raise ConfigError(_tls_refused(exc, env)) from None
         except BotoCoreError as exc:
             raise UnreachableError(f"cannot reach the object store ({type(exc).__name__}: "
