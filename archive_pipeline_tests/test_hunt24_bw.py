@@ -26,9 +26,9 @@ def test_a_range_restore_run_again_after_a_column_widened_between_its_days_fails
     """Scenario: a table ``pay (id, at timestamptz, amount numeric(8,2))`` has 2024-03-10 archived (amount 12.50);
     the source then widens the column (``ALTER COLUMN amount TYPE numeric(10,4)``, more decimals) and 2024-03-11 is
     archived (amount 1.2345); likewise a character(3) widened to character(6). The user restores the range into a
-    new table (green: both days proven), then runs the very same command again, as the README says to do after a range restore was killed or cancelled ("a restore
-    killed mid-range is finished by running the same command again: a day the mark lists, and whose rows the table
-    still holds, is reported already restored").
+    new table (green: both days proven), then runs the very same command again, as the README says to do after a
+    range restore was killed or cancelled ("a restore killed mid-range is finished by running the same command
+    again: a day the mark lists, and whose rows the table still holds, is reported already restored").
 
     Now: on day 2, restore._widen_own follows the widening (_widens: numeric(8,2) -> numeric(10,4), character(3)
     -> character(6)) with ALTER COLUMN ... TYPE, which rewrites day 1's rows already committed in the table: 12.50
@@ -42,9 +42,9 @@ def test_a_range_restore_run_again_after_a_column_widened_between_its_days_fails
     Should: the run again reports day 1 (and day 2) already restored, as for a range without a widening. Fix idea:
     _holds_archived_rows (for a table the restore marked) hashes a column the restore widened as the archived type
     it was (a numeric rescaled back to the recorded scale, a char(n) trimmed to its recorded length:
-    fingerprint.as_archived with the recorded type's kind), or the mark records the widening so the listed day counts as restored; or
-    _widens refuses a widening that changes the text of the rows already there (a larger scale, a longer
-    char(n)) rather than rewriting them."""
+    fingerprint.as_archived with the recorded type's kind), or the mark records the widening so the listed day
+    counts as restored; or _widens refuses a widening that changes the text of the rows already there (a larger
+    scale, a longer char(n)) rather than rewriting them."""
     t = sql.Identifier(schema, "pay")
     conn.execute(sql.SQL("CREATE TABLE {} (id int, at timestamptz NOT NULL, amount {})").format(
         t, sql.SQL(first_type)))
