@@ -60,8 +60,10 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from collections.abc import Iterable, Iterator, Sequence
+import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -201,7 +203,9 @@ def column_text(column: ColumnLike, qualifier: str | None = None, algorithm: str
     cannot convert). A column with a ``parse_as`` type is a text column holding that type's input
     (deep verification's text copy of a CSV archive): its value is read as that type first. An array of
     xml is its printed form, or its elements' stored texts where xml's output rewrites one (see
-    :func:`_xml_array_text`)."""
+    :func:`_xml_array_text`). A :class:`Widened` column is the archived value it holds widened."""
+    if isinstance(column, Widened):
+        return column.text(qualifier)
     text = _printed_text(column, qualifier, algorithm)
     if column.base_type == "xml" and column.is_array:
         parse_as = _parse_as(column, algorithm)
@@ -322,7 +326,8 @@ def row_hash(columns: Sequence[ColumnLike], qualifier: str | None = None,
 def _chain(columns: Sequence[ColumnLike], qualifier: str | None, convert: str | None = None,
            algorithm: str = ALGORITHM) -> sql.Composable:
     """v3, v4: each column's text hashed with the previous link as the seed; NULL flips the seed's low bit.
-    ``convert`` (v4 in a database of that single-byte encoding): each text as its UTF-8 bytes first."""
+    ``convert`` (v4 in a database of that single-byte encoding): each text as its UTF-8 bytes first. A
+    :class:`Widened` column's value that does not read back as archived flips the seed's highest bit."""
     link: sql.Composable = sql.SQL("0::pg_catalog.int8")
     for column in columns:
         if algorithm == ALGORITHM and (typed := _typed_link(column, qualifier, link)) is not None:
@@ -331,9 +336,13 @@ def _chain(columns: Sequence[ColumnLike], qualifier: str | None, convert: str | 
         text = column_text(column, qualifier, algorithm)
         if convert is not None:
             text = _utf8_bytes(text, convert)
+        unread = sql.SQL("") if not isinstance(column, Widened) else sql.SQL(
+            " OPERATOR(pg_catalog.#) ((NOT ({}))::pg_catalog.int4::pg_catalog.int8 OPERATOR(pg_catalog.<<) 63)"
+        ).format(column.reads_back(qualifier))
         link = sql.SQL('pg_catalog.hashtextextended(coalesce({text}, \'\') COLLATE "C", '
-                       '{link} OPERATOR(pg_catalog.#) ({is_null})::pg_catalog.int4::pg_catalog.int8)'
-                       ).format(text=text, link=link, is_null=column_is_null(column, qualifier, algorithm))
+                       '{link} OPERATOR(pg_catalog.#) ({is_null})::pg_catalog.int4::pg_catalog.int8{unread})'
+                       ).format(text=text, link=link, is_null=column_is_null(column, qualifier, algorithm),
+                                unread=unread)
     return link
 
 
@@ -483,7 +492,8 @@ def inexact_retypes(conn: psycopg.Connection, columns: Sequence, recorded: Seque
     return changed
 
 
-def as_archived(conn: psycopg.Connection, columns: Sequence, recorded: Sequence[dict], algorithm: str) -> list:
+def as_archived(conn: psycopg.Connection, columns: Sequence, recorded: Sequence[dict], algorithm: str,
+                widened: Callable[[str, str], bool] | None = None) -> list:
     """``columns`` (the source's or a restore target's now, in the archive's order), each to be hashed by v6 as the
     column ``recorded`` (the manifest's columns) says it was archived: an integer column that is numeric or text now
     hashes its values as integers where they are, so a type changed since with every value kept (integer to numeric,
@@ -492,16 +502,100 @@ def as_archived(conn: psycopg.Connection, columns: Sequence, recorded: Sequence[
     column by its text), and so are columns that are not the recorded ones by name and order (other rows than the
     archive's, whatever they hash as) or none of whose types changed (no catalog read). The one way every caller
     hashes a day to compare it with its archive: compare, deep verification, a removal, restore's proof, and an
-    archive run deciding on the archive it finds."""
-    if algorithm != ALGORITHM or not recorded or not all(isinstance(r, dict) for r in recorded) or \
+    archive run deciding on the archive it finds.
+
+    ``widened`` (a table a restore made, which follows the source's widenings between the days it holds: restore's
+    ``_widens``) tells whether a column archived as the first type was widened to the second by ALTER COLUMN ...
+    TYPE. Where that rewrote the text of the values already there (a numeric given more decimals, a char(n) made
+    longer or a text type: :func:`_widened_from`), the column is hashed as the archived values it holds widened, by
+    every chained algorithm: the day restored before the widening is still the archive's. Only there: anywhere
+    else (a source's retype, a table of the user's) the values' text is what they are."""
+    if algorithm not in CHAINED or not recorded or not all(isinstance(r, dict) for r in recorded) or \
             [getattr(c, "name", None) for c in columns] != [r.get("name") for r in recorded]:
         return list(columns)
     if all(getattr(c, "type_name", None) == r.get("pg_type") for c, r in zip(columns, recorded, strict=True)):
         return list(columns)
-    bases = recorded_bases(conn, recorded)
-    kinds = [None if base is None else TYPED_HASHED.get(base, "text") if base else "text" for base in bases]
-    return [replace(c, hash_as=kind) if kind is not None and kind != own_kind(c) and hasattr(c, "hash_as") else c
-            for c, kind in zip(columns, kinds, strict=True)]
+    if algorithm == ALGORITHM:
+        bases = recorded_bases(conn, recorded)
+        kinds = [None if base is None else TYPED_HASHED.get(base, "text") if base else "text" for base in bases]
+        columns = [replace(c, hash_as=kind) if kind is not None and kind != own_kind(c) and hasattr(c, "hash_as")
+                   else c for c, kind in zip(columns, kinds, strict=True)]
+    if widened is None:
+        return list(columns)
+    return [_widened_from(c, r.get("pg_type") or "") if widened(r.get("pg_type") or "", c.type_name) else c
+            for c, r in zip(columns, recorded, strict=True)]
+
+
+@dataclass(frozen=True)
+class Widened:
+    """A column whose values ALTER COLUMN ... TYPE widened from the archived type, rewriting their text (see
+    :func:`_widened_from`), hashed as the archived values it holds widened: each value read back as ``read_as``
+    (which prints it as archived) where it reads back exactly, else as its own text with the seed's highest bit
+    flipped (:func:`_chain`; v6's typed hashing of a numeric once an integer flags its text itself), which no
+    archived value's hash has: it differs from every one. Every other attribute is the column's."""
+
+    column: Any
+    read_as: sql.Composable  # the type that prints a value as archived: the archived one, or its scale's numeric
+    type_now: sql.Composable | None  # a char(n)'s type now, to widen it again into (None: a numeric, by value)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name in ("column", "read_as", "type_now"):  # (copy, pickle: not the column's)
+            raise AttributeError(name)
+        return getattr(self.column, name)
+
+    def reads_back(self, qualifier: str | None) -> sql.Composable:
+        """Whether the value read as archived gives it back exactly: a numeric's value, unrounded (NULL too); a
+        char(n)'s text as the widening made it (its padding widened or stripped) or as a load into the column
+        writes it (the archived text itself: a text column keeps the blanks of 'ab ')."""
+        x = _ident(self.column, qualifier)
+        if self.type_now is None:
+            return sql.SQL("{x}::{a} IS NOT DISTINCT FROM {x}").format(x=x, a=self.read_as)
+        return sql.SQL('pg_catalog.concat(({x}::{a})::{now}) COLLATE "C" OPERATOR(pg_catalog.=) pg_catalog.concat({x}) '
+                       'COLLATE "C" OR pg_catalog.concat({x}::{a}) COLLATE "C" OPERATOR(pg_catalog.=) '
+                       'pg_catalog.concat({x}) COLLATE "C"').format(x=x, a=self.read_as, now=self.type_now)
+
+    def text(self, qualifier: str | None) -> sql.Composable:
+        """The value's text as archived where it reads back, else its own (printed by the types' output)."""
+        x = _ident(self.column, qualifier)
+        return sql.SQL("CASE WHEN {back} THEN pg_catalog.concat({x}::{a}) ELSE pg_catalog.concat({x}) END").format(
+            back=self.reads_back(qualifier), x=x, a=self.read_as)
+
+
+# format_type's names of the types a widening (ALTER COLUMN ... TYPE) rewrites the text of: a numeric given more
+# decimals (12.50 as numeric(10,4) is 12.5000; an integer as numeric(12,2), 12 as 12.00), a char(n) made longer
+# ('ab ' as char(6) is 'ab    ') or a text type ('ab'); each a built-in type, named as its pg_catalog type
+_NUMERIC = re.compile(r"numeric\((\d+),(\d+)\)")
+_WHOLE = ("smallint", "integer", "bigint")
+_CHARS = re.compile(r"character\((\d+)\)")
+_TEXT_NOW = {"text": "pg_catalog.text", "character varying": "pg_catalog.varchar"}
+_SIZED_NOW = re.compile(r"(character varying|character)\((\d+)\)")
+
+
+def _widened_from(column: Any, archived: str) -> Any:
+    """``column`` as a :class:`Widened` one, where its type now is a widening of ``archived`` (both format_type's)
+    that rewrote the text of the values it held (see above; an array of one alike); else as it is."""
+    now, brackets = column.type_name, ""
+    while archived.endswith("[]") and now.endswith("[]"):
+        archived, now, brackets = archived[:-2], now[:-2], brackets + "[]"
+    if archived.endswith("[]") or now.endswith("[]"):
+        return column
+    decimals, scale = _NUMERIC.fullmatch(now), _NUMERIC.fullmatch(archived)
+    was = int(scale[2]) if scale else 0 if archived in _WHOLE else None
+    if decimals and was is not None and int(decimals[2]) > was:
+        # (precision 1000, the most: a value of the type now, rounded to the archived scale, never overflows it)
+        return Widened(column, sql.SQL(f"pg_catalog.numeric(1000,{was}){brackets}"), None)
+    chars, into = _CHARS.fullmatch(archived), _text_type(now)
+    if chars and into and now != archived:
+        return Widened(column, sql.SQL(f"pg_catalog.bpchar({chars[1]}){brackets}"), sql.SQL(into + brackets))
+    return column
+
+
+def _text_type(type_name: str) -> str | None:
+    """A text type's format_type name as its pg_catalog type (character(6): pg_catalog.bpchar(6)), or None."""
+    sized = _SIZED_NOW.fullmatch(type_name)
+    if sized:
+        return f"pg_catalog.{'varchar' if sized[1] == 'character varying' else 'bpchar'}({sized[2]})"
+    return _TEXT_NOW.get(type_name)
 
 
 def _utf8_bytes(text: sql.Composable, encoding: str) -> sql.Composable:

@@ -1714,9 +1714,14 @@ def _default_partition(conn: psycopg.Connection, parent: Relation) -> str:
 
 def _hashed_columns(conn: psycopg.Connection, relation: Relation, manifest: dict) -> list[Column]:
     """The target's columns of the archive's names, in its order, each hashed as archived where its type is another
-    (see fingerprint.as_archived: an integer restored into numeric is the archived integer when it reads back so)."""
+    (see fingerprint.as_archived: an integer restored into numeric is the archived integer when it reads back so).
+    In a table a restore of this table made (its restore mark), a column _widen_own widened since the day was
+    archived is hashed as the archived values it holds widened: numeric(8,2) widened to numeric(10,4) rewrote a
+    restored 12.50 as 12.5000, char(3) to char(6) 'ab ' as 'ab    ', and the day restored before, found with other
+    text, was loaded again by a run of the same command and refused as held twice."""
+    own = _listed_days(conn, relation, manifest.get("table") or "") is not None
     return fp.as_archived(conn, _columns_of(conn, relation, manifest_columns(manifest)), manifest["columns"],
-                          fp.algorithm_for(manifest.get("fingerprint")))
+                          fp.algorithm_for(manifest.get("fingerprint")), widened=_widens if own else None)
 
 
 def _columns_of(conn: psycopg.Connection, relation: Relation, names: list[str]) -> list[Column]:
