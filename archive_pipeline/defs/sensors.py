@@ -14,7 +14,7 @@ import datetime as dt
 import dataclasses
 import itertools
 import shlex
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
@@ -289,12 +289,14 @@ def backfill_keys(backfill: PartitionBackfill, key: AssetKey, jobs: Iterable[str
 
 
 def days_in_flight(runs: Iterable, target: SensorTarget, ignored: list[str] | None = None,
-                   backfills: Iterable[PartitionBackfill] = ()) -> set[str]:
+                   backfills: Iterable[PartitionBackfill] = (), *, within: Sequence[Period]) -> set[str]:
     """The partition keys of ``target``'s table that a run not yet finished archives, from anywhere: a
     backfill's ranged runs (range tags), a day launched from the UI or a schedule (``dagster/partition``), and
     those a launched ``backfills`` (:func:`unfinished_backfills`) has not submitted yet. Requested again, each
     would wait for the same table-day lock and archive the day twice. A run whose range names no periods of the
-    table archives none of them: it is left out, and said in ``ignored``."""
+    table archives none of them: it is left out, and said in ``ignored``. ``within``: the periods the caller asks
+    about, oldest first; a run's range is read only between the first and the last of them (see
+    :func:`_range_keys`)."""
     spec, busy = target.spec, set()
     for backfill in backfills:
         busy |= backfill_keys(backfill, target.asset_key, (target.job.name, target.shared_job))
@@ -309,7 +311,7 @@ def days_in_flight(runs: Iterable, target: SensorTarget, ignored: list[str] | No
             busy.add(run.tags["dagster/partition"])
         elif all(run.tags.get(tag) for tag in RANGE_TAGS):
             try:
-                busy |= _range_keys(spec, run)
+                busy |= _range_keys(spec, run, within)
             # (OverflowError: a range hand-tagged to 9999-12-31, past the calendar's last day, failed every tick)
             except (ValueError, ArchiveError, OverflowError) as exc:
                 if ignored is not None:
@@ -318,9 +320,15 @@ def days_in_flight(runs: Iterable, target: SensorTarget, ignored: list[str] | No
     return busy
 
 
-def _range_keys(spec: TableSpec, run: DagsterRun) -> set[str]:
-    """The partition keys of a ranged run's range, read as the table's periods."""
-    day, last = (spec.period(run.tags[tag]) for tag in RANGE_TAGS)
+def _range_keys(spec: TableSpec, run: DagsterRun, within: Sequence[Period]) -> set[str]:
+    """The partition keys of a ranged run's range, read as the table's periods, where it meets ``within`` (oldest
+    first): stepped from the later start to the earlier end only. A range hand-tagged "from then on" (its end in
+    year 9999) stepped whole was ~70 million hours, a tick of tens of minutes and gigabytes, past the daemon's
+    timeout: every tick failed, and no table's new day was requested while the run was unfinished."""
+    day, last = (spec.period(run.tags[tag]) for tag in RANGE_TAGS)  # (read first: a malformed tag is said)
+    if not within:
+        return set()
+    day, last = max(day, within[0]), min(last, within[-1])
     keys = set()
     while day <= last:
         keys.add(day.isoformat())
@@ -487,7 +495,7 @@ def build_new_days_sensor(targets: list[SensorTarget], settings: SensorSettings,
                     context.log.warning(f"{spec.name}: {message}")
                     problems.append(f"{spec.name}: {message}")
                 ignored: list[str] = []
-                busy = days_in_flight(running, target, ignored, backfills)
+                busy = days_in_flight(running, target, ignored, backfills, within=days)
                 report.append(inspected(spec, days, len(missing), len(found)))
                 if ignored:  # (a warning: the tick may request days and show no message)
                     report[-1] += (f", ignored {len(ignored)} queued or running run(s) whose range names no "
