@@ -174,9 +174,13 @@ def _apply_session_settings(conn: psycopg.Connection, postgres: PostgresResource
     apply_settings(conn.execute, postgres.session_settings(), local=False)
 
 
-def probe_failure(exc: psycopg.Error, spec: TableSpec, postgres: PostgresResource) -> str:
-    """Why looking for ``spec``'s days failed (cause, driver text without the password, remedy)."""
-    found = errors.classify(exc, table=spec.name, user=postgres.user)
+def probe_failure(exc: psycopg.Error, spec: TableSpec, postgres: PostgresResource, day: Period | None = None) -> str:
+    """Why looking for ``spec``'s days failed (cause, driver text without the password, remedy). ``day``: the
+    period whose probe failed; in naming mode the probe read its own table, which the remedy names (as the
+    archive run's error does, discovery.source_table): a GRANT on the configured base name is on no table."""
+    child = spec.child_table(day) if day is not None else None  # (None but in naming mode)
+    table = f"{spec.schema_name}.{child}" if child else spec.name
+    found = errors.classify(exc, table=table, user=postgres.user)
     detail = redact(" ".join(str(exc).split()) or type(exc).__name__, postgres.password, postgres.dsn)
     return (f"looking for days to archive failed: {found.cause} ({type(exc).__name__}: {detail}); the next tick "
             f"looks again; to fix: {found.remedy}")
@@ -489,9 +493,10 @@ def build_new_days_sensor(targets: list[SensorTarget], settings: SensorSettings,
                         problems.append(f"{spec.name}: could not be inspected: {message}")
                         continue
                 if unprobed:  # those days only (a locked partition): the table's other new days go on
-                    first = next(iter(unprobed.values()))
+                    day, first = next(iter(unprobed.items()))
                     named = _listed([d.isoformat() for d in sorted(unprobed)])
-                    message = f"{len(unprobed)} day(s) not inspected ({named}): " + probe_failure(first, spec, postgres)
+                    message = (f"{len(unprobed)} day(s) not inspected ({named}): "
+                               + probe_failure(first, spec, postgres, day))
                     context.log.warning(f"{spec.name}: {message}")
                     problems.append(f"{spec.name}: {message}")
                 ignored: list[str] = []
