@@ -174,6 +174,9 @@ def _apply_session_settings(conn: psycopg.Connection, postgres: PostgresResource
     apply_settings(conn.execute, postgres.session_settings(), local=False)
 
 
+_NEXT_TICK = "the next tick looks again"  # a tick's retry: the classification's "retried automatically"
+
+
 def probe_failure(exc: psycopg.Error, spec: TableSpec, postgres: PostgresResource, day: Period | None = None) -> str:
     """Why looking for ``spec``'s days failed (cause, driver text without the password, remedy). ``day``: the
     period whose probe failed; in naming mode the probe read its own table, which the remedy names (as the
@@ -182,8 +185,16 @@ def probe_failure(exc: psycopg.Error, spec: TableSpec, postgres: PostgresResourc
     table = f"{spec.schema_name}.{child}" if child else spec.name
     found = errors.classify(exc, table=table, user=postgres.user)
     detail = redact(" ".join(str(exc).split()) or type(exc).__name__, postgres.password, postgres.dsn)
-    return (f"looking for days to archive failed: {found.cause} ({type(exc).__name__}: {detail}); the next tick "
-            f"looks again; to fix: {found.remedy}")
+    return (f"looking for days to archive failed: {found.cause} ({type(exc).__name__}: {detail}); "
+            f"{_after_retry(found.remedy)}")
+
+
+def _after_retry(remedy: str) -> str:
+    """The tick's retry and ``remedy``, the retry said once: a remedy that begins with the classification's
+    "retried automatically" (the next tick is that retry) goes on from the tick's words, not after "to fix:"."""
+    if remedy.startswith(errors._RETRIED):  # "; if it persists, ...", ", once ...", or nothing
+        return _NEXT_TICK + remedy.removeprefix(errors._RETRIED)
+    return f"{_NEXT_TICK}; to fix: {remedy}"
 
 
 SENSOR_NAME = "archive_new_days"
