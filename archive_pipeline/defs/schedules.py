@@ -94,7 +94,7 @@ def _left_to_failed_runs(context: ScheduleEvaluationContext, target: SensorTarge
     failed = unfinished_runs(instance, None, None, RunsFilter(
         statuses=[DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED], updated_after=since))
     ended = unfinished_backfills(instance, None, None, BulkActionsFilter(statuses=ENDED_BACKFILLS, created_after=since))
-    covered = days_in_flight(failed, target, backfills=ended)
+    covered = days_in_flight(failed, target, backfills=ended, within=[spec.period(key) for key in keys])
     done = instance.get_materialized_partitions(target.asset_key)
     missed = [key for key in keys if key in covered and key not in done]
     if not missed:
@@ -111,13 +111,14 @@ def _requests(context: ScheduleEvaluationContext, target: SensorTarget, keys: li
     still to submit: a second run of the day waits for nothing, fails
     it on the table-day lock and, once its retries are spent, stays red for a day archived fine. A schedule's
     context does not say its code location, so a run of another location's table of the same name counts too
-    (its day is then left to the sensor, which tells them apart)."""
+    (its day is then left to the sensor, which tells them apart). ``keys``: oldest first."""
     # (a context without an instance, built to evaluate the schedule alone, has no runs to look at)
     if context.instance_ref is None:
         busy = set()
     else:
         busy = days_in_flight(unfinished_runs(context.instance, None, None), target,
-                              backfills=unfinished_backfills(context.instance, None, None))
+                              backfills=unfinished_backfills(context.instance, None, None),
+                              within=[target.spec.period(key) for key in keys])
     todo = [key for key in keys if key not in busy]
     said = (f"{', '.join(key for key in keys if key in busy)} of {target.spec.name} already being archived by a "
             "run not yet finished or a launched backfill: not requested again")

@@ -14,7 +14,7 @@ import datetime as dt
 import dataclasses
 import itertools
 import shlex
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
@@ -174,12 +174,27 @@ def _apply_session_settings(conn: psycopg.Connection, postgres: PostgresResource
     apply_settings(conn.execute, postgres.session_settings(), local=False)
 
 
-def probe_failure(exc: psycopg.Error, spec: TableSpec, postgres: PostgresResource) -> str:
-    """Why looking for ``spec``'s days failed (cause, driver text without the password, remedy)."""
-    found = errors.classify(exc, table=spec.name, user=postgres.user)
+_NEXT_TICK = "the next tick looks again"  # a tick's retry: the classification's "retried automatically"
+
+
+def probe_failure(exc: psycopg.Error, spec: TableSpec, postgres: PostgresResource, day: Period | None = None) -> str:
+    """Why looking for ``spec``'s days failed (cause, driver text without the password, remedy). ``day``: the
+    period whose probe failed; in naming mode the probe read its own table, which the remedy names (as the
+    archive run's error does, discovery.source_table): a GRANT on the configured base name is on no table."""
+    child = spec.child_table(day) if day is not None else None  # (None but in naming mode)
+    table = f"{spec.schema_name}.{child}" if child else spec.name
+    found = errors.classify(exc, table=table, user=postgres.user)
     detail = redact(" ".join(str(exc).split()) or type(exc).__name__, postgres.password, postgres.dsn)
-    return (f"looking for days to archive failed: {found.cause} ({type(exc).__name__}: {detail}); the next tick "
-            f"looks again; to fix: {found.remedy}")
+    return (f"looking for days to archive failed: {found.cause} ({type(exc).__name__}: {detail}); "
+            f"{_after_retry(found.remedy)}")
+
+
+def _after_retry(remedy: str) -> str:
+    """The tick's retry and ``remedy``, the retry said once: a remedy that begins with the classification's
+    "retried automatically" (the next tick is that retry) goes on from the tick's words, not after "to fix:"."""
+    if remedy.startswith(errors._RETRIED):  # "; if it persists, ...", ", once ...", or nothing
+        return _NEXT_TICK + remedy.removeprefix(errors._RETRIED)
+    return f"{_NEXT_TICK}; to fix: {remedy}"
 
 
 SENSOR_NAME = "archive_new_days"
@@ -289,12 +304,14 @@ def backfill_keys(backfill: PartitionBackfill, key: AssetKey, jobs: Iterable[str
 
 
 def days_in_flight(runs: Iterable, target: SensorTarget, ignored: list[str] | None = None,
-                   backfills: Iterable[PartitionBackfill] = ()) -> set[str]:
+                   backfills: Iterable[PartitionBackfill] = (), *, within: Sequence[Period]) -> set[str]:
     """The partition keys of ``target``'s table that a run not yet finished archives, from anywhere: a
     backfill's ranged runs (range tags), a day launched from the UI or a schedule (``dagster/partition``), and
     those a launched ``backfills`` (:func:`unfinished_backfills`) has not submitted yet. Requested again, each
     would wait for the same table-day lock and archive the day twice. A run whose range names no periods of the
-    table archives none of them: it is left out, and said in ``ignored``."""
+    table archives none of them: it is left out, and said in ``ignored``. ``within``: the periods the caller asks
+    about, oldest first; a run's range is read only between the first and the last of them (see
+    :func:`_range_keys`)."""
     spec, busy = target.spec, set()
     for backfill in backfills:
         busy |= backfill_keys(backfill, target.asset_key, (target.job.name, target.shared_job))
@@ -309,7 +326,7 @@ def days_in_flight(runs: Iterable, target: SensorTarget, ignored: list[str] | No
             busy.add(run.tags["dagster/partition"])
         elif all(run.tags.get(tag) for tag in RANGE_TAGS):
             try:
-                busy |= _range_keys(spec, run)
+                busy |= _range_keys(spec, run, within)
             # (OverflowError: a range hand-tagged to 9999-12-31, past the calendar's last day, failed every tick)
             except (ValueError, ArchiveError, OverflowError) as exc:
                 if ignored is not None:
@@ -318,9 +335,15 @@ def days_in_flight(runs: Iterable, target: SensorTarget, ignored: list[str] | No
     return busy
 
 
-def _range_keys(spec: TableSpec, run: DagsterRun) -> set[str]:
-    """The partition keys of a ranged run's range, read as the table's periods."""
-    day, last = (spec.period(run.tags[tag]) for tag in RANGE_TAGS)
+def _range_keys(spec: TableSpec, run: DagsterRun, within: Sequence[Period]) -> set[str]:
+    """The partition keys of a ranged run's range, read as the table's periods, where it meets ``within`` (oldest
+    first): stepped from the later start to the earlier end only. A range hand-tagged "from then on" (its end in
+    year 9999) stepped whole was ~70 million hours, a tick of tens of minutes and gigabytes, past the daemon's
+    timeout: every tick failed, and no table's new day was requested while the run was unfinished."""
+    day, last = (spec.period(run.tags[tag]) for tag in RANGE_TAGS)  # (read first: a malformed tag is said)
+    if not within:
+        return set()
+    day, last = max(day, within[0]), min(last, within[-1])
     keys = set()
     while day <= last:
         keys.add(day.isoformat())
@@ -481,13 +504,14 @@ def build_new_days_sensor(targets: list[SensorTarget], settings: SensorSettings,
                         problems.append(f"{spec.name}: could not be inspected: {message}")
                         continue
                 if unprobed:  # those days only (a locked partition): the table's other new days go on
-                    first = next(iter(unprobed.values()))
+                    day, first = next(iter(unprobed.items()))
                     named = _listed([d.isoformat() for d in sorted(unprobed)])
-                    message = f"{len(unprobed)} day(s) not inspected ({named}): " + probe_failure(first, spec, postgres)
+                    message = (f"{len(unprobed)} day(s) not inspected ({named}): "
+                               + probe_failure(first, spec, postgres, day))
                     context.log.warning(f"{spec.name}: {message}")
                     problems.append(f"{spec.name}: {message}")
                 ignored: list[str] = []
-                busy = days_in_flight(running, target, ignored, backfills)
+                busy = days_in_flight(running, target, ignored, backfills, within=days)
                 report.append(inspected(spec, days, len(missing), len(found)))
                 if ignored:  # (a warning: the tick may request days and show no message)
                     report[-1] += (f", ignored {len(ignored)} queued or running run(s) whose range names no "
