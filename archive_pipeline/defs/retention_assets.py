@@ -55,9 +55,10 @@ from archive_pipeline.defs.checks import latest_materialization, log_guarded, te
 from archive_pipeline.core.config import RetrySettings, ScheduleSettings, TableSpec
 from archive_pipeline.core.errors import ArchiveError, SourceError, UploadError, wrap
 from archive_pipeline.core.manifest import NewerManifestError
-from archive_pipeline.core.lifecycle import (RemovalNotRecorded, RemovalRefused, archive_key, check_removable,
-                                              due_days, pending_removal_committed, refuse_layout_change,
-                                              refuse_other_cluster, remove_day, emptied, settle_pending_removal, source_differs, still_detached)
+from archive_pipeline.core.lifecycle import (Removal, RemovalNotRecorded, RemovalRefused, Settlement, archive_key,
+                                              check_removable, due_days, emptied, pending_removal_committed,
+                                              refuse_layout_change, refuse_other_cluster, remove_day,
+                                              settle_pending_removal, source_differs, still_detached)
 from archive_pipeline.defs.resources import ArchiveStoreResource, PostgresResource
 from archive_pipeline.defs.sensors import RUN_KEY_TAG, UNFINISHED, backfill_keys, unfinished_backfills
 from archive_pipeline.core import keys
@@ -351,11 +352,25 @@ def _removing(context: AssetExecutionContext, spec: TableSpec, day: Period, dry_
         return
     if settled is not None and settled.outcome != "none":
         context.log.info(f"{spec.name} {day}: a pending removal mark was {settled.outcome} ({settled.why})")
-    # a day found removed already says when and by whom it was (its mark), not this run, which removed nothing
-    # (a removal another run committed, whose mark this one completed, is that run's: not removed by this one)
-    earlier = removal.already_removed or removal.completed
-    by = (removal.removed_by or "") if earlier else f"dagster run {context.run.run_id}"
-    metadata = {
+    record = AssetMaterialization(asset_key=removal_asset_key(spec), partition=day.isoformat(),
+                                  metadata=_removal_metadata(context, removal, settled))
+    # terminated while the removal is recorded, its passed proof is recorded all the same
+    targeted = (lambda: _proof(context, spec, day, [], proof.description, targeted=True)) if deferred else None
+    log_guarded(context, record, "recording the removal", targeted)
+    if deferred:
+        yield from _recorded(context, _proof(context, spec, day, [], proof.description, targeted=True),
+                             "recording the removal")
+
+
+def _removal_metadata(context: AssetExecutionContext, removal: Removal, settled: Settlement | None) -> dict:
+    """What the day's source_removed record says: what was removed, when and by whom. A day found removed already
+    says when and by whom it was (its mark), not this run, which removed nothing (a removal another run committed,
+    whose mark this one completed, is that run's); a mark naming this very run is its own (its step retried after
+    the first attempt's COMMIT)."""
+    this_run = f"dagster run {context.run.run_id}"
+    earlier = (removal.already_removed or removal.completed) and removal.removed_by != this_run
+    by = (removal.removed_by or "") if earlier else this_run
+    return {
         "action": removal.action, "relation": removal.relation, "dagster/row_count": removal.rows,
         "removed_at": MetadataValue.timestamp(removal.removed_at) if removal.removed_at else "before",
         "already_removed": earlier, "archive": removal.archive,
@@ -363,13 +378,6 @@ def _removing(context: AssetExecutionContext, spec: TableSpec, day: Period, dry_
            {"removed_by": by or "unknown"}),
         **({"pending_mark": settled.outcome} if settled is not None and settled.outcome != "none" else {}),
     }
-    # terminated while the removal is recorded, its passed proof is recorded all the same
-    targeted = (lambda: _proof(context, spec, day, [], proof.description, targeted=True)) if deferred else None
-    log_guarded(context, AssetMaterialization(asset_key=removal_asset_key(spec), partition=day.isoformat(),
-                                              metadata=metadata), "recording the removal", targeted)
-    if deferred:
-        yield from _recorded(context, _proof(context, spec, day, [], proof.description, targeted=True),
-                             "recording the removal")
 
 
 def _recorded(context: AssetExecutionContext, event: object, doing: str) -> Iterator:
