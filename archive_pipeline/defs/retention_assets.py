@@ -346,14 +346,20 @@ def _removing(context: AssetExecutionContext, spec: TableSpec, day: Period, dry_
             if isinstance(exc, ArchiveError):
                 raise _failed(_naming(exc, spec, day), spec, day, exc.retryable, exc) from None
             raise
-    if removal.dry_run:
+    said = f"{spec.name} {day}: nothing to remove: the source holds no rows of the day" if removal.nothing else None
+    if said is not None:  # (before a dry run's words: it would remove nothing either)
+        context.log.info(("dry run: " if removal.dry_run else "") + f"{said}; archive {removal.archive or 'none'}")
+        if removal.dry_run:
+            return
+    elif removal.dry_run:
         context.log.info(f"dry run: would {removal.action} {removal.relation} ({removal.rows:,} rows of {day}); "
                          f"archive {removal.archive}")
         return
     if settled is not None and settled.outcome != "none":
         context.log.info(f"{spec.name} {day}: a pending removal mark was {settled.outcome} ({settled.why})")
     record = AssetMaterialization(asset_key=removal_asset_key(spec), partition=day.isoformat(),
-                                  metadata=_removal_metadata(context, removal, settled))
+                                  metadata=_removal_metadata(context, removal, settled),
+                                  description=said)
     # terminated while the removal is recorded, its passed proof is recorded all the same
     targeted = (lambda: _proof(context, spec, day, [], proof.description, targeted=True)) if deferred else None
     log_guarded(context, record, "recording the removal", targeted)
@@ -366,8 +372,12 @@ def _removal_metadata(context: AssetExecutionContext, removal: Removal, settled:
     """What the day's source_removed record says: what was removed, when and by whom. A day found removed already
     says when and by whom it was (its mark), not this run, which removed nothing (a removal another run committed,
     whose mark this one completed, is that run's); a mark naming this very run is its own (its step retried after
-    the first attempt's COMMIT)."""
+    the first attempt's COMMIT), and a day with nothing to remove (archived empty, no partition of its own) records
+    that, with no action, relation or time of a removal that never was."""
     this_run = f"dagster run {context.run.run_id}"
+    if removal.nothing:
+        return {"nothing_to_remove": True, "dagster/row_count": 0, "run_id": context.run.run_id,
+                **({"archive": removal.archive} if removal.archive else {})}
     earlier = (removal.already_removed or removal.completed) and removal.removed_by != this_run
     by = (removal.removed_by or "") if earlier else this_run
     return {
@@ -534,6 +544,8 @@ def _removed_before(context: AssetExecutionContext, spec: TableSpec, day: Period
         return None
     event = records[0].event_log_entry.asset_materialization
     meta = {k: getattr(v, "value", v) for k, v in (event.metadata if event else {}).items()}
+    if meta.get("nothing_to_remove"):  # nothing was removed of it (archived empty): archived again, nothing is lost
+        return None
     at = meta.get("removed_at")
     when = dt.datetime.fromtimestamp(at, dt.UTC).isoformat() if isinstance(at, int | float) else str(at or "?")
     return f"{meta.get('action', 'removed')} at {when}, run {meta.get('run_id') or records[0].run_id}"
