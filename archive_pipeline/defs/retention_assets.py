@@ -69,6 +69,7 @@ from archive_pipeline.core.verify import (TYPE_GONE, deep_verify, deep_verify_of
                                           rows_after_removal, source_side_only)
 
 PROVEN_CHECK = "archive_proven"
+EMPTY_DAY = "no rows that day; its manifest records it as empty"  # (what archive_intact says of it: checks.py)
 REMOVAL_MINUTE = 30  # the removal schedule runs at hour:30, after the archive schedule's hour:minute
 
 
@@ -360,12 +361,13 @@ def _removing(context: AssetExecutionContext, spec: TableSpec, day: Period, dry_
     record = AssetMaterialization(asset_key=removal_asset_key(spec), partition=day.isoformat(),
                                   metadata=_removal_metadata(context, removal, settled),
                                   description=said)
+    # the removal's own proof, the mark now settled by it (done): not the "pending" one it proved the archive under
+    text = _proven_text(day, manifest, settled=True) if deferred else ""
     # terminated while the removal is recorded, its passed proof is recorded all the same
-    targeted = (lambda: _proof(context, spec, day, [], proof.description, targeted=True)) if deferred else None
+    targeted = (lambda: _proof(context, spec, day, [], text, targeted=True)) if deferred else None
     log_guarded(context, record, "recording the removal", targeted)
     if deferred:
-        yield from _recorded(context, _proof(context, spec, day, [], proof.description, targeted=True),
-                             "recording the removal")
+        yield from _recorded(context, _proof(context, spec, day, [], text, targeted=True), "recording the removal")
 
 
 def _removal_metadata(context: AssetExecutionContext, removal: Removal, settled: Settlement | None) -> dict:
@@ -441,11 +443,19 @@ def _naming(exc: ArchiveError, spec: TableSpec, day) -> str:
     return text if any(n in text for n in named) else f"{spec.name} {day}: {text}"
 
 
-def _proven_text(day, manifest: dict | None) -> str:
-    removed = (manifest or {}).get("removed")
+def _proven_text(day, manifest: dict | None, settled: bool = False) -> str:
+    """archive_proven's words for a passed proof, saying what was checked: a removed day's archive on its own (the
+    source no longer holds it), an empty day's manifest alone (no object, no digests: archive_intact's words).
+    ``settled``: the removal that followed the proof has marked the day done (a pending mark it met, settled)."""
+    manifest = manifest or {}
+    removed, empty = manifest.get("removed"), manifest.get("empty")
     if removed:
-        return (f"{day}: removed from the source ({removed.get('state')}, {removed.get('at')}) after its archive was "
-                "proven; the archive is intact (object, digests and rows checked now)")
+        checked = f"{EMPTY_DAY} (checked now)" if empty else "the archive is intact (object, digests and rows " \
+                                                             "checked now)"
+        return (f"{day}: removed from the source ({'done' if settled else removed.get('state')}, {removed.get('at')})"
+                f" after its archive was proven; {checked}")
+    if empty:
+        return f"{day}: {EMPTY_DAY}, and the source holds none of its rows"
     return f"{day}: archive proven equal to the source"
 
 
