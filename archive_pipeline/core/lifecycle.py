@@ -93,8 +93,9 @@ class Removal:
     removed_at: dt.datetime | None  # None: dry run, or already removed before
     dry_run: bool = False
     already_removed: bool = False
-    completed: bool = False  # an earlier run's committed removal, whose "done" mark this run wrote
-    nothing: bool = False  # neither archived nor holding a row (an empty partition created ahead): nothing to remove
+    completed: bool = False  # an earlier removal's commit (removed_by's), whose "done" mark this call wrote
+    nothing: bool = False  # no row of the day, nothing of its own removed, no mark (never archived, or archived empty
+    # without a partition of its own): nothing to remove
     removed_by: str | None = None  # who removed it, as its mark says ("dagster run <id>", "archive-pipeline")
 
 
@@ -204,7 +205,7 @@ def _remove_day(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date
                     mark = settled.manifest["removed"]
                     return Removal(spec.name, day, mark.get("action", action), mark.get("relation", ""),
                                    mark.get("rows", manifest["rows"]), archive, _parse_time(mark.get("at")),
-                                   completed=True)
+                                   completed=True, removed_by=mark.get("by"))  # (the mark's remover, not this run)
                 # taken back: proven and removed from scratch below; or completed, and the rows are back since
                 # (restored into the table after the removal was killed past its COMMIT): removed again below
                 manifest = settled.manifest

@@ -55,9 +55,10 @@ from archive_pipeline.defs.checks import latest_materialization, log_guarded, te
 from archive_pipeline.core.config import RetrySettings, ScheduleSettings, TableSpec
 from archive_pipeline.core.errors import ArchiveError, SourceError, UploadError, wrap
 from archive_pipeline.core.manifest import NewerManifestError
-from archive_pipeline.core.lifecycle import (RemovalNotRecorded, RemovalRefused, archive_key, check_removable,
-                                              due_days, pending_removal_committed, refuse_layout_change,
-                                              refuse_other_cluster, remove_day, emptied, settle_pending_removal, source_differs, still_detached)
+from archive_pipeline.core.lifecycle import (Removal, RemovalNotRecorded, RemovalRefused, Settlement, archive_key,
+                                              check_removable, due_days, emptied, pending_removal_committed,
+                                              refuse_layout_change, refuse_other_cluster, remove_day,
+                                              settle_pending_removal, source_differs, still_detached)
 from archive_pipeline.defs.resources import ArchiveStoreResource, PostgresResource
 from archive_pipeline.defs.sensors import RUN_KEY_TAG, UNFINISHED, backfill_keys, unfinished_backfills
 from archive_pipeline.core import keys
@@ -68,6 +69,7 @@ from archive_pipeline.core.verify import (TYPE_GONE, deep_verify, deep_verify_of
                                           rows_after_removal, source_side_only)
 
 PROVEN_CHECK = "archive_proven"
+EMPTY_DAY = "no rows that day; its manifest records it as empty"  # (what archive_intact says of it: checks.py)
 REMOVAL_MINUTE = 30  # the removal schedule runs at hour:30, after the archive schedule's hour:minute
 
 
@@ -345,17 +347,42 @@ def _removing(context: AssetExecutionContext, spec: TableSpec, day: Period, dry_
             if isinstance(exc, ArchiveError):
                 raise _failed(_naming(exc, spec, day), spec, day, exc.retryable, exc) from None
             raise
-    if removal.dry_run:
+    said = f"{spec.name} {day}: nothing to remove: the source holds no rows of the day" if removal.nothing else None
+    if said is not None:  # (before a dry run's words: it would remove nothing either)
+        context.log.info(("dry run: " if removal.dry_run else "") + f"{said}; archive {removal.archive or 'none'}")
+        if removal.dry_run:
+            return
+    elif removal.dry_run:
         context.log.info(f"dry run: would {removal.action} {removal.relation} ({removal.rows:,} rows of {day}); "
                          f"archive {removal.archive}")
         return
     if settled is not None and settled.outcome != "none":
         context.log.info(f"{spec.name} {day}: a pending removal mark was {settled.outcome} ({settled.why})")
-    # a day found removed already says when and by whom it was (its mark), not this run, which removed nothing
-    # (a removal another run committed, whose mark this one completed, is that run's: not removed by this one)
-    earlier = removal.already_removed or removal.completed
-    by = (removal.removed_by or "") if earlier else f"dagster run {context.run.run_id}"
-    metadata = {
+    record = AssetMaterialization(asset_key=removal_asset_key(spec), partition=day.isoformat(),
+                                  metadata=_removal_metadata(context, removal, settled),
+                                  description=said)
+    # the removal's own proof, the mark now settled by it (done): not the "pending" one it proved the archive under
+    text = _proven_text(day, manifest, settled=True) if deferred else ""
+    # terminated while the removal is recorded, its passed proof is recorded all the same
+    targeted = (lambda: _proof(context, spec, day, [], text, targeted=True)) if deferred else None
+    log_guarded(context, record, "recording the removal", targeted)
+    if deferred:
+        yield from _recorded(context, _proof(context, spec, day, [], text, targeted=True), "recording the removal")
+
+
+def _removal_metadata(context: AssetExecutionContext, removal: Removal, settled: Settlement | None) -> dict:
+    """What the day's source_removed record says: what was removed, when and by whom. A day found removed already
+    says when and by whom it was (its mark), not this run, which removed nothing (a removal another run committed,
+    whose mark this one completed, is that run's); a mark naming this very run is its own (its step retried after
+    the first attempt's COMMIT), and a day with nothing to remove (archived empty, no partition of its own) records
+    that, with no action, relation or time of a removal that never was."""
+    this_run = f"dagster run {context.run.run_id}"
+    if removal.nothing:
+        return {"nothing_to_remove": True, "dagster/row_count": 0, "run_id": context.run.run_id,
+                **({"archive": removal.archive} if removal.archive else {})}
+    earlier = (removal.already_removed or removal.completed) and removal.removed_by != this_run
+    by = (removal.removed_by or "") if earlier else this_run
+    return {
         "action": removal.action, "relation": removal.relation, "dagster/row_count": removal.rows,
         "removed_at": MetadataValue.timestamp(removal.removed_at) if removal.removed_at else "before",
         "already_removed": earlier, "archive": removal.archive,
@@ -363,13 +390,6 @@ def _removing(context: AssetExecutionContext, spec: TableSpec, day: Period, dry_
            {"removed_by": by or "unknown"}),
         **({"pending_mark": settled.outcome} if settled is not None and settled.outcome != "none" else {}),
     }
-    # terminated while the removal is recorded, its passed proof is recorded all the same
-    targeted = (lambda: _proof(context, spec, day, [], proof.description, targeted=True)) if deferred else None
-    log_guarded(context, AssetMaterialization(asset_key=removal_asset_key(spec), partition=day.isoformat(),
-                                              metadata=metadata), "recording the removal", targeted)
-    if deferred:
-        yield from _recorded(context, _proof(context, spec, day, [], proof.description, targeted=True),
-                             "recording the removal")
 
 
 def _recorded(context: AssetExecutionContext, event: object, doing: str) -> Iterator:
@@ -423,11 +443,19 @@ def _naming(exc: ArchiveError, spec: TableSpec, day) -> str:
     return text if any(n in text for n in named) else f"{spec.name} {day}: {text}"
 
 
-def _proven_text(day, manifest: dict | None) -> str:
-    removed = (manifest or {}).get("removed")
+def _proven_text(day, manifest: dict | None, settled: bool = False) -> str:
+    """archive_proven's words for a passed proof, saying what was checked: a removed day's archive on its own (the
+    source no longer holds it), an empty day's manifest alone (no object, no digests: archive_intact's words).
+    ``settled``: the removal that followed the proof has marked the day done (a pending mark it met, settled)."""
+    manifest = manifest or {}
+    removed, empty = manifest.get("removed"), manifest.get("empty")
     if removed:
-        return (f"{day}: removed from the source ({removed.get('state')}, {removed.get('at')}) after its archive was "
-                "proven; the archive is intact (object, digests and rows checked now)")
+        checked = f"{EMPTY_DAY} (checked now)" if empty else "the archive is intact (object, digests and rows " \
+                                                             "checked now)"
+        return (f"{day}: removed from the source ({'done' if settled else removed.get('state')}, {removed.get('at')})"
+                f" after its archive was proven; {checked}")
+    if empty:
+        return f"{day}: {EMPTY_DAY}, and the source holds none of its rows"
     return f"{day}: archive proven equal to the source"
 
 
@@ -526,6 +554,8 @@ def _removed_before(context: AssetExecutionContext, spec: TableSpec, day: Period
         return None
     event = records[0].event_log_entry.asset_materialization
     meta = {k: getattr(v, "value", v) for k, v in (event.metadata if event else {}).items()}
+    if meta.get("nothing_to_remove"):  # nothing was removed of it (archived empty): archived again, nothing is lost
+        return None
     at = meta.get("removed_at")
     when = dt.datetime.fromtimestamp(at, dt.UTC).isoformat() if isinstance(at, int | float) else str(at or "?")
     return f"{meta.get('action', 'removed')} at {when}, run {meta.get('run_id') or records[0].run_id}"
