@@ -56,7 +56,7 @@ from pydantic import Field
 from archive_pipeline.core.archive import ArchiveResult, DayRemovedError, archive_partition, render_key
 from archive_pipeline.core.parallel import StreamSlots
 from archive_pipeline.core.discovery import NO_PERIOD_TABLE
-from archive_pipeline.defs.checks import (INTACT_CHECK, ON_DEMAND_CHECKS, Retries, Verdict, check_evaluation,
+from archive_pipeline.defs.checks import (EMPTY_DAY, INTACT_CHECK, ON_DEMAND_CHECKS, Retries, Verdict, check_evaluation,
                                           log_guarded, object_link, on_demand_as_they_were, recorded_day_key,
                                           removed_verdict, source_only, terminated, verdict_as_it_was,
                                           verdict_carried, verify_result, written_verdict)
@@ -839,7 +839,7 @@ def _refuse_damaged(spec: TableSpec, day: Period, day_key: str, manifest: dict, 
     :func:`failure`)."""
     obj = manifest.get("object")
     if not obj:  # an empty day: its manifest is its archive
-        return Verdict(day, [], f"no rows that day; its manifest records it as empty, and {_removal_proof(manifest)}",
+        return Verdict(day, [], f"{EMPTY_DAY}, and {_removal_proof(manifest)}",
                        {"archive": store.uri(keys.manifest_key(day_key)), "deep": False, "problems": 0})
     how, deep = "object found with the size and ETag its manifest records", False
     try:

@@ -58,6 +58,9 @@ from archive_pipeline.core.discovery import NO_PERIOD_TABLE
 from archive_pipeline.core.errors import CANCELLED_LEAVES, ArchiveError, named, redact
 from archive_pipeline.core.periods import UNIT, Period
 from archive_pipeline.defs.resources import ArchiveStoreResource, PostgresResource
+
+# what a check, a record or a proof says of a day archived as empty (no object, no digests to check)
+EMPTY_DAY = "no rows that day; its manifest records it as empty"
 from archive_pipeline.core.store import S3Store
 
 if TYPE_CHECKING:
@@ -195,7 +198,7 @@ def verify_result(store: S3Store, spec: TableSpec, day: dt.date, expected: dict,
         problems = verify.verify_archive(store, key, expected if key == recorded_key else {}, deep=deep, owner=owner,
                                          temp_dir=temp_dir, period=period, manifest=current)
     if expected.get("rows") == 0 and expected.get("empty"):
-        verified = "no rows that day; its manifest records it as empty"
+        verified = EMPTY_DAY
     else:
         verified = f"object, size{', MD5 and row count' if deep else ''} and manifest match what was recorded"
     # the object the verdict is about (the manifest's own, for an empty day; a damaged one elsewhere: its manifest)
@@ -249,7 +252,7 @@ def written_verdict(result: "ArchiveResult", uri: str) -> Verdict:
     manifest's ETag matched its MD5 and the object's HEAD its size and MD5 (written), or when the
     manifest was read back and the object's HEAD compared with it (kept). Saves two requests a day."""
     if result.empty:
-        verified = "no rows that day; its manifest records it as empty"
+        verified = EMPTY_DAY
     elif result.skipped:
         verified = "manifest read back and the object's size and ETag compared with it by this run"
     else:

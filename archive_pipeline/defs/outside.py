@@ -36,6 +36,7 @@ from archive_pipeline.core.source import server_identity
 from archive_pipeline.core.store import S3Store
 from archive_pipeline.core.verify import load_manifest, object_problems
 from archive_pipeline.defs.assets import STATE_TAG, TABLE_TAG, _manifest_metadata
+from archive_pipeline.defs.checks import EMPTY_DAY
 from archive_pipeline.defs.resources import ArchiveStoreResource
 
 STORE_RESOURCE = "archive_store"
@@ -50,8 +51,7 @@ LOOKUPS_PER_TICK = 100  # manifests read a tick at most (a GET and a HEAD or two
 OUTSIDE_PROOF = {
     "archived": "not proven: archived outside Dagster by the command line; the sensor's tick that recorded it checked "
                 "the object's size and ETag against its manifest, not its rows against the source",
-    "empty": "no rows that day; its manifest records it as empty (archived outside Dagster by the command line, "
-             "recorded by the sensor's tick)",
+    "empty": f"{EMPTY_DAY} (archived outside Dagster by the command line, recorded by the sensor's tick)",
 }
 
 

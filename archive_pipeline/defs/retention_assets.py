@@ -51,7 +51,7 @@ from pydantic import Field
 from archive_pipeline.defs.assets import (STATE_TAG, TABLE_TAG, asset_key, asset_tag_value, config_path,
                                           daily_partitions, former_day_keys, freshness_policy, job_name, relaunch,
                                           retry_policy, step_retries)
-from archive_pipeline.defs.checks import latest_materialization, log_guarded, terminated
+from archive_pipeline.defs.checks import EMPTY_DAY, latest_materialization, log_guarded, terminated
 from archive_pipeline.core.config import RetrySettings, ScheduleSettings, TableSpec
 from archive_pipeline.core.errors import ArchiveError, SourceError, UploadError, wrap
 from archive_pipeline.core.manifest import NewerManifestError
@@ -69,7 +69,6 @@ from archive_pipeline.core.verify import (TYPE_GONE, deep_verify, deep_verify_of
                                           rows_after_removal, source_side_only)
 
 PROVEN_CHECK = "archive_proven"
-EMPTY_DAY = "no rows that day; its manifest records it as empty"  # (what archive_intact says of it: checks.py)
 REMOVAL_MINUTE = 30  # the removal schedule runs at hour:30, after the archive schedule's hour:minute
 
 
