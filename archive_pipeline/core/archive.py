@@ -340,9 +340,13 @@ def _keeps(archiving: _Archiving, conn: psycopg.Connection, day: Period, existin
             return False
         before = None if overwrite else archiving._archived_elsewhere(existing)  # (as the run: see run)
         return before is not None and archiving._keep(before[1].manifest, identity, table, fp, overwrite)
-    if existing.manifest is None or existing.problem is not None:
-        return False
     elsewhere = archiving._removed_elsewhere(existing)
+    if existing.problem is not None:  # damaged: never kept, and replaced only where the run's rules let it
+        archiving._refuse_damaged(existing, fp, overwrite)
+        if elsewhere is not None:
+            archiving._refuse_removed_elsewhere(elsewhere, table, _fingerprint_of(conn, table, day, fp, elsewhere),
+                                                overwrite)
+        return False
     before = archiving._current_elsewhere(existing, elsewhere, overwrite)  # (as the run does: see run)
     if elsewhere is not None and (before is not None or not _same_rows(existing.manifest, table, fp)):
         archiving._refuse_removed_elsewhere(elsewhere, table, _fingerprint_of(conn, table, day, fp, elsewhere),
@@ -499,8 +503,7 @@ class _Archiving:
                             if self._keep(existing.manifest, identity, table, fp, overwrite):
                                 return self._skipped(existing.manifest, table, snapshot, fp_seconds)
                         else:
-                            self._refuse_removed(existing, fp)
-                            self._refuse_lost_rows(existing, fp, overwrite)
+                            self._refuse_damaged(existing, fp, overwrite)
                             if elsewhere is not None:
                                 self._refuse_removed_elsewhere(elsewhere, table, fp, overwrite)
                             if before is not None and self._keep(before[1].manifest, identity, table, fp, overwrite):
@@ -1028,6 +1031,16 @@ class _Archiving:
                        "to archive the rows there are now as well, set overwrite (that archive stays)" if fp.rows else
                        "leave this period out of archive runs and backfills: it has no rows to archive, and running "
                        "it again fails the same way"))
+
+    def _refuse_damaged(self, existing: Existing, fp: fingerprint.Fingerprint, overwrite: bool) -> None:
+        """The rules an archive at this key that cannot be skipped onto (damaged, or its manifest unreadable) must
+        pass before a new generation replaces it: a removed day's (its archive is the only copy), then rows recorded
+        in an object lost since while the source is empty. The run's and the dry run's (see :func:`keeps_existing`)
+        one decision. Nothing to do where no archive is here."""
+        if existing.problem is None:
+            return
+        self._refuse_removed(existing, fp)
+        self._refuse_lost_rows(existing, fp, overwrite)
 
     def _refuse_removed(self, existing: Existing, fp: fingerprint.Fingerprint) -> None:
         """A removed day whose archive is damaged, or whose manifest cannot be read but says it was
