@@ -340,9 +340,13 @@ def _keeps(archiving: _Archiving, conn: psycopg.Connection, day: Period, existin
             return False
         before = None if overwrite else archiving._archived_elsewhere(existing)  # (as the run: see run)
         return before is not None and archiving._keep(before[1].manifest, identity, table, fp, overwrite)
-    if existing.manifest is None or existing.problem is not None:
-        return False
     elsewhere = archiving._removed_elsewhere(existing)
+    if existing.problem is not None:  # damaged: never kept, and replaced only where the run's rules let it
+        archiving._refuse_damaged(existing, identity, fp, overwrite)
+        if elsewhere is not None:
+            archiving._refuse_removed_elsewhere(elsewhere, table, _fingerprint_of(conn, table, day, fp, elsewhere),
+                                                overwrite)
+        return False
     before = archiving._current_elsewhere(existing, elsewhere, overwrite)  # (as the run does: see run)
     if elsewhere is not None and (before is not None or not _same_rows(existing.manifest, table, fp)):
         archiving._refuse_removed_elsewhere(elsewhere, table, _fingerprint_of(conn, table, day, fp, elsewhere),
@@ -499,8 +503,7 @@ class _Archiving:
                             if self._keep(existing.manifest, identity, table, fp, overwrite):
                                 return self._skipped(existing.manifest, table, snapshot, fp_seconds)
                         else:
-                            self._refuse_removed(existing, fp)
-                            self._refuse_lost_rows(existing, fp, overwrite)
+                            self._refuse_damaged(existing, identity, fp, overwrite)
                             if elsewhere is not None:
                                 self._refuse_removed_elsewhere(elsewhere, table, fp, overwrite)
                             if before is not None and self._keep(before[1].manifest, identity, table, fp, overwrite):
@@ -1029,6 +1032,38 @@ class _Archiving:
                        "leave this period out of archive runs and backfills: it has no rows to archive, and running "
                        "it again fails the same way"))
 
+    def _refuse_damaged(self, existing: Existing, identity: SourceIdentity, fp: fingerprint.Fingerprint,
+                        overwrite: bool) -> None:
+        """The rules an archive at this key that cannot be skipped onto (damaged, or its manifest unreadable) must
+        pass before a new generation replaces it, in the order ``_keep`` applies them to an intact one: a removed
+        day's (its archive is the only copy), another database's (damage is no proof it is this one's to replace),
+        then rows recorded in an object lost since while the source is empty. The run's and the dry run's (see
+        :func:`keeps_existing`) one decision. Nothing to do where no archive is here."""
+        if existing.problem is None:
+            return
+        self._refuse_removed(existing, fp)
+        if not overwrite:
+            self._refuse_other_source(existing.manifest or _recorded_source(_loose_manifest(existing)), identity,
+                                      existing.problem)
+        self._refuse_lost_rows(existing, fp, overwrite)
+
+    def _refuse_other_source(self, manifest: dict | None, identity: SourceIdentity, damaged: str | None = None
+                             ) -> None:
+        """An archive written from another database (``manifest``'s source) is not replaced without overwrite: a
+        bucket shared by two clusters, or a database replaced by a new one, whose runs this run's lock does not
+        exclude. ``damaged``: why the archive cannot be skipped onto, said beside it (a damaged one is refused the
+        same: only overwrite tells that this database is to replace it). A manifest naming no source (one whose
+        owner a damaged manifest cannot tell) passes: such an archive is archived again, as the README promises."""
+        if manifest is None or same_source(manifest, identity):
+            return
+        source = manifest.get("source", {})
+        raise ForeignArchiveError(
+            f"{self._archive_uri(manifest)} was archived from database {source.get('database')!r} (system "
+            f"{source.get('system_identifier')}), not this one ({identity.database!r}, system "
+            f"{identity.system_identifier})" + (f", and is damaged ({damaged})" if damaged else "") +
+            "; if this database replaced that one, set overwrite to archive the day again", retryable=False,
+            needs_overwrite=True)
+
     def _refuse_removed(self, existing: Existing, fp: fingerprint.Fingerprint) -> None:
         """A removed day whose archive is damaged, or whose manifest cannot be read but says it was
         removed, is never archived again from the source unless the source holds exactly its rows."""
@@ -1115,13 +1150,7 @@ class _Archiving:
                 needs_overwrite=True)
         if overwrite:
             return False
-        source = manifest.get("source", {})
-        if not same_source(manifest, identity):
-            raise ForeignArchiveError(
-                f"{self._archive_uri(manifest)} was archived from database {source.get('database')!r} "
-                f"(system {source.get('system_identifier')}), not this one ({identity.database!r}, system "
-                f"{identity.system_identifier}); if this database replaced that one, set overwrite to archive "
-                "the day again", retryable=False, needs_overwrite=True)
+        self._refuse_other_source(manifest, identity)
         if fingerprint.recorded_algorithm(manifest.get("fingerprint")) is None:
             return False  # an older manifest or fingerprint cannot prove its content: archive again, as a new generation
         # a composite's field renamed prints the same text (the same fingerprint), but a restore of the archive
@@ -1637,6 +1666,16 @@ def _identity(conn: psycopg.Connection) -> SourceIdentity:
 def _loose_manifest(existing: Existing) -> dict | None:
     """The stored manifest's JSON even where it failed its checks (to honour a ``removed`` mark)."""
     return loose_manifest(existing.raw)
+
+
+def _recorded_source(loose: dict | None) -> dict | None:
+    """The source identity a manifest that failed its checks still records, as a manifest holding only that (for
+    ``same_source``), or None where it names none: its JSON is unchecked, so only text fields count. Read as far as
+    it can be, so that damage is never the way around the check of whose archive it is."""
+    source = (loose or {}).get("source")
+    named = {name: source[name] for name in ("database", "system_identifier")
+             if isinstance(source, dict) and isinstance(source.get(name), str) and source[name]}
+    return {"source": named} if named else None
 
 
 def _readers(fmt, plan) -> int:

@@ -591,10 +591,10 @@ def _plan_day(conn: psycopg.Connection, spec: TableSpec, store: S3Store, day: Pe
             archived_elsewhere(conn, spec, day, store, existing)
     except ArchiveError as exc:  # another period's archive under the day's former format: what the run refuses
         return PlannedDay(spec.name, day, key, "refuse", str(exc), estimate)
-    if existing.manifest is None and not removed and before is None:
-        reason = existing.problem or "not archived yet"
-        return PlannedDay(spec.name, day, key, "overwrite" if existing.problem else "archive", reason, estimate)
-    if existing.manifest is None:  # removed, or archived, under the table's former format or codec: the run's rule
+    if existing.manifest is None and not existing.problem and not removed and before is None:
+        return PlannedDay(spec.name, day, key, "archive", "not archived yet", estimate)
+    if existing.manifest is None and not existing.problem:
+        # removed, or archived, under the table's former format or codec: the run's rule
         with read_snapshot(conn):
             table, where = _source(conn, spec, day)
             # in the algorithm the run compares in: the former archive's, or the removed one's (an older version's)
@@ -613,12 +613,13 @@ def _plan_day(conn: psycopg.Connection, spec: TableSpec, store: S3Store, day: Pe
             "archived under the table's former format, by a manifest that cannot prove its content: archived again "
             "here" if before else "removed under the table's former format or codec; the source's rows are archived "
             "here (overwrite, or the removed rows exactly)"), estimate)
-    try:
-        owned(existing.manifest, spec.name, day.isoformat())
-    except ForeignManifestError as exc:  # before reading the source: it decides nothing here
-        return PlannedDay(spec.name, day, key, "refuse", str(exc), estimate)
-    if existing.problem:
-        return PlannedDay(spec.name, day, key, "overwrite", f"stored archive damaged: {existing.problem}", estimate)
+    if existing.manifest is not None:  # (an unreadable one names no table-day to check)
+        try:
+            owned(existing.manifest, spec.name, day.isoformat())
+        except ForeignManifestError as exc:  # before reading the source: it decides nothing here
+            return PlannedDay(spec.name, day, key, "refuse", str(exc), estimate)
+    # a damaged archive (or unreadable manifest) too: what the run refuses before it replaces one (a removed day's
+    # only copy, another database's archive, another format's without overwrite) is the run's own decision below
     if removal_state(existing.manifest) == "pending" and \
             not pending_removal_committed(conn, spec, day, existing.manifest):
         # a removal that never committed: the run takes its mark back first, and the day is an ordinary
@@ -627,13 +628,15 @@ def _plan_day(conn: psycopg.Connection, spec: TableSpec, store: S3Store, day: Pe
                                                            if k != "removed"})
     with read_snapshot(conn):
         table, where = _source(conn, spec, day)
-        current = fingerprint.compute(conn, table.identifier, table.columns, where,
-                                      fingerprint.algorithm_for(existing.manifest.get("fingerprint")))
+        # in the algorithm the run compares in: the manifest's (a damaged one's, read loosely)
+        current = fingerprint.compute(conn, table.identifier, table.columns, where, compared_algorithm(existing))
         identity = SourceIdentity(*server_identity(conn))
     try:
         keep = keeps_existing(conn, spec, day, store, existing, identity, table, current, overwrite)
     except ArchiveError as exc:
         return PlannedDay(spec.name, day, key, "refuse", str(exc), estimate)
+    if existing.problem:  # (never kept: see keeps_existing)
+        return PlannedDay(spec.name, day, key, "overwrite", f"stored archive damaged: {existing.problem}", estimate)
     if keep:  # the object its manifest names (a later generation after an overwrite)
         stored = (existing.manifest.get("object") or {}).get("key") or key
         return PlannedDay(spec.name, day, stored, "skip", f"identical archive exists ({current.rows:,} rows, same "
