@@ -460,7 +460,7 @@ def test_production_instance_queues_runs_and_frees_pool_slots(conn, schema, pg, 
                 storage.claim_concurrency_slot("archive_source", run_id, "left_behind")
                 assert run_id in storage.get_concurrency_info("archive_source").active_run_ids
                 _wait_for("slot freed", lambda: run_id not in storage.get_concurrency_info("archive_source")
-                          .active_run_ids, webserver, tmp_path / "daemon.log", timeout=60)
+                          .active_run_ids, webserver, tmp_path / "daemon.log", timeout=180)
     finally:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
     assert s3_client.head_object(Bucket=bucket, Key=f"{schema}.events/2024/03/2024-03-10.jsonl.zst")
