@@ -20,6 +20,19 @@ from archive_pipeline_tests.test_removalhunt import _aborted_xid, _forge_pending
 DAY = dt.date(2024, 3, 10)
 
 
+
+def _archived_and_removed(conn, schema: str, store, temp_dir):
+    """A table ``t`` whose day of 3 rows was archived and then removed (retention action delete): the table, its
+    spec and the day's archive key."""
+    t = sql.Identifier(schema, "t")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, at date NOT NULL, v text)").format(t))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT g, %s, 'v' || g FROM generate_series(1, 3) g").format(t), (DAY,))
+    spec = TableSpec(name=f"{schema}.t", day_column="at", start_date=DAY.isoformat(), format="jsonl",
+                     compression="none", retention={"keep_days": 1, "action": "delete"})
+    key = archive_partition(conn, spec, DAY, store, temp_dir=temp_dir).key
+    assert remove_day(conn, spec, DAY, store, temp_dir=str(temp_dir)).rows == 3
+    return t, spec, key
+
 def _manifest(s3_client, bucket, key) -> dict:
     return json.loads(s3_client.get_object(Bucket=bucket, Key=manifest_key(key))["Body"].read())
 
@@ -44,14 +57,7 @@ def test_late_rows_after_a_removal_from_another_cluster_make_its_pending_mark_ta
     exactly the archived rows (as the same function already demands of a "committed" status), else it stays
     pending and the removal is refused naming the doubt (or completed, the rows taken as late ones), so a later
     overwrite keeps the removed rows' object (``kept``)."""
-    t = sql.Identifier(schema, "t")
-    conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, at date NOT NULL, v text)").format(t))
-    conn.execute(sql.SQL("INSERT INTO {} SELECT g, %s, 'v' || g FROM generate_series(1, 3) g").format(t), (DAY,))
-    spec = TableSpec(name=f"{schema}.t", day_column="at", start_date=DAY.isoformat(), format="jsonl",
-                     compression="none", retention={"keep_days": 1, "action": "delete"})
-    key = archive_partition(conn, spec, DAY, store, temp_dir=temp_dir).key
-    removed = remove_day(conn, spec, DAY, store, temp_dir=str(temp_dir))
-    assert removed.rows == 3
+    t, spec, key = _archived_and_removed(conn, schema, store, temp_dir)
     here = conn.execute("SELECT system_identifier::text FROM pg_control_system()").fetchone()[0]
     # what the old cluster's prune left: the mark pending (its done mark lost), its xid and system the old cluster's
     _forge_pending(store, key, xid=_aborted_xid(pg), system=str(int(here) + 1), action="delete")
@@ -81,15 +87,9 @@ def test_late_rows_after_a_removal_whose_mark_names_no_known_transaction_keep_th
     from archive_pipeline.core.lifecycle import RemovalRefused, settle_pending_removal
     from archive_pipeline.core.plan import plan_day
 
-    if trigger == "xid too old" and conn.execute("SELECT txid_status(3)").fetchone()[0] is not None:
-        pytest.skip("this cluster still remembers transaction 3")
-    t = sql.Identifier(schema, "t")
-    conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, at date NOT NULL, v text)").format(t))
-    conn.execute(sql.SQL("INSERT INTO {} SELECT g, %s, 'v' || g FROM generate_series(1, 3) g").format(t), (DAY,))
-    spec = TableSpec(name=f"{schema}.t", day_column="at", start_date=DAY.isoformat(), format="jsonl",
-                     compression="none", retention={"keep_days": 1, "action": "delete"})
-    key = archive_partition(conn, spec, DAY, store, temp_dir=temp_dir).key
-    assert remove_day(conn, spec, DAY, store, temp_dir=str(temp_dir)).rows == 3
+    if trigger == "xid too old":  # (the premise: a fresh cluster no longer tells transaction 3's fate)
+        assert conn.execute("SELECT txid_status(3)").fetchone()[0] is None
+    t, spec, key = _archived_and_removed(conn, schema, store, temp_dir)
     _forge_pending(store, key, xid=None if trigger == "no xid" else "3")
     conn.execute(sql.SQL("INSERT INTO {} SELECT g, %s, 'late' || g FROM generate_series(11, 14) g").format(t),
                  (DAY,))

@@ -9,6 +9,7 @@ from dagster import DagsterEventType, instance_for_test
 
 from archive_pipeline.core import keys
 from archive_pipeline.core.archive import archive_partition
+from archive_pipeline.core.config import parse_config
 from archive_pipeline.core.verify import load_manifest
 from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
 from archive_pipeline_tests.helpers import run_check_evaluations, run_materializations
@@ -20,6 +21,18 @@ DAY = DAYS[0]
 
 def _meta(materialization) -> dict:
     return {k: getattr(v, "value", v) for k, v in materialization.metadata.items()}
+
+
+def _empty_day_archived(conn, events: str, store):
+    """The day before DAY of ``events.events`` (retention: drop after 30 days) archived as empty: (that day, the
+    config, its table's spec, the day's archive key)."""
+    first = DAY - dt.timedelta(days=1)
+    table = {"name": f"{events}.events", "day_column": "created_at", "start_date": first.isoformat(),
+             "partitioning": {"mode": "declarative"}, "retention": {"keep_days": 30, "action": "drop"}}
+    config = parse_config({"retry": {"max_retries": 0}, "tables": [table]})
+    spec = config.tables[0]
+    assert archive_partition(conn, spec, first, store).empty  # (a manifest alone: no rows, no object)
+    return first, config, spec, keys.table_day_key(spec, spec.period(first), store.prefix)
 
 
 def test_a_removal_completing_a_prunes_committed_mark_under_its_lock_records_removed_by_unknown(
@@ -98,16 +111,9 @@ def test_a_removal_of_an_archived_empty_day_with_no_partition_records_a_drop_don
     Should: say what happened: nothing to remove (the day had no rows and no partition): e.g. a materialization
     with ``nothing_to_remove: True`` and no action/relation/removed_at, or the log line and no record. Fix idea:
     in _removing, branch on ``removal.nothing`` as the CLI does."""
-    from archive_pipeline.core.config import parse_config
     from archive_pipeline.definitions import build_definitions
 
-    first = DAY - dt.timedelta(days=1)
-    table = {"name": f"{events}.events", "day_column": "created_at", "start_date": first.isoformat(),
-             "partitioning": {"mode": "declarative"}, "retention": {"keep_days": 30, "action": "drop"}}
-    config = parse_config({"retry": {"max_retries": 0}, "tables": [table]})
-    spec = config.tables[0]
-    assert archive_partition(conn, spec, first, store).empty  # (a manifest alone: no rows, no object)
-    key = keys.table_day_key(spec, spec.period(first), store.prefix)
+    first, config, spec, key = _empty_day_archived(conn, events, store)
     with instance_for_test() as instance:
         done = build_definitions(config).resolve_job_def(f"Remove_{events}_events").execute_in_process(
             partition_key=first.isoformat(), instance=instance, raise_on_error=False)
@@ -134,18 +140,11 @@ def test_the_proof_of_a_removed_empty_day_says_its_object_and_digests_were_check
 
     Should: the verdict says what was checked: the manifest, recording the day as empty (no object). Fix idea:
     _proven_text words an ``empty`` manifest (no ``object``) apart."""
-    from archive_pipeline.core.config import parse_config
     from archive_pipeline.definitions import build_definitions
 
-    first = DAY - dt.timedelta(days=1)
     conn.execute(f"CREATE TABLE {events}.events_20240309 PARTITION OF {events}.events "
                  "FOR VALUES FROM ('2024-03-09 00:00+00') TO ('2024-03-10 00:00+00')")
-    table = {"name": f"{events}.events", "day_column": "created_at", "start_date": first.isoformat(),
-             "partitioning": {"mode": "declarative"}, "retention": {"keep_days": 30, "action": "drop"}}
-    config = parse_config({"retry": {"max_retries": 0}, "tables": [table]})
-    spec = config.tables[0]
-    assert archive_partition(conn, spec, first, store).empty  # (a manifest alone: no rows, no object)
-    key = keys.table_day_key(spec, spec.period(first), store.prefix)
+    first, config, spec, key = _empty_day_archived(conn, events, store)
     remove = build_definitions(config).resolve_job_def(f"Remove_{events}_events")
     with instance_for_test() as instance:
         removed = remove.execute_in_process(partition_key=first.isoformat(), instance=instance)
