@@ -853,15 +853,17 @@ def bounding_ranges(conn: psycopg.Connection, spec: TableSpec, relation: tuple[s
 # pg_inherits, since pg_partition_tree leaves a partition pending detach out (PostgreSQL 14+).
 PENDING_DETACH_UNDER = """
 WITH RECURSIVE tree(oid, parent, pending) AS (
-    SELECT pg_catalog.to_regclass(%s)::pg_catalog.oid, NULL::pg_catalog.oid, false
+    SELECT c.oid, NULL::pg_catalog.oid, false FROM pg_catalog.pg_class c
+    JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s
     UNION ALL
     SELECT i.inhrelid, i.inhparent, i.inhdetachpending FROM pg_catalog.pg_inherits i JOIN tree ON i.inhparent = tree.oid)
 SELECT n.nspname, c.relname, tree.parent::pg_catalog.regclass::text
 FROM tree JOIN pg_catalog.pg_class c ON c.oid = tree.oid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE tree.pending
 ORDER BY 1, 2
-"""  # the partitions pending detach at any depth under a relation (its name as a statement quotes it; none if gone),
-# with their parent: read from pg_inherits, since pg_partition_tree leaves a partition pending detach out
+"""  # the partitions pending detach at any depth under a relation (its schema and name; none if gone), with their
+# parent: read from pg_inherits, since pg_partition_tree leaves a partition pending detach out; by name, not through
+# regclass, which a role without USAGE on the schema is refused (and the day's "may not SELECT" was never said)
 
 
 def pending_detach_days(conn: psycopg.Connection, spec: TableSpec, days: Iterable[Period]) -> dict[Period, SourceError]:
@@ -874,8 +876,7 @@ def pending_detach_days(conn: psycopg.Connection, spec: TableSpec, days: Iterabl
     if spec.partitioning.mode != "declarative" or conn.info.server_version < 140000:
         return {}  # (no partition is ever pending before PostgreSQL 14)
     with pinned_settings(conn, search_path=SEARCH_PATH):  # (the parent as a statement to paste names it: qualified)
-        pending = conn.execute(PENDING_DETACH_UNDER, (sql.Identifier(spec.schema_name, spec.table_name).as_string(
-            conn),)).fetchall()
+        pending = conn.execute(PENDING_DETACH_UNDER, (spec.schema_name, spec.table_name)).fetchall()
     found: dict[Period, SourceError] = {}
     for schema, name, parent in pending:
         ranges = bounding_ranges(conn, spec, (schema, name))

@@ -1627,7 +1627,7 @@ def _refuse_pending_detach(conn: psycopg.Connection, spec: TableSpec, day: Perio
         parent = detaching(conn, relation)
         found = [(child.relation(spec), parent)] if parent else \
             [((schema, name), under) for schema, name, under in
-             conn.execute(PENDING_DETACH_UNDER, (relation.as_string(conn),)).fetchall()]
+             conn.execute(PENDING_DETACH_UNDER, child.relation(spec)).fetchall()]
         if found:
             pending = pending_detach_error(spec.name, *found[0])
             raise RemovalRefused(f"{spec.name} {day} stays in the source: {pending.message}", table=spec.name,
