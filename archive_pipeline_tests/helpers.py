@@ -236,3 +236,201 @@ def run_materializations(instance, run_id: str) -> list:
 
     return [e.dagster_event.event_specific_data.materialization
             for e in instance.all_logs(run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION)]
+
+
+# --- the command line, in this process ------------------------------------------------------------------------------
+
+CLI_MODULE = "archive_pipeline.cli"
+
+# What a new interpreter reads only while it starts (the locale and so stdout's encoding, Python's own settings,
+# the dynamic loader's): given a value other than this process's, only a new process honours it (see run_cli).
+_AT_START_UP = ("LANG", "LANGUAGE", "LC_", "TZ", "LD_", "MALLOC_", "OPENSSL_CONF", "PYTHONIOENCODING", "PYTHONUTF8",
+                "PYTHONWARNINGS", "PYTHONDEVMODE", "PYTHONHOME", "PYTHONSAFEPATH", "PYTHONCOERCECLOCALE",
+                "PYTHONMALLOC", "PYTHONOPTIMIZE", "PYTHONINSPECT", "PYTHONSTARTUP", "PYTHONNOUSERSITE",
+                "PYTHONUSERBASE", "PYTHONPLATLIBDIR", "PYTHONTRACEMALLOC", "PYTHONEXECUTABLE")
+
+# A new interpreter's warning filters (no -W, no PYTHONWARNINGS, not -X dev), its __main__ being the CLI's module.
+_DEFAULT_FILTERS = (("default", DeprecationWarning, CLI_MODULE), ("ignore", DeprecationWarning, ""),
+                    ("ignore", PendingDeprecationWarning, ""), ("ignore", ImportWarning, ""),
+                    ("ignore", ResourceWarning, ""))
+
+
+def needs_a_process(env: dict[str, str]) -> str | None:
+    """Why ``env`` can only be honoured by a new process (a locale, an encoding, Python's or the loader's start-up
+    settings other than this process's, or a PYTHONPATH whose archive_pipeline is another copy), else None."""
+    import os
+    from pathlib import Path
+
+    import archive_pipeline
+
+    for name in sorted({*env, *os.environ}):
+        if name.startswith(_AT_START_UP) and env.get(name) != os.environ.get(name):
+            return f"{name} differs from this process's"
+    here = Path(archive_pipeline.__file__).resolve().parent
+    for entry in (env.get("PYTHONPATH") or "").split(os.pathsep):
+        found = Path(entry or ".") / "archive_pipeline"
+        if entry and (found / "__init__.py").is_file():
+            return None if found.resolve() == here else f"PYTHONPATH holds another archive_pipeline ({found})"
+    return None
+
+
+def _stdio_errors() -> str:
+    """The error handler a new interpreter gives stdout in this locale (Python's config_get_stdio_errors)."""
+    import locale
+    import sys
+
+    ctype = locale.setlocale(locale.LC_CTYPE)
+    return "surrogateescape" if sys.flags.utf8_mode or ctype in ("C", "POSIX", "C.UTF-8", "C.utf8", "UTF-8") \
+        else "strict"
+
+
+def run_cli(args, env: dict[str, str], *, cwd=None, timeout: float | None = 60, process: bool | None = None,
+            input: str | None = None, preexec_fn=None):  # noqa: A002 - subprocess.run's name
+    """``python -m archive_pipeline.cli *args`` as a subprocess.CompletedProcess (args, returncode, stdout and
+    stderr as text), run in this process unless ``process`` (a real ``python -m`` process: signals, start-up,
+    rlimits through ``preexec_fn``, ...) or ``env`` needs one (see :func:`needs_a_process`). A start-up costs a
+    second of imports; in-process the command runs as the process would:
+
+    - ``os.environ`` is exactly ``env`` (for libpq too: putenv), the working directory ``cwd``, ``sys.argv`` what
+      ``python -m`` makes of it, stdin empty, tempfile's cached temp dir forgotten (TMPDIR is re-read); all put back
+      afterwards;
+    - stdout and stderr are UTF-8 text streams over bytes (not TTYs, no fileno), also as ``sys.__stdout__`` and
+      ``sys.__stderr__``; the CLI's wrappers around them are dropped afterwards (the streams before are put back);
+    - a fresh contextvars.Context (the CLI's per-command ContextVars start unset), a new interpreter's warning
+      filters, printed on stderr;
+    - the root logger without handlers (a warning goes to stderr as logging's last resort prints it), every
+      logger's handlers and levels and every signal handler as they were before, afterwards;
+    - SystemExit is the exit code as Python makes it (None 0, an int modulo 256, anything else printed on stderr
+      and 1); an uncaught exception prints its traceback on stderr and exits 1 (KeyboardInterrupt: -SIGINT, as
+      Python dies of it); non-daemon threads the command left are joined and garbage collected (what it left
+      open is closed) as at a process's exit.
+
+    ``timeout`` is not enforced in-process (the command runs on this thread, which holds its signal handlers):
+    past it, the stacks of every thread are dumped once to the real stderr, for a hang to be diagnosable."""
+    import contextlib
+    import contextvars
+    import faulthandler
+    import gc
+    import io
+    import locale
+    import logging
+    import os
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+    import threading
+    import traceback
+    import warnings
+
+    argv = [sys.executable, "-m", CLI_MODULE, *map(str, args)]
+    if process is None:
+        process = preexec_fn is not None or needs_a_process(env) is not None
+    if process:
+        return subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout, input=input,
+                              preexec_fn=preexec_fn)
+
+    from archive_pipeline import cli
+
+    out_bytes, err_bytes = io.BytesIO(), io.BytesIO()
+    out = io.TextIOWrapper(out_bytes, encoding="utf-8", errors=_stdio_errors(), line_buffering=False)
+    err = io.TextIOWrapper(err_bytes, encoding="utf-8", errors="backslashreplace", line_buffering=True)
+    saved_env = dict(os.environ)
+    saved_cwd = os.getcwd()
+    saved_std = (sys.stdin, sys.stdout, sys.stderr, sys.__stdin__, sys.__stdout__, sys.__stderr__)
+    saved_argv = sys.argv
+    saved_tempdir = tempfile.tempdir
+    saved_signals = {signum: signal.getsignal(signum) for signum in signal.valid_signals()
+                     if signum not in (signal.SIGKILL, signal.SIGSTOP)}
+    root = logging.getLogger()
+    loggers = [root, *(logger for logger in logging.root.manager.loggerDict.values()
+                       if isinstance(logger, logging.Logger))]
+    saved_logging = [(logger, logger.level, list(logger.handlers), logger.propagate, logger.disabled)
+                     for logger in loggers]
+    saved_disable = logging.root.manager.disable
+    threads_before = set(threading.enumerate())
+    real_stderr = saved_std[5] if saved_std[5] is not None else sys.stderr
+    watchdog = timeout is not None and hasattr(real_stderr, "fileno")
+
+    def call() -> int:
+        try:
+            cli.main(list(argv[3:]), prog_name=f"python -m {CLI_MODULE}")
+        except SystemExit as exc:
+            code = exc.code
+            if code is None:
+                return 0
+            if isinstance(code, int):
+                return code & 0xFF
+            print(code, file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            traceback.print_exc(file=sys.stderr)
+            return -signal.SIGINT
+        except BaseException:  # noqa: BLE001 - as the interpreter reports it
+            traceback.print_exc(file=sys.stderr)
+            return 1
+        return 0
+
+    try:
+        os.environ.clear()
+        os.environ.update(env)
+        tempfile.tempdir = None
+        if cwd is not None:
+            os.chdir(cwd)
+        sys.argv = [cli.__file__, *argv[3:]]
+        sys.stdin = sys.__stdin__ = io.StringIO(input or "")
+        sys.stdout = sys.__stdout__ = out
+        sys.stderr = sys.__stderr__ = err
+        root.handlers = []
+        root.setLevel(logging.WARNING)
+        logging.disable(logging.NOTSET)
+        if watchdog:
+            with contextlib.suppress(Exception):
+                faulthandler.dump_traceback_later(timeout, file=real_stderr)
+        with warnings.catch_warnings():
+            warnings.resetwarnings()
+            for action, category, module in reversed(_DEFAULT_FILTERS):
+                warnings.filterwarnings(action, category=category, module=rf"{module}\Z" if module else "")
+            warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: \
+                sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+            gc.freeze()  # (this process's objects: the collection below looks at the command's only, in ms)
+            try:
+                returncode = contextvars.Context().run(call)
+                for thread in set(threading.enumerate()) - threads_before:
+                    if not thread.daemon:
+                        thread.join(timeout)
+                gc.collect()
+            finally:
+                gc.unfreeze()
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+        with contextlib.suppress(Exception):
+            sys.stderr.flush()
+    finally:
+        if watchdog:
+            faulthandler.cancel_dump_traceback_later()
+        (sys.stdin, sys.stdout, sys.stderr, sys.__stdin__, sys.__stdout__, sys.__stderr__) = saved_std
+        sys.argv = saved_argv
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+        tempfile.tempdir = saved_tempdir
+        for signum, handler in saved_signals.items():
+            if handler is not None and signal.getsignal(signum) is not handler:
+                with contextlib.suppress(OSError, ValueError, TypeError):
+                    signal.signal(signum, handler)
+        for logger, level, handlers, propagate, disabled in saved_logging:
+            logger.setLevel(level)
+            logger.handlers = handlers
+            logger.propagate, logger.disabled = propagate, disabled
+        logging.disable(saved_disable)
+    with contextlib.suppress(Exception):
+        out.flush()
+    with contextlib.suppress(Exception):
+        err.flush()
+    encoding = locale.getpreferredencoding(False)  # subprocess.run(text=True) decodes so, newlines universal
+
+    def text(data: bytes) -> str:
+        return data.decode(encoding).replace("\r\n", "\n").replace("\r", "\n")
+
+    return subprocess.CompletedProcess(argv, returncode, text(out_bytes.getvalue()), text(err_bytes.getvalue()))

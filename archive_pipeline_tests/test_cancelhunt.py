@@ -74,6 +74,7 @@ def setup(pg, conn, schema, bucket, proxy, tmp_path):
 
 
 def cli(env: dict[str, str], *args: str) -> subprocess.Popen:
+    # a real process (Popen), never helpers.run_cli: the tests cancel and signal the command while it runs
     return subprocess.Popen([sys.executable, "-m", "archive_pipeline.cli", *args], env=env, cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

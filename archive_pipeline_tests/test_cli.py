@@ -19,6 +19,7 @@ from archive_pipeline.core.config import parse_config
 from archive_pipeline.local.local_stack import create_sample_events, free_port
 from archive_pipeline.core.manifest import manifest_key
 from archive_pipeline_tests.conftest import utc_today
+from archive_pipeline_tests.helpers import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = 300
@@ -47,9 +48,10 @@ def setup(pg, conn, schema, s3, bucket, tmp_path, days):
     return env, spec
 
 
-def cli(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "archive_pipeline.cli", *args], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout)
+def cli(env: dict[str, str], *args: str, timeout: float = 60, process: bool = False) -> subprocess.CompletedProcess:
+    # in this process (helpers.run_cli: a second of interpreter start-up and imports saved per call); process=True: a
+    # real `python -m` process, for what only one shows (signals, start-up, rlimits)
+    return run_cli(args, env, cwd=ROOT, timeout=timeout, process=process or None)
 
 
 def cli_json(env: dict[str, str], *args: str, code: int = 0) -> dict:

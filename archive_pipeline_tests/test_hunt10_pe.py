@@ -19,6 +19,7 @@ from psycopg import sql
 from archive_pipeline.core.archive import archive_partition, render_key
 from archive_pipeline.core.config import parse_config
 from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
+from archive_pipeline_tests.helpers import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 DAYS = [dt.date(2024, 3, 10), dt.date(2024, 3, 11), dt.date(2024, 3, 12)]
@@ -33,9 +34,11 @@ def make_env(pg, endpoint: str, bucket: str, **extra: str) -> dict[str, str]:
     return env
 
 
-def cli(env: dict[str, str], *args: str, cwd: Path = ROOT, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "archive_pipeline.cli", *args], env=env, cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout)
+def cli(env: dict[str, str], *args: str, cwd: Path = ROOT, timeout: float = 60,
+        process: bool = False) -> subprocess.CompletedProcess:
+    # in this process (helpers.run_cli: a second of interpreter start-up and imports saved per call); process=True: a
+    # real `python -m` process, for what only one shows (signals, start-up, rlimits)
+    return run_cli(args, env, cwd=cwd, timeout=timeout, process=process or None)
 
 
 def small_table(conn, schema: str, name: str = "ev", days=DAYS, rows: int = 50) -> None:

@@ -9,7 +9,6 @@ import datetime as dt
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,6 +22,7 @@ from archive_pipeline.core.lifecycle import remove_day
 from archive_pipeline.core.manifest import encode_manifest
 from archive_pipeline.core.plan import compare_days, day_statuses, plan_archive
 from archive_pipeline.core.verify import deep_verify
+from archive_pipeline_tests.helpers import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 DAY = dt.date(2024, 3, 10)
@@ -36,9 +36,10 @@ def _env(pg, s3, bucket: str) -> dict[str, str]:
     return env
 
 
-def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "archive_pipeline.cli", *args], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
+def _cli(env: dict[str, str], *args: str, process: bool = False) -> subprocess.CompletedProcess:
+    # in this process (helpers.run_cli: a second of interpreter start-up and imports saved per call); process=True: a
+    # real `python -m` process, for what only one shows (signals, start-up, rlimits)
+    return run_cli(args, env, cwd=ROOT, timeout=60, process=process or None)
 
 
 def _table(conn, schema: str, rows: int = 5, **config) -> dict:

@@ -6,21 +6,22 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 from psycopg import sql
 
+from archive_pipeline_tests.helpers import run_cli
+
 ROOT = Path(__file__).resolve().parents[1]
 DAY = dt.date(2024, 3, 10)
 
 
-def _cli(env, *args):
-    return subprocess.run([sys.executable, "-m", "archive_pipeline.cli", *args], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=90)
+def _cli(env, *args, process: bool = False):
+    # in this process (helpers.run_cli: a second of interpreter start-up and imports saved per call); process=True: a
+    # real `python -m` process, for what only one shows (signals, start-up, rlimits)
+    return run_cli(args, env, cwd=ROOT, timeout=90, process=process or None)
 
 
 def _env(pg, s3, bucket, tmp_path, table, **sections):

@@ -17,6 +17,7 @@ from archive_pipeline.core.archive import archive_partition
 from archive_pipeline.core.config import parse_config
 from archive_pipeline.local.local_stack import create_sample_events
 from archive_pipeline_tests.conftest import utc_today
+from archive_pipeline_tests.helpers import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFIX = "archive"  # the ``store`` fixture's prefix: the command line sees what the tests archive in-process
@@ -32,9 +33,10 @@ def _env(pg, s3, bucket, tmp_path, tables: list[dict]) -> dict[str, str]:
     return env
 
 
-def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    done = subprocess.run([sys.executable, "-m", "archive_pipeline.cli", *args], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=90)
+def cli(env: dict[str, str], *args: str, process: bool = False) -> subprocess.CompletedProcess:
+    # in this process (helpers.run_cli: a second of interpreter start-up and imports saved per call); process=True: a
+    # real `python -m` process, for what only one shows (signals, start-up, rlimits)
+    done = run_cli(args, env, cwd=ROOT, timeout=90, process=process or None)
     assert "Traceback" not in done.stderr, done.stderr
     return done
 

@@ -10,7 +10,6 @@ import datetime as dt
 import json
 import os
 import subprocess
-import sys
 import time
 
 import psycopg
@@ -23,6 +22,7 @@ from archive_pipeline.core.config import TableSpec
 from archive_pipeline.local.local_stack import create_sample_events, start_postgres, wait_for_replay
 from archive_pipeline_tests.conftest import utc_today
 from archive_pipeline_tests.test_hunt17_wl import replay_paused, standby  # noqa: F401 - the standby fixture
+from archive_pipeline_tests.helpers import run_cli
 
 DAY = utc_today() - dt.timedelta(days=5)
 
@@ -63,9 +63,10 @@ def _late_row(conn, schema: str) -> None:
                          "is_mobile, tags, payload FROM {} ORDER BY id LIMIT 1").format(events, events))
 
 
-def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "archive_pipeline.cli", *args], env=env, capture_output=True,
-                          text=True, timeout=90)
+def _cli(env: dict[str, str], *args: str, process: bool = False) -> subprocess.CompletedProcess:
+    # in this process (helpers.run_cli: a second of interpreter start-up and imports saved per call); process=True: a
+    # real `python -m` process, for what only one shows (signals, start-up, rlimits)
+    return run_cli(args, env, timeout=90, process=process or None)
 
 
 def _env(tmp_path, s3, bucket, table: dict, dsn: str, primary: str | None = None) -> dict[str, str]:

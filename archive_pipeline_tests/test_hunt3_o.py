@@ -21,6 +21,7 @@ from archive_pipeline.core.archive import archive_partition, render_key
 from archive_pipeline.core.config import parse_config
 from archive_pipeline.core.store import MIN_PART_SIZE, S3Store
 from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
+from archive_pipeline_tests.helpers import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 DAYS = [dt.date(2024, 3, 10), dt.date(2024, 3, 11), dt.date(2024, 3, 12)]
@@ -35,9 +36,10 @@ def make_env(pg, endpoint: str, bucket: str, config: Path, tmp: Path, **extra: s
     return env
 
 
-def cli(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "archive_pipeline.cli", *args], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout)
+def cli(env: dict[str, str], *args: str, timeout: float = 60, process: bool = False) -> subprocess.CompletedProcess:
+    # in this process (helpers.run_cli: a second of interpreter start-up and imports saved per call); process=True: a
+    # real `python -m` process, for what only one shows (signals, start-up, rlimits)
+    return run_cli(args, env, cwd=ROOT, timeout=timeout, process=process or None)
 
 
 def write_config(tmp_path: Path, tables: list[dict]) -> Path:

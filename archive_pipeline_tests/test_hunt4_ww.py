@@ -17,14 +17,16 @@ import yaml
 from psycopg import sql
 
 from archive_pipeline_tests.test_hunt_cli import make_env, small_table
+from archive_pipeline_tests.helpers import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 DAYS = [dt.date(2024, 3, 10), dt.date(2024, 3, 11), dt.date(2024, 3, 12)]
 
 
-def cli(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    done = subprocess.run([sys.executable, "-m", "archive_pipeline.cli", *args], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout)
+def cli(env: dict[str, str], *args: str, timeout: float = 60, process: bool = False) -> subprocess.CompletedProcess:
+    # in this process (helpers.run_cli: a second of interpreter start-up and imports saved per call); process=True: a
+    # real `python -m` process, for what only one shows (signals, start-up, rlimits)
+    done = run_cli(args, env, cwd=ROOT, timeout=timeout, process=process or None)
     assert "Traceback" not in done.stdout + done.stderr, done.stderr
     return done
 

@@ -10,6 +10,7 @@ from archive_pipeline.core.archive import archive_partition
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.lifecycle import remove_day
 from archive_pipeline.core.verify import load_manifest
+from archive_pipeline_tests.helpers import run_cli
 
 DAY = dt.date(2024, 3, 10)
 
@@ -308,8 +309,6 @@ def test_verify_does_not_tell_to_archive_again_a_day_whose_manifest_read_merely_
     restores over a good manifest). A day that was not checked should be told what the read's error says (the
     grant, or to verify again), not to mend an archive (cli._verify_remedy is given to every problem alike)."""
     import json as _json
-    import subprocess
-    import sys
 
     from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
     from archive_pipeline_tests.test_hunt_cli import ROOT, make_env, small_table
@@ -318,9 +317,8 @@ def test_verify_does_not_tell_to_archive_again_a_day_whose_manifest_read_merely_
     small_table(conn, schema, "a", [DAY])
     config = write_config(tmp_path, [{"name": f"{schema}.a", "day_column": "at", "start_date": DAY.isoformat()}])
 
-    def cli(env, *args):
-        return subprocess.run([sys.executable, "-m", "archive_pipeline.cli", *args], env=env, cwd=ROOT,
-                              capture_output=True, text=True, timeout=60)
+    def cli(env, *args):  # in this process (helpers.run_cli): a second of start-up and imports saved per call
+        return run_cli(args, env, cwd=ROOT, timeout=60)
 
     assert archive_partition(conn, TableSpec(name=f"{schema}.a", day_column="at", start_date=DAY), DAY, store).rows
     with FaultProxy(s3.endpoint_url) as proxy:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +11,7 @@ import pytest
 import yaml
 
 from archive_pipeline.local.local_stack import LocalPostgres, create_sample_events, start_postgres, start_replica, wait_for_replay
+from archive_pipeline_tests.helpers import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 DAYS = [dt.date(2024, 3, 10), dt.date(2024, 3, 11), dt.date(2024, 3, 12)]
@@ -47,9 +46,10 @@ def env_for(primary, replica, s3, bucket, tmp_path, **table) -> dict[str, str]:
     return env
 
 
-def cli(env, *args):
-    return subprocess.run([sys.executable, "-m", "archive_pipeline.cli", *args], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+def cli(env, *args, process: bool = False):
+    # in this process (helpers.run_cli: a second of interpreter start-up and imports saved per call); process=True: a
+    # real `python -m` process, for what only one shows (signals, start-up, rlimits)
+    return run_cli(args, env, cwd=ROOT, timeout=120, process=process or None)
 
 
 def test_verify_deep_on_a_standby_without_a_primary_does_not_tell_to_mend_an_intact_archive(primary, replica, s3,

@@ -7,21 +7,21 @@ from __future__ import annotations
 import json
 import resource
 import subprocess
-import sys
 
 import pytest
 from psycopg import sql
 
 from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
-from archive_pipeline_tests.helpers import tiny_tmpfs
+from archive_pipeline_tests.helpers import run_cli, tiny_tmpfs
 from archive_pipeline_tests.test_hunt_cli import DAYS, ROOT, make_env, write_config
 
 DAY = DAYS[0].isoformat()
 
 
 def _cli(env: dict[str, str], *args: str, preexec_fn=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "archive_pipeline.cli", *args], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=60, preexec_fn=preexec_fn)
+    # in this process (helpers.run_cli: a second of interpreter start-up and imports saved per call), except with a
+    # preexec_fn (the file size rlimit of the test below): that is a real child process's own, so one is started
+    return run_cli(args, env, cwd=ROOT, timeout=60, preexec_fn=preexec_fn, process=preexec_fn is not None or None)
 
 
 def _day_table(pg, s3, bucket, conn, schema, tmp_path, rows: int = 20000) -> dict[str, str]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,14 +15,16 @@ from archive_pipeline.core.config import ConfigError, load_config
 from archive_pipeline.core.errors import SourceError
 from archive_pipeline.definitions import build_definitions
 from archive_pipeline.defs.resources import PostgresResource
+from archive_pipeline_tests.helpers import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLES = "tables:\n  - {name: public.events, day_column: created_at, start_date: 2024-03-10}\n"
 
 
-def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "archive_pipeline.cli", *args], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
+def cli(env: dict[str, str], *args: str, process: bool = False) -> subprocess.CompletedProcess:
+    # in this process (helpers.run_cli: a second of interpreter start-up and imports saved per call); process=True: a
+    # real `python -m` process, for what only one shows (signals, start-up, rlimits)
+    return run_cli(args, env, cwd=ROOT, timeout=60, process=process or None)
 
 
 @pytest.fixture

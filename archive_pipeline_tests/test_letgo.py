@@ -23,7 +23,7 @@ from archive_pipeline.core.restore import restore_day
 from archive_pipeline.core.verify import deep_verify, load_manifest
 from archive_pipeline_tests.test_exactness import COLUMNS as EDGE_COLUMNS
 from archive_pipeline_tests.conftest import utc_today
-from archive_pipeline_tests.helpers import run_check_evaluations
+from archive_pipeline_tests.helpers import run_check_evaluations, run_cli
 
 DAY = dt.date(2024, 3, 10)
 
@@ -362,9 +362,10 @@ def standby(pg):
     server.stop()
 
 
-def _cli(env: dict[str, str], *args: str, code: int = 0) -> dict:
-    done = subprocess.run([sys.executable, "-m", "archive_pipeline.cli", *args, "--json"], env=env,
-                          capture_output=True, text=True, timeout=120)
+def _cli(env: dict[str, str], *args: str, code: int = 0, process: bool = False) -> dict:
+    # in this process (helpers.run_cli: a second of interpreter start-up and imports saved per call); process=True: a
+    # real `python -m` process, for what only one shows (signals, start-up, rlimits)
+    done = run_cli([*args, "--json"], env, timeout=120, process=process or None)
     assert done.returncode == code, done.stderr + done.stdout
     return json.loads(done.stdout)
 

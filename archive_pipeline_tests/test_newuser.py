@@ -20,6 +20,7 @@ from archive_pipeline.core.archive import archive_partition
 from archive_pipeline.core.config import parse_config
 from archive_pipeline.local.local_stack import create_sample_events
 from archive_pipeline_tests.conftest import utc_today
+from archive_pipeline_tests.helpers import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFIX = "archive"  # the ``store`` fixture's prefix, so the CLI sees what the tests archive in-process
@@ -45,8 +46,9 @@ def _events(name: str, day: dt.date) -> dict:
 
 
 def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    done = subprocess.run([sys.executable, "-m", "archive_pipeline.cli", *args], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
+    # a real `python -m` process, never helpers.run_cli's in-process call: these are the command line as a new
+    # user runs it, start-up, streams and exit included (see the module's docstring)
+    done = run_cli(args, env, cwd=ROOT, timeout=60, process=True)
     assert "Traceback" not in done.stderr, done.stderr  # never, whatever the input
     return done
 
