@@ -1128,7 +1128,7 @@ class _Archiving:
             self._refuse_stale_standby(manifest)
         removed = manifest.get("removed")
         if removed:
-            if same:
+            if same and self._reads_back(manifest, table):
                 return True
             if overwrite and fp.rows:
                 # The day is back in the source (restored into its table, then edited; or late rows): archived
@@ -1143,7 +1143,8 @@ class _Archiving:
                     "need the rows back", retryable=False, manifest_key=self._manifest_key_of(manifest))
             raise DayRemovedError(
                 f"{self.spec.name} {self.day} was removed from the source at {removed.get('at')} after its archive "
-                f"{self._archive_uri(manifest)} was proven, and the source now has other rows ({fp.rows:,}); "
+                f"{self._archive_uri(manifest)} was proven, and "
+                f"{'the source now has other rows (' + format(fp.rows, ',') + ')' if not same else 'its rows are back in the source, but the table changed: ' + self._change(manifest, table, fp)}; "
                 "archiving them without overwrite would replace the only copy. Restore the archive if you need the "
                 "removed rows back; to archive the rows there are now, set overwrite (an archive that holds more "
                 "rows than the new one is kept beside it)", retryable=False, remedy=_LATE_AFTER_REMOVAL,
@@ -1155,11 +1156,18 @@ class _Archiving:
             return False  # an older manifest or fingerprint cannot prove its content: archive again, as a new generation
         # a composite's field renamed prints the same text (the same fingerprint), but a restore of the archive
         # would be refused for it: the day is changed, as compare and list call it
-        if same and not shape_changes(manifest.get("columns", []), {c.name: c.shape for c in table.columns}) \
-                and not self._inexact_retypes(manifest, table):
+        if same and self._reads_back(manifest, table):
             self._refuse_inexact_archive(manifest)
             return True
         raise LateRowsError(self._change_message(manifest, table, fp), retryable=False)
+
+    def _reads_back(self, manifest: dict, table: SourceTable) -> bool:
+        """Whether an archive whose fingerprint is the source's would also restore into the table as it is now: no
+        composite's field renamed or retyped (it prints the same text, the same fingerprint) and no column retyped
+        in a way a restore would not reproduce (an inet now text). Otherwise the day is changed, as compare and a
+        removal call it, live or removed."""
+        return not shape_changes(manifest.get("columns", []), {c.name: c.shape for c in table.columns}) \
+            and not self._inexact_retypes(manifest, table)
 
     def _inexact_retypes(self, manifest: dict, table: SourceTable) -> list[str]:
         """The columns retyped since ``manifest``'s archive in a way a restore would not reproduce exactly (see
@@ -1205,6 +1213,12 @@ class _Archiving:
                    "again), or set strict: false to accept the archive as it is")
 
     def _change_message(self, manifest: dict, table: SourceTable, fp: fingerprint.Fingerprint) -> str:
+        return (f"{self.spec.name} {self.day} changed since it was archived to {self._archive_uri(manifest)} "
+                f"(snapshot {manifest.get('source', {}).get('snapshot_at')}): {self._change(manifest, table, fp)}; "
+                "set overwrite to archive the day again (the previous archive stays until the new one is complete)")
+
+    def _change(self, manifest: dict, table: SourceTable, fp: fingerprint.Fingerprint) -> str:
+        """What changed in the day since ``manifest``'s archive: its day column, columns, types or rows."""
         archived = fingerprint.Fingerprint.parse(manifest["fingerprint"])
         then = [c["name"] for c in manifest.get("columns", [])]
         now = [c.name for c in table.columns]
@@ -1240,9 +1254,7 @@ class _Archiving:
         else:
             what = (f"its content changed with the same {fp.rows:,} rows (rows updated, or inserted and deleted: "
                     f"fingerprint {fp} now, {archived} archived)")
-        return (f"{self.spec.name} {self.day} changed since it was archived to {self._archive_uri(manifest)} "
-                f"(snapshot {manifest.get('source', {}).get('snapshot_at')}): {what}; set overwrite to archive "
-                "the day again (the previous archive stays until the new one is complete)")
+        return what
 
     def _warn_rows_outside(self, table: SourceTable, where) -> None:
         """Naming mode with a day column: say so where the day's own table holds rows outside the day (its tables
