@@ -352,7 +352,8 @@ def store_from_env(env: Mapping[str, str] | None = None, *, check: bool = True) 
     from botocore.config import Config
     from botocore.exceptions import (BotoCoreError, ClientError, CredentialRetrievalError,
                                      InvalidChecksumConfigError, InvalidRegionError, NoCredentialsError,
-                                     ParamValidationError, PartialCredentialsError, ProfileNotFound, SSLError)
+                                     ParamValidationError, PartialCredentialsError, ProfileNotFound,
+                                     ProxyConnectionError, SSLError)
 
     env = os.environ if env is None else env
     bucket = _required(env, BUCKET_VAR, "the name of the archive bucket")
@@ -427,11 +428,14 @@ def store_from_env(env: Mapping[str, str] | None = None, *, check: bool = True) 
             raise ConfigError(f"no S3 credentials ({type(exc).__name__}: {redact(str(exc), env.get(SECRET_VAR))}): set "
                               f"${KEY_ID_VAR} and ${SECRET_VAR}, or give boto3 credentials its own way "
                               "(AWS_PROFILE, an instance or task role)") from None
-        except SSLError as exc:  # the same on every retry: the endpoint's scheme or the CA bundle must change
-            if (found := classify(exc)).retryable:  # a TLS connection closed or broken (EOF): dropped, not refused
+        except (SSLError, ProxyConnectionError) as exc:  # by what urllib3 said, as the core's requests are
+            if (found := classify(exc)).retryable:  # a TLS connection dropped, a proxy not reached: not refused
                 raise UnreachableError(f"cannot reach the object store at {env.get(ENDPOINT_VAR) or 'AWS S3'}: "
                                        f"{found.cause}: {found.remedy}", retryable=True) from None
-            raise ConfigError(_tls_refused(exc, env)) from None
+            if isinstance(exc, ProxyConnectionError):  # a proxy asking for credentials (407): a setting to fix
+                raise ConfigError(f"cannot reach the object store at {env.get(ENDPOINT_VAR) or 'AWS S3'}: "
+                                  f"{found.cause}: {found.remedy}") from None
+            raise ConfigError(_tls_refused(exc, env)) from None  # the endpoint's scheme or the CA bundle
         except BotoCoreError as exc:
             raise UnreachableError(f"cannot reach the object store ({type(exc).__name__}: "
                                    f"{redact(str(exc), env.get(SECRET_VAR))}): check ${ENDPOINT_VAR} "
