@@ -1561,7 +1561,7 @@ def _short(fp: str | None) -> str:
     if not fp:
         return ""
     parts = fp.rsplit(":", 2)
-    if len(parts) != 3 or not parts[1].isdigit():  # another algorithm's (a newer version's, or tampered)
+    if len(parts) != 3 or not parts[1].isdecimal():  # another algorithm's (a newer version's, or tampered)
         return fp if len(fp) <= 20 else f"{fp[:19]}…"
     return f"{int(parts[1]):,}:…{parts[2][-8:]}"
 

@@ -253,7 +253,8 @@ def build_definitions(config: ArchiveConfig | None = None, resources: dict[str, 
         jobs=[*jobs, verify],
         schedules=schedules,
         sensors=[build_new_days_sensor(targets, config.sensor, children)],
-        resources=_with_primary(resources or default_resources(config)),
+        resources=_with_primary(_with_source_limits(resources, config.source) if resources is not None
+                                else default_resources(config)),
     )
 
 
@@ -310,6 +311,30 @@ def _shared_groups(config: ArchiveConfig) -> list[tuple[str, list[TableSpec]]]:
         names.add(name)
         found.append((name, specs))
     return found
+
+
+def _with_source_limits(resources: dict[str, object], source: SourceSettings) -> dict[str, object]:
+    """The given PostgreSQL resources with the table file's ``source:`` limits where the resource leaves them at
+    their defaults: the README promises them on every extraction session, and a project passing its own resources
+    had them dropped (a 200 ms lock_timeout waited 30 s behind a migration). A resource that sets a limit itself
+    keeps its own, said once at the load where the file says otherwise."""
+    asked = {name: getattr(source, name) for name in source.model_fields_set}
+    if not asked:
+        return resources
+    given = dict(resources)
+    for role, resource in resources.items():
+        if not isinstance(resource, PostgresResource):
+            continue
+        own = resource.model_fields_set
+        for name in sorted(own & asked.keys()):
+            if getattr(resource, name) != asked[name]:
+                log.warning("the %s resource sets %s=%s; the table file's source: section says %s, which does not "
+                            "apply to it (the resource's own setting is in force)", role, name,
+                            getattr(resource, name), asked[name])
+        missing = {name: value for name, value in asked.items() if name not in own}
+        if missing:
+            given[role] = type(resource)(**{name: getattr(resource, name) for name in own}, **missing)
+    return given
 
 
 def _with_primary(resources: dict[str, object]) -> dict[str, object]:

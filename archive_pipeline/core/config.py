@@ -93,7 +93,7 @@ def _day_text(value: object) -> object:
     """A day is written YYYY-MM-DD: pydantic reads a number (or a string of digits) as Unix seconds, so
     ``start_date: 0`` started the table at 1970-01-01 and ``start_date: 20240101`` was refused as "should
     have zero time"."""
-    if isinstance(value, bool | int | float) or (isinstance(value, str) and value.strip().lstrip("+-").isdigit()):
+    if isinstance(value, bool | int | float) or (isinstance(value, str) and value.strip().lstrip("+-").isdecimal()):
         raise ValueError(f"must be a day written as YYYY-MM-DD, e.g. 2024-01-01 (got the number {value!r})")
     return value
 
@@ -284,7 +284,7 @@ class TableSpec(_Strict):
     def _streams(cls, value: object) -> int | str:
         if value == "auto":
             return value
-        if isinstance(value, str) and value.strip().isdigit():  # "4" from a quoted YAML value
+        if isinstance(value, str) and value.strip().isdecimal():  # "4" from a quoted YAML value
             value = int(value)
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_PARALLEL_STREAMS:
             raise ValueError(f"must be a whole number from 1 to {MAX_PARALLEL_STREAMS}, or auto "
@@ -756,7 +756,7 @@ def _misread_number(node: yaml.Node) -> str | None:
         return (f"{node.value} reads as the base-60 number {value:g} in YAML 1.1; write the number you mean, or "
                 f"quote it ('{node.value}') for text")
     digits = text.lstrip("+-")
-    if len(digits) > 1 and digits.startswith("0") and digits.isdigit() and int(digits, 8) != int(digits):
+    if len(digits) > 1 and digits.startswith("0") and digits.isdecimal() and int(digits, 8) != int(digits):
         return (f"{node.value} reads as the octal number {int(digits, 8)} in YAML 1.1; write it without the "
                 f"leading zero ({int(digits)}), or quote it ('{node.value}') for text")
     return None

@@ -125,7 +125,7 @@ def check_dsn(dsn: str, variable: str) -> None:
         reason = scrub_parse_error(redact(str(exc).strip(), dsn, password_of(dsn)))  # (the password, as guessed)
         raise ConfigError(f"${variable} is not a valid connection string: {reason}") from None
     ports = [p.strip() for p in str(options.get("port") or "").split(",")]
-    if any(p and not p.isdigit() for p in ports):  # never quoted: it may be a password's piece (a '/' in it)
+    if any(p and not (p.isascii() and p.isdigit()) for p in ports):  # never quoted: it may be a password's piece (a '/' in it)
         raise ConfigError(f"${variable} is malformed: its port is not a number; in a URI a password (or user) "
                           "holding '/', '@', ':' or '?' must be percent-encoded (%2F, %40, %3A, %3F)")
 

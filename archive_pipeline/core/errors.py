@@ -972,9 +972,9 @@ def permission_remedy(operation: str) -> str | None:
 def _s3_code(code: str, status: int) -> Classification:
     """An S3 error by its code, else by its status (:data:`_S3_STATUSES`); ``status`` 0 where only the code is known
     (boto3's transfer manager), whose code is then the status where the answer had no code of its own."""
-    status = status or (int(code) if code.isdigit() else 0)
+    status = status or (int(code) if code.isdecimal() else 0)
     found = next((classification for codes, classification in _S3_CODES if code in codes), None)
-    return found or _s3_status(status) or (_S3_BARE_STATUS if not code or code.isdigit() else _S3_REJECTED)
+    return found or _s3_status(status) or (_S3_BARE_STATUS if not code or code.isdecimal() else _S3_REJECTED)
 
 
 def _s3_status(status: int) -> Classification | None:
