@@ -253,7 +253,7 @@ def build_definitions(config: ArchiveConfig | None = None, resources: dict[str, 
         jobs=[*jobs, verify],
         schedules=schedules,
         sensors=[build_new_days_sensor(targets, config.sensor, children)],
-        resources=_with_primary(_with_source_limits(resources, config.source) if resources is not None
+        resources=_with_primary(_with_source_limits(resources, config.source) if resources
                                 else default_resources(config)),
     )
 
