@@ -8,6 +8,7 @@ fingerprints from PostgreSQL in READ ONLY transactions. No lock is taken and not
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, replace
 
@@ -23,7 +24,8 @@ from archive_pipeline.core.discovery import (NO_PERIOD_TABLE, ChildRange, catalo
                                              days_read_with_rows, existing_days, source_table)
 from archive_pipeline.core.errors import TABLE_MISSING, ArchiveError, SourceError
 from archive_pipeline.core.lifecycle import pending_removal_committed, still_detached
-from archive_pipeline.core.listing import day_listings, listed_absent
+from archive_pipeline.core.keys import other_extension_keys
+from archive_pipeline.core.listing import day_listings, listed_absent, unmanifested
 from archive_pipeline.core.manifest import (ForeignManifestError, SourceIdentity, day_archive, layout_change,
                                              manifest_key, owned, removal_state)
 from archive_pipeline.core.periods import Period
@@ -32,6 +34,8 @@ from archive_pipeline.core.source import SourceTable, day_filter, describe_table
 from archive_pipeline.core.store import S3Store, inconsistent
 from archive_pipeline.core.verify import (ColumnsChangedError, load_manifest, object_problems, rows_after_removal,
                                           source_fingerprint)
+
+log = logging.getLogger(__name__)
 
 
 def last_complete_day(now: dt.datetime | None = None) -> dt.date:
@@ -173,8 +177,14 @@ class ManifestLookup:
     problem: str | None = None  # the manifest exists but cannot be read
 
 
-def lookup_manifests(store: S3Store, spec: TableSpec, days: list) -> dict[Period, ManifestLookup]:
+def lookup_manifests(store: S3Store, spec: TableSpec, days: list, *, objects: bool = False
+                     ) -> dict[Period, ManifestLookup]:
     """Each day's manifest, read only where one exists (one bucket listing, then one GET per archived day).
+
+    ``objects`` (list and compare): a day without a manifest whose data object is stored all the same (its manifest
+    deleted or expired, a run killed before it) gets a problem naming it (see :func:`_without_manifest`), never
+    "no archive": that object may be the only copy of the day's rows. The range's listing tells it where one was
+    read; else the day's own listing is asked for, for such days only.
 
     A manifest that listing shows but whose read finds nothing (a GET and two HEADs answering 404: a lagging replica,
     a caching gateway) is no verdict, as for the archive run (``archive.read_existing``): the day is not checked
@@ -207,8 +217,35 @@ def lookup_manifests(store: S3Store, spec: TableSpec, days: list) -> dict[Period
             result[day] = ManifestLookup(key, None, f"not checked ({retry}): reading manifest {manifest_key(key)} "
                                                     f"failed: {exc}")
             continue
-        result[day] = ManifestLookup(key, Archived(key, manifest) if manifest is not None else None)
+        problem = _without_manifest(store, spec, day, key, in_order) if manifest is None and objects else None
+        result[day] = ManifestLookup(key, Archived(key, manifest) if manifest is not None else None, problem)
     return result
+
+
+def _without_manifest(store: S3Store, spec: TableSpec, day: Period, key: str, listed: list[str] | None) -> str | None:
+    """Why a day with no manifest is not simply unarchived (None where nothing of it is stored): its data object
+    is there (listing.unmanifested), and may hold the only copy of its rows; or, its upload marker still beside
+    it, an archive run of the day is between its upload and its manifest (under way, or killed there: not
+    checked, look again). A listing that failed leaves the day as it was (unarchived), with a warning."""
+    try:
+        stored, marked = unmanifested(store, [key, *other_extension_keys(spec, day, store.prefix)], listed)
+    except ArchiveError as exc:
+        log.warning("%s %s: no manifest at %s, and listing the day's keys to look for its data object failed (%s): "
+                    "taken as not archived", spec.name, day.isoformat(), store.uri(manifest_key(key)), exc)
+        return None
+    if not stored:
+        return None
+    if len(marked) == len(stored):
+        return (f"not checked (retryable): object {', '.join(map(store.uri, stored))} has no manifest (none at "
+                f"{store.uri(manifest_key(key))}), and its upload marker is still beside it: an archive run of the "
+                "day between its upload and its manifest, under way or killed there (the next archive run of the day "
+                "settles it); look again once no run of the day is going")
+    return (f"object {', '.join(store.uri(k) for k in stored if k not in marked)} is stored without a manifest (none "
+            f"at {store.uri(manifest_key(key))}: deleted or expired, or a run killed between its upload and its "
+            "manifest): it may hold the only copy of the day's rows, and no command reads it as the day's archive; "
+            "put the manifest back from the bucket's versions or a backup, or, where the source still has the day, "
+            'archive it again (the new manifest keeps that object under "kept"); do not delete the object before '
+            "its rows are known to be elsewhere")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -306,7 +343,7 @@ def _found(conn: psycopg.Connection, spec: TableSpec, store: S3Store,
     and why that is not known (the probe failed: a lock_timeout behind a migration; else None)."""
     resolved = [spec.period(d) for d in days]
     in_source, unknown = present_days(conn, spec, resolved)
-    manifests = lookup_manifests(store, spec, resolved)
+    manifests = lookup_manifests(store, spec, resolved, objects=True)
     return [(day, manifests[day], day in in_source, unknown.get(day)) for day in resolved]
 
 
