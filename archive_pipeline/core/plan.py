@@ -32,8 +32,8 @@ from archive_pipeline.core.periods import Period
 from archive_pipeline.core.source import SourceTable, day_filter, describe_table, read_snapshot, refuse_stale_standby, \
     server_identity, wrapped
 from archive_pipeline.core.store import S3Store, inconsistent
-from archive_pipeline.core.verify import (ColumnsChangedError, load_manifest, object_problems, rows_after_removal,
-                                          source_fingerprint)
+from archive_pipeline.core.verify import (ColumnsChangedError, archive_damage, load_manifest, object_problems,
+                                          rows_after_removal, source_fingerprint)
 
 log = logging.getLogger(__name__)
 
@@ -393,7 +393,7 @@ def day_statuses(conn: psycopg.Connection, spec: TableSpec, store: S3Store, days
     out = _day_statuses(conn, spec, store, days, check_source, used)
     if not check_source:
         return out
-    return _again_where_replaced(out, used, store, spec, ("changed",),
+    return _again_where_replaced(out, used, store, spec, ("changed", "unreadable"),
                                  lambda again: _day_statuses(conn, spec, store, again, check_source, {}))
 
 
@@ -467,6 +467,11 @@ def _day_statuses(conn: psycopg.Connection, spec: TableSpec, store: S3Store, day
         elif check_source or archived.removed:
             note = archived.removed or layout_change(archived.manifest, day, spec.day_column) or \
                 "no longer in the source"
+        if check_source and state == "archived":  # (as compare checks an equal or a gone day: its object's HEAD)
+            stored, unchecked = _object_check(store, spec, day, archived, gone=not present)
+            if unchecked or stored:
+                state = _unread_result(unchecked) if unchecked else "unreadable"
+                note = unchecked or _object_note(stored, gone=not present)
         if state == "empty" and not note:
             note = "no rows: a manifest and no object"
         statuses.append(DayStatus(spec.name, day, state, archived.object_key or found.key, present, archived.rows,
@@ -761,7 +766,49 @@ class Comparison:
                 "key": self.key, "note": self.note}
 
 
-def _absent(spec: TableSpec, day: Period, archived: Archived, key: str) -> Comparison:
+def _absent(store: S3Store, spec: TableSpec, day: Period, archived: Archived, key: str) -> Comparison:
+    """:func:`_gone_from_source`, with the object of an archive of rows checked (see :func:`_object_check`): its
+    only copy now, so one missing or damaged is a difference (the rows are in neither place), never a note that
+    the archive holds them; a check that could not be made leaves the day not checked."""
+    said = _gone_from_source(spec, day, archived, key)
+    if said.result != "not-in-source":
+        return said
+    stored, unchecked = _object_check(store, spec, day, archived, gone=True)
+    if unchecked:
+        return replace(said, result=_unread_result(unchecked), note=unchecked)
+    return replace(said, result="differs", note=_object_note(stored, gone=True)) if stored else said
+
+
+def _object_check(store: S3Store, spec: TableSpec, day: Period, archived: Archived, *, gone: bool
+                  ) -> tuple[list[str], str]:
+    """The stored object of ``archived`` against its manifest: (its problems, "") where that could be told, ([],
+    why) where it could not (why: "not checked (...)"), ([], "") for an archive of no rows (no object). One HEAD
+    (verify.object_problems); for a day ``gone`` from the source, whose object is its rows' only copy, a HEAD
+    answering another size or ETag is settled by the download, as archive checks such a day (verify.archive_damage:
+    an object copied onto itself in parts holds the same bytes), since the verdict says the rows are lost."""
+    if archived.empty:
+        return [], ""
+    try:
+        problems = archive_damage(store, archived.key, archived.manifest, expected=archived.expected,
+                                  owner=(spec.name, day.isoformat()), period=day) if gone else \
+            object_problems(store, archived.manifest)
+    except ArchiveError as exc:
+        return [], (f"not checked ({'retryable' if exc.retryable else 'not retryable'}): asking the store for the "
+                    f"object failed: {exc}")
+    unchecked = next((p for p in problems if p.startswith("not checked")), "")
+    return ([] if unchecked else problems), unchecked
+
+
+def _object_note(problems: list[str], *, gone: bool) -> str:
+    """What compare and list --check-source say of an archive whose object is not as its manifest records."""
+    said = "the archive's object is not as recorded: " + "; ".join(problems)
+    if gone:
+        return (f"the source no longer has this day, and {said}: the rows are in neither place now; restore the "
+                "object from the bucket's versions or a replica")
+    return said
+
+
+def _gone_from_source(spec: TableSpec, day: Period, archived: Archived, key: str) -> Comparison:
     """A day the source has no rows of: equal to an archive of no rows (archived as empty, and still
     empty), else the archive's rows are no longer in the source (removed by retention, or gone)."""
     if archived.rows == 0 and not archived.removed:
@@ -853,7 +900,7 @@ def _compare_days(conn: psycopg.Connection, spec: TableSpec, store: S3Store, day
         if archived is None and not present:
             continue
         if not present and not elsewhere:  # nowhere else the day's rows could be: no query
-            out.append(_absent(spec, day, archived, found.key))
+            out.append(_absent(store, spec, day, archived, found.key))
             continue
         try:
             algorithm = fingerprint.algorithm_for(archived.fingerprint if archived is not None else None)
@@ -863,7 +910,7 @@ def _compare_days(conn: psycopg.Connection, spec: TableSpec, store: S3Store, day
                                          (archived.manifest.get("columns") or ()) if archived else ())
         except ColumnsChangedError as exc:
             if archived.removed and rows_after_removal(conn, spec, day) == 0:  # a column added since: no rows to differ
-                out.append(_absent(spec, day, archived, found.key))
+                out.append(_absent(store, spec, day, archived, found.key))
                 continue
             if (behind := _stale_standby(conn, spec, day, archived)) is not None:
                 out.append(_unreadable(spec, day, found, behind))
@@ -889,7 +936,7 @@ def _compare_days(conn: psycopg.Connection, spec: TableSpec, store: S3Store, day
             continue
         key = archived.object_key or found.key
         if current is None:
-            out.append(_absent(spec, day, archived, found.key))
+            out.append(_absent(store, spec, day, archived, found.key))
             continue
         note = uncomputable(archived)
         result = "equal" if matches_source(archived, current) else "differs"
@@ -910,14 +957,12 @@ def _compare_days(conn: psycopg.Connection, spec: TableSpec, store: S3Store, day
                 note += _LAYOUT_EQUAL
         # "equal" says the bucket holds the day: its object is there as the manifest describes it (one HEAD);
         # a manifest alone, its object deleted or replaced, was called equal
-        try:
-            stored = object_problems(store, archived.manifest) if result == "equal" and not archived.empty else []
-        except ArchiveError as exc:  # the HEAD failed (throttled, unreachable): this day is not checked, the others are
-            out.append(_unreadable(spec, day, found, f"not checked ({'retryable' if exc.retryable else 'not retryable'})"
-                                                     f": asking the store for the object failed: {exc}"))
+        stored, unchecked = _object_check(store, spec, day, archived, gone=False) if result == "equal" else ([], "")
+        if unchecked:  # the HEAD failed (throttled, unreachable): this day is not checked, the others are
+            out.append(_unreadable(spec, day, found, unchecked))
             continue
         if stored:
-            result, note = "differs", "the archive's object is not as recorded: " + "; ".join(stored)
+            result, note = "differs", _object_note(stored, gone=False)
         out.append(Comparison(spec.name, day, result, current.rows, archived.rows, str(current),
                               archived.fingerprint, key, note))
     return out
