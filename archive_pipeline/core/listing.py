@@ -15,7 +15,9 @@ from collections.abc import Iterable
 
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.errors import ArchiveError
-from archive_pipeline.core.keys import day_listing_prefixes, day_prefix, manifest_key, other_extension_keys, table_day_key
+from archive_pipeline.core.keys import (day_listing_prefixes, day_prefix, generation_key, manifest_key,
+                                        other_extension_keys, table_day_key, upload_marker_key)
+from archive_pipeline.core.leftovers import day_listing, stored_generations
 from archive_pipeline.core.periods import Period
 from archive_pipeline.core.store import S3Store
 
@@ -91,6 +93,21 @@ def listed_absent(store: S3Store, spec: TableSpec, days: list[Period], etags: di
               if manifest_key(key) not in present and day_prefix(key) not in listed_days
               and not any(day_prefix(other) in listed_days for other in others[day])}
     return absent, sorted(present)
+
+
+def unmanifested(store: S3Store, keys: list[str], listed: Iterable[str] | None) -> tuple[list[str], list[str]]:
+    """Of a day whose manifest was not found, the data objects (any generation of its ``keys``: its key, and its keys
+    under the table's other formats) that are stored all the same, and those of them whose upload marker is still
+    beside them (a run between its upload and its manifest: under way, or killed). Such an object may hold the only
+    copy of the day's rows (a manifest deleted or expired, the rows deleted since), so list and compare name it
+    rather than call the day unarchived. ``listed``: the keys a listing already read shows (no request); None: one
+    listing of the day's prefix is asked for, or a HEAD of the key where the store cannot list. Raises the store's
+    error."""
+    names = set(listed) if listed is not None else day_listing(store, keys[0])
+    if names is None:
+        return ([keys[0]] if store.head(keys[0]) is not None else []), []
+    objects = [generation_key(key, g) for key in keys for g in stored_generations(key, names)]
+    return objects, [name for name in objects if upload_marker_key(name) in names]
 
 
 def day_listings(store: S3Store, keys: list[str]) -> dict[str, dict[str, dict]]:

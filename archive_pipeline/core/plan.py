@@ -8,6 +8,7 @@ fingerprints from PostgreSQL in READ ONLY transactions. No lock is taken and not
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, replace
 
@@ -23,15 +24,18 @@ from archive_pipeline.core.discovery import (NO_PERIOD_TABLE, ChildRange, catalo
                                              days_read_with_rows, existing_days, source_table)
 from archive_pipeline.core.errors import TABLE_MISSING, ArchiveError, SourceError
 from archive_pipeline.core.lifecycle import pending_removal_committed, still_detached
-from archive_pipeline.core.listing import day_listings, listed_absent
+from archive_pipeline.core.keys import other_extension_keys
+from archive_pipeline.core.listing import day_listings, listed_absent, unmanifested
 from archive_pipeline.core.manifest import (ForeignManifestError, SourceIdentity, day_archive, layout_change,
                                              manifest_key, owned, removal_state)
 from archive_pipeline.core.periods import Period
 from archive_pipeline.core.source import SourceTable, day_filter, describe_table, read_snapshot, refuse_stale_standby, \
     server_identity, wrapped
 from archive_pipeline.core.store import S3Store, inconsistent
-from archive_pipeline.core.verify import (ColumnsChangedError, load_manifest, object_problems, rows_after_removal,
-                                          source_fingerprint)
+from archive_pipeline.core.verify import (ColumnsChangedError, archive_damage, load_manifest, object_problems,
+                                          rows_after_removal, source_fingerprint)
+
+log = logging.getLogger(__name__)
 
 
 def last_complete_day(now: dt.datetime | None = None) -> dt.date:
@@ -173,8 +177,14 @@ class ManifestLookup:
     problem: str | None = None  # the manifest exists but cannot be read
 
 
-def lookup_manifests(store: S3Store, spec: TableSpec, days: list) -> dict[Period, ManifestLookup]:
+def lookup_manifests(store: S3Store, spec: TableSpec, days: list, *, objects: bool = False
+                     ) -> dict[Period, ManifestLookup]:
     """Each day's manifest, read only where one exists (one bucket listing, then one GET per archived day).
+
+    ``objects`` (list and compare): a day without a manifest whose data object is stored all the same (its manifest
+    deleted or expired, a run killed before it) gets a problem naming it (see :func:`_without_manifest`), never
+    "no archive": that object may be the only copy of the day's rows. The range's listing tells it where one was
+    read; else the day's own listing is asked for, for such days only.
 
     A manifest that listing shows but whose read finds nothing (a GET and two HEADs answering 404: a lagging replica,
     a caching gateway) is no verdict, as for the archive run (``archive.read_existing``): the day is not checked
@@ -207,8 +217,35 @@ def lookup_manifests(store: S3Store, spec: TableSpec, days: list) -> dict[Period
             result[day] = ManifestLookup(key, None, f"not checked ({retry}): reading manifest {manifest_key(key)} "
                                                     f"failed: {exc}")
             continue
-        result[day] = ManifestLookup(key, Archived(key, manifest) if manifest is not None else None)
+        problem = _without_manifest(store, spec, day, key, in_order) if manifest is None and objects else None
+        result[day] = ManifestLookup(key, Archived(key, manifest) if manifest is not None else None, problem)
     return result
+
+
+def _without_manifest(store: S3Store, spec: TableSpec, day: Period, key: str, listed: list[str] | None) -> str | None:
+    """Why a day with no manifest is not simply unarchived (None where nothing of it is stored): its data object
+    is there (listing.unmanifested), and may hold the only copy of its rows; or, its upload marker still beside
+    it, an archive run of the day is between its upload and its manifest (under way, or killed there: not
+    checked, look again). A listing that failed leaves the day as it was (unarchived), with a warning."""
+    try:
+        stored, marked = unmanifested(store, [key, *other_extension_keys(spec, day, store.prefix)], listed)
+    except ArchiveError as exc:
+        log.warning("%s %s: no manifest at %s, and listing the day's keys to look for its data object failed (%s): "
+                    "taken as not archived", spec.name, day.isoformat(), store.uri(manifest_key(key)), exc)
+        return None
+    if not stored:
+        return None
+    if len(marked) == len(stored):
+        return (f"not checked (retryable): object {', '.join(map(store.uri, stored))} has no manifest (none at "
+                f"{store.uri(manifest_key(key))}), and its upload marker is still beside it: an archive run of the "
+                "day between its upload and its manifest, under way or killed there (the next archive run of the day "
+                "settles it); look again once no run of the day is going")
+    return (f"object {', '.join(store.uri(k) for k in stored if k not in marked)} is stored without a manifest (none "
+            f"at {store.uri(manifest_key(key))}: deleted or expired, or a run killed between its upload and its "
+            "manifest): it may hold the only copy of the day's rows, and no command reads it as the day's archive; "
+            "put the manifest back from the bucket's versions or a backup, or, where the source still has the day, "
+            'archive it again (the new manifest keeps that object under "kept"); do not delete the object before '
+            "its rows are known to be elsewhere")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -306,7 +343,7 @@ def _found(conn: psycopg.Connection, spec: TableSpec, store: S3Store,
     and why that is not known (the probe failed: a lock_timeout behind a migration; else None)."""
     resolved = [spec.period(d) for d in days]
     in_source, unknown = present_days(conn, spec, resolved)
-    manifests = lookup_manifests(store, spec, resolved)
+    manifests = lookup_manifests(store, spec, resolved, objects=True)
     return [(day, manifests[day], day in in_source, unknown.get(day)) for day in resolved]
 
 
@@ -356,7 +393,7 @@ def day_statuses(conn: psycopg.Connection, spec: TableSpec, store: S3Store, days
     out = _day_statuses(conn, spec, store, days, check_source, used)
     if not check_source:
         return out
-    return _again_where_replaced(out, used, store, spec, ("changed",),
+    return _again_where_replaced(out, used, store, spec, ("changed", "unreadable"),
                                  lambda again: _day_statuses(conn, spec, store, again, check_source, {}))
 
 
@@ -430,6 +467,11 @@ def _day_statuses(conn: psycopg.Connection, spec: TableSpec, store: S3Store, day
         elif check_source or archived.removed:
             note = archived.removed or layout_change(archived.manifest, day, spec.day_column) or \
                 "no longer in the source"
+        if check_source and state == "archived":  # (as compare checks an equal or a gone day: its object's HEAD)
+            stored, unchecked = _object_check(store, spec, day, archived, gone=not present)
+            if unchecked or stored:
+                state = _unread_result(unchecked) if unchecked else "unreadable"
+                note = unchecked or _object_note(stored, gone=not present)
         if state == "empty" and not note:
             note = "no rows: a manifest and no object"
         statuses.append(DayStatus(spec.name, day, state, archived.object_key or found.key, present, archived.rows,
@@ -724,7 +766,49 @@ class Comparison:
                 "key": self.key, "note": self.note}
 
 
-def _absent(spec: TableSpec, day: Period, archived: Archived, key: str) -> Comparison:
+def _absent(store: S3Store, spec: TableSpec, day: Period, archived: Archived, key: str) -> Comparison:
+    """:func:`_gone_from_source`, with the object of an archive of rows checked (see :func:`_object_check`): its
+    only copy now, so one missing or damaged is a difference (the rows are in neither place), never a note that
+    the archive holds them; a check that could not be made leaves the day not checked."""
+    said = _gone_from_source(spec, day, archived, key)
+    if said.result != "not-in-source":
+        return said
+    stored, unchecked = _object_check(store, spec, day, archived, gone=True)
+    if unchecked:
+        return replace(said, result=_unread_result(unchecked), note=unchecked)
+    return replace(said, result="differs", note=_object_note(stored, gone=True)) if stored else said
+
+
+def _object_check(store: S3Store, spec: TableSpec, day: Period, archived: Archived, *, gone: bool
+                  ) -> tuple[list[str], str]:
+    """The stored object of ``archived`` against its manifest: (its problems, "") where that could be told, ([],
+    why) where it could not (why: "not checked (...)"), ([], "") for an archive of no rows (no object). One HEAD
+    (verify.object_problems); for a day ``gone`` from the source, whose object is its rows' only copy, a HEAD
+    answering another size or ETag is settled by the download, as archive checks such a day (verify.archive_damage:
+    an object copied onto itself in parts holds the same bytes), since the verdict says the rows are lost."""
+    if archived.empty:
+        return [], ""
+    try:
+        problems = archive_damage(store, archived.key, archived.manifest, expected=archived.expected,
+                                  owner=(spec.name, day.isoformat()), period=day) if gone else \
+            object_problems(store, archived.manifest)
+    except ArchiveError as exc:
+        return [], (f"not checked ({'retryable' if exc.retryable else 'not retryable'}): asking the store for the "
+                    f"object failed: {exc}")
+    unchecked = next((p for p in problems if p.startswith("not checked")), "")
+    return ([] if unchecked else problems), unchecked
+
+
+def _object_note(problems: list[str], *, gone: bool) -> str:
+    """What compare and list --check-source say of an archive whose object is not as its manifest records."""
+    said = "the archive's object is not as recorded: " + "; ".join(problems)
+    if gone:
+        return (f"the source no longer has this day, and {said}: the rows are in neither place now; restore the "
+                "object from the bucket's versions or a replica")
+    return said
+
+
+def _gone_from_source(spec: TableSpec, day: Period, archived: Archived, key: str) -> Comparison:
     """A day the source has no rows of: equal to an archive of no rows (archived as empty, and still
     empty), else the archive's rows are no longer in the source (removed by retention, or gone)."""
     if archived.rows == 0 and not archived.removed:
@@ -816,7 +900,7 @@ def _compare_days(conn: psycopg.Connection, spec: TableSpec, store: S3Store, day
         if archived is None and not present:
             continue
         if not present and not elsewhere:  # nowhere else the day's rows could be: no query
-            out.append(_absent(spec, day, archived, found.key))
+            out.append(_absent(store, spec, day, archived, found.key))
             continue
         try:
             algorithm = fingerprint.algorithm_for(archived.fingerprint if archived is not None else None)
@@ -826,7 +910,7 @@ def _compare_days(conn: psycopg.Connection, spec: TableSpec, store: S3Store, day
                                          (archived.manifest.get("columns") or ()) if archived else ())
         except ColumnsChangedError as exc:
             if archived.removed and rows_after_removal(conn, spec, day) == 0:  # a column added since: no rows to differ
-                out.append(_absent(spec, day, archived, found.key))
+                out.append(_absent(store, spec, day, archived, found.key))
                 continue
             if (behind := _stale_standby(conn, spec, day, archived)) is not None:
                 out.append(_unreadable(spec, day, found, behind))
@@ -852,7 +936,7 @@ def _compare_days(conn: psycopg.Connection, spec: TableSpec, store: S3Store, day
             continue
         key = archived.object_key or found.key
         if current is None:
-            out.append(_absent(spec, day, archived, found.key))
+            out.append(_absent(store, spec, day, archived, found.key))
             continue
         note = uncomputable(archived)
         result = "equal" if matches_source(archived, current) else "differs"
@@ -873,14 +957,12 @@ def _compare_days(conn: psycopg.Connection, spec: TableSpec, store: S3Store, day
                 note += _LAYOUT_EQUAL
         # "equal" says the bucket holds the day: its object is there as the manifest describes it (one HEAD);
         # a manifest alone, its object deleted or replaced, was called equal
-        try:
-            stored = object_problems(store, archived.manifest) if result == "equal" and not archived.empty else []
-        except ArchiveError as exc:  # the HEAD failed (throttled, unreachable): this day is not checked, the others are
-            out.append(_unreadable(spec, day, found, f"not checked ({'retryable' if exc.retryable else 'not retryable'})"
-                                                     f": asking the store for the object failed: {exc}"))
+        stored, unchecked = _object_check(store, spec, day, archived, gone=False) if result == "equal" else ([], "")
+        if unchecked:  # the HEAD failed (throttled, unreachable): this day is not checked, the others are
+            out.append(_unreadable(spec, day, found, unchecked))
             continue
         if stored:
-            result, note = "differs", "the archive's object is not as recorded: " + "; ".join(stored)
+            result, note = "differs", _object_note(stored, gone=False)
         out.append(Comparison(spec.name, day, result, current.rows, archived.rows, str(current),
                               archived.fingerprint, key, note))
     return out
