@@ -900,7 +900,10 @@ def _manifest_metadata(manifest: dict, store: S3Store, day_key: str,
                        archive_store: ArchiveStoreResource) -> dict[str, object]:
     """A day's record built from its manifest (what ``archive_intact`` compares with the store), for a day this
     instance never recorded: with the link to its object and the sizes as a person reads them, as every archived
-    day's record has them (the day whose archive is its only copy is the one a person most needs to find)."""
+    day's record has them (the day whose archive is its only copy is the one a person most needs to find), and its
+    snapshot's time, as a run's record has it: without it ``archive_intact`` let an older archive under another key
+    stand in for the recorded one once that was gone (verify.judged_archive), and passed. A loaded manifest's
+    ``source.snapshot_at`` is an ISO time with its offset (manifest._times_problem refuses any other)."""
     obj = manifest.get("object") or {}
     size, unpacked = obj.get("bytes", 0), manifest.get("uncompressed_bytes")
     link = object_link(archive_store, SimpleNamespace(key=obj.get("key"), manifest_key=keys.manifest_key(day_key)))
@@ -915,6 +918,7 @@ def _manifest_metadata(manifest: dict, store: S3Store, day_key: str,
             "dagster/uri": MetadataValue.path(store.uri(obj.get("key") or keys.manifest_key(day_key))),
             "manifest_key": keys.manifest_key(day_key),
             "fingerprint": manifest.get("fingerprint", ""), "generation": int(manifest.get("generation", 1)),
+            "snapshot_at": MetadataValue.timestamp(dt.datetime.fromisoformat(manifest["source"]["snapshot_at"])),
             "dagster/column_schema": manifest_column_schema(manifest)}
 
 

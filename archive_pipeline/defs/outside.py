@@ -16,7 +16,6 @@ most LOOKUPS_PER_TICK manifests are read a tick: failed days do not grow the cos
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from archive_pipeline.core.keys import day_prefix, table_day_key
 from archive_pipeline.core.leftovers import same_source
 from archive_pipeline.core.lifecycle import archive_key
 from archive_pipeline.core.listing import unarchived_days
-from archive_pipeline.core.manifest import SourceIdentity, layout_change
+from archive_pipeline.core.manifest import SourceIdentity, committed_at, layout_change
 from archive_pipeline.core.source import server_identity
 from archive_pipeline.core.store import S3Store
 from archive_pipeline.core.verify import load_manifest, object_problems
@@ -173,10 +172,9 @@ def _record(where: Store, target, partition: str, day_key: str, manifest: dict) 
 
 
 def _written_after(manifest: dict, started: float | None) -> bool:
-    """Whether the archive was written after ``started`` (none: no run of the day started, nothing refused it)."""
-    if started is None:
-        return True
-    try:
-        return dt.datetime.fromisoformat(manifest.get("archived_at") or "").timestamp() > started
-    except (TypeError, ValueError):  # a manifest that does not say when: not known to be the remedy's
-        return False
+    """Whether the archive was written after ``started`` (none: no run of the day started, nothing refused it), by
+    the time its manifest records it committed (manifest.committed_at: ``archived_at`` where a version wrote one,
+    else its snapshot's, the one every version writes; reading ``archived_at`` alone, no day whose run had started
+    was ever recorded). A manifest whose time does not read as one counts as the earliest: not known to be the
+    remedy's."""
+    return started is None or committed_at(manifest)[0].timestamp() > started
