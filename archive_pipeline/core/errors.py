@@ -173,7 +173,8 @@ class Classification:
     sqlstate: str | None = None
 
 
-_RETRIED = "retried automatically"
+# The opening of every retryable remedy: the sensor says its own next tick in its place (sensors._after_retry)
+RETRIED = "retried automatically"
 _DSN = "ARCHIVE_PG_DSN"
 
 
@@ -189,15 +190,15 @@ def _store(retryable: bool, cause: str, remedy: str) -> Classification:
 
 
 _CONNECTION_LOST = _src(True, "the database connection was lost (server closed it, network dropped or backend "
-                        "terminated)", f"{_RETRIED}; if it persists, check the server log for crashes or restarts "
+                        "terminated)", f"{RETRIED}; if it persists, check the server log for crashes or restarts "
                         "and the network between Dagster and PostgreSQL")
 _CONNECT_FAILED = _src(True, "the database server could not be reached (refused, unreachable or timed out)",
-                       f"{_RETRIED}; if it persists, check that PostgreSQL runs and listens on the host and port in "
+                       f"{RETRIED}; if it persists, check that PostgreSQL runs and listens on the host and port in "
                        f"{_DSN} (listen_addresses, firewall)")
 _TERMINATED = _src(True, "the session's backend was terminated (pg_terminate_backend, or the server shutting down)",
-                   f"{_RETRIED}; if it recurs, look for a job that kills long queries or for server restarts")
+                   f"{RETRIED}; if it recurs, look for a job that kills long queries or for server restarts")
 _STARTING = _src(True, "the database server is starting up, shutting down or in recovery",
-                 f"{_RETRIED} once the server accepts connections")
+                 f"{RETRIED} once the server accepts connections")
 _SESSIONS = ("a day's archive uses its own session, one more per stream when it reads Parquet or several "
              "streams, and one for the fingerprint when there is room; it reads with fewer streams rather than "
              "exceed the limits, but needs one session, two for Parquet")
@@ -213,15 +214,15 @@ _STATEMENT_TIMEOUT = _src(True, "statement_timeout: reading the day took longer 
                           "reads take that setting, other statements the role's or database's (ALTER ROLE "
                           "<login role> SET statement_timeout = ...); a day that always takes longer will time out on every retry")
 _CANCELED = _src(True, "the query was cancelled (pg_cancel_backend or a client cancel)",
-                 f"{_RETRIED}; if it recurs, look for a job that cancels long queries")
+                 f"{RETRIED}; if it recurs, look for a job that cancels long queries")
 # 57014 whose message is not PostgreSQL's English (lc_messages in another language): which of the two it was
 _CANCELED_UNTOLD = _src(True, "the statement was cancelled: by statement_timeout, or by a cancel request (the "
                         "server's message, in another language than English, does not say which)",
-                        f"{_RETRIED}; if it recurs, raise source.statement_timeout_ms (0 = no limit) in the archive "
+                        f"{RETRIED}; if it recurs, raise source.statement_timeout_ms (0 = no limit) in the archive "
                         "config, or look for a job that cancels long queries")
 _LOCK_TIMEOUT = _src(True, "lock_timeout: another session holds a conflicting lock on the table "
                      "(ALTER TABLE, TRUNCATE, VACUUM FULL, REINDEX, LOCK ...)",
-                     f"{_RETRIED}; if it persists, find the blocker with pg_blocking_pids() / pg_locks, or raise "
+                     f"{RETRIED}; if it persists, find the blocker with pg_blocking_pids() / pg_locks, or raise "
                      "source.lock_timeout_ms")
 _IDLE_TIMEOUT = _src(True, "idle_in_transaction_session_timeout ended the snapshot's session",
                      "raise source.idle_in_transaction_timeout_ms (the snapshot-holding session waits in its "
@@ -232,7 +233,7 @@ _IDLE_TIMEOUT = _src(True, "idle_in_transaction_session_timeout ended the snapsh
 # that (a pooler's, a reader's reconnect) or one idle before it was turned off: not the snapshot's timeout above.
 _IDLE_SESSION_TIMEOUT = _src(True, "idle_session_timeout ended the session while it was idle between statements "
                              "(the role's, database's or server's setting that reaps idle connections)",
-                             f"{_RETRIED}; if it recurs, turn it off for the archiving role (ALTER ROLE <login role> "
+                             f"{RETRIED}; if it recurs, turn it off for the archiving role (ALTER ROLE <login role> "
                              "SET idle_session_timeout = 0: the role's setting wins over the database's and the server's), "
                              "or look for a pooler that opens sessions without the archiver's settings")
 _RECOVERY_CONFLICT = _src(True, "hot-standby recovery conflict: the replica cancelled the read so WAL replay "
@@ -245,7 +246,7 @@ _LOST_ON_STANDBY = _src(True, "the database connection was lost; on a hot standb
                         "recovery ends a read whose client was busy (the replica cannot send the error mid-row)",
                         f"{_RECOVERY_CONFLICT.remedy}; if it persists, check the replica's log for "
                         "\"conflict with recovery\", crashes or restarts, and the network")
-_SERIALIZATION = _src(True, "serialization failure or deadlock", _RETRIED)
+_SERIALIZATION = _src(True, "serialization failure or deadlock", RETRIED)
 _WRONG_PASSWORD = _src(False, "wrong password (password authentication failed)",
                        f"check the password in {_DSN} (and that the role's password was not rotated); PostgreSQL "
                        "says the same when the role's VALID UNTIL has passed (see pg_roles.rolvaliduntil): ALTER ROLE "
@@ -276,7 +277,7 @@ _SESSION_ATTRS = _src(False, "the server reached is not the kind the connection 
                       f"check target_session_attrs in {_DSN} (any, read-write, read-only, primary, standby, "
                       "prefer-standby) and which server(s) its host names (a failover may have promoted a standby)")
 _DNS_TEMPORARY = _src(True, "temporary DNS failure resolving the database host",
-                      f"{_RETRIED}; if it persists, check the resolver")
+                      f"{RETRIED}; if it persists, check the resolver")
 _TLS = _src(False, "TLS negotiation with the server failed",
             f"check sslmode, sslrootcert and the server certificate in {_DSN}")
 _PERMISSION = _src(False, "permission denied", "GRANT SELECT ON <table> TO <role> (and GRANT USAGE ON SCHEMA)")
@@ -308,7 +309,7 @@ _PROGRAM_LIMIT = _src(False, "a value, row or query exceeds a PostgreSQL limit (
 _DISK_FULL_SERVER = _src(False, "the database server ran out of disk space",
                          "free space on the server (temp_tablespaces, pg_wal), then archive again")
 _OUT_OF_MEMORY = _src(True, "the database server ran out of memory or another resource",
-                      f"{_RETRIED}; if it persists, lower the pool limit in dagster.yaml or work_mem")
+                      f"{RETRIED}; if it persists, lower the pool limit in dagster.yaml or work_mem")
 _LOCK_TABLE = _src(False, "the server's lock table is full (out of shared memory for locks): the statement needs "
                    "more locks than max_locks_per_transaction allows (a LOCK or query on a partitioned table locks "
                    "every partition)", "raise max_locks_per_transaction on the server (postgresql.conf; a restart) "
@@ -344,7 +345,7 @@ _CONSTRAINT = _src(False, "a value breaks a constraint (a CHECK, NOT NULL, uniqu
                    "added since the day was archived)", "load into a table without that constraint (a new table, or a "
                    "column of the domain's base type), or relax the constraint while the day is restored")
 _SERVER_IO = _src(True, "the database server had an I/O or system error",
-                  f"{_RETRIED}; if it persists, check the server log and its disks")
+                  f"{RETRIED}; if it persists, check the server log and its disks")
 # 58P01 undefined_file, 58P02 duplicate_file: not the disk failing (58030) but a file the server looks for and does
 # not find (an extension's shared library a package upgrade replaced or removed), or finds where it must create one:
 # no retry brings the file back or takes it away
@@ -372,7 +373,7 @@ _FILE_TOO_LARGE_LOCAL = Classification(
 _TEMP_FILE_CAUSES = frozenset(c.cause for c in (_DISK_FULL_LOCAL, _TEMP_NOT_WRITABLE, _TEMP_MISSING, _LOCAL_IO,
                                                 _FILE_TOO_LARGE_LOCAL))
 _LOCAL_NETWORK = Classification(True, "a network connection was reset or timed out",
-                                f"{_RETRIED}; if it persists, check the network", "unknown")
+                                f"{RETRIED}; if it persists, check the network", "unknown")
 _OUT_OF_MEMORY_LOCAL = Classification(False, "the archiving process ran out of memory",
                                       "give the run more memory or lower chunk_size / the store's max_concurrency",
                                       "local")
@@ -389,10 +390,10 @@ _UNKNOWN = Classification(False, "an unexpected error", "read the message; it is
 
 # S3
 _S3_UNREACHABLE = _store(True, "the object store could not be reached or timed out",
-                         f"{_RETRIED}; if it persists, check ARCHIVE_S3_ENDPOINT_URL and the network")
-_S3_STREAM = _store(True, "the object store's response broke off or arrived incomplete", _RETRIED)
+                         f"{RETRIED}; if it persists, check ARCHIVE_S3_ENDPOINT_URL and the network")
+_S3_STREAM = _store(True, "the object store's response broke off or arrived incomplete", RETRIED)
 _S3_CHECKSUM = _store(True, "a response from the object store failed its checksum (corrupted in transit)",
-                      f"{_RETRIED}; if it persists on an S3-compatible store, set "
+                      f"{RETRIED}; if it persists on an S3-compatible store, set "
                       "AWS_RESPONSE_CHECKSUM_VALIDATION=when_required")
 _S3_TLS = _store(False, "TLS validation of the object store failed",
                  "check ARCHIVE_S3_ENDPOINT_URL and the CA bundle (AWS_CA_BUNDLE)")
@@ -401,22 +402,22 @@ _S3_NO_CREDENTIALS = _store(False, "no (or incomplete) credentials for the objec
 _S3_CONFIG = _store(False, "the object store client is misconfigured (region, endpoint or parameters)",
                     "check ARCHIVE_S3_REGION and ARCHIVE_S3_ENDPOINT_URL")
 _S3_THROTTLED = _store(True, "the object store is throttling or temporarily failing (5xx, SlowDown)",
-                       f"{_RETRIED}; if it persists, lower the pool limit or the store's max_concurrency")
+                       f"{RETRIED}; if it persists, lower the pool limit or the store's max_concurrency")
 _S3_CORRUPTED = _store(True, "an upload arrived corrupted (BadDigest / checksum mismatch)",
-                       f"{_RETRIED}; if it recurs, check proxies between Dagster and the store")
+                       f"{RETRIED}; if it recurs, check proxies between Dagster and the store")
 # A SHA-256 mismatch is also how some stores refuse the checksum headers botocore 1.36 and later sends
 _S3_SHA_MISMATCH = _store(True, "an upload arrived corrupted (XAmzContentSHA256Mismatch)",
-                          f"{_RETRIED}; if it recurs, check proxies between Dagster and the store; if every upload "
+                          f"{RETRIED}; if it recurs, check proxies between Dagster and the store; if every upload "
                           "fails so, the store may refuse the checksum headers botocore 1.36 and later sends: set "
                           "AWS_REQUEST_CHECKSUM_CALCULATION=when_required")
-_S3_GONE = _store(True, "the multipart upload disappeared or conflicted with another writer", _RETRIED)
+_S3_GONE = _store(True, "the multipart upload disappeared or conflicted with another writer", RETRIED)
 # NoSuchUpload on a live upload's part or Complete: our own abort never races them, so another run aborted it (a run
 # of the day on another database or server, whose lock does not exclude ours, tidying it as a leftover; or a bucket
 # lifecycle rule whose AbortIncompleteMultipartUpload age is shorter than the upload)
 _S3_UPLOAD_ABORTED = _store(True, "another run aborted this upload (NoSuchUpload: a run of the same day on another "
                             "database or server, which this run's table-day lock does not exclude, took it for a "
                             "leftover; or a bucket lifecycle rule aborted it)",
-                            f"{_RETRIED}; archive each table from one database and one server only, and keep the "
+                            f"{RETRIED}; archive each table from one database and one server only, and keep the "
                             "bucket's AbortIncompleteMultipartUpload age above the longest run")
 # What the archiver asks of a bucket (README, "Permissions"): a refused request names the one its operation needs.
 S3_PERMISSIONS = ("s3:ListBucket", "s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:ListBucketMultipartUploads",
@@ -460,13 +461,13 @@ _S3_REGION = _store(False, "the bucket is in another region (or behind another e
 # the store itself gives such a request, so something between them (a caching gateway, a proxy) answered instead
 _S3_NOT_THE_OBJECT = _store(True, "the store's answer was not the object's: a 3xx (such as 304 Not Modified) to a "
                             "request sent without a condition, as a caching gateway or proxy answers",
-                            f"{_RETRIED}; if it persists, check the caching proxies or gateways between the archiver "
+                            f"{RETRIED}; if it persists, check the caching proxies or gateways between the archiver "
                             "and the store (they must pass S3 requests through uncached)")
 # S3's own 307: a bucket created moments ago (its name not yet known to every endpoint), or requests sent to another
 # region's endpoint than the bucket's
 _S3_REDIRECTED = _store(True, "the store redirected the request to another endpoint (307 TemporaryRedirect: a bucket "
                         "created moments ago, or the requests are sent to another region's endpoint than the bucket's)",
-                        f"{_RETRIED}; if it persists, set ARCHIVE_S3_REGION to the bucket's region (the answer's "
+                        f"{RETRIED}; if it persists, set ARCHIVE_S3_REGION to the bucket's region (the answer's "
                         "x-amz-bucket-region names it), or ARCHIVE_S3_ENDPOINT_URL to its endpoint")
 _S3_UNEQUAL_PARTS = _store(False, "the object store takes only multipart uploads whose parts (but the last) are all "
                            "the same size (Cloudflare R2's rule), and this day's object grew past the parts of its "
@@ -474,7 +475,7 @@ _S3_UNEQUAL_PARTS = _store(False, "the object store takes only multipart uploads
                            "the README: Cloudflare R2), "
                            "then run the day again")
 _S3_TOKEN_EXPIRED = _store(True, "the object store's temporary credentials expired",
-                           f"{_RETRIED} with fresh credentials; if it persists, check the credential source (role "
+                           f"{RETRIED} with fresh credentials; if it persists, check the credential source (role "
                            "session duration, token refresh)")
 
 # A TLS connection the store's end closed without TLS's goodbye (ssl's EOF "in violation of protocol", also at the
@@ -482,10 +483,10 @@ _S3_TOKEN_EXPIRED = _store(True, "the object store's temporary credentials expir
 # on an https endpoint, which botocore retries as well; not a certificate or a scheme to fix (_S3_TLS)
 _S3_TLS_DROPPED = _store(True, "the object store's TLS connection was closed or broken before its answer came (a "
                          "dropped connection, not a certificate problem)",
-                         f"{_RETRIED}; if it persists, check the network and any load balancer or proxy in front of "
+                         f"{RETRIED}; if it persists, check the network and any load balancer or proxy in front of "
                          "the store (an idle timeout that cuts connections, a backend that is down)")
 _S3_PROXY = _store(True, "the HTTP proxy between the archiver and the object store could not be reached or refused "
-                   "the connection", f"{_RETRIED}; if it persists, check the proxy that HTTPS_PROXY / HTTP_PROXY name "
+                   "the connection", f"{RETRIED}; if it persists, check the proxy that HTTPS_PROXY / HTTP_PROXY name "
                    "(or the client's proxies setting), or exclude the store from it with NO_PROXY")
 _S3_PROXY_AUTH = _store(False, "the HTTP proxy between the archiver and the object store asks for credentials (407 "
                         "Proxy Authentication Required)", "put the proxy's user and password in the URL HTTPS_PROXY / "
@@ -495,14 +496,14 @@ _S3_PROXY_AUTH = _store(False, "the HTTP proxy between the archiver and the obje
 # timeout period") and HTTP's 408, a proxy's page when a request's body stalls past its limit: the same cause
 _S3_TIMED_OUT = _store(True, "the request timed out before the store, or a proxy in front of it, had its whole body "
                        "(S3's RequestTimeout, HTTP 408 Request Timeout)",
-                       f"{_RETRIED}; if it persists, check the network between the archiver and the store and the "
+                       f"{RETRIED}; if it persists, check the network between the archiver and the store and the "
                        "body timeout of any proxy or load balancer in front of it (nginx: client_body_timeout; an "
                        "ALB's idle timeout), or lower the store's max_concurrency so each part gets more bandwidth")
 _S3_BAD_GATEWAY = _store(True, "a proxy or gateway in front of the object store got no valid answer from it (502 Bad "
-                         "Gateway)", f"{_RETRIED}; if it persists, check that the store behind the proxy is up and "
+                         "Gateway)", f"{RETRIED}; if it persists, check that the store behind the proxy is up and "
                          "reachable from it (the proxy's error log says why it failed)")
 _S3_GATEWAY_TIMEOUT = _store(True, "a proxy or gateway in front of the object store timed out waiting for its answer "
-                             "(504 Gateway Timeout)", f"{_RETRIED}; if it persists, check the store's health and the "
+                             "(504 Gateway Timeout)", f"{RETRIED}; if it persists, check the store's health and the "
                              "proxy's upstream timeout (nginx: proxy_read_timeout), or lower the store's "
                              "max_concurrency")
 _S3_BODY_REFUSED = _store(False, "a proxy in front of the object store refused the request's body as too large (413 "
@@ -559,7 +560,7 @@ _S3_STATUSES: dict[int, Classification] = {
 # stream, the fingerprint's session alongside the read.
 _SNAPSHOT_GONE = _src(True, "the exported snapshot was gone before a session reading the day (a parallel stream, "
                       "the fingerprint's session or the Parquet reader) imported it (the snapshot's session "
-                      "ended: terminated, timed out or disconnected)", f"{_RETRIED}; if it recurs, raise "
+                      "ended: terminated, timed out or disconnected)", f"{RETRIED}; if it recurs, raise "
                       "source.idle_in_transaction_timeout_ms above the time a new session takes to connect, or "
                       "stop whatever kills the archive's first connection")
 

@@ -192,8 +192,8 @@ def probe_failure(exc: psycopg.Error, spec: TableSpec, postgres: PostgresResourc
 def _after_retry(remedy: str) -> str:
     """The tick's retry and ``remedy``, the retry said once: a remedy that begins with the classification's
     "retried automatically" (the next tick is that retry) goes on from the tick's words, not after "to fix:"."""
-    if remedy.startswith(errors._RETRIED):  # "; if it persists, ...", ", once ...", or nothing
-        return _NEXT_TICK + remedy.removeprefix(errors._RETRIED)
+    if remedy.startswith(errors.RETRIED):  # "; if it persists, ...", ", once ...", or nothing
+        return _NEXT_TICK + remedy.removeprefix(errors.RETRIED)
     return f"{_NEXT_TICK}; to fix: {remedy}"
 
 
