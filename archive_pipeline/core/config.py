@@ -467,6 +467,12 @@ class TableSpec(_Strict):
             return None
         return self.period(day).start.strftime(self.partitioning.pattern)
 
+    def day_relation(self, day: Period | dt.date | str) -> str:
+        """The relation that holds the period as ``schema.name`` text (not quoted): naming mode's own day table,
+        else the configured table. What a message names for the day and a restore resolves (one spelling)."""
+        child = self.child_table(day)
+        return f"{self.schema_name}.{child}" if child is not None else self.name
+
     @field_validator("compression")
     @classmethod
     def _codec_fits_format(cls, value: str, info: ValidationInfo) -> str:

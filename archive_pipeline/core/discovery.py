@@ -996,7 +996,7 @@ def source_table(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.dat
     the parent, whose rows of the period are read by the day column, however its children split it)."""
     day = spec.period(day)
     if spec.partitioning.mode == "naming":
-        child = f"{spec.schema_name}.{spec.child_table(day)}"
+        child = spec.day_relation(day)
         try:
             return describe_table(conn, child, spec.day_column, lookalikes=False)
         except SourceError as exc:

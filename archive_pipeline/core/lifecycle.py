@@ -654,7 +654,7 @@ def put_back_statement(conn: psycopg.Connection | None, spec: TableSpec, day: Pe
     into the table that holds the day (naming mode: the day's own table), naming the columns that take a value
     (a generated column takes none) and overriding an identity column that is GENERATED ALWAYS, so it runs as
     pasted. Without ``conn`` (or where the table cannot be looked up), every column."""
-    holder = f"{spec.schema_name}.{spec.child_table(day)}" if spec.partitioning.mode == "naming" else spec.name
+    holder = spec.day_relation(day)
     quoted = sql_name(holder)
     columns: list[tuple[str, bool]] = []
     if conn is not None:

@@ -3474,7 +3474,7 @@ def _require_original(spec: TableSpec, day: Period | dt.date, manifest: dict) ->
     period = spec.period(day)
     own = {Relation.configured(spec.name)}
     if spec.partitioning.mode == "naming":
-        own.add(Relation.configured(f"{spec.schema_name}.{spec.child_table(period)}"))
+        own.add(Relation.configured(spec.day_relation(period)))
     named = manifest.get("source_relation") or manifest["table"]
     partition = (table_definition(manifest) or {}).get("partition") or {}
     dropped = _removed_partition(manifest)

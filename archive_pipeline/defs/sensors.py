@@ -181,8 +181,7 @@ def probe_failure(exc: psycopg.Error, spec: TableSpec, postgres: PostgresResourc
     """Why looking for ``spec``'s days failed (cause, driver text without the password, remedy). ``day``: the
     period whose probe failed; in naming mode the probe read its own table, which the remedy names (as the
     archive run's error does, discovery.source_table): a GRANT on the configured base name is on no table."""
-    child = spec.child_table(day) if day is not None else None  # (None but in naming mode)
-    table = f"{spec.schema_name}.{child}" if child else spec.name
+    table = spec.day_relation(day) if day is not None else spec.name
     found = errors.classify(exc, table=table, user=postgres.user)
     detail = redact(" ".join(str(exc).split()) or type(exc).__name__, postgres.password, postgres.dsn)
     return (f"looking for days to archive failed: {found.cause} ({type(exc).__name__}: {detail}); "
