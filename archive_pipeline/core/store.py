@@ -235,7 +235,9 @@ def encode_metadata(metadata: dict[str, str]) -> dict[str, str]:
 
 def decode_metadata(metadata: dict[str, str]) -> dict[str, str]:
     """The original values of metadata written through ``encode_metadata`` (e.g. HEAD's
-    ``Metadata``); values that are not RFC 2047 words are returned as they are."""
+    ``Metadata``); values that are not RFC 2047 words are returned as they are. Names are lower-cased: HTTP
+    header names carry no case, and a store that answers ``X-Amz-Meta-Writer`` (Go's canonical form) gave
+    botocore the key ``Writer``, so a run took its own object for another run's."""
     decoded = {}
     for key, value in metadata.items():
         match = _RFC2047.match(value)
@@ -244,7 +246,7 @@ def decode_metadata(metadata: dict[str, str]) -> dict[str, str]:
                 value = base64.b64decode(match.group(1), validate=True).decode()
             except (binascii.Error, UnicodeDecodeError):
                 pass
-        decoded[key] = value
+        decoded[key.lower()] = value
     return decoded
 
 
@@ -971,6 +973,13 @@ class S3Store:
         A check that cannot be made (the HEAD, or the read back, failing) raises its error, classified (a denied
         HEAD names s3:GetObject): "not known" is no "not ours", which a caller would blame on another run."""
         head = self.head(key)
+        if head is not None and writer is not None and not head.get("Metadata"):
+            raise UploadError(f"{self.uri(key)} carries no user metadata at all, where every object this archiver "
+                              "writes carries its writer, table and day (x-amz-meta-*): the store does not keep them, "
+                              "so whether it is this run's own write cannot be told", retryable=False,
+                              cause="the object store keeps no user metadata (x-amz-meta-* headers)",
+                              remedy="use a store, or a store setting or gateway, that keeps S3 user metadata: the "
+                                     "archiver tells its own objects from others' by it")
         if head is None or (size is not None and head.get("ContentLength") != size) or not _written_by(head, writer):
             return False
         if md5_hex is None:
