@@ -9,6 +9,7 @@ import pytest
 from psycopg import sql
 
 from archive_pipeline.core.archive import archive_partition
+from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.restore import restore_days
 
 DAY = dt.date(2024, 3, 10)
