@@ -61,7 +61,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -493,7 +493,7 @@ def inexact_retypes(conn: psycopg.Connection, columns: Sequence, recorded: Seque
 
 
 def as_archived(conn: psycopg.Connection, columns: Sequence, recorded: Sequence[dict], algorithm: str,
-                widened: Callable[[str, str], bool] | None = None) -> list:
+                widened: bool = False) -> list:
     """``columns`` (the source's or a restore target's now, in the archive's order), each to be hashed by v6 as the
     column ``recorded`` (the manifest's columns) says it was archived: an integer column that is numeric or text now
     hashes its values as integers where they are, so a type changed since with every value kept (integer to numeric,
@@ -504,12 +504,12 @@ def as_archived(conn: psycopg.Connection, columns: Sequence, recorded: Sequence[
     hashes a day to compare it with its archive: compare, deep verification, a removal, restore's proof, and an
     archive run deciding on the archive it finds.
 
-    ``widened`` (a table a restore made, which follows the source's widenings between the days it holds: restore's
-    ``_widens``) tells whether a column archived as the first type was widened to the second by ALTER COLUMN ...
-    TYPE. Where that rewrote the text of the values already there (a numeric given more decimals, a char(n) made
-    longer or a text type: :func:`_widened_from`), the column is hashed as the archived values it holds widened, by
-    every chained algorithm: the day restored before the widening is still the archive's. Only there: anywhere
-    else (a source's retype, a table of the user's) the values' text is what they are."""
+    ``widened`` (a table a restore made, which follows the source's widenings between the days it holds by
+    ALTER COLUMN ... TYPE: every one :func:`widening` lists): where a column's widening rewrote the text of the
+    values already there (a numeric given more decimals, a char(n) made longer or a text type, a boolean array made
+    a text one), it is hashed as the archived values it holds widened, by every chained algorithm: the day restored
+    before the widening is still the archive's. Only there: anywhere else (a source's retype, a table of the
+    user's) the values' text is what they are."""
     if algorithm not in CHAINED or not recorded or not all(isinstance(r, dict) for r in recorded) or \
             [getattr(c, "name", None) for c in columns] != [r.get("name") for r in recorded]:
         return list(columns)
@@ -520,82 +520,146 @@ def as_archived(conn: psycopg.Connection, columns: Sequence, recorded: Sequence[
         kinds = [None if base is None else TYPED_HASHED.get(base, "text") if base else "text" for base in bases]
         columns = [replace(c, hash_as=kind) if kind is not None and kind != own_kind(c) and hasattr(c, "hash_as")
                    else c for c, kind in zip(columns, kinds, strict=True)]
-    if widened is None:
+    if not widened:
         return list(columns)
-    return [_widened_from(c, r.get("pg_type") or "") if widened(r.get("pg_type") or "", c.type_name) else c
-            for c, r in zip(columns, recorded, strict=True)]
+    return [_widened_from(c, r.get("pg_type") or "") for c, r in zip(columns, recorded, strict=True)]
+
+
+@dataclass(frozen=True)
+class Widening:
+    """A change of a column's type that restore follows in a table it made (``_widen_own``: ALTER COLUMN ... TYPE,
+    every value the same) and how the proof hashes the values it holds as archived (see :func:`widening`, the one
+    list of them). ``read_as`` (None: the widening keeps every value's text, nothing to read back) is the
+    pg_catalog type that reads a value back as archived; ``type_now`` the type to widen it into again, to check it
+    reads back by its text (None: by value, a numeric); ``texts`` the only texts an element may have for it to be
+    read back at all (a boolean: a cast from text that refuses other texts, which would fail the whole query);
+    ``by_cast`` prints the value read back by its cast to text, as the proof hashes the archived type (a boolean's
+    'true'), not by its output ('t')."""
+
+    read_as: str | None = None
+    type_now: str | None = None
+    texts: tuple[str, ...] = ()
+    by_cast: bool = False
+
+    def of_array(self) -> Widening:
+        """The same widening of an array of the types (its elements' text rewritten alike)."""
+        return replace(self, read_as=self.read_as and self.read_as + "[]",
+                       type_now=self.type_now and self.type_now + "[]")
+
+
+_KEPT = Widening()  # a widening that keeps every value's text (integer to bigint, varchar(10) to text)
+_WHOLE = {"smallint": 5, "integer": 10, "bigint": 19}  # (the widest value of each, in decimal digits)
+_TEXT_TYPES = {"text": "pg_catalog.text", "character varying": "pg_catalog.varchar"}
+_NUMERIC = re.compile(r"numeric(?:\((\d+),(\d+)\))?")
+_SIZED = re.compile(r"(character(?: varying)?)\((\d+)\)")
+_BITS = re.compile(r"bit(?: varying)?\((\d+)\)")
+_BOOLEAN_TEXTS = ("true", "false", "t", "f")  # (what ALTER ... TYPE text makes of one, and what a format writes)
+
+
+def widening(was: str, now: str) -> Widening | None:
+    """Whether a column of type ``was`` becomes ``now`` (format_type's names) by widening alone, every value the
+    same, and if so how the proof reads its values back as ``was`` (None: not a widening). The one list restore
+    follows (a column the source widened between the days a range restores) and the proof hashes: a wider integer;
+    an integer into a numeric with room for its digits, a numeric with as many digits before and after the point
+    or more (or unconstrained); a longer varchar or char, varchar or char(n) to text; bit(n) or varbit(n) to a
+    varbit as long or unbounded; an integer, boolean or uuid to text (its values as their text); an array of one
+    into an array of the other alike. Of these, ALTER rewrites the text of the values already there for a numeric
+    given more decimals (12.50 as numeric(10,4) is 12.5000; an integer as numeric(12,2), 12 as 12.00), a char(n)
+    ('ab ' as char(6) is 'ab    ', as text 'ab') and a boolean array ({t,f} as text[] is {true,false})."""
+    if was.endswith("[]") and now.endswith("[]"):
+        inner = widening(was[:-2], now[:-2])
+        return inner and inner.of_array()
+    if was in _WHOLE and now in _WHOLE:
+        return _KEPT if _WHOLE[now] > _WHOLE[was] else None
+    if now in _TEXT_TYPES and was == "boolean":
+        return Widening("pg_catalog.bool", _TEXT_TYPES[now], _BOOLEAN_TEXTS, by_cast=True)
+    if now in _TEXT_TYPES and was in ("uuid", *_WHOLE):
+        return _KEPT  # (a column retyped text between the days: the earlier days' values as their text)
+    return _numeric_widening(was, now) or _sized_widening(was, now)
+
+
+def _numeric_widening(was: str, now: str) -> Widening | None:
+    """:func:`widening` into a numeric: from an integer with room for its digits, or a numeric with room for every
+    value's digits before and after the point; given more decimals, read back at the archived scale."""
+    wide, narrow = _NUMERIC.fullmatch(now), _NUMERIC.fullmatch(was)
+    if wide is None or (narrow is None and was not in _WHOLE) or was == now or (narrow and narrow[1] is None):
+        return None
+    whole, scale = (_WHOLE[was], 0) if narrow is None else (int(narrow[1]) - int(narrow[2]), int(narrow[2]))
+    if wide[1] is None:
+        return _KEPT  # (unconstrained: every value as it was)
+    if int(wide[2]) < scale or int(wide[1]) - int(wide[2]) < whole:
+        return None
+    # (precision 1000, the most: a value of the type now, rounded to the archived scale, never overflows it)
+    return Widening(f"pg_catalog.numeric(1000,{scale})") if int(wide[2]) > scale else _KEPT
+
+
+def _sized_widening(was: str, now: str) -> Widening | None:
+    """:func:`widening` of a char(n) or varchar(n) (into text, varchar or one as long: a char(n)'s padding widened
+    or stripped, read back as char(n)) or of a bit string (into a varbit as long or unbounded)."""
+    chars, longer = _SIZED.fullmatch(was), _SIZED.fullmatch(now)
+    if chars and (now in _TEXT_TYPES or (longer and (chars[1], longer[1]) != ("character varying", "character")
+                                         and int(longer[2]) >= int(chars[2]) and was != now)):
+        if chars[1] == "character varying":
+            return _KEPT
+        into = _TEXT_TYPES.get(now) or f"pg_catalog.{'varchar' if longer[1] == 'character varying' else 'bpchar'}" \
+                                       f"({longer[2]})"
+        return Widening(f"pg_catalog.bpchar({chars[2]})", into)
+    bits, more = _BITS.fullmatch(was), re.fullmatch(r"bit varying\((\d+)\)", now)
+    if bits and (now == "bit varying" or (more and int(more[1]) >= int(bits[1]) and was != now)):
+        return _KEPT
+    return None
 
 
 @dataclass(frozen=True)
 class Widened:
-    """A column whose values ALTER COLUMN ... TYPE widened from the archived type, rewriting their text (see
-    :func:`_widened_from`), hashed as the archived values it holds widened: each value read back as ``read_as``
-    (which prints it as archived) where it reads back exactly, else as its own text with the seed's highest bit
-    flipped (:func:`_chain`; v6's typed hashing of a numeric once an integer flags its text itself), which no
-    archived value's hash has: it differs from every one. Every other attribute is the column's."""
+    """A column whose values ALTER COLUMN ... TYPE widened from the archived type, rewriting their text (``how``:
+    see :func:`widening`), hashed as the archived values it holds widened: each value read back as archived where
+    it reads back exactly, else as its own text with the seed's highest bit flipped (:func:`_chain`; v6's typed
+    hashing of a numeric once an integer flags its text itself), which no archived value's hash has: it differs
+    from every one. Every other attribute is the column's."""
 
     column: Any
-    read_as: sql.Composable  # the type that prints a value as archived: the archived one, or its scale's numeric
-    type_now: sql.Composable | None  # a char(n)'s type now, to widen it again into (None: a numeric, by value)
+    how: Widening
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("__") or name in ("column", "read_as", "type_now"):  # (copy, pickle: not the column's)
+        if name.startswith("__") or name in ("column", "how"):  # (copy, pickle: not the column's)
             raise AttributeError(name)
         return getattr(self.column, name)
 
     def reads_back(self, qualifier: str | None) -> sql.Composable:
         """Whether the value read as archived gives it back exactly: a numeric's value, unrounded (NULL too); a
-        char(n)'s text as the widening made it (its padding widened or stripped) or as a load into the column
-        writes it (the archived text itself: a text column keeps the blanks of 'ab ')."""
-        x = _ident(self.column, qualifier)
-        if self.type_now is None:
-            return sql.SQL("{x}::{a} IS NOT DISTINCT FROM {x}").format(x=x, a=self.read_as)
-        return sql.SQL('pg_catalog.concat(({x}::{a})::{now}) COLLATE "C" OPERATOR(pg_catalog.=) pg_catalog.concat({x}) '
-                       'COLLATE "C" OR pg_catalog.concat({x}::{a}) COLLATE "C" OPERATOR(pg_catalog.=) '
-                       'pg_catalog.concat({x}) COLLATE "C"').format(x=x, a=self.read_as, now=self.type_now)
+        char(n)'s or boolean's text as the widening made it (its padding widened or stripped; true for t) or as a
+        load into the column writes it (the archived text itself: a text column keeps the blanks of 'ab ', t).
+        A value a boolean cannot read is not tried: it does not read back."""
+        x, a = _ident(self.column, qualifier), sql.SQL(self.how.read_as or "")
+        if self.how.type_now is None:
+            return sql.SQL("{x}::{a} IS NOT DISTINCT FROM {x}").format(x=x, a=a)
+        back = sql.SQL('pg_catalog.concat(({x}::{a})::{now}) COLLATE "C" OPERATOR(pg_catalog.=) '
+                       'pg_catalog.concat({x}) COLLATE "C" OR pg_catalog.concat({x}::{a}) COLLATE "C" '
+                       'OPERATOR(pg_catalog.=) pg_catalog.concat({x}) COLLATE "C"').format(
+            x=x, a=a, now=sql.SQL(self.how.type_now))
+        if not self.how.texts:
+            return back
+        # (NULL elements and a NULL value pass: they read back as NULL)
+        return sql.SQL('CASE WHEN NOT EXISTS (SELECT FROM pg_catalog.unnest({arr}) AS e(v) WHERE NOT '
+                       '(e.v::pg_catalog.text COLLATE "C" OPERATOR(pg_catalog.=) ANY ({texts}::pg_catalog.text[]))) '
+                       'THEN {back} ELSE FALSE END').format(
+            arr=x if self.column.is_array else sql.SQL("ARRAY[{}]").format(x), back=back,
+            texts=sql.Literal(list(self.how.texts)))
 
     def text(self, qualifier: str | None) -> sql.Composable:
         """The value's text as archived where it reads back, else its own (printed by the types' output)."""
         x = _ident(self.column, qualifier)
-        return sql.SQL("CASE WHEN {back} THEN pg_catalog.concat({x}::{a}) ELSE pg_catalog.concat({x}) END").format(
-            back=self.reads_back(qualifier), x=x, a=self.read_as)
-
-
-# format_type's names of the types a widening (ALTER COLUMN ... TYPE) rewrites the text of: a numeric given more
-# decimals (12.50 as numeric(10,4) is 12.5000; an integer as numeric(12,2), 12 as 12.00), a char(n) made longer
-# ('ab ' as char(6) is 'ab    ') or a text type ('ab'); each a built-in type, named as its pg_catalog type
-_NUMERIC = re.compile(r"numeric\((\d+),(\d+)\)")
-_WHOLE = ("smallint", "integer", "bigint")
-_CHARS = re.compile(r"character\((\d+)\)")
-_TEXT_NOW = {"text": "pg_catalog.text", "character varying": "pg_catalog.varchar"}
-_SIZED_NOW = re.compile(r"(character varying|character)\((\d+)\)")
+        printed = "({x}::{a})::pg_catalog.text" if self.how.by_cast else "pg_catalog.concat({x}::{a})"
+        return sql.SQL("CASE WHEN {back} THEN " + printed + " ELSE pg_catalog.concat({x}) END").format(
+            back=self.reads_back(qualifier), x=x, a=sql.SQL(self.how.read_as or ""))
 
 
 def _widened_from(column: Any, archived: str) -> Any:
-    """``column`` as a :class:`Widened` one, where its type now is a widening of ``archived`` (both format_type's)
-    that rewrote the text of the values it held (see above; an array of one alike); else as it is."""
-    now, brackets = column.type_name, ""
-    while archived.endswith("[]") and now.endswith("[]"):
-        archived, now, brackets = archived[:-2], now[:-2], brackets + "[]"
-    if archived.endswith("[]") or now.endswith("[]"):
-        return column
-    decimals, scale = _NUMERIC.fullmatch(now), _NUMERIC.fullmatch(archived)
-    was = int(scale[2]) if scale else 0 if archived in _WHOLE else None
-    if decimals and was is not None and int(decimals[2]) > was:
-        # (precision 1000, the most: a value of the type now, rounded to the archived scale, never overflows it)
-        return Widened(column, sql.SQL(f"pg_catalog.numeric(1000,{was}){brackets}"), None)
-    chars, into = _CHARS.fullmatch(archived), _text_type(now)
-    if chars and into and now != archived:
-        return Widened(column, sql.SQL(f"pg_catalog.bpchar({chars[1]}){brackets}"), sql.SQL(into + brackets))
-    return column
-
-
-def _text_type(type_name: str) -> str | None:
-    """A text type's format_type name as its pg_catalog type (character(6): pg_catalog.bpchar(6)), or None."""
-    sized = _SIZED_NOW.fullmatch(type_name)
-    if sized:
-        return f"pg_catalog.{'varchar' if sized[1] == 'character varying' else 'bpchar'}({sized[2]})"
-    return _TEXT_NOW.get(type_name)
+    """``column`` as a :class:`Widened` one, where its type now is a widening of ``archived`` that rewrote the text
+    of the values it held (:func:`widening`); else as it is."""
+    how = widening(archived, column.type_name)
+    return column if how is None or how.read_as is None else Widened(column, how)
 
 
 def _utf8_bytes(text: sql.Composable, encoding: str) -> sql.Composable:

@@ -1117,9 +1117,30 @@ def _in_doubt(spec: TableSpec, day: Period, store: S3Store, key: str, manifest: 
         f"arrived after it (it did, and {uri} is the only copy of the removed rows); this run removed nothing",
         table=spec.name, day=day.isoformat(), retryable=False, needs_overwrite=True,
         cause="a pending removal mark whose transaction cannot be checked, over rows that are not the archived ones",
-        remedy=f"archive the day again with overwrite (the rows there are now are archived; {uri} is kept beside "
-               "them, listed under 'kept' in the new manifest: restore it if you need the rows the removal may have "
-               "taken), then remove the day")
+        remedy=in_doubt_remedy(uri))
+
+
+def in_doubt_remedy(uri: str) -> str:
+    """What settles a day whose pending mark's removal cannot be told committed or not (``uri``: its marked
+    archive): the refusal's remedy (:func:`_in_doubt`), and what list says of the day (one wording)."""
+    return (f"archive the day again with overwrite (the rows there are now are archived; {uri} is kept beside them, "
+            "listed under 'kept' in the new manifest: restore it if you need the rows the removal may have taken), "
+            "then remove the day")
+
+
+def undecided_removal(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date,
+                      manifest: dict) -> str | None:
+    """Why the removal that left ``manifest``'s pending mark cannot be told committed or not (:func:`_committed`'s
+    None: its transaction cannot be asked, and the source's rows are not the archived ones), or None where it can
+    be told, or is still running: then the next archive run or removal of the day settles the mark, and only then.
+    An undecided mark stays pending through both (they refuse the day): list says so, with the refusal's remedy."""
+    try:
+        committed, why = _committed(conn, spec, spec.period(day), manifest)
+    except RemovalRefused:  # (its removal still running: that run settles it)
+        return None
+    except psycopg.Error as exc:
+        raise wrapped(exc, conn, spec, spec.period(day).isoformat(), doing="proving") from None
+    return why if committed is None else None
 
 
 def _recheck_and_remove(conn: psycopg.Connection, spec: TableSpec, day: Period, table: SourceTable,

@@ -23,7 +23,8 @@ from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.discovery import (NO_PERIOD_TABLE, ChildRange, catalog_days, child_ranges,
                                              days_read_with_rows, existing_days, source_table)
 from archive_pipeline.core.errors import TABLE_MISSING, ArchiveError, SourceError
-from archive_pipeline.core.lifecycle import pending_removal_committed, still_detached
+from archive_pipeline.core.lifecycle import (in_doubt_remedy, pending_removal_committed, still_detached,
+                                             undecided_removal)
 from archive_pipeline.core.keys import other_extension_keys
 from archive_pipeline.core.listing import day_listings, listed_absent, unmanifested
 from archive_pipeline.core.manifest import (ForeignManifestError, SourceIdentity, day_archive, layout_change,
@@ -486,13 +487,20 @@ _LAYOUT_EQUAL = ("; its rows are the archive's all the same, but the proof and r
 
 def _removed_yet_present(conn: psycopg.Connection, spec: TableSpec, day: Period, archived) -> str:
     """What a day the source shows again after its removal is: a removal still marked pending (killed before or
-    after its COMMIT: the next run of the day settles it; a drop rolled back is no drop and restore), a
+    after its COMMIT: the next run of the day settles it; a drop rolled back is no drop and restore; or, where
+    whether it committed cannot be told, which no run settles, what does: see lifecycle.undecided_removal), a
     naming-mode day table a detach left in place (it keeps its name and rows, detached), or restored since
     (restore --into original)."""
     mark = archived.manifest.get("removed") or {}
     action, at = mark.get("action", "removal"), mark.get("at", "?")[:19]
     if still_detached(conn, spec, day, archived.manifest):  # (committed, its "done" mark perhaps still to come)
         return archived.removed
+    if removal_state(archived.manifest) == "pending" and \
+            (why := undecided_removal(conn, spec, day, archived.manifest)) is not None:
+        uri = (archived.manifest.get("object") or {}).get("uri") or archived.object_key
+        return (f"{action} begun at {at} not finished (marked pending), and whether it committed cannot be told "
+                f"({why}): archive runs and prunes of the day refuse it until it is settled; to settle: "
+                f"{in_doubt_remedy(uri)}")
     if removal_state(archived.manifest) == "pending":
         return (f"{action} begun at {at} not finished (marked pending): the source still shows the day; the next "
                 "archive run or prune of the day settles it")

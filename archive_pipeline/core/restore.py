@@ -1188,10 +1188,10 @@ def _widen_own(conn: psycopg.Connection, manifest: dict, relation: Relation) -> 
             conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} DROP NOT NULL").format(
                 relation.identifier, sql.Identifier(name)))
     # a column widened in the source between the days (integer to bigint, as ids near 2^31): widened here too,
-    # every value the table holds reading back the same
+    # every value the table holds reading back the same (fingerprint.widening: the one list, which the proof follows)
     now = {name: kind for name, kind, _, _ in conn.execute(_TARGET_TYPES, (relation.identifier.as_string(conn),))}
     for column in definition:
-        if column["name"] in now and _widens(now[column["name"]], column["type"]):
+        if column["name"] in now and fp.widening(now[column["name"]], column["type"]) is not None:
             conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} TYPE {}").format(
                 relation.identifier, sql.Identifier(column["name"]),
                 checked_type_sql(conn, column["type"], f"column {column['name']!r}")))
@@ -1203,44 +1203,6 @@ def _widen_own(conn: psycopg.Connection, manifest: dict, relation: Relation) -> 
                                     "AND contype IN ('p', 'u')", (oid,)).fetchall():
             conn.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(relation.identifier,
                                                                              sql.Identifier(name)))
-
-
-_INTEGER_DIGITS = {"smallint": 5, "integer": 10, "bigint": 19}  # (the widest value of each, in decimal digits)
-
-
-def _widens(here: str, archived: str) -> bool:
-    """Whether a column of type ``here`` (format_type) becomes ``archived`` by widening alone, every value the same:
-    a wider integer, an integer into a numeric with room for its digits, a numeric with as many digits before and
-    after the point or more (or unconstrained), a longer varchar or char, varchar or char(n) to text (char(n)'s
-    values without their padding, as the source's own ALTER made them), bit(n) or varbit(n) to a varbit as long or
-    unbounded, or an integer, boolean or uuid to text (its values as their text); an array of one into an array of
-    the other alike."""
-    if here.endswith("[]") and archived.endswith("[]"):
-        return _widens(here[:-2], archived[:-2])
-    if here in _INTEGER_DIGITS and archived in _INTEGER_DIGITS:
-        return _INTEGER_DIGITS[archived] > _INTEGER_DIGITS[here]
-    if archived in ("text", "character varying") and here in ("uuid", "boolean", *_INTEGER_DIGITS):
-        return True  # (a column retyped text between the days: the earlier days' values as their text)
-    wide = re.fullmatch(r"numeric(?:\((\d+),(\d+)\))?", archived)
-    if wide and here in _INTEGER_DIGITS:
-        return wide.group(1) is None or int(wide.group(1)) - int(wide.group(2)) >= _INTEGER_DIGITS[here]
-    narrow = re.fullmatch(r"numeric\((\d+),(\d+)\)", here)
-    if wide and narrow and here != archived:
-        if wide.group(1) is None:
-            return True
-        (p, s), (p2, s2) = map(int, narrow.groups()), map(int, wide.groups())
-        return s2 >= s and p2 - s2 >= p - s
-    chars = re.fullmatch(r"(character(?: varying)?)\((\d+)\)", here)
-    if chars and archived in ("text", "character varying"):
-        return True
-    longer = re.fullmatch(r"(character(?: varying)?)\((\d+)\)", archived)
-    if chars and longer and (chars[1], longer[1]) != ("character varying", "character"):  # (not into padding)
-        return int(longer[2]) >= int(chars[2]) and here != archived
-    bits = re.fullmatch(r"bit(?: varying)?\((\d+)\)", here)
-    if bits and archived == "bit varying":
-        return True
-    more = re.fullmatch(r"bit varying\((\d+)\)", archived)
-    return bool(bits and more and int(more[1]) >= int(bits[1]) and here != archived)
 
 
 def _create_table(conn: psycopg.Connection, target: Relation, definition: dict,
@@ -1721,7 +1683,7 @@ def _hashed_columns(conn: psycopg.Connection, relation: Relation, manifest: dict
     text, was loaded again by a run of the same command and refused as held twice."""
     own = _listed_days(conn, relation, manifest.get("table") or "") is not None
     return fp.as_archived(conn, _columns_of(conn, relation, manifest_columns(manifest)), manifest["columns"],
-                          fp.algorithm_for(manifest.get("fingerprint")), widened=_widens if own else None)
+                          fp.algorithm_for(manifest.get("fingerprint")), widened=own)
 
 
 def _columns_of(conn: psycopg.Connection, relation: Relation, names: list[str]) -> list[Column]:
