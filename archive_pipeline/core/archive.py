@@ -1141,12 +1141,12 @@ class _Archiving:
                     f"archive {self._archive_uri(manifest)} was proven, and the source holds no row of it now: there "
                     "is nothing to archive, and the archive is the day's only copy (kept as it is). Restore it if you "
                     "need the rows back", retryable=False, manifest_key=self._manifest_key_of(manifest))
+            now = (f"its rows are back in the source, but the table changed: {self._change(manifest, table, fp)}"
+                   if same else f"the source now has other rows ({fp.rows:,})")
             raise DayRemovedError(
                 f"{self.spec.name} {self.day} was removed from the source at {removed.get('at')} after its archive "
-                f"{self._archive_uri(manifest)} was proven, and "
-                f"{'the source now has other rows (' + format(fp.rows, ',') + ')' if not same else 'its rows are back in the source, but the table changed: ' + self._change(manifest, table, fp)}; "
-                "archiving them without overwrite would replace the only copy. Restore the archive if you need the "
-                "removed rows back; to archive the rows there are now, set overwrite (an archive that holds more "
+                f"{self._archive_uri(manifest)} was proven, and {now}; archiving them without overwrite would replace "
+                "the only copy. Restore the archive if you need the removed rows back; to archive the rows there are now, set overwrite (an archive that holds more "
                 "rows than the new one is kept beside it)", retryable=False, remedy=_LATE_AFTER_REMOVAL,
                 needs_overwrite=True)
         if overwrite:
