@@ -279,6 +279,22 @@ def _our_cursor_class(theirs: type, default: type) -> type:
     return default
 
 
+def _rolled_back_after(conn: psycopg.Connection) -> contextlib.AbstractContextManager:
+    """A block that leaves nothing in the caller's transaction, where the call runs inside one (or would open
+    one: a connection not in autocommit mode): a savepoint (a transaction of its own on an idle connection)
+    rolled back at the end. What the core does there is transaction-local and would otherwise outlive the call
+    to the caller's COMMIT: the fingerprint's SET LOCALs (TimeZone UTC, DateStyle ISO, the search path: the
+    caller's next insert of a local time stored it shifted) and a proof's temporary table (a copy of the
+    day's rows, left in a pooled session). The calls that write (archive, restore, removal) refuse such a
+    connection up front (:func:`archive_pipeline.core.locks.require_autocommit`); the others only read, and
+    their verdict is what the rollback keeps. An aborted transaction is left to fail as it would."""
+    status = conn.info.transaction_status
+    if conn.closed or status == psycopg.pq.TransactionStatus.INERROR or (
+            conn.autocommit and status == psycopg.pq.TransactionStatus.IDLE):
+        return contextlib.nullcontext()
+    return conn.transaction(force_rollback=True)
+
+
 @contextlib.contextmanager
 def callers_connection(conn: object) -> Iterator[None]:
     """Run a core entry point's block on a caller's connection ``conn`` as on one of our own, and give the
@@ -288,7 +304,8 @@ def callers_connection(conn: object) -> Iterator[None]:
       parameters as ``%s``, and a caller's ``row_factory=dict_row`` (``KeyError: 0``), ``namedtuple_row``
       (our unnamed ``current_setting`` columns) or ``cursor_factory=psycopg.RawCursor`` (``$1`` placeholders)
       failed every call, or had compare and list call an intact archive "unreadable";
-    - client_encoding UTF8 and read committed by default (see :func:`_to_ours`).
+    - client_encoding UTF8 and read committed by default (see :func:`_to_ours`);
+    - nothing left in the caller's transaction (see :func:`_rolled_back_after`).
 
     Anything but a psycopg connection (None, a factory of connections) passes through. An entry point called
     by another on the same connection finds it done already, and leaves it to the outer one to give back."""
@@ -301,12 +318,15 @@ def callers_connection(conn: object) -> Iterator[None]:
     conn.server_cursor_factory = _our_cursor_class(factories[2], psycopg.ServerCursor)
     _ENTERED.add(conn)
     try:
-        before = _to_ours(conn)
-        try:
-            yield
-        finally:
-            if before is not None:
-                _give_back(conn, before)
+        with contextlib.ExitStack() as undo:
+            with contextlib.suppress(psycopg.OperationalError):  # a lost session: the call's own handling says so
+                undo.enter_context(_rolled_back_after(conn))
+            before = _to_ours(conn)
+            try:
+                yield
+            finally:
+                if before is not None:
+                    _give_back(conn, before)
     finally:
         _ENTERED.discard(conn)
         conn.row_factory, conn.cursor_factory, conn.server_cursor_factory = factories
