@@ -883,6 +883,7 @@ def _transaction_status(conn: psycopg.Connection, xid: object) -> str | None:
         return conn.execute("SELECT pg_catalog.txid_status(%s::bigint)", (int(xid),)).fetchone()[0]
 
 
+@speaks_utf8()
 def pending_removal_committed(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date,
                               manifest: dict) -> bool:
     """Whether the removal that left ``manifest``'s pending mark committed, decided as settling decides it but

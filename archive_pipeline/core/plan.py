@@ -698,6 +698,7 @@ def _plan_day(conn: psycopg.Connection, spec: TableSpec, store: S3Store, day: Pe
     return PlannedDay(spec.name, day, key, "overwrite", reason, estimate)
 
 
+@speaks_utf8()
 def plan_archive(conn: psycopg.Connection, spec: TableSpec, store: S3Store, days: list, *, overwrite: bool,
                  archived_absent: Callable[[list[Period]], Collection[Period]] | None = None) -> list[PlannedDay]:
     """What archive would do with each of ``days`` (see :func:`plan_day`). ``archived_absent``: of the days the

@@ -2857,6 +2857,7 @@ def _refuse_standby(conn: psycopg.Connection, table: str | None, day: str | None
                                  "the standby), or pass a connection to the primary")
 
 
+@speaks_utf8()
 def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *, into: Into = "new",
                     target: str | None = None, on_conflict: OnConflict = "fail",
                     temp_dir: str | os.PathLike | None = None) -> RestoreResult:

@@ -16,12 +16,15 @@ import contextlib
 import functools
 import inspect
 import os
+import weakref
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
+from psycopg.raw_cursor import RawCursorMixin
+from psycopg.rows import tuple_row
 
 from archive_pipeline.core.errors import SessionSettingError, SourceError, classify, sql_name
 
@@ -263,13 +266,80 @@ def _give_back(conn: psycopg.Connection, settings: dict[str, str]) -> None:
         set_session(conn, settings)
 
 
+# The callers' connections a core entry point is running on now (see :func:`callers_connection`): an entry point
+# that another one calls on the same connection (deep_verify inside remove_day) finds it set up already.
+_ENTERED: weakref.WeakSet[psycopg.Connection] = weakref.WeakSet()
+
+
+def _our_cursor_class(theirs: type, default: type) -> type:
+    """``theirs`` where it takes our ``%s`` placeholders (psycopg's Cursor, a ClientCursor, a subclass), else
+    ``default``: a RawCursor sends them to the server as written, which calls them a syntax error."""
+    if isinstance(theirs, type) and issubclass(theirs, default) and not issubclass(theirs, RawCursorMixin):
+        return theirs
+    return default
+
+
+def _rolled_back_after(conn: psycopg.Connection) -> contextlib.AbstractContextManager:
+    """A block that leaves nothing in the caller's transaction, where the call runs inside one (or would open
+    one: a connection not in autocommit mode): a savepoint (a transaction of its own on an idle connection)
+    rolled back at the end. What the core does there is transaction-local and would otherwise outlive the call
+    to the caller's COMMIT: the fingerprint's SET LOCALs (TimeZone UTC, DateStyle ISO, the search path: the
+    caller's next insert of a local time stored it shifted) and a proof's temporary table (a copy of the
+    day's rows, left in a pooled session). The calls that write (archive, restore, removal) refuse such a
+    connection up front (:func:`archive_pipeline.core.locks.require_autocommit`); the others only read, and
+    their verdict is what the rollback keeps. An aborted transaction is left to fail as it would."""
+    status = conn.info.transaction_status
+    if conn.closed or status == psycopg.pq.TransactionStatus.INERROR or (
+            conn.autocommit and status == psycopg.pq.TransactionStatus.IDLE):
+        return contextlib.nullcontext()
+    return conn.transaction(force_rollback=True)
+
+
+@contextlib.contextmanager
+def callers_connection(conn: object) -> Iterator[None]:
+    """Run a core entry point's block on a caller's connection ``conn`` as on one of our own, and give the
+    caller everything back as it was afterwards (on error too):
+
+    - rows as tuples and cursors that take ``%s``: the core reads its rows by position and writes its
+      parameters as ``%s``, and a caller's ``row_factory=dict_row`` (``KeyError: 0``), ``namedtuple_row``
+      (our unnamed ``current_setting`` columns) or ``cursor_factory=psycopg.RawCursor`` (``$1`` placeholders)
+      failed every call, or had compare and list call an intact archive "unreadable";
+    - client_encoding UTF8 and read committed by default (see :func:`_to_ours`);
+    - nothing left in the caller's transaction (see :func:`_rolled_back_after`).
+
+    Anything but a psycopg connection (None, a factory of connections) passes through. An entry point called
+    by another on the same connection finds it done already, and leaves it to the outer one to give back."""
+    if not isinstance(conn, psycopg.Connection) or conn in _ENTERED:
+        yield
+        return
+    factories = conn.row_factory, conn.cursor_factory, conn.server_cursor_factory
+    conn.row_factory = tuple_row
+    conn.cursor_factory = _our_cursor_class(factories[1], psycopg.Cursor)
+    conn.server_cursor_factory = _our_cursor_class(factories[2], psycopg.ServerCursor)
+    _ENTERED.add(conn)
+    try:
+        with contextlib.ExitStack() as undo:
+            with contextlib.suppress(psycopg.OperationalError):  # a lost session: the call's own handling says so
+                undo.enter_context(_rolled_back_after(conn))
+            before = _to_ours(conn)
+            try:
+                yield
+            finally:
+                if before is not None:
+                    _give_back(conn, before)
+    finally:
+        _ENTERED.discard(conn)
+        conn.row_factory, conn.cursor_factory, conn.server_cursor_factory = factories
+
+
 def speaks_utf8(*names: str) -> Callable:
-    """Run the decorated core function with its connections (the parameters ``names``, ``conn`` by default)
-    in client_encoding UTF8 and read committed by default (see :func:`_to_ours`), and give each back its own
-    afterwards. A caller's plain ``psycopg.connect`` to a
-    SQL_ASCII database starts in SQL_ASCII, where psycopg returns every text value as bytes: a setting read
-    and put back became "b'Etc/UTC'", a catalog name failed ``normalize()``, and compare, verification,
-    restore and removal failed on such a connection with raw errors (the archive's own sessions set it)."""
+    """Run the decorated core entry point with each of its connections (the parameters ``names``, ``conn`` by
+    default) set up as :func:`callers_connection` says, and given back afterwards. Every public function that
+    takes a caller's connection has it: the boundary where a caller's connection becomes the core's. (Named for
+    its first duty: a caller's plain ``psycopg.connect`` to a SQL_ASCII database starts in SQL_ASCII, where
+    psycopg returns every text value as bytes: a setting read and put back became "b'Etc/UTC'", a catalog name
+    failed ``normalize()``, and compare, verification, restore and removal failed on such a connection with raw
+    errors.)"""
     wanted = names or ("conn",)
 
     def decorate(function: Callable) -> Callable:
@@ -278,18 +348,10 @@ def speaks_utf8(*names: str) -> Callable:
         @functools.wraps(function)
         def wrapper(*args, **kwargs):
             bound = signature.bind_partial(*args, **kwargs)
-            switched = []
-            try:
+            with contextlib.ExitStack() as stack:
                 for name in wanted:
-                    conn = bound.arguments.get(name)
-                    if conn is not None and all(conn is not c for c, _ in switched):
-                        before = _to_ours(conn)
-                        if before is not None:
-                            switched.append((conn, before))
+                    stack.enter_context(callers_connection(bound.arguments.get(name)))
                 return function(*args, **kwargs)
-            finally:
-                for conn, before in switched:
-                    _give_back(conn, before)
 
         return wrapper
 

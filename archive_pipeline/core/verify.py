@@ -596,6 +596,7 @@ def deep_verify(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: 
     return deep_verify_of(conn, store, spec, day, manifest=manifest, scratch_conn=scratch_conn, temp_dir=temp_dir)[0]
 
 
+@speaks_utf8("conn", "scratch_conn")
 def deep_verify_of(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: Period | dt.date, *,
                    manifest: dict | None = None, scratch_conn: psycopg.Connection | None = None,
                    temp_dir: str | None = None) -> tuple[list[str], dict | None]:
