@@ -234,8 +234,9 @@ def _refuse_too_large(manifest: dict[str, Any], cause: str) -> None:
     raise ManifestTooLargeError(
         f"{table} {day}: {cause}; nothing was committed (list, verify and restore could not read it)",
         table=table, day=day, retryable=False, every_day=True, cause=cause,
-        remedy="archive fewer or narrower columns of composite types (the manifest records each column's composite "
-               "fields), e.g. a view selecting the columns as text or JSON, or split the table")
+        remedy="archive fewer columns, or columns of narrower composite types (the manifest records each column and "
+               "each composite type's fields), e.g. a view selecting them as text or JSON, or split the table; if "
+               "neither is wide, report this")
 
 
 def _folded(manifest: dict[str, Any]) -> dict[str, Any]:
