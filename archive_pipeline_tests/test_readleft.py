@@ -142,7 +142,7 @@ def test_verify_and_the_deep_check_refuse_another_tables_manifest_of_identical_b
 
 def test_a_manifest_of_a_newer_version_is_not_called_damaged_nor_to_be_archived_again(conn, schema, store, temp_dir,
                                                                                        s3_client, bucket):
-    """A manifest written by a newer archive_pipeline (manifest_version 4: the code location was upgraded,
+    """A manifest written by a newer archive_pipeline (manifest_version 5: the code location was upgraded,
     the command line not yet). Was: "unknown manifest_version 4", and prune's and restore's remedies said to
     archive the day again (overwrite) or restore the manifest from a backup, as for a damaged one: the older
     version would replace what the newer one wrote, and archiving replaced it (its dry run planned to). Now
@@ -155,10 +155,10 @@ def test_a_manifest_of_a_newer_version_is_not_called_damaged_nor_to_be_archived_
     archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
     key = _manifest_key(store, spec, DAY)
     manifest = decode_manifest(_raw(s3_client, bucket, key))
-    newer = {**manifest, "manifest_version": 4, "archiver": {"name": "archive_pipeline", "version": "9.0.0"}}
+    newer = {**manifest, "manifest_version": 5, "archiver": {"name": "archive_pipeline", "version": "9.0.0"}}
     s3_client.put_object(Bucket=bucket, Key=key, Body=encode_manifest(
         {k: v for k, v in newer.items() if k != "manifest_sha256"}))
-    said = "written by a newer archive_pipeline (9.0.0, manifest_version 4)"
+    said = "written by a newer archive_pipeline (9.0.0, manifest_version 5)"
     with pytest.raises(RemovalRefused) as refused:
         remove_day(conn, spec, DAY, store, dry_run=True)
     with pytest.raises(RestoreError) as restored:

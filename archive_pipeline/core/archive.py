@@ -544,7 +544,8 @@ class _Archiving:
                             source=(identity.database, identity.system_identifier),
                             expected_size=estimated_bytes(
                                 self.conn, table, where, fp.rows if fp is not None else 0,
-                                fmt.row_overhead(table))  # (what the format adds to a row's text: JSONL's names)
+                                fmt.row_overhead(table),  # (what the format adds to a row's text: JSONL's names)
+                                fmt.text_escapes)  # (and writes for a character of it: JSON's escapes)
                             if self.store.equal_parts else None)
                         upload.still_owned = self._holds_day  # (its upload marker: see S3Upload._unmark_own)
                         sink.on_grow = lambda size: upload.grow(sink.fd, size)

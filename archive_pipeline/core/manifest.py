@@ -26,6 +26,7 @@ from psycopg._encodings import pg2pyenc  # (psycopg's own table of PostgreSQL en
 from archive_pipeline import __version__
 from archive_pipeline.core import keys
 from archive_pipeline.core.config import MAX_IDENTIFIER_BYTES
+from archive_pipeline.core.errors import ArchiveError
 from archive_pipeline.core.fingerprint import ALGORITHMS, Fingerprint
 from archive_pipeline.core.keys import manifest_key  # noqa: F401 - re-exported: readers look manifests up by data key
 from archive_pipeline.core.periods import Period, as_period, manifest_period, period_containing
@@ -34,9 +35,18 @@ from archive_pipeline.core.store import MAX_SMALL_OBJECT_BYTES, OVERSIZED, Stand
 
 # 3: since row-hash-sum-v6 (2026-12-06), which a release before it cannot compute: such a release, still running
 # during an upgrade, reads a version 3 manifest as a newer version's and leaves the day alone, where it took a
-# fingerprint it could not compute for "archive again" and re-archived a changed day over it. Versions 2 and 3
-# are read alike.
-MANIFEST_VERSION = 3
+# fingerprint it could not compute for "archive again" and re-archived a changed day over it. Versions 2 to 4
+# are read alike (4's composites unfolded into its columns' shapes).
+# 4: since a composite's shape is recorded once per manifest (its ``composites`` table, which columns[].shape refers
+# to), where 300 columns of one 300-field type repeated its fields 300 times, past what any reader accepts; a release
+# before it reads such a manifest as a newer version's, not as one whose columns record no shape. A manifest without
+# that table is still written as version 3 (_PLAIN_VERSION), which every release since row-hash-sum-v6 reads.
+MANIFEST_VERSION = 4
+_PLAIN_VERSION = 3
+# the shape nodes a manifest's composites table may unfold to, all columns together: about as many as a manifest of
+# MAX_SMALL_OBJECT_BYTES could list one by one, so a table of types (or a forged one, nesting each type twice in the
+# next) takes a reader no more memory than the largest manifest it reads did; the writer refuses what exceeds it
+MAX_SHAPE_NODES = 1_000_000
 log = logging.getLogger(__name__)
 _CHECKSUM_FIELD = "manifest_sha256"
 
@@ -54,6 +64,12 @@ class ManifestError(ValueError):
 
     def __str__(self) -> str:
         return f"{self.message}; to fix: {self.remedy}" if self.remedy else self.message
+
+
+class ManifestTooLargeError(ArchiveError):
+    """A manifest its readers would refuse (more bytes than MAX_SMALL_OBJECT_BYTES, or more shape nodes than
+    MAX_SHAPE_NODES): never written, so no run ends green with an archive that list, verify and restore cannot
+    read. The table's columns, not the day's rows, make it so: archiving the day again cannot end it."""
 
 
 class NewerManifestError(ManifestError):
@@ -168,7 +184,7 @@ def build_manifest(result: ArchiveResult, source: SourceIdentity, definition: di
                                       for at, kind, fields, _ in c.shape], "shape_modifiers": True}
                            if getattr(c, "shape", ()) else {})})
     return {
-        "manifest_version": MANIFEST_VERSION,
+        "manifest_version": _PLAIN_VERSION,  # (MANIFEST_VERSION where encode_manifest folds its shapes)
         "table": result.table,
         "day": result.day.isoformat(),  # the partition key (for a day: its ISO date, as always)
         **(result.day.manifest_fields() if isinstance(result.day, Period) else {}),
@@ -200,9 +216,163 @@ def _canonical(manifest: dict[str, Any]) -> bytes:
 
 
 def encode_manifest(manifest: dict[str, Any]) -> bytes:
-    """Readable JSON with a checksum of its own canonical form."""
-    sealed = {**manifest, _CHECKSUM_FIELD: hashlib.sha256(_canonical(manifest)).hexdigest()}
-    return (json.dumps(sealed, indent=2, ensure_ascii=False) + "\n").encode()
+    """Readable JSON with a checksum of its own canonical form, its composite shapes folded (see :func:`_folded`);
+    :class:`ManifestTooLargeError` where a reader would refuse it (every writer encodes here: the archive's commit,
+    a removal's marks), so nothing unreadable is ever written."""
+    folded = _folded(manifest)
+    sealed = {**folded, _CHECKSUM_FIELD: hashlib.sha256(_canonical(folded)).hexdigest()}
+    data = (json.dumps(sealed, indent=2, ensure_ascii=False) + "\n").encode()
+    if len(data) > MAX_SMALL_OBJECT_BYTES:
+        _refuse_too_large(manifest, f"its manifest would be {len(data):,} bytes, more than any reader accepts "
+                                    f"({MAX_SMALL_OBJECT_BYTES:,} bytes at most)")
+    return data
+
+
+def _refuse_too_large(manifest: dict[str, Any], cause: str) -> None:
+    """Raise :class:`ManifestTooLargeError` for ``manifest``, naming its table, day and ``cause``."""
+    table, day = str(manifest.get("table")), str(manifest.get("day"))
+    raise ManifestTooLargeError(
+        f"{table} {day}: {cause}; nothing was committed (list, verify and restore could not read it)",
+        table=table, day=day, retryable=False, every_day=True, cause=cause,
+        remedy="archive fewer columns, or columns of narrower composite types (the manifest records each column and "
+               "each composite type's fields), e.g. a view selecting them as text or JSON, or split the table; if "
+               "neither is wide, report this")
+
+
+def _folded(manifest: dict[str, Any]) -> dict[str, Any]:
+    """``manifest`` with each composite's shape (its type, fields and the nodes below it) recorded once, in a
+    ``composites`` table its columns' shapes refer to by index (``{"at": way, "composite": i}``): recorded per
+    column, a wide table of one wide type repeated the same field names once per column, megabytes past what any
+    reader accepts. Equal subtrees are one entry (by content, so folding never merges two types that differ), an
+    entry's references point to earlier entries only, and the result depends only on the shapes' nodes, not their
+    order: a decoded manifest (see :func:`_unfolded`) encodes to the same bytes. Unchanged where no column records
+    a shape; else of MANIFEST_VERSION."""
+    manifest = _unfolded(manifest)  # (one already folded, read as JSON and edited: its references renumbered)
+    columns = manifest.get("columns")
+    if not isinstance(columns, list) or not any(isinstance(c, dict) and c.get("shape") for c in columns):
+        return manifest
+    table: list[dict] = []
+    index: dict[str, int] = {}
+    folded = [{**c, "shape": _fold_nodes(c["shape"], table, index)} if isinstance(c, dict) and c.get("shape") else c
+              for c in columns]
+    unfolded = sum(len(c["shape"]) for c in columns if isinstance(c, dict) and c.get("shape"))
+    if unfolded > MAX_SHAPE_NODES:
+        _refuse_too_large(manifest, f"its columns' composite types hold {unfolded:,} nodes, more than a reader "
+                                    f"unfolds ({MAX_SHAPE_NODES:,})")
+    version = manifest.get("manifest_version")
+    return {**manifest, "manifest_version": max(version if isinstance(version, int) else 0, MANIFEST_VERSION),
+            "columns": folded, "composites": table}
+
+
+def _fold_nodes(nodes: list[dict], table: list[dict], index: dict[str, int]) -> list[dict]:
+    """``nodes`` (a shape, its ways relative to one root) with each outermost composite's subtree replaced by a
+    reference to its entry in ``table`` (added there once, ``index`` finding it by content)."""
+    out: list[dict] = []
+    roots: list[str] = []
+    for node in sorted(nodes, key=_node_order):
+        if any(_below(node["at"], root) for root in roots):
+            continue
+        if node.get("fields") is None:
+            out.append(node)
+            continue
+        root = node["at"]
+        below = [{**n, "at": _relative(n["at"], root)} for n in nodes if _below(n["at"], root)]
+        entry = {"type": node["type"], "fields": list(node["fields"]), "nodes": _fold_nodes(below, table, index)}
+        text = json.dumps(entry, sort_keys=True)
+        if text not in index:
+            index[text] = len(table)
+            table.append(entry)
+        out.append({"at": root, "composite": index[text]})
+        roots.append(root)
+    return out
+
+
+def _node_order(node: dict) -> tuple[int, str]:
+    """A shape node's place: outer ways first (as shape_changes walks them), then by way."""
+    return len(node["at"].split()), node["at"]
+
+
+def _below(way: str, root: str) -> bool:
+    """Whether the node at ``way`` is under (not at) the node at ``root`` (ways are steps joined by spaces)."""
+    return way != root and (root == "" or way.startswith(root + " "))
+
+
+def _relative(way: str, root: str) -> str:
+    """``way`` (under ``root``) as a way from ``root``; :func:`_joined` undoes it."""
+    return way[len(root) + 1:] if root else way
+
+
+def _joined(root: str, way: str) -> str:
+    """The way ``way`` from the node at ``root`` as a way from the column."""
+    return f"{root} {way}" if root and way else root or way
+
+
+def _unfolded(manifest: dict[str, Any]) -> dict[str, Any]:
+    """``manifest`` with its ``composites`` table (see :func:`_folded`) unfolded into each column's shape, as
+    manifests recorded them before the table existed: every reader (restore, verify, compare, the archive run's
+    skip) reads columns[].shape alike whichever wrote it. :class:`ManifestError` where the table is not one this
+    writes: not a list of entries, a reference to no earlier entry, or more nodes than MAX_SHAPE_NODES."""
+    if "composites" not in manifest or not isinstance(manifest["columns"], list):  # (the latter: _shape_problem's)
+        return manifest
+    table = manifest["composites"]
+    if not isinstance(table, list) or not all(isinstance(e, dict) for e in table):
+        raise ManifestError("its field composites is not a list of composite types")
+    sizes: list[int] = []
+    for number, entry in enumerate(table):
+        if not (isinstance(entry.get("type"), str) and _is_names(entry.get("fields"))):
+            raise ManifestError(f"its composites[{number}] has no type and field names")
+        sizes.append(1 + _nodes_size(entry.get("nodes"), sizes, f"composites[{number}]"))
+    columns = manifest["columns"]
+    shaped = [c for c in columns if isinstance(c, dict) and c.get("shape") is not None]
+    total = sum(_nodes_size(c["shape"], sizes, f"columns[{_shown(str(c.get('name')))}].shape") for c in shaped)
+    if total > MAX_SHAPE_NODES:
+        raise ManifestError(f"its composite shapes unfold to {total:,} nodes, more than any manifest records "
+                            f"({MAX_SHAPE_NODES:,})")
+    unfolded = [{**c, "shape": sorted(_unfold_nodes(c["shape"], "", table), key=_node_order)}
+                if isinstance(c, dict) and c.get("shape") is not None else c for c in columns]
+    return {**{k: v for k, v in manifest.items() if k != "composites"}, "columns": unfolded}
+
+
+def _is_names(value: object) -> bool:
+    """Whether ``value`` is a list of field names (strings)."""
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _nodes_size(nodes: object, sizes: list[int], where: str) -> int:
+    """How many nodes ``nodes`` (a folded shape) unfold to, its references' entries' sizes in ``sizes`` (the
+    entries before it: a reference to any other is refused, so a table cannot refer to itself)."""
+    if not isinstance(nodes, list) or not all(isinstance(n, dict) and isinstance(n.get("at"), str) for n in nodes):
+        raise ManifestError(f"its field {where} is not a list of nodes, each with a way ('at')")
+    total = 0
+    for node in nodes:
+        ref = node.get("composite")
+        if "composite" in node:
+            if not (isinstance(ref, int) and not isinstance(ref, bool) and 0 <= ref < len(sizes)):
+                raise ManifestError(f"its field {where} refers to composite {ref!r}, not an earlier entry of its "
+                                    "composites")
+            total += sizes[ref]
+        elif not isinstance(node.get("type"), str) or not (node.get("fields") is None or _is_names(node["fields"])):
+            raise ManifestError(f"its field {where} has a node without a type (or with fields not names)")
+        else:
+            total += 1
+        if total > MAX_SHAPE_NODES:
+            raise ManifestError(f"its field {where} unfolds to more nodes than any manifest records "
+                                f"({MAX_SHAPE_NODES:,})")
+    return total
+
+
+def _unfold_nodes(nodes: list[dict], root: str, table: list[dict]) -> list[dict]:
+    """The full nodes of ``nodes`` (a folded shape, checked by :func:`_nodes_size`), their ways from the column."""
+    out: list[dict] = []
+    for node in nodes:
+        at = _joined(root, node["at"])
+        if "composite" not in node:
+            out.append({**node, "at": at})
+            continue
+        entry = table[node["composite"]]
+        out.append({"at": at, "type": entry["type"], "fields": list(entry["fields"])})
+        out.extend(_unfold_nodes(entry["nodes"], at, table))
+    return out
 
 
 def decode_manifest(raw: bytes) -> dict[str, Any]:
@@ -245,11 +415,12 @@ def decode_manifest(raw: bytes) -> dict[str, Any]:
         raise NewerManifestError(f"it was written by a newer archive_pipeline ({writer.get('version', '?')}, "
                                  f"manifest_version {version}); this one reads manifest versions 1 to "
                                  f"{MANIFEST_VERSION}")
-    if version not in (2, MANIFEST_VERSION):
+    if version not in (2, _PLAIN_VERSION, MANIFEST_VERSION):
         raise ManifestError(f"unknown manifest_version {version!r}")
     recorded = manifest.get(_CHECKSUM_FIELD)
     if recorded != hashlib.sha256(canonical).hexdigest():
         raise ManifestError("its manifest_sha256 does not match its content (altered or damaged)")
+    manifest = _unfolded(manifest)
     if not manifest.get("empty") and not isinstance(manifest["object"], dict):
         raise ManifestError("a non-empty day without an object")
     if problem := _shape_problem(manifest) or _consistency_problem(manifest):

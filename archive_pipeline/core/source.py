@@ -1953,18 +1953,22 @@ SIZE_MARGIN = 1.25
 
 
 def estimated_bytes(conn: psycopg.Connection, table: SourceTable, where: sql.Composable, rows: int = 0,
-                    row_overhead: int = 0) -> int:
+                    row_overhead: int = 0, escapes: Sequence[tuple[str, int]] = ()) -> int:
     """The day's size as the format writes it: rows (the planner's estimate, at least ``rows``, the day's count
     where the run has it) x (the average width of a row's text (the planner's, at least that of the day's first
-    :data:`SIZE_SAMPLE_ROWS` rows) + ``row_overhead``, the bytes the format adds to each row's text: a JSON line's
-    column names), with :data:`SIZE_MARGIN`. Statistics taken before the day's rows arrived say one row of a few
-    bytes, so both are checked against the day itself. What sizes an upload's parts up front (a store of equal
-    parts cannot grow them once the first is sent, and fails a day past 4 x its estimate): as good as an
-    estimate, never used for what was read."""
+    :data:`SIZE_SAMPLE_ROWS` rows, each character of ``escapes``' ``(characters, bytes more)`` counted at what the
+    format writes for it: JSON's ``\\u0001`` is six bytes where the text holds one) + ``row_overhead``, the bytes
+    the format adds to each row's text: a JSON line's column names), with :data:`SIZE_MARGIN`. Statistics taken
+    before the day's rows arrived say one row of a few bytes, so both are checked against the day itself. What
+    sizes an upload's parts up front (a store of equal parts cannot grow them once the first is sent, and fails a
+    day past 4 x its estimate): as good as an estimate, never used for what was read."""
     plan = explain(conn, sql.SQL("EXPLAIN (FORMAT JSON) SELECT * FROM {} WHERE {}").format(table.identifier, where))
-    sampled = conn.execute(sql.SQL("SELECT pg_catalog.avg(pg_catalog.octet_length(t::text)) FROM "
-                                   "(SELECT * FROM {} WHERE {} LIMIT {}) t").format(
-        table.identifier, where, sql.Literal(SIZE_SAMPLE_ROWS))).fetchone()[0]
+    escaped = sql.SQL("").join(
+        sql.SQL(" + {} * (pg_catalog.length(s) - pg_catalog.length(pg_catalog.translate(s, {}, '')))").format(
+            sql.Literal(more), sql.Literal(chars)) for chars, more in escapes)
+    sampled = conn.execute(sql.SQL("SELECT pg_catalog.avg(pg_catalog.octet_length(s){}) FROM (SELECT t::text AS s "
+                                   "FROM (SELECT * FROM {} WHERE {} LIMIT {}) t) x").format(
+        escaped, table.identifier, where, sql.Literal(SIZE_SAMPLE_ROWS))).fetchone()[0]
     width = max(int(plan["Plan Width"]), int(sampled or 0)) + row_overhead
     return int(max(int(plan["Plan Rows"]), rows) * width * SIZE_MARGIN)
 

@@ -663,6 +663,10 @@ class Format(Protocol):
         upload up front."""
         ...
 
+    # (characters, bytes more than the one each is in a row's text) the format writes for a character of a value
+    # (JSON's escapes), for sizing an upload up front (see ``source.estimated_bytes``); empty: as the text has it
+    text_escapes: tuple[tuple[str, int], ...]
+
     def write(self, extraction: Extraction, out: ByteSink) -> WriteStats: ...
 
 
@@ -678,6 +682,7 @@ class CopyFormat:
     # whether the COPY writes JSON, where a text value's escaping (\u00XX per control character) may make
     # its row's message six times its size: big text values then take big_values' sliced path as bytea's do
     json_text = False
+    text_escapes = ()  # (CSV doubles a quote as a row's text already does)
 
     def header(self, table: SourceTable) -> bytes:
         return b""

@@ -214,6 +214,12 @@ def json_type(base_type: str) -> str:
 
 class JsonLines(CopyFormat):
     json_text = True  # a big text value's JSON string is read in slices (see big_values)
+    # what PostgreSQL's JSON writes for a character of a value (escape_json), in bytes more than the text's one: a
+    # control character six bytes (\u00XX), five of them with a short escape (\n) two, as '"' and '\\' (which a
+    # row's text may already double: counted again, the estimate stays a bound): a day of terminal captures was
+    # six times its text, past the 4 x its estimate that equal parts are sized for
+    text_escapes = (("".join(map(chr, range(1, 32))).translate(str.maketrans("", "", "\b\f\n\r\t")), 5),
+                    ("\b\f\n\r\t\"\\", 1))
 
     def __init__(self) -> None:
         super().__init__("jsonl", "jsonl", "application/x-ndjson")

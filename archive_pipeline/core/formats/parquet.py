@@ -533,6 +533,7 @@ class Parquet:
     content_type = "application/vnd.apache.parquet"
     compresses_internally = True
     reads_in_own_session = True  # ADBC's connection, which imports the archive's snapshot
+    text_escapes: tuple[tuple[str, int], ...] = ()  # (a string is stored as its bytes)
 
     def __init__(self, compression: str = "zstd", level: int | None = None) -> None:
         self.compression = compression
