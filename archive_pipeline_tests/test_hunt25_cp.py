@@ -12,6 +12,8 @@ from archive_pipeline_tests.test_hunt17_wk import _reseal
 from archive_pipeline_tests.test_hunt_cli import cli, make_env, write_config
 
 DAY = dt.date(2024, 3, 10)
+TEXT_TABLE = "CREATE TABLE {t} (id int PRIMARY KEY, at date, v text)"
+TWO_ROWS = [(1, DAY, "a"), (2, DAY, "b")]
 
 
 def _archived_table(pg, s3, bucket, conn, schema, tmp_path, ddl: str, rows: list[tuple], **extra):
@@ -46,7 +48,7 @@ def test_a_row_hash_sum_v1_fingerprint_is_not_called_a_newer_versions_with_upgra
     idea: why_uncomputable/uncomputable tell a known retired algorithm (a RETIRED tuple, or a version number below
     the oldest in ALGORITHMS) from an unknown newer one."""
     _, env, mkey = _archived_table(pg, s3, bucket, conn, schema, tmp_path,
-                                   "CREATE TABLE {t} (id int PRIMARY KEY, at date, v text)", [(1, DAY, "a"), (2, DAY, "b")])
+                                   TEXT_TABLE, TWO_ROWS)
     _reseal(s3_client, bucket, mkey, lambda m: m.update(
         fingerprint="row-hash-sum-v1:2:" + m["fingerprint"].rsplit(":", 1)[1], archiver={"name": "archive_pipeline",
                                                                                         "version": "0.1.0"}))
@@ -85,7 +87,8 @@ def test_a_strict_table_does_not_skip_onto_an_old_archive_whose_manifest_never_r
     _refuse_inexact_archive, for a column without "exact", ask the format's encodings() for its recorded
     pg_type/output_type; ArchiveResult.exact likewise."""
     table, env, mkey = _archived_table(pg, s3, bucket, conn, schema, tmp_path,
-                                       "CREATE TABLE {t} (id int PRIMARY KEY, at date, v json)", [(1, DAY, '{"a":\n1}')])
+                                       "CREATE TABLE {t} (id int PRIMARY KEY, at date, v json)",
+                                       [(1, DAY, '{"a":\n1}')])
     assert any(c.get("exact") is False for c in json.loads(download(s3_client, bucket, mkey))["columns"])  # premise
     _reseal(s3_client, bucket, mkey, _before_encodings)
     env = make_env(pg, s3.endpoint_url, bucket, write_config(tmp_path, [{**table, "strict": True}]))
@@ -113,7 +116,7 @@ def test_an_old_pending_mark_over_a_row_hash_sum_v1_archive_is_not_said_to_find_
     fingerprint.why_uncomputable(manifest['fingerprint']) before _holds_archived_rows and words its None answer
     from it."""
     table, env, mkey = _archived_table(pg, s3, bucket, conn, schema, tmp_path,
-                                       "CREATE TABLE {t} (id int PRIMARY KEY, at date, v text)", [(1, DAY, "a"), (2, DAY, "b")],
+                                       TEXT_TABLE, TWO_ROWS,
                                        retention={"keep_days": 30, "action": "delete"})
     _reseal(s3_client, bucket, mkey, lambda m: m.update(
         fingerprint="row-hash-sum-v1:2:" + m["fingerprint"].rsplit(":", 1)[1],
