@@ -418,6 +418,19 @@ def _same_rows(manifest: dict, table: SourceTable, fp: fingerprint.Fingerprint) 
     return manifest.get("fingerprint") == str(fp) and (names == [c.name for c in table.columns] or fp.rows == 0)
 
 
+# What an archive's manifest that records no column's exactness is: not proven exact (see _exactness_unrecorded).
+_EXACTNESS_UNRECORDED = ("its manifest, written by an older archive_pipeline, records no column's encoding: not proven "
+                         "exact")
+
+
+def _exactness_unrecorded(manifest: dict) -> list[str]:
+    """The columns whose exactness ``manifest`` does not record (one written before manifests recorded each
+    column's encoding): taken for exact, a strict table skipped onto an archive that may have changed a value (a
+    json's line break in JSONL), and a skip reported the day exact. Not proven exact, they are refused and
+    reported as a recorded inexact column is."""
+    return [c.get("name") for c in manifest.get("columns", []) if "exact" not in c]
+
+
 def _writer_version(manifest: dict) -> str:
     """The release that wrote an archive, as its manifest says (a field nothing validates: a resealed manifest may
     name its writer as one string), or "unknown"."""
@@ -1198,16 +1211,22 @@ class _Archiving:
 
     def _refuse_inexact_archive(self, manifest: dict) -> None:
         """A ``strict`` table accepts no archive whose manifest records a column as not exact (one written
-        before the table was made strict): its fingerprint is the source's, so it would be skipped onto."""
+        before the table was made strict): its fingerprint is the source's, so it would be skipped onto. Nor one
+        whose manifest does not record a column's exactness (:func:`_exactness_unrecorded`): not proven exact."""
         inexact = [c for c in manifest.get("columns", []) if c.get("exact") is False]
-        if not self.spec.strict or not inexact:
+        unrecorded = _exactness_unrecorded(manifest)
+        if not self.spec.strict or not (inexact or unrecorded):
             return
-        said = "; ".join(f"{c['name']!r} ({c.get('encoding')}: {c.get('note')})" for c in inexact)
         fmt = manifest.get("format", self.spec.format)
+        named = "; ".join(f"{c['name']!r} ({c.get('encoding')}: {c.get('note')})" for c in inexact)
+        said = [f"records column(s) {named} as not exact in {fmt}"] if inexact else []
+        if unrecorded:
+            said.append(f"does not record whether column(s) {', '.join(map(repr, unrecorded))} are exact in {fmt} "
+                        f"({_EXACTNESS_UNRECORDED})")
         other = OTHER_FORMATS.get(fmt, "another format")
         raise UnsupportedTypeError(
-            f"its archive {self._archive_uri(manifest)} records column(s) {said} as not exact in {fmt}, and the "
-            f"table is strict; archive the day again as {other} with overwrite, or set strict: false to accept it",
+            f"its archive {self._archive_uri(manifest)} {' and '.join(said)}, and the table is strict; archive the "
+            f"day again as {other} with overwrite, or set strict: false to accept it",
             table=self.spec.name, retryable=False,
             remedy=f"set the table's format to {other} (not {fmt}) and archive the day again with overwrite (both: "
                    "overwrite alone archives it as it is configured, and a changed format alone finds this archive "
@@ -1309,8 +1328,9 @@ class _Archiving:
             upload_wait_seconds=0.0, complete_seconds=0.0, fingerprint=manifest["fingerprint"],
             fingerprint_seconds=fp_seconds, empty=bool(manifest.get("empty")),
             generation=int(manifest.get("generation", 1)),
-            encodings={c["name"]: {k: c[k] for k in ("encoding", "exact", "note") if k in c}
-                       for c in manifest["columns"]}, skipped=True,
+            encodings={c["name"]: {k: c[k] for k in ("encoding", "exact", "note") if k in c} | (
+                {"exact": False, "note": _EXACTNESS_UNRECORDED} if c["name"] in _exactness_unrecorded(manifest) else {})
+                for c in manifest["columns"]}, skipped=True,
         )
 
     def _result(self, table, snapshot, fmt, codec, stats: WriteStats, sink, stored, fp, fp_seconds: float,

@@ -77,6 +77,9 @@ V4 = "row-hash-sum-v4"
 V3 = "row-hash-sum-v3"
 V2 = "row-hash-sum-v2"
 ALGORITHMS = (ALGORITHM, V5, V4, V3, V2)  # every algorithm this version computes: an archive recorded with one can be proven
+# Algorithms earlier versions recorded and this one no longer computes (v1, an XOR of per-column hashes: ba1e6db until
+# c2d0a97). Any other name outside ALGORITHMS is a newer version's: the remedy differs (archive again, or upgrade).
+RETIRED = ("row-hash-sum-v1",)
 CHAINED = (ALGORITHM, V5, V4, V3)  # the algorithms that hash each column in a chain (v2 joins pieces)
 UTF8_HASHED = (ALGORITHM, V5, V4)  # the algorithms that hash every text as its UTF-8 bytes (see row_hash)
 BY_OUTPUT = (ALGORITHM, V5)  # the algorithms that hash a user's type by its output function, never ::text
@@ -176,15 +179,21 @@ def recorded_algorithm(recorded: str | None) -> str | None:
 
 
 def why_uncomputable(recorded: str | None) -> tuple[str, str] | None:
-    """(why a recorded fingerprint cannot be computed by this version, what to do), or None where it can: none
-    recorded (a manifest of version 1, by an older archive_pipeline: archive the day again), or one of an
-    algorithm this version does not know (a newer archive_pipeline's: upgrade)."""
+    """(why a recorded fingerprint cannot be computed by this version, what to do), or None where it can. The one
+    place that tells an older version's archive from a newer one's, as their remedies are opposite: none recorded (a
+    manifest of version 1) or a :data:`RETIRED` algorithm is an older archive_pipeline's (archive the day again, so
+    the manifest records one this version computes; upgrading finds nothing newer), any other a newer one's
+    (upgrade: archiving it again with this version would replace a newer version's archive)."""
     if recorded_algorithm(recorded) is not None:
         return None
     if not recorded:
         return ("the manifest records no fingerprint (version 1, written by an older archive_pipeline)",
                 "archive the day again (overwrite)")
     algorithm = str(recorded).rsplit(":", 2)[0][:60]
+    if algorithm in RETIRED:
+        return (f"its fingerprint ({algorithm}) is of an older archive_pipeline's algorithm, which this version "
+                "no longer computes", "archive the day again (overwrite) to record a fingerprint this version "
+                "computes, or use the older archive_pipeline")
     return (f"its fingerprint ({algorithm}) is of an algorithm this version cannot compute (written by a newer "
             "archive_pipeline)", "upgrade archive_pipeline")
 

@@ -22,8 +22,9 @@ no rows of the day), the mark is completed once the archive still checks out (ob
 rows); if it did not (for a mark without a known transaction: the source holds exactly the archived
 rows), the manifest is put back without the mark and the removal starts again from the proof, so a
 day whose rows are all still in the source is never taken for removed. A mark without a known
-transaction over rows that are not the archived ones stays pending (they may be late rows after a
-removal that committed): the removal refuses, and an overwrite keeps the archive beside its own.
+transaction over rows that are not the archived ones (or cannot be told them: a fingerprint this version
+does not compute) stays pending (they may be late rows after a removal that committed): the removal refuses,
+and an overwrite keeps the archive beside its own.
 """
 
 from __future__ import annotations
@@ -799,7 +800,8 @@ def settle_pending_removal(conn: psycopg.Connection, spec: TableSpec, day: Perio
     the mark is completed ("done") once the archive still checks out; if it did not, the manifest is
     put back without the mark, so the day is an ordinary archived day again (archived again with
     ``overwrite`` if its rows changed, proven and removed by the next removal); if that cannot be told (no
-    transaction to ask about, and rows that are not the archived ones: see :func:`_told_by_source`), the mark
+    transaction to ask about, and rows that are not, or cannot be told, the archived ones: see
+    :func:`_told_by_source`), the mark
     stays (``outcome="kept pending"``). A manifest without
     a pending mark is left as it is (``outcome="none"``); one that is not the day's (another table-day's,
     see ``manifest.owned``) is never settled: :class:`RemovalRefused`. Raises :class:`RemovalNotRecorded` when the
@@ -954,12 +956,16 @@ def _told_by_source(conn: psycopg.Connection, spec: TableSpec, day: Period, mani
     for a "committed" status). Other rows tell nothing (None): the archived rows changed since (not removed), or
     rows that arrived after a removal that committed (late rows: they do not make the removed ones less gone),
     and taking the mark back over those made the removed rows' archive, their only copy, an ordinary archived
-    day's, which an overwrite deleted."""
+    day's, which an overwrite deleted. Nor do rows compared with a fingerprint this version cannot compute (an older
+    or newer version's algorithm): said so, never called other rows (the operator would look for an edit)."""
     if still_detached(conn, spec, day, manifest):
         return True, why + "its day table inherits from no table any more"
     rows = _source_rows(conn, spec, day, manifest)
     if rows == 0:
         return True, why + "the source has no rows of the day left"
+    if (unknown := fingerprint.why_uncomputable(manifest.get("fingerprint"))) is not None:
+        return None, why + (f"the source has {rows:,} rows of the day, and whether they are the "
+                            f"{manifest.get('rows', 0):,} archived ones cannot be told: {unknown[0]}")
     if _holds_archived_rows(conn, spec, day, manifest):
         return False, why + f"the source still holds exactly the {rows:,} archived rows of the day"
     return None, why + f"the source has {rows:,} rows of the day, which are not the {manifest.get('rows', 0):,} " \
@@ -1039,10 +1045,12 @@ def _written_after(conn: psycopg.Connection, spec: TableSpec, day: Period, xid: 
 
 
 def _holds_archived_rows(conn: psycopg.Connection, spec: TableSpec, day: Period, manifest: dict) -> bool:
-    """Whether the source holds rows of the day, and exactly the archived ones (the manifest's fingerprint)."""
-    if _day_table_gone(conn, spec, day):
-        return False
+    """Whether the source holds rows of the day, and exactly the archived ones (the manifest's fingerprint). False
+    where this version cannot compute that fingerprint (see fingerprint.why_uncomputable): the caller that must not
+    take that for "other rows" asks first (:func:`_told_by_source`)."""
     recorded = manifest.get("fingerprint") or ""
+    if _day_table_gone(conn, spec, day) or fingerprint.why_uncomputable(recorded) is not None:
+        return False
     try:
         now = source_fingerprint(conn, spec, day, fingerprint.algorithm_for(recorded),
                                  [c["name"] for c in manifest.get("columns", [])] or None)
@@ -1111,13 +1119,18 @@ def _in_doubt(spec: TableSpec, day: Period, store: S3Store, key: str, manifest: 
     overwrite, the marked archive is kept beside the new one (``kept``), so either way nothing is lost."""
     mark = manifest["removed"]
     uri = (manifest.get("object") or {}).get("uri") or store.uri(keys.manifest_key(key))
+    untold = fingerprint.why_uncomputable(manifest.get("fingerprint")) is not None  # (see _told_by_source)
+    those, over = (("those may be the archived rows (it never took effect)", "rows that cannot be told the archived "
+                    "ones or not") if untold else
+                   ("those are either the archived rows changed since (it never took effect)",
+                    "rows that are not the archived ones"))
     return RemovalRefused(
         f"{spec.name} {day} stays in the source, and {store.uri(keys.manifest_key(key))} stays marked 'pending': "
         f"whether the removal that marked it ({mark.get('action') or '?'} at {mark.get('at') or '?'}) committed cannot "
-        f"be told ({why}): those are either the archived rows changed since (it never took effect) or rows that "
+        f"be told ({why}): {those} or rows that "
         f"arrived after it (it did, and {uri} is the only copy of the removed rows); this run removed nothing",
         table=spec.name, day=day.isoformat(), retryable=False, needs_overwrite=True,
-        cause="a pending removal mark whose transaction cannot be checked, over rows that are not the archived ones",
+        cause=f"a pending removal mark whose transaction cannot be checked, over {over}",
         remedy=in_doubt_remedy(uri))
 
 
@@ -1132,8 +1145,9 @@ def in_doubt_remedy(uri: str) -> str:
 def undecided_removal(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date,
                       manifest: dict) -> str | None:
     """Why the removal that left ``manifest``'s pending mark cannot be told committed or not (:func:`_committed`'s
-    None: its transaction cannot be asked, and the source's rows are not the archived ones), or None where it can
-    be told, or is still running: then the next archive run or removal of the day settles the mark, and only then.
+    None: its transaction cannot be asked, and the source's rows are not, or cannot be told, the archived ones), or
+    None where it can be told, or is still running: then the next archive run or removal of the day settles the mark,
+    and only then.
     An undecided mark stays pending through both (they refuse the day): list says so, with the refusal's remedy."""
     try:
         committed, why = _committed(conn, spec, spec.period(day), manifest)

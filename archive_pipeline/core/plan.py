@@ -285,20 +285,17 @@ def matches_source(archived: Archived, current: fingerprint.Fingerprint) -> bool
     (version 2), otherwise only the row count (version 1 recorded nothing finer)."""
     if archived.fingerprint and fingerprint.recorded_algorithm(archived.fingerprint) is not None:
         return archived.fingerprint == str(current)
-    return archived.rows == current.rows  # (or a fingerprint of a newer version's algorithm: see uncomputable)
+    return archived.rows == current.rows  # (or one of an algorithm this version does not compute: see uncomputable)
 
 
 def uncomputable(archived: Archived) -> str:
-    """Why the archive's content cannot be compared here ("" if it can): a manifest of version 1 records no
-    fingerprint; one written by a newer archive_pipeline may record a fingerprint of an algorithm this version
-    does not know. Row counts are compared alone then, and nothing is said of the content."""
-    if not archived.fingerprint:
-        return "manifest version 1 has no fingerprint: row counts compared only"
-    if fingerprint.recorded_algorithm(archived.fingerprint) is None:
-        algorithm = archived.fingerprint.rsplit(":", 2)[0]
-        return (f"its fingerprint ({algorithm}) is of an algorithm this version cannot compute (written by a newer "
-                "archive_pipeline): row counts compared only; upgrade to compare the content")
-    return ""
+    """Why the archive's content cannot be compared here ("" if it can), in fingerprint.why_uncomputable's words (an
+    older version's manifest or algorithm, or a newer one's). Row counts are compared alone then, and nothing is
+    said of the content."""
+    unknown = fingerprint.why_uncomputable(archived.fingerprint)
+    if unknown is None:
+        return ""
+    return f"{unknown[0]}: row counts compared only; {unknown[1]} to compare the content"
 
 
 def unread(conn: psycopg.Connection, spec: TableSpec, day: Period, exc: psycopg.Error | SourceError) -> str:

@@ -686,7 +686,7 @@ def _prove(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: Perio
            scratch_conn: psycopg.Connection | None, temp_dir: str | None) -> list[str]:
     """deep_verify of the archive ``manifest`` describes."""
     if (unknown := fingerprint.why_uncomputable(manifest.get("fingerprint"))) is not None:
-        return [f"{unknown[0]}: {unknown[1]} before proving it"]
+        return [f"{unknown[0]}: {unknown[1]} to prove it"]
     if manifest.get("empty"):
         changed = _source_changed(conn, spec, day, manifest)
         return [changed] if changed else []
