@@ -1052,6 +1052,10 @@ def _verify_remedy(run: Run, spec: TableSpec, day: Period, problem: str = "", ho
     table = spec.name
     if "written by a newer archive_pipeline" in problem:  # not damaged: this version cannot read it
         return NewerManifestError.remedy
+    if "no longer computes" in problem or "records no fingerprint" in problem:  # an older version's: not damaged
+        return (f"archive the day again ({run.suggest('archive', table, day, '--overwrite')}) to record a fingerprint "
+                "this version computes (the archive is not known to be damaged: its fingerprint is an older "
+                "archive_pipeline's), or verify it with the older archive_pipeline")
     if "does not replace another table-day's archive" in problem:  # another table-day's, intact (its own remedy)
         return ForeignManifestError.remedy
     if "another period with the same key" in problem:  # the table's zone or granularity changed: intact, not ours

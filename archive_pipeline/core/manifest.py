@@ -454,7 +454,7 @@ def _consistency_problem(manifest: dict[str, Any]) -> str | None:
         except (ValueError, TypeError):
             counted = None
         if recorded.rsplit(":", 2)[0] in ALGORITHMS and not re.fullmatch(r"[^:]+:[0-9]+:-?[0-9]+", recorded):
-            # (an algorithm this version does not know is a newer version's, read as it wrote it)
+            # (an algorithm this version does not compute, a newer or a retired one, is read as it was written)
             return f"its fingerprint {recorded[:100]!r} is not <algorithm>:<rows>:<sum of hashes>"
         if counted is not None and counted != rows:
             return f"its fingerprint counts {counted:,} rows, its rows field {rows:,}"
