@@ -57,6 +57,9 @@ def test_a_row_hash_sum_v1_fingerprint_is_not_called_a_newer_versions_with_upgra
         done = cli(env, *args, "--day", str(DAY))
         said.append(done.stdout + done.stderr)
     assert not any("newer archive_pipeline" in s or "upgrade" in s for s in said), said
+    # (and verify's advice is not the damaged archive's: "the damaged one is kept", "restore ... from a backup")
+    assert "damaged one is kept" not in said[0] and "from a backup" not in said[0], said[0]
+    assert "record a fingerprint this version computes" in said[0], said[0]
 
 
 def _before_encodings(manifest: dict) -> None:
