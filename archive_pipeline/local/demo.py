@@ -23,7 +23,8 @@ from pathlib import Path
 
 import yaml
 
-from archive_pipeline.local.local_stack import create_sample_events, local_stack
+from archive_pipeline.local.local_stack import (create_sample_events, local_environment, local_stack,
+                                                 without_proxy_for_loopback)
 
 REPO = Path(__file__).resolve().parents[2]
 BUCKET = "archive-demo"
@@ -160,6 +161,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--home", type=Path, default=REPO / ".dagster_home",
                         help="Dagster instance directory, emptied first (default .dagster_home)")
     args = parser.parse_args(argv)
+    # The demo's services are its own: the user's libpq variables and proxy, meant for their databases and the
+    # internet, must reach neither its clients (in this process) nor its child processes (dagster dev, the CLI).
+    clean = local_environment()
+    os.environ.clear()
+    os.environ.update(clean)
     _stop_on_signals()
     try:
         return _demo(args)
@@ -182,10 +188,11 @@ def _demo(args: argparse.Namespace) -> int:
         with pg.connect() as conn:
             create_sample_events(conn, days, args.rows)
         s3.client().create_bucket(Bucket=BUCKET)
-        env = {"ARCHIVE_PG_DSN": pg.dsn, "ARCHIVE_S3_BUCKET": BUCKET, "ARCHIVE_S3_ENDPOINT_URL": s3.endpoint_url,
+        env = {"ARCHIVE_PG_DSN": pg.conninfo, "ARCHIVE_S3_BUCKET": BUCKET, "ARCHIVE_S3_ENDPOINT_URL": s3.endpoint_url,
                "ARCHIVE_S3_PREFIX": "archive", "ARCHIVE_S3_ACCESS_KEY_ID": "demo",
                "ARCHIVE_S3_SECRET_ACCESS_KEY": "demo",
-               "ARCHIVE_PIPELINE_CONFIG": str(write_demo_config(home, days[0])), "DAGSTER_HOME": str(home)}
+               "ARCHIVE_PIPELINE_CONFIG": str(write_demo_config(home, days[0])), "DAGSTER_HOME": str(home),
+               **without_proxy_for_loopback(os.environ)}
         os.environ.update(env)
         write_env_file(home, env)
 
