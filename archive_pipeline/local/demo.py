@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -152,12 +153,29 @@ def show_round_trip(env: dict[str, str], day: dt.date) -> None:
             raise SystemExit(f"archive-pipeline {args[0]} exited with {done.returncode}")
 
 
+def _int_in(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse ``type``: an integer from ``low`` to ``high``, else a usage error naming the option (before
+    anything is touched: ``--days 0`` used to empty the instance directory and then fail on no days)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be at least {low}" if high is None
+                                             else f"must be from {low} to {high}, not {value}")
+        return value
+
+    return parse
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--days", type=int, default=3, help="complete days of sample data (default 3)")
-    parser.add_argument("--rows", type=int, default=20_000, help="rows per day (default 20,000)")
+    parser.add_argument("--days", type=_int_in(1), default=3, help="complete days of sample data (default 3)")
+    parser.add_argument("--rows", type=_int_in(0), default=20_000, help="rows per day (default 20,000)")
     parser.add_argument("--ui", action="store_true", help="leave `dagster dev` running afterwards")
-    parser.add_argument("--port", type=int, default=3000, help="port of the Dagster UI with --ui")
+    parser.add_argument("--port", type=_int_in(1, 65535), default=3000, help="port of the Dagster UI with --ui")
     parser.add_argument("--home", type=Path, default=REPO / ".dagster_home",
                         help="Dagster instance directory, emptied first (default .dagster_home)")
     args = parser.parse_args(argv)
