@@ -33,9 +33,31 @@ from archive_pipeline.core.sqltext import with_params
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+    with _bound(0) as sock:
         return sock.getsockname()[1]
+
+
+def port_is_free(port: int) -> bool:
+    """Whether a server could listen on 127.0.0.1:``port`` now: asked before a server is started on a port the
+    user chose, since one that fails to bind it may not exit (dagster-webserver does not)."""
+    try:
+        with _bound(port):
+            return True
+    except OSError:
+        return False
+
+
+def _bound(port: int) -> socket.socket:
+    """A socket bound to 127.0.0.1:``port`` with SO_REUSEADDR, as servers bind (a port left in TIME_WAIT by a
+    server that just stopped is free for them, one that something listens on is not)."""
+    sock = socket.socket()
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 _LOOPBACK = ("127.0.0.1", "localhost")
