@@ -19,15 +19,18 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
 
-from archive_pipeline.local.local_stack import create_sample_events, local_stack
+from archive_pipeline.local.local_stack import (create_sample_events, local_environment, local_stack, port_is_free,
+                                                 serving, without_proxy_for_loopback)
 
 REPO = Path(__file__).resolve().parents[2]
 BUCKET = "archive-demo"
 JOB = "Archive_public_events"
+UI_START_TIMEOUT_S = 180  # dagster dev loading the code location on a busy 2-core machine, with room to spare
 
 
 def _print_table(rows: list[tuple], header: tuple) -> None:
@@ -84,27 +87,54 @@ def _stop_group(process: subprocess.Popen) -> None:
         os.killpg(process.pid, signal.SIGKILL)
 
 
+def _port_taken(port: int) -> str:
+    """Why the UI cannot have ``port``, for the user, with what to do instead."""
+    return (f"port {port} (the Dagster UI's, --port) is in use: stop what uses it, or pick another port, "
+            f"e.g. make demo UI=1 ARGS=\"--port {port + 1}\"")
+
+
 def _run_dagster_dev(env: dict[str, str], home: Path, port: int) -> None:
     """`dagster dev` in a session of its own, so that it gets exactly one signal, from us, whether the
     demo runs in a terminal, in the background or under make. It runs in the instance directory:
     started beside the project's dagster.yaml, it would warn that DAGSTER_HOME overrides that file.
     `dagster dev` says on start that `dg dev` supersedes it; `dg` is a separate package (dagster-dg-cli)
-    the demo does not need, so that one notice is silenced."""
+    the demo does not need, so that one notice is silenced.
+
+    The URL is printed only once the webserver answers on it: one that cannot bind the port logs it and
+    goes on running, and the user would be sent to whatever else answers there. The demo ends (SystemExit,
+    naming the port) when the UI does not come up in time or dagster dev exits by itself."""
     cmd = [sys.executable, "-W", "ignore:Function `dev_command` is superseded", "-m", "dagster", "dev",
            "-w", str(REPO / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)]
+    if not port_is_free(port):  # taken while the demo archived (checked before it too)
+        raise SystemExit(_port_taken(port))
     _stop_on_signals(raise_at_once=False)  # from here on a signal stops dagster dev (or keeps it from starting)
     process = subprocess.Popen(cmd, env=env, cwd=home, start_new_session=True)
-    print(f"\nDagster UI: http://127.0.0.1:{port}  (Ctrl-C or SIGTERM stops it and the demo services)")
-    print(f"Another shell can use this instance: . {_shell_path(home / 'env.sh')}", flush=True)
     try:
-        # Not one blocking wait(): the kernel may hand SIGTERM to another thread of ours, and Python runs
-        # the handler only when the main thread runs again, which a wait() for dagster dev never lets it do.
-        while process.poll() is None and not _signals:
-            time.sleep(0.2)
+        _wait_for_ui(process, port, home)
         if _signals:
             print("\nstopping dagster dev ...", flush=True)
+        elif process.returncode is not None:
+            raise SystemExit(f"dagster dev exited with code {process.returncode}; the Dagster UI on port {port} "
+                             "is gone (its output above says why)")
     finally:
         _stop_group(process)
+
+
+def _wait_for_ui(process: subprocess.Popen, port: int, home: Path) -> None:
+    """Until a signal arrives or dagster dev exits: print the UI's URL once it answers, and give up (SystemExit
+    naming the port) when it has not within UI_START_TIMEOUT_S. Not one blocking wait(): the kernel may hand
+    SIGTERM to another thread of ours, and Python runs the handler only when the main thread runs again, which
+    a wait() for dagster dev never lets it do."""
+    url, up, deadline = f"http://127.0.0.1:{port}", False, time.monotonic() + UI_START_TIMEOUT_S
+    while process.poll() is None and not _signals:
+        if not up and serving(f"{url}/server_info"):
+            up = True
+            print(f"\nDagster UI: {url}  (Ctrl-C or SIGTERM stops it and the demo services)")
+            print(f"Another shell can use this instance: . {_shell_path(home / 'env.sh')}", flush=True)
+        elif not up and time.monotonic() > deadline:
+            raise SystemExit(f"the Dagster UI did not answer on {url} within {UI_START_TIMEOUT_S} s (a webserver "
+                             f"that cannot bind port {port} says so above); stopping dagster dev and the demo")
+        time.sleep(0.2)
 
 
 def _shell_path(path: Path) -> str:
@@ -151,15 +181,40 @@ def show_round_trip(env: dict[str, str], day: dt.date) -> None:
             raise SystemExit(f"archive-pipeline {args[0]} exited with {done.returncode}")
 
 
+def _int_in(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse ``type``: an integer from ``low`` to ``high``, else a usage error naming the option (before
+    anything is touched: ``--days 0`` used to empty the instance directory and then fail on no days)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be at least {low}" if high is None
+                                             else f"must be from {low} to {high}, not {value}")
+        return value
+
+    return parse
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--days", type=int, default=3, help="complete days of sample data (default 3)")
-    parser.add_argument("--rows", type=int, default=20_000, help="rows per day (default 20,000)")
+    parser.add_argument("--days", type=_int_in(1), default=3, help="complete days of sample data (default 3)")
+    parser.add_argument("--rows", type=_int_in(0), default=20_000, help="rows per day (default 20,000)")
     parser.add_argument("--ui", action="store_true", help="leave `dagster dev` running afterwards")
-    parser.add_argument("--port", type=int, default=3000, help="port of the Dagster UI with --ui")
+    parser.add_argument("--port", type=_int_in(1, 65535), default=3000, help="port of the Dagster UI with --ui")
     parser.add_argument("--home", type=Path, default=REPO / ".dagster_home",
                         help="Dagster instance directory, emptied first (default .dagster_home)")
     args = parser.parse_args(argv)
+    if args.ui and not port_is_free(args.port):  # known now: refused before the demo empties or starts anything
+        print(f"{parser.prog}: {_port_taken(args.port)}", file=sys.stderr)
+        return 1
+    # The demo's services are its own: the user's libpq variables and proxy, meant for their databases and the
+    # internet, must reach neither its clients (in this process) nor its child processes (dagster dev, the CLI).
+    clean = local_environment()
+    os.environ.clear()
+    os.environ.update(clean)
     _stop_on_signals()
     try:
         return _demo(args)
@@ -182,10 +237,11 @@ def _demo(args: argparse.Namespace) -> int:
         with pg.connect() as conn:
             create_sample_events(conn, days, args.rows)
         s3.client().create_bucket(Bucket=BUCKET)
-        env = {"ARCHIVE_PG_DSN": pg.dsn, "ARCHIVE_S3_BUCKET": BUCKET, "ARCHIVE_S3_ENDPOINT_URL": s3.endpoint_url,
+        env = {"ARCHIVE_PG_DSN": pg.conninfo, "ARCHIVE_S3_BUCKET": BUCKET, "ARCHIVE_S3_ENDPOINT_URL": s3.endpoint_url,
                "ARCHIVE_S3_PREFIX": "archive", "ARCHIVE_S3_ACCESS_KEY_ID": "demo",
                "ARCHIVE_S3_SECRET_ACCESS_KEY": "demo",
-               "ARCHIVE_PIPELINE_CONFIG": str(write_demo_config(home, days[0])), "DAGSTER_HOME": str(home)}
+               "ARCHIVE_PIPELINE_CONFIG": str(write_demo_config(home, days[0])), "DAGSTER_HOME": str(home),
+               **without_proxy_for_loopback(os.environ)}
         os.environ.update(env)
         write_env_file(home, env)
 

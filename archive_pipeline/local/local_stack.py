@@ -19,35 +19,88 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from archive_pipeline.core.sqltext import with_params
 
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+    with _bound(0) as sock:
         return sock.getsockname()[1]
+
+
+def port_is_free(port: int) -> bool:
+    """Whether a server could listen on 127.0.0.1:``port`` now: asked before a server is started on a port the
+    user chose, since one that fails to bind it may not exit (dagster-webserver does not)."""
+    try:
+        with _bound(port):
+            return True
+    except OSError:
+        return False
+
+
+def _bound(port: int) -> socket.socket:
+    """A socket bound to 127.0.0.1:``port`` with SO_REUSEADDR, as servers bind (a port left in TIME_WAIT by a
+    server that just stopped is free for them, one that something listens on is not)."""
+    sock = socket.socket()
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+_LOOPBACK = ("127.0.0.1", "localhost")
+
+# Asked directly: the servers of this module run on this machine, and the user's http_proxy (urllib's default
+# opener honours it, and exempts only what no_proxy lists) would send every probe to a proxy instead.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def serving(url: str, timeout: float = 2) -> bool:
+    """Whether the local server at ``url`` answers it (a 2xx or 3xx), asked without any proxy."""
+    try:
+        _DIRECT.open(url, timeout=timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 def wait_until_serving(url: str, process: subprocess.Popen, timeout: float, what: str) -> None:
     """Poll ``url`` until it answers; a RuntimeError naming ``what`` if ``process`` exits or time runs out."""
     deadline = time.monotonic() + timeout
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=2).close()
-            return
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{what} did not start") from None
-            time.sleep(0.1)
+    while not serving(url):
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} did not start: it exited with code {process.returncode}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not start: {url} did not answer within {timeout:g} s")
+        time.sleep(0.1)
+
+
+def without_proxy_for_loopback(environ: Mapping[str, str]) -> dict[str, str]:
+    """``no_proxy``/``NO_PROXY`` for clients of the local servers (boto3, gRPC, urllib honour them): what
+    ``environ`` lists, plus 127.0.0.1 and localhost, so that a user's http_proxy is not used for them."""
+    listed = [h.strip() for h in (environ.get("no_proxy") or environ.get("NO_PROXY") or "").split(",") if h.strip()]
+    value = ",".join([*listed, *(h for h in _LOOPBACK if h not in listed)])
+    return {"no_proxy": value, "NO_PROXY": value}
+
+
+def local_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``environ`` (default: ours) for the processes of the throwaway services and their clients: without libpq's
+    PG* variables (a user's PGSSLMODE=require, PGSERVICE or PGOPTIONS is meant for their own databases and breaks
+    the connections to these, and pg_basebackup's and a standby's) and with the loopback exempt from proxies."""
+    environ = os.environ if environ is None else environ
+    return {**{k: v for k, v in environ.items() if not k.startswith("PG")}, **without_proxy_for_loopback(environ)}
 
 
 def stop_process_group(process: subprocess.Popen, timeout: float = 60) -> None:
@@ -84,6 +137,21 @@ def _chown_for_server(path: Path) -> None:
         os.chown(path, entry.pw_uid, entry.pw_gid)
 
 
+# What a connection to a throwaway cluster pins, whatever libpq would take from the user's environment (PGSSLMODE,
+# PGGSSENCMODE, PGCHANNELBINDING, PGTARGETSESSIONATTRS, PGOPTIONS, PGHOSTADDR, or a PGSERVICE's entry): the
+# cluster has no TLS and no Kerberos, and is the primary or standby it is. Only the keywords this libpq knows
+# (channel_binding since 13). Not require_auth: its empty value is no method at all, not any method. What cannot
+# be pinned (PGSERVICE naming no service, PGREQUIREAUTH) the processes of the demo do not inherit
+# (local_environment), and the readiness probe reports at once.
+_PINNED = {"sslmode": "disable", "gssencmode": "disable", "channel_binding": "disable",
+           "target_session_attrs": "any", "options": "", "hostaddr": "127.0.0.1"}
+
+
+def _pinned() -> dict[str, str]:
+    known = {option.keyword.decode() for option in psycopg.pq.Conninfo.get_defaults()}
+    return {key: value for key, value in _PINNED.items() if key in known}
+
+
 @dataclass
 class LocalPostgres:
     """A running throwaway cluster; ``dsn`` connects as the superuser over TCP."""
@@ -95,10 +163,18 @@ class LocalPostgres:
 
     @property
     def dsn(self) -> str:
+        """The superuser's URI: the address alone, which tests extend (``?option``); a client that may run
+        in a user's environment gets :attr:`conninfo`."""
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
+    @property
+    def conninfo(self) -> str:
+        """:attr:`dsn` with what libpq would otherwise take from the environment pinned (see _PINNED): what the
+        demo hands its runs, its CLI and env.sh, and what :meth:`connect` uses."""
+        return make_conninfo(self.dsn, **_pinned())
+
     def connect(self, **kwargs) -> psycopg.Connection:
-        return psycopg.connect(self.dsn, autocommit=True, **kwargs)
+        return psycopg.connect(self.conninfo, autocommit=True, **kwargs)
 
     def dsn_for(self, user: str, password: str | None = None, database: str = "postgres") -> str:
         """A URI for another role (password percent-encoded, so any character works)."""
@@ -153,7 +229,8 @@ class LocalPostgres:
         deadline = time.monotonic() + 10
         while True:
             try:
-                psycopg.connect(self.dsn_for(role), connect_timeout=2, passfile=str(self.root / "no-such-pgpass")).close()
+                psycopg.connect(self.dsn_for(role), connect_timeout=2, passfile=str(self.root / "no-such-pgpass"),
+                                **_pinned()).close()
             except psycopg.OperationalError as exc:
                 if "password" in str(exc) or "rejects" in str(exc):  # refused by the new lines: in effect
                     break
@@ -229,25 +306,35 @@ def _launch_on(root: Path, settings: dict[str, str] | None, port: int) -> LocalP
     log = open(root / "server.log", "ab")  # noqa: SIM115 - lives as long as the server
     logged = log.tell()
     process = subprocess.Popen(_as_server_user([_pg_bin("postgres"), "-D", str(root / "data"), *args]),
-                               stdout=log, stderr=subprocess.STDOUT, cwd=root, start_new_session=True)
+                               stdout=log, stderr=subprocess.STDOUT, cwd=root, start_new_session=True,
+                               env=local_environment())
     server = LocalPostgres(port=port, root=root, process=process, settings=settings)
     deadline = time.monotonic() + 30
     while True:
+        # A server that said it is ready before we tried, yet refuses us, does so for a reason of the client's (its
+        # environment): waiting would not help, and the reason is what to show.
+        ready = b"ready to accept" in _log_since(root, logged)
         try:
-            with psycopg.connect(server.dsn, connect_timeout=2) as conn:
+            with server.connect(connect_timeout=2) as conn:
                 # the port's server is ours, not one that took the port first (ours then fails to bind it)
                 if _same_path(conn.execute("SHOW data_directory").fetchone()[0], root / "data"):
                     return server
             raise psycopg.OperationalError("another server listens on the port")
-        except psycopg.OperationalError:
-            if process.poll() is not None or time.monotonic() > deadline:
+        except psycopg.OperationalError as exc:
+            if ready or process.poll() is not None or time.monotonic() > deadline:
                 server.stop(keep_root=True)
-                with open(root / "server.log", "rb") as f:
-                    f.seek(logged)
-                    if b"could not bind" in f.read():
-                        raise _PortTaken(port) from None
-                raise RuntimeError(f"PostgreSQL did not start; see {root / 'server.log'}") from None
+                if b"could not bind" in _log_since(root, logged):
+                    raise _PortTaken(port) from None
+                raise RuntimeError(f"PostgreSQL did not start on port {port}: {str(exc).strip()}; "
+                                   f"see {root / 'server.log'}") from None
             time.sleep(0.1)
+
+
+def _log_since(root: Path, offset: int) -> bytes:
+    """What the server wrote to ``server.log`` after ``offset`` (its output since this start)."""
+    with open(root / "server.log", "rb") as f:
+        f.seek(offset)
+        return f.read()
 
 
 def _same_path(a: str, b: Path) -> bool:
@@ -268,7 +355,7 @@ def start_postgres(settings: dict[str, str] | None = None, *, hba_lines: list[st
     subprocess.run(
         _as_server_user([_pg_bin("initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
                          "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"]),
-        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=root,
+        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=root, env=local_environment(),
     )
     if hba_lines:
         _prepend_hba(data / "pg_hba.conf", hba_lines)
@@ -293,7 +380,7 @@ def start_replica(primary: LocalPostgres, settings: dict[str, str] | None = None
         _as_server_user([_pg_bin("pg_basebackup"), "-D", str(root / "data"), "-R", "-X", "stream",
                          "--checkpoint=fast", "--no-sync", "-h", "127.0.0.1", "-p", str(primary.port),
                          "-U", "postgres"]),
-        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=root,
+        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=root, env=local_environment(),
     )
     replica = _launch(root, {"hot_standby": "on", **(settings or {})})
     try:
@@ -333,8 +420,11 @@ class LocalS3:
     def client(self):
         import boto3
 
+        from botocore.config import Config
+
         return boto3.client("s3", endpoint_url=self.endpoint_url, region_name="us-east-1",
-                            aws_access_key_id="testing", aws_secret_access_key="testing")
+                            aws_access_key_id="testing", aws_secret_access_key="testing",
+                            config=Config(proxies={}))  # the endpoint is on this machine: never the user's proxy
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -349,18 +439,15 @@ class LocalS3:
 def start_s3() -> LocalS3:
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                               env=local_environment())
     server = LocalS3(port=port, process=process)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(f"{server.endpoint_url}/moto-api/", timeout=2).close()
-            return server
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                server.stop()
-                raise RuntimeError("moto S3 server did not start") from None
-            time.sleep(0.1)
+    try:
+        wait_until_serving(f"{server.endpoint_url}/moto-api/", process, 30, f"moto S3 server on port {port}")
+    except RuntimeError:
+        server.stop()
+        raise
+    return server
 
 
 @contextlib.contextmanager
