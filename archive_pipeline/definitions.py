@@ -204,14 +204,9 @@ def build_definitions(config: ArchiveConfig | None = None, resources: dict[str, 
     check_keys_fit(config, _store_prefix(resources))
     children = ChildrenMemo()  # the declarative tables' children: read by the checks, kept for the sensor
     # the tables are looked for where the runs will read them: the postgres resource given, else the environment's
-    postgres = (resources or {}).get("postgres")
-    given = getattr(postgres, "dsn", None)
-    if isinstance(given, EnvVar):  # (its value is the variable's name: the DSN is in the environment)
-        given = given.get_value()
-    given = given.strip() if isinstance(given, str) else ""
-    dsn = given or os.environ.get("ARCHIVE_PG_DSN", "").strip()
-    if check_source and dsn:
-        check_tables_exist(config, dsn, children, _dsn_setting(postgres) if given else "ARCHIVE_PG_DSN")
+    if check_source and (runs_read := _where_runs_read((resources or {}).get("postgres"), config.origin)):
+        dsn, setting = runs_read
+        check_tables_exist(config, dsn, children, setting)
     assets, checks, on_demand, jobs, schedules, targets = [], [], [], [], [], []
     owners: dict[str, str] = {}  # op name -> the table whose asset or check it runs
     sharing = shared_job_names(config)  # (the sensor and schedules count a queued run of a shared job as the table's)
@@ -256,6 +251,27 @@ def build_definitions(config: ArchiveConfig | None = None, resources: dict[str, 
         resources=_with_primary(_with_source_limits(resources, config.source) if resources
                                 else default_resources(config)),
     )
+
+
+def _where_runs_read(postgres: object | None, origin: str) -> tuple[str, str] | None:
+    """(DSN, the setting it came from) of the database the runs will read, where the load checks the tables: the
+    given postgres resource's, else (none given) $ARCHIVE_PG_DSN's. None, said in a warning, where the given
+    resource's DSN cannot be read at load (an EnvVar set only where runs start, a resource of another kind): the
+    tables were looked for in ARCHIVE_PG_DSN's database instead (another code location's), and the load failed on
+    a table every run would have found."""
+    if postgres is None:
+        dsn = os.environ.get("ARCHIVE_PG_DSN", "").strip()
+        return (dsn, "ARCHIVE_PG_DSN") if dsn else None
+    given = getattr(postgres, "dsn", None)
+    unset = given.env_var_name if isinstance(given, EnvVar) else None
+    if unset:  # (its value is the variable's name: the DSN is in the environment, of the runs at least)
+        given = given.get_value()
+    if isinstance(given, str) and given.strip():
+        return given.strip(), _dsn_setting(postgres)
+    log.warning("the tables of %s are not checked at load: the postgres resource's DSN %s; runs check them where "
+                "they read them", origin, f"(${unset}) is not set where the code location loads" if unset else
+                f"cannot be read at load (a {type(postgres).__name__})")
+    return None
 
 
 def _dsn_setting(postgres: object) -> str:

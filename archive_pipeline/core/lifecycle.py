@@ -325,30 +325,52 @@ def archived_columns(conn: psycopg.Connection, spec: TableSpec, day: Period, tab
 
 def refuse_other_cluster(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date, manifest: dict | None, *,
                          reads: psycopg.Connection | None = None) -> None:
-    """:class:`RemovalRefused` where ``conn``, the primary a removal runs on, is another cluster than the one the
-    day was archived from (``manifest``'s system identifier, where it records one) or than ``reads``, the server
-    the code location reads (ARCHIVE_PG_DSN: a standby shares its primary's). ARCHIVE_PG_PRIMARY_DSN naming a
-    staging copy loaded from a dump (the same rows) had that copy's day dropped and the manifest marked removed,
-    while the real source kept the day, never to be archived again. Where a role may not read the identifier
-    (pg_control_system()), nothing is refused on it."""
+    """:class:`RemovalRefused` where ``conn``, the primary a removal runs on, is another cluster, or another database,
+    than the one the day was archived from (``manifest``'s system identifier and database, where it records them) or
+    than ``reads``, the server the code location reads (ARCHIVE_PG_DSN: a standby shares its primary's identifier and
+    database names, so no right setup is refused). ARCHIVE_PG_PRIMARY_DSN naming a staging copy loaded from a dump (the
+    same rows), on another cluster or in another database of the same one, had that copy's day dropped and the manifest
+    marked removed, while the real source kept the day, never to be archived again. Where a role may not read the
+    identifier (pg_control_system()), only the database is compared."""
     day = spec.period(day)
     try:
-        here = server_identity(conn)[1]
-        there = server_identity(reads)[1] if reads is not None else None
+        here = server_identity(conn)[:2]
+        there = server_identity(reads)[:2] if reads is not None else None
     except psycopg.Error as exc:
         raise wrapped(exc, conn, spec, day.isoformat(), doing="removing") from None
-    archived = str(((manifest or {}).get("source") or {}).get("system_identifier") or "") or None
-    other, whose = (archived, "the day's archive was taken from") if here and archived and here != archived else         (there, "ARCHIVE_PG_DSN, the server the code location reads, is of") if here and there and here != there         else (None, "")
-    if other is None:
-        return
-    raise RemovalRefused(
-        f"{spec.name} {day} stays in the source: the database a removal runs on (ARCHIVE_PG_PRIMARY_DSN, else "
-        f"ARCHIVE_PG_DSN) is of cluster {here} (its system identifier), and {whose} cluster {other}: another "
-        "cluster's copy of the table is not the day's source; nothing was removed", table=spec.name,
-        day=day.isoformat(), retryable=False, cause="the removal's primary is another cluster",
-        remedy=f"set ARCHIVE_PG_PRIMARY_DSN to the primary of cluster {other} (SELECT system_identifier FROM "
-               "pg_control_system() there); if this cluster replaced that one, archive the day again from it with "
-               "overwrite, then remove it")
+    source = (manifest or {}).get("source") or {}
+    archived = (source.get("database") or None, str(source.get("system_identifier") or "") or None)
+    for other, whose in ((archived, "the day's archive was taken from"),
+                         (there, "the code location reads (ARCHIVE_PG_DSN)")):
+        if other is not None and (refusal := _elsewhere(spec, day, here, other, whose)) is not None:
+            raise refusal
+
+
+def _elsewhere(spec: TableSpec, day: Period, here: tuple[str, str | None], other: tuple[str | None, str | None],
+               whose: str) -> RemovalRefused | None:
+    """The refusal of :func:`refuse_other_cluster` where ``here`` (database, system identifier: the removal's
+    primary) is another cluster than ``other``'s, else another database; None where neither differs (or is known)."""
+    (database, system), (other_database, other_system) = here, other
+    where = "the database a removal runs on (primary_postgres: ARCHIVE_PG_PRIMARY_DSN, else ARCHIVE_PG_DSN)"
+    setting = "set ARCHIVE_PG_PRIMARY_DSN (or the primary_postgres resource's dsn) to"
+    if system and other_system and system != other_system:
+        return RemovalRefused(
+            f"{spec.name} {day} stays in the source: {where} is of cluster {system} (its system identifier), and "
+            f"{whose} cluster {other_system}: another cluster's copy of the table is not the day's source; nothing "
+            "was removed", table=spec.name, day=day.isoformat(), retryable=False,
+            cause="the removal's primary is another cluster",
+            remedy=f"{setting} the primary of cluster {other_system} (SELECT system_identifier FROM "
+                   "pg_control_system() there); if this cluster replaced that one, archive the day again from it with "
+                   "overwrite, then remove it")
+    if other_database and database != other_database:
+        return RemovalRefused(
+            f"{spec.name} {day} stays in the source: {where} is the database {database!r}, and {whose} the "
+            f"database {other_database!r}: another database's copy of the table is not the day's source; nothing was "
+            "removed", table=spec.name, day=day.isoformat(), retryable=False,
+            cause="the removal's primary is another database",
+            remedy=f"{setting} the database {other_database!r} of the primary; if {database!r} replaced it, archive "
+                   "the day again from it with overwrite, then remove it")
+    return None
 
 
 def refuse_layout_change(spec: TableSpec, day: Period, manifest: dict) -> None:
@@ -804,7 +826,8 @@ def settle_pending_removal(conn: psycopg.Connection, spec: TableSpec, day: Perio
     :func:`_told_by_source`), the mark
     stays (``outcome="kept pending"``). A manifest without
     a pending mark is left as it is (``outcome="none"``); one that is not the day's (another table-day's,
-    see ``manifest.owned``) is never settled: :class:`RemovalRefused`. Raises :class:`RemovalNotRecorded` when the
+    see ``manifest.owned``) is never settled, nor one on another cluster or database than the day's (see
+    :func:`refuse_other_cluster`): :class:`RemovalRefused`. Raises :class:`RemovalNotRecorded` when the
     removal committed but the archive no longer checks out (the mark stays pending); a database error (a
     lost session, a timeout) comes out as an :class:`ArchiveError` naming table, day, cause and remedy. ``key``:
     the day's archive where it is not at the key the configuration renders (see :func:`archive_key`)."""
@@ -819,6 +842,9 @@ def settle_pending_removal(conn: psycopg.Connection, spec: TableSpec, day: Perio
             manifest = _trusted_manifest(store, spec, day, key)
             if removal_state(manifest) != "pending":
                 return Settlement("none", manifest)
+            # on the day's own database: a staging copy's rows count as the removal not committed, and the mark
+            # was taken back while the real source had lost the day (prune's settle of a day gone, an archive run's)
+            refuse_other_cluster(conn, spec, day, manifest)
             committed, why = _committed(conn, spec, day, manifest)
             return _settle(conn, spec, day, store, key, manifest, committed, why, temp_dir)
     except psycopg.Error as exc:  # the mark stays as it was: a terminated session, a timeout, a privilege

@@ -68,8 +68,9 @@ class SensorTarget:
     shared_job: str | None = None  # the job the table shares with tables of the same partitions, if any
 
 
-def describe_connect_failure(exc: BaseException, dsn: str) -> str:
-    """Why connecting to ``dsn`` failed, naming host and port, never the password.
+def describe_connect_failure(exc: BaseException, dsn: str, setting: str = "ARCHIVE_PG_DSN") -> str:
+    """Why connecting to ``dsn`` failed, naming host and port, never the password, and ``setting`` (where the
+    DSN is set: the postgres resource's ``dsn_setting``) in the remedy.
 
     libpq echoes a malformed URI whole, password included, so for a DSN it cannot parse only that
     fact is reported.
@@ -78,11 +79,11 @@ def describe_connect_failure(exc: BaseException, dsn: str) -> str:
         return str(exc)
     describe = getattr(errors, "describe_connect_error", None)
     if describe is not None:
-        return str(describe(exc, dsn))
+        return str(describe(exc, dsn, setting))
     try:
         info = psycopg.conninfo.conninfo_to_dict(dsn)
     except psycopg.Error:
-        return ("ARCHIVE_PG_DSN is malformed (libpq cannot parse it; its text is not shown because it may hold "
+        return (f"{setting} is malformed (libpq cannot parse it; its text is not shown because it may hold "
                 "a password): write it as postgresql://user@host:port/db or 'host=... port=... dbname=...'")
     where = f"host {info.get('host') or 'localhost (default)'}, port {info.get('port') or 5432}"
     reason = redact(str(exc).strip() or type(exc).__name__, info.get("password"), dsn)
@@ -157,14 +158,15 @@ def inspected(spec: TableSpec, days: list[dt.date], missing: int, found: int) ->
 
 
 def _connect(postgres: PostgresResource, stack: contextlib.ExitStack) -> psycopg.Connection:
-    """A connection for the tick, or an error naming host, port and reason. It is raised outside the
-    ``except`` block so the tick's error carries no chained driver exception (libpq may echo the DSN)."""
+    """A connection for the tick, or an error naming host, port, reason and remedy. The remedy is the resource's
+    own (naming its ``dsn_setting``, as a run's failure does): a second one naming ARCHIVE_PG_DSN sent a project
+    whose DSN is set elsewhere to a variable it never reads. It is raised outside the ``except`` block so the
+    tick's error carries no chained driver exception (libpq may echo the DSN)."""
     try:
         return stack.enter_context(postgres.connect())
     except (psycopg.Error, ArchiveError) as exc:
-        reason = describe_connect_failure(exc, postgres.dsn)
-    raise RuntimeError(f"archive_new_days could not connect to the source database ({reason}); check "
-                       "ARCHIVE_PG_DSN and that the database is reachable from the daemon")
+        reason = describe_connect_failure(exc, postgres.dsn, postgres.dsn_setting)
+    raise RuntimeError(f"archive_new_days could not connect to the source database from the daemon ({reason})")
 
 
 def _apply_session_settings(conn: psycopg.Connection, postgres: PostgresResource) -> None:
