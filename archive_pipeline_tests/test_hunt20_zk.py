@@ -8,10 +8,8 @@ picks the next generation (``_generation`` counts listed generations), so only a
 one's PUT shares its key; an overwrite's object lost to another server's tidying is caught after the commit
 (``_refuse_lost_object``); compare, list --check-source and the Dagster checks re-read a manifest replaced meanwhile
 (``_again_where_replaced``, ``_archived_again``); restores through a view, a partition or an inheritance child take the
-tree's lock (``_tree_root``). A removal run on another database of the same cluster (the same rows) removes that
-copy's day and marks the archive removed (``refuse_other_cluster`` compares the system identifier only, not the
-database): the first database's next run then skips onto the removed archive and its own removal removes the rows
-again, so nothing is lost; left as a note, not a test.
+tree's lock (``_tree_root``). A removal run on another database of the same cluster (the same rows) is refused
+since session 40 (``refuse_other_cluster`` compares the database too: test_hunt25_cl.py).
 """
 
 from __future__ import annotations
