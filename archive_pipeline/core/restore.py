@@ -188,8 +188,15 @@ _TARGET_COLUMNS = sql.SQL("""
 SELECT a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod), pg_catalog.format_type(a.atttypid, -1),
        CASE WHEN t.typnamespace = 'pg_catalog'::regnamespace THEN t.typname::text
             ELSE t.typnamespace::regnamespace::text || '.' || t.typname END,  -- a user's jsonb is not jsonb
-       t.typcategory, a.attidentity
+       t.typcategory, a.attidentity,
+       -- an array whose JSON array text is its literal once its brackets are braces: elements of a base type
+       -- (their JSON is a number, a boolean or their text as a string), never json's own values ("1" is not 1)
+       -- nor a composite's object
+       COALESCE(e.typtype IN ('b', 'e', 'r', 'm')
+                AND e.oid NOT IN ('pg_catalog.json'::pg_catalog.regtype, 'pg_catalog.jsonb'::pg_catalog.regtype),
+                false)
 FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+     LEFT JOIN pg_catalog.pg_type e ON e.oid = t.typelem AND t.typlen = -1
 WHERE a.attrelid = pg_catalog.to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped
 """)
 
@@ -460,12 +467,12 @@ def _jsonl_pieces(conn: psycopg.Connection, target: sql.Composable, columns: lis
             definitions.append(sql.SQL("{} text").format(ident))
             values.append(sql.SQL("x.{}").format(ident))
             continue
-        declared, bare, typname, category, _ = found[name]
+        declared, bare, typname, category, _, plain_elements = found[name]
         # types printed by format_type from the target's own catalog, not text from the archive
         if typname == "jsonb":
             definitions.append(sql.SQL("{} json").format(ident))
             values.append(sql.SQL("x.{}::jsonb").format(ident))
-        elif category == "A":
+        elif category == "A" and plain_elements:
             definitions.append(sql.SQL("{} json").format(ident))
             values.append(sql.SQL(
                 "CASE WHEN pg_catalog.left(x.{c}::text, 1) = '[' AND pg_catalog.left(x.{c}::text, 2) <> '[[' "
