@@ -22,6 +22,8 @@ from typing import NamedTuple
 
 import psycopg
 from psycopg import sql
+from psycopg.adapt import AdaptersMap
+from psycopg._preparing import PrepareManager  # (see _lend)
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.raw_cursor import RawCursorMixin
 from psycopg.rows import tuple_row
@@ -231,8 +233,6 @@ def _to_ours(conn: object) -> dict[str, str] | None:
     take no snapshot; a transaction the caller has open keeps its own isolation.)"""
     if not isinstance(conn, psycopg.Connection) or conn.closed:
         return None
-    if conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
-        return None
     before = {}
     encoding = conn.info.parameter_status("client_encoding")
     if encoding not in (None, "UTF8"):
@@ -287,23 +287,82 @@ def _rolled_back_after(conn: psycopg.Connection) -> contextlib.AbstractContextMa
     caller's next insert of a local time stored it shifted) and a proof's temporary table (a copy of the
     day's rows, left in a pooled session). The calls that write (archive, restore, removal) refuse such a
     connection up front (:func:`archive_pipeline.core.locks.require_autocommit`); the others only read, and
-    their verdict is what the rollback keeps. An aborted transaction is left to fail as it would."""
+    their verdict is what the rollback keeps. (An aborted transaction is refused before: :func:`refuse_unusable`.)"""
     status = conn.info.transaction_status
-    if conn.closed or status == psycopg.pq.TransactionStatus.INERROR or (
-            conn.autocommit and status == psycopg.pq.TransactionStatus.IDLE):
+    if conn.closed or (conn.autocommit and status == psycopg.pq.TransactionStatus.IDLE):
         return contextlib.nullcontext()
     return conn.transaction(force_rollback=True)
 
 
-@contextlib.contextmanager
-def callers_connection(conn: object) -> Iterator[None]:
-    """Run a core entry point's block on a caller's connection ``conn`` as on one of our own, and give the
-    caller everything back as it was afterwards (on error too):
+def refuse_unusable(conn: psycopg.Connection, what: str) -> None:
+    """Raise ValueError, before anything is sent, where the caller's ``conn`` is in a state no statement of ours
+    can run in: pipeline mode (our statements would be queued behind the caller's in one implicit transaction,
+    where our ``SET TRANSACTION`` fails and COPY is not supported; the day failed as a database error with no
+    cause the caller could find, and the caller's pipeline was left aborted), or a transaction an earlier error
+    of the caller's aborted (every statement fails until it is rolled back: compare and list called an intact
+    day "unreadable", a false verdict on the archive). A lost session is not refused here: the call's own
+    handling reports it, typed and retryable."""
+    if conn.closed:
+        return
+    if conn.pgconn.pipeline_status != psycopg.pq.PipelineStatus.OFF:
+        raise ValueError(f"{what} is refused: its connection is in pipeline mode (inside the caller's "
+                         "conn.pipeline() block), where its statements would be batched with the caller's and "
+                         "COPY is not supported; call it outside the conn.pipeline() block; nothing was sent")
+    if conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
+        raise ValueError(f"{what} is refused: its connection's transaction was aborted by an earlier error of the "
+                         "caller's (every statement fails until the transaction ends, which says nothing about the "
+                         "archive); roll it back first (conn.rollback()) and call again; nothing was sent")
 
+
+class _Lent(NamedTuple):
+    """What :func:`callers_connection` swaps on a caller's connection for the call, to give back afterwards."""
+
+    row_factory: object
+    cursor_factory: type
+    server_cursor_factory: type
+    adapters: AdaptersMap | None
+    prepared: PrepareManager
+
+
+def _lend(conn: psycopg.Connection) -> _Lent:
+    """Set ``conn`` up as the core expects for the call (see :func:`callers_connection`); what was there before.
+
+    The adapters map and the prepared-statement cache have no public setter: psycopg (3.3, its
+    ``_connection_base.BaseConnection``) keeps them in ``_adapters`` (None until first asked for, then a copy of
+    ``psycopg.adapters``; every cursor copies it when created) and ``_prepared`` (a ``_preparing.PrepareManager``),
+    which are swapped whole and put back as they were. Ours are the default adapters and a cache that prepares
+    nothing (``prepare_threshold`` None) and is empty: psycopg empties its cache with ``DEALLOCATE ALL``, which
+    drops every prepared statement of the session, the caller's own (``PREPARE``) with psycopg's, when it
+    sees a DROP, an ALTER or a ROLLBACK (``PrepareManager._should_discard`` and ``clear``, which a transaction's
+    rollback calls) while the cache holds names; an empty one sends nothing."""
+    lent = _Lent(conn.row_factory, conn.cursor_factory, conn.server_cursor_factory, conn._adapters, conn._prepared)
+    conn.row_factory = tuple_row
+    conn.cursor_factory = _our_cursor_class(lent.cursor_factory, psycopg.Cursor)
+    conn.server_cursor_factory = _our_cursor_class(lent.server_cursor_factory, psycopg.ServerCursor)
+    conn._adapters = AdaptersMap(psycopg.adapters)
+    conn._prepared = PrepareManager()
+    conn._prepared.prepare_threshold = None
+    return lent
+
+
+def _give_back_lent(conn: psycopg.Connection, lent: _Lent) -> None:
+    conn.row_factory, conn.cursor_factory, conn.server_cursor_factory = lent[:3]
+    conn._adapters, conn._prepared = lent.adapters, lent.prepared
+
+
+@contextlib.contextmanager
+def callers_connection(conn: object, what: str = "the call") -> Iterator[None]:
+    """Run a core entry point's block (``what``, for a refusal's message) on a caller's connection ``conn`` as
+    on one of our own, and give the caller everything back as it was afterwards (on error too):
+
+    - refused up front where no statement of ours can run (see :func:`refuse_unusable`);
     - rows as tuples and cursors that take ``%s``: the core reads its rows by position and writes its
       parameters as ``%s``, and a caller's ``row_factory=dict_row`` (``KeyError: 0``), ``namedtuple_row``
       (our unnamed ``current_setting`` columns) or ``cursor_factory=psycopg.RawCursor`` (``$1`` placeholders)
       failed every call, or had compare and list call an intact archive "unreadable";
+    - psycopg's default adapters: a caller's dumper of str as ``text`` made an oid parameter read as a table
+      name (a healthy day "does not exist"), a loader of timestamptz as str failed the manifest's snapshot time;
+    - the caller's prepared statements kept (see :func:`_lend`);
     - client_encoding UTF8 and read committed by default (see :func:`_to_ours`);
     - nothing left in the caller's transaction (see :func:`_rolled_back_after`).
 
@@ -312,10 +371,8 @@ def callers_connection(conn: object) -> Iterator[None]:
     if not isinstance(conn, psycopg.Connection) or conn in _ENTERED:
         yield
         return
-    factories = conn.row_factory, conn.cursor_factory, conn.server_cursor_factory
-    conn.row_factory = tuple_row
-    conn.cursor_factory = _our_cursor_class(factories[1], psycopg.Cursor)
-    conn.server_cursor_factory = _our_cursor_class(factories[2], psycopg.ServerCursor)
+    refuse_unusable(conn, what)
+    lent = _lend(conn)
     _ENTERED.add(conn)
     try:
         with contextlib.ExitStack() as undo:
@@ -329,7 +386,23 @@ def callers_connection(conn: object) -> Iterator[None]:
                     _give_back(conn, before)
     finally:
         _ENTERED.discard(conn)
-        conn.row_factory, conn.cursor_factory, conn.server_cursor_factory = factories
+        _give_back_lent(conn, lent)
+
+
+def _call_named(name: str, arguments: dict[str, object]) -> str:
+    """``name`` with the table and day(s) of its ``arguments`` where it has them, for a refusal's message."""
+    spec, manifest = arguments.get("spec"), arguments.get("manifest")
+    table = getattr(spec, "name", None) or (manifest.get("table") if isinstance(manifest, dict) else None)
+    day = arguments.get("day", arguments.get("first"))
+    days = arguments.get("days")
+    if day is None and isinstance(manifest, dict):
+        day = manifest.get("day")
+    named = f"{name} of {table}" if table else name
+    if day is not None:
+        return f"{named} for {getattr(day, 'key', day)}"
+    if isinstance(days, (list, tuple)) and days:
+        return f"{named} for {', '.join(str(getattr(d, 'key', d)) for d in days)}"
+    return named
 
 
 def speaks_utf8(*names: str) -> Callable:
@@ -348,9 +421,10 @@ def speaks_utf8(*names: str) -> Callable:
         @functools.wraps(function)
         def wrapper(*args, **kwargs):
             bound = signature.bind_partial(*args, **kwargs)
+            what = _call_named(function.__name__, bound.arguments)
             with contextlib.ExitStack() as stack:
                 for name in wanted:
-                    stack.enter_context(callers_connection(bound.arguments.get(name)))
+                    stack.enter_context(callers_connection(bound.arguments.get(name), what))
                 return function(*args, **kwargs)
 
         return wrapper
