@@ -1803,10 +1803,15 @@ def _load(conn: psycopg.Connection, path: str | None, manifest: dict, relation: 
             target, stage, c=written, o=_overriding(always_identity),
             d=sql.SQL(" ON CONFLICT DO NOTHING" if on_conflict == "skip" else ""))
         added = None
+        # skip with no fingerprint to compare the kept rows with (a version 1 manifest's, a newer algorithm's):
+        # the archived rows are in the stage, so each is proven in the target as archived (else a row edited since
+        # and skipped, its key taken, passed the row count as restored)
+        contained = fingerprint_added or fp.recorded_algorithm(manifest.get("fingerprint")) is None
         try:
             with conn.transaction():  # (a savepoint: its failure is looked into below, in this transaction)
-                if fingerprint_added and on_conflict == "skip":
-                    inserted, added = _insert_contained(conn, insert, stage, manifest, relation)
+                if contained and on_conflict == "skip":
+                    inserted, proven = _insert_contained(conn, insert, stage, manifest, relation)
+                    added = proven if fingerprint_added else None  # (else the check counts the day's rows)
                 elif fingerprint_added:
                     added = _insert_fingerprinted(conn, insert, manifest, relation)
                     inserted = added.rows
@@ -2131,7 +2136,8 @@ def _insert_contained(conn: psycopg.Connection, insert: sql.Composable, stage: s
     days) and ``skip`` left the rows whose key existed alone, neither the rows added nor the target are
     the day: the proof is that the stage holds the archive (its fingerprint, compared by the caller) and
     that, counted by row hash, the target holds each archived row as many times as the archive or as it did
-    before, whichever is more. Fewer: a skipped row whose key is there with other values. More: a row the
+    before, whichever is more. The same proof, in the current algorithm on both sides, is all there is to tell
+    kept rows from archived ones where the manifest records no fingerprint this version computes (version 1). Fewer: a skipped row whose key is there with other values. More: a row the
     arbiter could not tell from its copy already there (a NULL in a nullable unique key, a row outside a
     partial index's predicate) inserted again, which "at least once" passed, so a re-run doubled it."""
     algorithm = fp.algorithm_for(manifest.get("fingerprint"))
@@ -2901,7 +2907,8 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
     run in one transaction: the restored rows (the new table, or the day's rows in the target) must
     have the manifest's fingerprint, else the transaction is rolled back and
     :class:`FingerprintMismatchError` says both fingerprints. A version 1 manifest has no fingerprint:
-    the row count is checked instead, and the result says so. ``conn`` must be in autocommit mode (the
+    the row count is checked instead, and the result says so; the day column's values and (``skip``) the
+    kept rows against the archived ones are checked as for any archive. ``conn`` must be in autocommit mode (the
     day is committed before its result is returned).
     """
     require_autocommit(conn, "restoring a day")
