@@ -1717,23 +1717,47 @@ def _day_where(conn: psycopg.Connection, relation: Relation, manifest: dict, who
     return day_filter(described, manifest_period(manifest))
 
 
+# the day column's type, as a manifest records it (base_type, or format_type text) or the catalog resolves it
+_DAY_TYPES = {"date": "date", "timestamp": "timestamp", "timestamp without time zone": "timestamp",
+              "timestamptz": "timestamptz", "timestamp with time zone": "timestamptz"}
+
+
+def _day_type(conn: psycopg.Connection, manifest: dict) -> str | None:
+    """``date``, ``timestamp`` or ``timestamptz``: the archived day column's type through its domains, from the
+    manifest's base_type, else its pg_type looked up in this database (a version 1 manifest records no base_type,
+    and a domain over date or a timestamp(3) is no name of the three); None where neither tells."""
+    column = manifest.get("day_column")
+    entry = next((c for c in manifest.get("columns", []) if c.get("name") == column), None)
+    if entry is None:
+        return None
+    kind = _DAY_TYPES.get(str(entry.get("base_type"))) or _DAY_TYPES.get(str(entry.get("pg_type")))
+    return kind or _DAY_TYPES.get(fp.recorded_bases(conn, [entry])[0] or "")
+
+
 def rows_outside_period(conn: psycopg.Connection, relation: sql.Composable, manifest: dict) -> int:
     """How many rows of ``relation`` (the archive's rows, loaded) have a day column value outside the manifest's
     period, or none: another day's archive put in this one's place with its manifest resealed holds them, and a
     proof by the archive alone (a removed day's) or a restore into a new table took them for the day's. 0 where
-    the manifest names no day column or no type of it to read."""
-    column = manifest.get("day_column")
-    entry = next((c for c in manifest.get("columns", []) if c.get("name") == column), None) if column else None
-    kind = str((entry or {}).get("base_type") or (entry or {}).get("pg_type") or "")
-    period = manifest_period(manifest)
-    if kind in ("timestamp with time zone", "timestamptz"):
-        cast, bounds = "timestamptz", (period.utc_start, period.utc_end)
-    elif kind in ("timestamp without time zone", "timestamp"):  # wall-clock bounds, as the archive selected them
-        cast, bounds = "timestamp", period.wall_bounds
-    elif kind == "date":
-        cast, bounds = "date", (period.start.date(), period.end.date())
-    else:
+    the manifest names no day column; refused where the day column's type cannot be told (a 0 would pass another
+    day's rows unchecked)."""
+    if not manifest.get("day_column"):
         return 0
+    kind, period = _day_type(conn, manifest), manifest_period(manifest)
+    if kind is None:
+        raise ArchiveError(
+            f"{manifest.get('table')} for {manifest.get('day')}: the archived rows cannot be checked to be the "
+            f"day's: the manifest's day column {manifest['day_column']!r} is a {_archived_type(manifest)}, which "
+            "this database does not resolve to a date, timestamp or timestamptz", table=manifest.get("table"),
+            day=manifest.get("day"), retryable=False,
+            remedy="create the day column's type (its domain) in this database as it was archived, or archive the "
+                   "day again (overwrite) if the source still holds it")
+    if kind == "timestamptz":
+        cast, bounds = "timestamptz", (period.utc_start, period.utc_end)
+    elif kind == "timestamp":  # wall-clock bounds, as the archive selected them
+        cast, bounds = "timestamp", period.wall_bounds
+    else:
+        cast, bounds = "date", (period.start.date(), period.end.date())
+    column = manifest["day_column"]
     value = sql.SQL("{}::pg_catalog.{}").format(sql.Identifier(column), sql.SQL(cast))
     query = sql.SQL("SELECT pg_catalog.count(*) FROM {} WHERE ({v} >= %s AND {v} < %s) IS NOT TRUE").format(
         relation, v=value)
@@ -1742,10 +1766,12 @@ def rows_outside_period(conn: psycopg.Connection, relation: sql.Composable, mani
 
 
 def _archived_type(manifest: dict) -> str:
-    """The archived day column's type as the manifest records it (or "date, timestamp or timestamptz")."""
+    """The archived day column's type as the manifest records it (its ``pg_type``, with the base type of a domain;
+    or "date, timestamp or timestamptz" where it records none)."""
     for column in manifest.get("columns", []):
-        if column.get("name") == manifest.get("day_column"):
-            return str(column.get("type") or "date, timestamp or timestamptz")
+        if column.get("name") == manifest.get("day_column") and column.get("pg_type"):
+            base = column.get("base_type")
+            return str(column["pg_type"]) + (f" (over {base})" if base and base != column["pg_type"] else "")
     return "date, timestamp or timestamptz"
 
 
@@ -1784,10 +1810,15 @@ def _load(conn: psycopg.Connection, path: str | None, manifest: dict, relation: 
             target, stage, c=written, o=_overriding(always_identity),
             d=sql.SQL(" ON CONFLICT DO NOTHING" if on_conflict == "skip" else ""))
         added = None
+        # skip with no fingerprint to compare the kept rows with (a version 1 manifest's, a newer algorithm's):
+        # the archived rows are in the stage, so each is proven in the target as archived (else a row edited since
+        # and skipped, its key taken, passed the row count as restored)
+        contained = fingerprint_added or fp.recorded_algorithm(manifest.get("fingerprint")) is None
         try:
             with conn.transaction():  # (a savepoint: its failure is looked into below, in this transaction)
-                if fingerprint_added and on_conflict == "skip":
-                    inserted, added = _insert_contained(conn, insert, stage, manifest, relation)
+                if contained and on_conflict == "skip":
+                    inserted, proven = _insert_contained(conn, insert, stage, manifest, relation)
+                    added = proven if fingerprint_added else None  # (else the check counts the day's rows)
                 elif fingerprint_added:
                     added = _insert_fingerprinted(conn, insert, manifest, relation)
                     inserted = added.rows
@@ -2112,7 +2143,8 @@ def _insert_contained(conn: psycopg.Connection, insert: sql.Composable, stage: s
     days) and ``skip`` left the rows whose key existed alone, neither the rows added nor the target are
     the day: the proof is that the stage holds the archive (its fingerprint, compared by the caller) and
     that, counted by row hash, the target holds each archived row as many times as the archive or as it did
-    before, whichever is more. Fewer: a skipped row whose key is there with other values. More: a row the
+    before, whichever is more. The same proof, in the current algorithm on both sides, is all there is to tell
+    kept rows from archived ones where the manifest records no fingerprint this version computes (version 1). Fewer: a skipped row whose key is there with other values. More: a row the
     arbiter could not tell from its copy already there (a NULL in a nullable unique key, a row outside a
     partial index's predicate) inserted again, which "at least once" passed, so a re-run doubled it."""
     algorithm = fp.algorithm_for(manifest.get("fingerprint"))
@@ -2619,10 +2651,8 @@ def _check(conn: psycopg.Connection, manifest: dict, relation: Relation, whole: 
                                        remedy=remedy or "restore the object and its manifest from a backup of the "
                                                         "bucket, or archive the day again (overwrite) if the source "
                                                         "still holds it")
-    if fp.recorded_algorithm(recorded) is None:
-        return _count_checked(conn, manifest, relation, whole, rows, added, before)
-    columns = _hashed_columns(conn, relation, manifest)
-    where = _day_where(conn, relation, manifest, whole)
+    # before the fingerprint's early return: the day column tells another day's rows without one (a version 1
+    # manifest is unsealed: its object swapped for another day's, sizes and digests edited to match)
     if whole and manifest.get("day_column") and (outside := rows_outside_period(conn, relation.identifier, manifest)):
         # a table this restore made holds only the archive's rows: one of another period is not this day's archive
         raise FingerprintMismatchError(
@@ -2631,6 +2661,10 @@ def _check(conn: psycopg.Connection, manifest: dict, relation: Relation, whole: 
             "restore was rolled back", table=table, day=day, retryable=False,
             remedy="restore the day's object and manifest from a backup of the bucket (its versions, a replica), "
                    "or archive the day again (overwrite) if the source still holds it")
+    if fp.recorded_algorithm(recorded) is None:
+        return _count_checked(conn, manifest, relation, whole, rows, added, before)
+    columns = _hashed_columns(conn, relation, manifest)
+    where = _day_where(conn, relation, manifest, whole)
     if added is not None:
         actual, scope = added, f"the day's rows the restore loaded into {relation}"
     else:
@@ -2880,7 +2914,8 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
     run in one transaction: the restored rows (the new table, or the day's rows in the target) must
     have the manifest's fingerprint, else the transaction is rolled back and
     :class:`FingerprintMismatchError` says both fingerprints. A version 1 manifest has no fingerprint:
-    the row count is checked instead, and the result says so. ``conn`` must be in autocommit mode (the
+    the row count is checked instead, and the result says so; the day column's values and (``skip``) the
+    kept rows against the archived ones are checked as for any archive. ``conn`` must be in autocommit mode (the
     day is committed before its result is returned).
     """
     require_autocommit(conn, "restoring a day")
