@@ -253,8 +253,8 @@ def _folded(manifest: dict[str, Any]) -> dict[str, Any]:
         return manifest
     table: list[dict] = []
     index: dict[str, int] = {}
-    folded = [{**c, "shape": _fold_nodes(c["shape"], table, index)} if isinstance(c, dict) and c.get("shape") else c
-              for c in columns]
+    folded = [{**c, "shape": _fold_nodes(c["shape"], table, index)}
+              if isinstance(c, dict) and c.get("shape") and _ways_unambiguous(c["shape"]) else c for c in columns]
     unfolded = sum(len(c["shape"]) for c in columns if isinstance(c, dict) and c.get("shape"))
     if unfolded > MAX_SHAPE_NODES:
         _refuse_too_large(manifest, f"its columns' composite types hold {unfolded:,} nodes, more than a reader "
@@ -262,6 +262,14 @@ def _folded(manifest: dict[str, Any]) -> dict[str, Any]:
     version = manifest.get("manifest_version")
     return {**manifest, "manifest_version": max(version if isinstance(version, int) else 0, MANIFEST_VERSION),
             "columns": folded, "composites": table}
+
+
+def _ways_unambiguous(nodes: list[dict]) -> bool:
+    """Whether the ways of a column's shape split into their steps unambiguously: a way joins its steps with
+    spaces, so under a field whose name holds one (``"a "`` beside ``a``) no prefix tells which node is below
+    which, and folding by prefix moved a field under another (the day then read as changed). Such a shape is
+    recorded whole, as before the composites table."""
+    return not any(" " in str(name) for node in nodes for name in node.get("fields") or ())
 
 
 def _fold_nodes(nodes: list[dict], table: list[dict], index: dict[str, int]) -> list[dict]:

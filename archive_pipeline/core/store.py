@@ -504,6 +504,12 @@ def _taken(uri: str, exc: BaseException) -> KeyTakenError:
                                 "from one database, and one server, only")
 
 
+def _sent_again(refused: BaseException) -> bool:
+    """Whether botocore sent the refused request more than once (a try whose answer was lost, then this one)."""
+    metadata = (getattr(refused, "response", None) or {}).get("ResponseMetadata") or {}
+    return bool(metadata.get("RetryAttempts"))
+
+
 def _unchecked(uri: str, refused: BaseException, check: ArchiveError) -> UploadError:
     """A write refused for what its key holds (``refused``: a 412, NoSuchUpload) whose check of that object failed
     (``check``): not known to be another run's, since it may be this run's own earlier try whose answer was lost, so
@@ -960,7 +966,7 @@ class S3Store:
         return {"IfMatch": head["ETag"]} if head is not None else first
 
     def holds(self, key: str, md5_hex: str | None, size: int | None, content_md5: str | None = None,
-              writer: str | None = None) -> bool:
+              writer: str | None = None, retried: bool = False) -> bool:
         """Whether ``key`` holds exactly the object of ETag ``md5_hex`` and ``size`` bytes: a write whose answer was
         lost, retried and refused (412, or NoSuchUpload for a multipart Complete), was ours after all. By its ETag
         (a single PUT's MD5, or a multipart's ``md5-of-parts-N``); without MD5 ETags (``verify_etags`` off) by
@@ -969,11 +975,13 @@ class S3Store:
         ``writer``: the upload's own mark (see :meth:`begin`), which the object must carry too: the same bytes may
         be another run's (another database's, a hot standby's), whose object is not ours to take or withdraw.
         ``md5_hex`` and ``size`` None: any object carrying ``writer`` (a copy of that upload's, whole or damaged).
+        ``retried``: the write was sent more than once, so an object without any user metadata may be its own on a
+        store that drops metadata (said so); sent once, such an object is another writer's.
 
         A check that cannot be made (the HEAD, or the read back, failing) raises its error, classified (a denied
         HEAD names s3:GetObject): "not known" is no "not ours", which a caller would blame on another run."""
         head = self.head(key)
-        if head is not None and writer is not None and not head.get("Metadata"):
+        if head is not None and writer is not None and not head.get("Metadata") and retried:
             raise UploadError(f"{self.uri(key)} carries no user metadata at all, where every object this archiver "
                               "writes carries its writer, table and day (x-amz-meta-*): the store does not keep them, "
                               "so whether it is this run's own write cannot be told", retryable=False,
@@ -996,7 +1004,7 @@ class S3Store:
         """:meth:`holds`, asked after a write of ``key`` was refused for what the key holds (``refused``: a 412, a
         NoSuchUpload): a check that cannot be made raises that failure (see :func:`_unchecked`), never "taken"."""
         try:
-            return self.holds(key, md5_hex, size, content_md5, writer)
+            return self.holds(key, md5_hex, size, content_md5, writer, retried=_sent_again(refused))
         except ArchiveError as check:
             raise _unchecked(self.uri(key), refused, check) from refused
 
