@@ -69,6 +69,7 @@ from archive_pipeline.core.manifest import (
     holds_rows_of,
     loose_manifest,
     manifest_bytes,
+    other_format_keys,
     owned,
     removal_state,
     stored_object_problems,
@@ -459,6 +460,7 @@ class _Archiving:
         self.started = time.perf_counter()
         self.streams = ""  # how the day was split among parallel_streams (see _streams_note)
         self._replay: Replay | None | bool = False  # a standby's replay, asked once the snapshot is taken (False: not yet)
+        self._other_formats: tuple[dict, list[str]] | None = None  # (the day's listing, its keys under other formats)
 
     def run(self, overwrite: bool) -> ArchiveResult:
         existing = read_existing(self.store, self.key)
@@ -640,7 +642,7 @@ class _Archiving:
         is there is this table-day's (:func:`leftovers.owned_by`): such a key may be another table's (one whose
         keys differ from this one's only by the extension, in another configuration), whose runs this run's lock
         does not exclude."""
-        former = [*keys.listed_under(self._other_extension_keys(), existing.listing or ()), *self.former_keys]
+        former = [*self._listed_other_formats(existing), *self.former_keys]
         label = self._label
         for other in dict.fromkeys(k for k in former if k != self.key):
             try:
@@ -862,14 +864,15 @@ class _Archiving:
         Where this key holds nothing (the day is then new here), or an archive not marked removed (written
         before the removal under the other format, by another configuration of the table or before its
         format changed and changed back): without this an emptied source would be archived as an empty day
-        (with overwrite), beside the removed rows' archive that no run would look at again. The day's
-        listing shows such keys where the template's ``{ext}`` follows the day's name (as in the default); a
-        key whose directory holds ``{ext}`` or ``{format}`` is not looked for."""
+        (with overwrite), beside the removed rows' archive that no run would look at again. Such keys are looked
+        for where list, compare and restore look (``_listed_other_formats``): beside the day's key where the
+        template's ``{ext}`` follows the day's name (as in the default), in each other format's folder where
+        ``{format}`` or ``{ext}`` is in one."""
         if existing.raw is not None and (existing.manifest is None or existing.manifest.get("removed")):
             return None  # this key's own removal mark, or its damaged manifest, decides (see _keep, _refuse_removed)
         if existing.raw is None and existing.listing and self._stored_generations(existing.listing):
             return None
-        listed = keys.listed_under(self._other_extension_keys(), existing.listing or ())
+        listed = self._listed_other_formats(existing)
         for other in [*listed, *self.former_keys]:  # (a former key lives under another prefix: read, not listed)
             if (found := self._removal_at(other, self.day, existing)) is not None:
                 return found
@@ -963,7 +966,7 @@ class _Archiving:
         if existing.raw is not None and not here or \
                 existing.raw is None and existing.listing and self._stored_generations(existing.listing):
             return None  # (a damaged archive here, or data without a manifest: this key's own rules decide)
-        listed = keys.listed_under(self._other_extension_keys(), existing.listing or ())
+        listed = self._listed_other_formats(existing)
         found = []
         for other in [*listed, *self.former_keys]:
             there = read_existing(self.store, other)
@@ -982,9 +985,18 @@ class _Archiving:
                                    *((other, there.manifest) for other, there in found)])
         return next((pair for pair in found if current is not None and pair[0] == current[0]), None)
 
-    def _other_extension_keys(self) -> list[str]:
-        """The day's key as every other format and codec would render it (the same key once: no ``{ext}``)."""
-        return [k for k in keys.other_extension_keys(self.spec, self.day, self.store.prefix) if k != self.key]
+    def _listed_other_formats(self, existing: Existing) -> list[str]:
+        """The day's keys under the table's other formats and codecs that hold anything, found as list, compare and
+        restore find them (manifest.other_format_keys): from the day's own listing (``existing``'s) where they lie
+        beside its key, as by default (no request), else one listing of each other format's day prefix (a template
+        with ``{format}`` in a folder), once per run. None of them where the store cannot list (as before)."""
+        if existing.listing is None:
+            return []
+        if self._other_formats is None or self._other_formats[0] is not existing.listing:
+            found = other_format_keys(self.store, self.spec, self.day, existing.listing,
+                                      keys.day_listing_prefixes(self.key))
+            self._other_formats = (existing.listing, [k for k in found if k != self.key])
+        return self._other_formats[1]
 
     def _refuse_removed_elsewhere(self, elsewhere: Existing, table: SourceTable, fp: fingerprint.Fingerprint,
                                   overwrite: bool) -> None:
