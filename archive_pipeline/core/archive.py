@@ -30,7 +30,7 @@ from psycopg.pq import TransactionStatus
 from archive_pipeline.core import fingerprint
 from archive_pipeline.core import keys
 from archive_pipeline.core.compression import get_codec
-from archive_pipeline.core.config import DEFAULT_KEY_TEMPLATES, UNIQUE_KEY_FIELDS, TableSpec
+from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.discovery import day_children, day_table_parents, partition_may_hold, partition_of_day, \
     source_table
 from archive_pipeline.core.errors import (ArchiveError, UnsupportedTypeError, is_cancellation, is_retryable, named,
@@ -50,7 +50,7 @@ from archive_pipeline.core.formats.common import (
 from archive_pipeline.core.leftovers import day_listing, marked_generations, owned_by, same_source, \
     stored_generations, tidy_day, why_not_ours
 from archive_pipeline.core.lifecycle import settle_pending_removal
-from archive_pipeline.core.listing import listed_once
+from archive_pipeline.core.listing import listed_once, overlapping_templates
 from archive_pipeline.core.locks import require_autocommit, require_lock_held, table_day_lock
 from archive_pipeline.core.manifest import (
     ArchiveResult,
@@ -76,7 +76,7 @@ from archive_pipeline.core.manifest import (
     table_definition,
 )
 from archive_pipeline.core.memory import bound_allocator
-from archive_pipeline.core.periods import GRANULARITIES, Period, PeriodError
+from archive_pipeline.core.periods import Period, PeriodError
 from archive_pipeline.core.parallel import StreamSlots, free_sessions, open_snapshot_sessions, plan_streams, write_day
 from archive_pipeline.core.session_settings import resolved, speaks_utf8
 from archive_pipeline.core.sink import temp_archive_file, temp_dir_given, temp_dir_named
@@ -392,23 +392,6 @@ def compared_algorithm(existing: Existing) -> str:
 def _planning(conn: psycopg.Connection, spec: TableSpec, day: Period, store: S3Store) -> _Archiving:
     """An archive attempt that only decides (a plan's questions of what a run would do), never runs."""
     return _Archiving(conn, spec, day, store, temp_dir=None, progress=None, progress_every=0, settings={})
-
-
-def _overlapping_templates(spec: TableSpec, empty: bool) -> dict[str, tuple[str, ...]]:
-    """Per granularity whose removed periods may have taken rows of this table's periods with them (see
-    ``_Archiving._refuse_removed_in_overlapping``): the finer ones always (a month's days, a day's hours: each one
-    removed took a part of the period), the coarser ones where the source is ``empty`` (an hour's day, a day's
-    month: removed, it took every row of the period, so rows there now came after it); with the key templates its
-    periods may have been archived under before the table's granularity changed: its default, and the table's own
-    where that holds what keeps that granularity's periods apart (config.UNIQUE_KEY_FIELDS: ``{period}`` fits
-    hours, days and months alike), as a template kept across the change does. Where the source is ``empty``, the
-    table's own granularity too: the neighbouring periods of a zone the table had before (its time zone changed
-    since) that overlap this one (see keys.overlapping_period_keys), removed, took its rows likewise."""
-    fields = keys.template_fields(spec.key_template)
-    finer = GRANULARITIES[:GRANULARITIES.index(spec.granularity)]
-    return {granularity: tuple(dict.fromkeys([default, *([spec.key_template] if any(
-        needed <= fields for needed in UNIQUE_KEY_FIELDS[granularity]) else [])]))
-        for granularity, default in DEFAULT_KEY_TEMPLATES.items() if granularity in finer or empty}
 
 
 def _same_rows(manifest: dict, table: SourceTable, fp: fingerprint.Fingerprint) -> bool:
@@ -909,7 +892,7 @@ class _Archiving:
     def _removed_in_overlapping(self, existing: Existing, empty: bool) -> Existing | None:
         """A removal of rows recorded for a period of the table's other granularities that overlaps this one, under
         that granularity's default key template or the table's own where it fits that granularity (see
-        ``_overlapping_templates``: which granularities, ``empty`` or not), or, where ``empty``, for a period of its
+        listing.overlapping_templates: which granularities, ``empty`` or not), or, where ``empty``, for a period of its
         own granularity in a zone it had before whose recorded instants overlap this one's (at a neighbouring key:
         a period's key is its local labels, so the former zone's overlapping periods have this one's neighbours'),
         else None. One listing per granularity
@@ -918,7 +901,7 @@ class _Archiving:
         the same (a range's days of one month: see S3Store.asked_once): no run of the table as it is now
         configured writes those keys."""
         groups = keys.overlapping_period_keys(self.spec, self.day, self.store.prefix,
-                                              _overlapping_templates(self.spec, empty))
+                                              overlapping_templates(self.spec, empty))
         own = keys.day_listing_prefixes(self.key) if existing.listing is not None else []
         for group in groups:
             prefix = os.path.commonprefix([key for key, _ in group])
