@@ -30,7 +30,7 @@ from psycopg.pq import TransactionStatus
 from archive_pipeline.core import fingerprint
 from archive_pipeline.core import keys
 from archive_pipeline.core.compression import get_codec
-from archive_pipeline.core.config import DEFAULT_KEY_TEMPLATES, UNIQUE_KEY_FIELDS, TableSpec
+from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.discovery import day_children, day_table_parents, partition_may_hold, partition_of_day, \
     source_table
 from archive_pipeline.core.errors import (ArchiveError, UnsupportedTypeError, is_cancellation, is_retryable, named,
@@ -50,7 +50,7 @@ from archive_pipeline.core.formats.common import (
 from archive_pipeline.core.leftovers import day_listing, marked_generations, owned_by, same_source, \
     stored_generations, tidy_day, why_not_ours
 from archive_pipeline.core.lifecycle import settle_pending_removal
-from archive_pipeline.core.listing import listed_once
+from archive_pipeline.core.listing import listed_once, overlapping_templates
 from archive_pipeline.core.locks import require_autocommit, require_lock_held, table_day_lock
 from archive_pipeline.core.manifest import (
     ArchiveResult,
@@ -69,13 +69,14 @@ from archive_pipeline.core.manifest import (
     holds_rows_of,
     loose_manifest,
     manifest_bytes,
+    other_format_keys,
     owned,
     removal_state,
     stored_object_problems,
     table_definition,
 )
 from archive_pipeline.core.memory import bound_allocator
-from archive_pipeline.core.periods import GRANULARITIES, Period, PeriodError
+from archive_pipeline.core.periods import Period, PeriodError
 from archive_pipeline.core.parallel import StreamSlots, free_sessions, open_snapshot_sessions, plan_streams, write_day
 from archive_pipeline.core.session_settings import resolved, speaks_utf8
 from archive_pipeline.core.sink import temp_archive_file, temp_dir_given, temp_dir_named
@@ -393,23 +394,6 @@ def _planning(conn: psycopg.Connection, spec: TableSpec, day: Period, store: S3S
     return _Archiving(conn, spec, day, store, temp_dir=None, progress=None, progress_every=0, settings={})
 
 
-def _overlapping_templates(spec: TableSpec, empty: bool) -> dict[str, tuple[str, ...]]:
-    """Per granularity whose removed periods may have taken rows of this table's periods with them (see
-    ``_Archiving._refuse_removed_in_overlapping``): the finer ones always (a month's days, a day's hours: each one
-    removed took a part of the period), the coarser ones where the source is ``empty`` (an hour's day, a day's
-    month: removed, it took every row of the period, so rows there now came after it); with the key templates its
-    periods may have been archived under before the table's granularity changed: its default, and the table's own
-    where that holds what keeps that granularity's periods apart (config.UNIQUE_KEY_FIELDS: ``{period}`` fits
-    hours, days and months alike), as a template kept across the change does. Where the source is ``empty``, the
-    table's own granularity too: the neighbouring periods of a zone the table had before (its time zone changed
-    since) that overlap this one (see keys.overlapping_period_keys), removed, took its rows likewise."""
-    fields = keys.template_fields(spec.key_template)
-    finer = GRANULARITIES[:GRANULARITIES.index(spec.granularity)]
-    return {granularity: tuple(dict.fromkeys([default, *([spec.key_template] if any(
-        needed <= fields for needed in UNIQUE_KEY_FIELDS[granularity]) else [])]))
-        for granularity, default in DEFAULT_KEY_TEMPLATES.items() if granularity in finer or empty}
-
-
 def _same_rows(manifest: dict, table: SourceTable, fp: fingerprint.Fingerprint) -> bool:
     """Whether ``manifest`` records exactly the rows ``fp`` fingerprints now."""
     # the same values under other column names (two of one type that swapped names) are not the same rows
@@ -459,6 +443,7 @@ class _Archiving:
         self.started = time.perf_counter()
         self.streams = ""  # how the day was split among parallel_streams (see _streams_note)
         self._replay: Replay | None | bool = False  # a standby's replay, asked once the snapshot is taken (False: not yet)
+        self._other_formats: tuple[dict, list[str]] | None = None  # (the day's listing, its keys under other formats)
 
     def run(self, overwrite: bool) -> ArchiveResult:
         existing = read_existing(self.store, self.key)
@@ -640,7 +625,7 @@ class _Archiving:
         is there is this table-day's (:func:`leftovers.owned_by`): such a key may be another table's (one whose
         keys differ from this one's only by the extension, in another configuration), whose runs this run's lock
         does not exclude."""
-        former = [*keys.listed_under(self._other_extension_keys(), existing.listing or ()), *self.former_keys]
+        former = [*self._listed_other_formats(existing), *self.former_keys]
         label = self._label
         for other in dict.fromkeys(k for k in former if k != self.key):
             try:
@@ -862,14 +847,15 @@ class _Archiving:
         Where this key holds nothing (the day is then new here), or an archive not marked removed (written
         before the removal under the other format, by another configuration of the table or before its
         format changed and changed back): without this an emptied source would be archived as an empty day
-        (with overwrite), beside the removed rows' archive that no run would look at again. The day's
-        listing shows such keys where the template's ``{ext}`` follows the day's name (as in the default); a
-        key whose directory holds ``{ext}`` or ``{format}`` is not looked for."""
+        (with overwrite), beside the removed rows' archive that no run would look at again. Such keys are looked
+        for where list, compare and restore look (``_listed_other_formats``): beside the day's key where the
+        template's ``{ext}`` follows the day's name (as in the default), in each other format's folder where
+        ``{format}`` or ``{ext}`` is in one."""
         if existing.raw is not None and (existing.manifest is None or existing.manifest.get("removed")):
             return None  # this key's own removal mark, or its damaged manifest, decides (see _keep, _refuse_removed)
         if existing.raw is None and existing.listing and self._stored_generations(existing.listing):
             return None
-        listed = keys.listed_under(self._other_extension_keys(), existing.listing or ())
+        listed = self._listed_other_formats(existing)
         for other in [*listed, *self.former_keys]:  # (a former key lives under another prefix: read, not listed)
             if (found := self._removal_at(other, self.day, existing)) is not None:
                 return found
@@ -906,7 +892,7 @@ class _Archiving:
     def _removed_in_overlapping(self, existing: Existing, empty: bool) -> Existing | None:
         """A removal of rows recorded for a period of the table's other granularities that overlaps this one, under
         that granularity's default key template or the table's own where it fits that granularity (see
-        ``_overlapping_templates``: which granularities, ``empty`` or not), or, where ``empty``, for a period of its
+        listing.overlapping_templates: which granularities, ``empty`` or not), or, where ``empty``, for a period of its
         own granularity in a zone it had before whose recorded instants overlap this one's (at a neighbouring key:
         a period's key is its local labels, so the former zone's overlapping periods have this one's neighbours'),
         else None. One listing per granularity
@@ -915,7 +901,7 @@ class _Archiving:
         the same (a range's days of one month: see S3Store.asked_once): no run of the table as it is now
         configured writes those keys."""
         groups = keys.overlapping_period_keys(self.spec, self.day, self.store.prefix,
-                                              _overlapping_templates(self.spec, empty))
+                                              overlapping_templates(self.spec, empty))
         own = keys.day_listing_prefixes(self.key) if existing.listing is not None else []
         for group in groups:
             prefix = os.path.commonprefix([key for key, _ in group])
@@ -963,7 +949,7 @@ class _Archiving:
         if existing.raw is not None and not here or \
                 existing.raw is None and existing.listing and self._stored_generations(existing.listing):
             return None  # (a damaged archive here, or data without a manifest: this key's own rules decide)
-        listed = keys.listed_under(self._other_extension_keys(), existing.listing or ())
+        listed = self._listed_other_formats(existing)
         found = []
         for other in [*listed, *self.former_keys]:
             there = read_existing(self.store, other)
@@ -982,9 +968,18 @@ class _Archiving:
                                    *((other, there.manifest) for other, there in found)])
         return next((pair for pair in found if current is not None and pair[0] == current[0]), None)
 
-    def _other_extension_keys(self) -> list[str]:
-        """The day's key as every other format and codec would render it (the same key once: no ``{ext}``)."""
-        return [k for k in keys.other_extension_keys(self.spec, self.day, self.store.prefix) if k != self.key]
+    def _listed_other_formats(self, existing: Existing) -> list[str]:
+        """The day's keys under the table's other formats and codecs that hold anything, found as list, compare and
+        restore find them (manifest.other_format_keys): from the day's own listing (``existing``'s) where they lie
+        beside its key, as by default (no request), else one listing of each other format's day prefix (a template
+        with ``{format}`` in a folder), once per run. None of them where the store cannot list (as before)."""
+        if existing.listing is None:
+            return []
+        if self._other_formats is None or self._other_formats[0] is not existing.listing:
+            found = other_format_keys(self.store, self.spec, self.day, existing.listing,
+                                      keys.day_listing_prefixes(self.key))
+            self._other_formats = (existing.listing, [k for k in found if k != self.key])
+        return self._other_formats[1]
 
     def _refuse_removed_elsewhere(self, elsewhere: Existing, table: SourceTable, fp: fingerprint.Fingerprint,
                                   overwrite: bool) -> None:

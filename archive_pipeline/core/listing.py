@@ -11,14 +11,15 @@ import logging
 import os
 import re
 import urllib.parse
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
-from archive_pipeline.core.config import TableSpec
+from archive_pipeline.core.config import DEFAULT_KEY_TEMPLATES, UNIQUE_KEY_FIELDS, TableSpec
 from archive_pipeline.core.errors import ArchiveError
-from archive_pipeline.core.keys import (day_listing_prefixes, day_prefix, generation_key, manifest_key,
-                                        other_extension_keys, table_day_key, upload_marker_key)
+from archive_pipeline.core.keys import (day_listing_prefixes, day_prefix, generation_key, listed_under, manifest_key,
+                                        other_extension_keys, overlapping_period_keys, table_day_key,
+                                        template_fields, upload_marker_key)
 from archive_pipeline.core.leftovers import day_listing, stored_generations
-from archive_pipeline.core.periods import Period
+from archive_pipeline.core.periods import GRANULARITIES, Period
 from archive_pipeline.core.store import S3Store
 
 log = logging.getLogger(__name__)
@@ -77,22 +78,40 @@ def listed_absent(store: S3Store, spec: TableSpec, days: list[Period], etags: di
     elsewhere = bool(days) and any(day_prefix(other) != day_prefix(keys[days[0]])
                                    for other in other_extension_keys(spec, days[0], store.prefix))
     others = {day: other_extension_keys(spec, day, store.prefix) if elsewhere else [] for day in days}
+    mine = [*keys.values(), *itertools.chain(*others.values())]
     try:
-        present = listed_items(store, [manifest_key(k) for k in [*keys.values(), *itertools.chain(*others.values())]]
-                               ) if len(days) > 3 else None
+        present = listed_items(store, [manifest_key(k) for k in mine]) if len(days) > 3 else None
     except ArchiveError:  # the listing failed (refused, throttled): each day is read, and fails, on its own
         present = None
-    if present is None or _unaccounted(spec.name, present, [*keys.values(), *itertools.chain(*others.values())]):
+    if present is None or _unaccounted(spec.name, present, mine, lambda: _overlapping_keys(spec, days[0], store.prefix)):
         return set(), None
     if etags is not None:
         etags.update((key, item.get("ETag", "")) for key, item in present.items())
     listed_days = {day_prefix(k) for k in present}
+    former = _former_granularities(present, mine)
     # A listing has no checksum: a manifest it does not show is taken as absent only when nothing else
-    # of the day is listed either (else it is read, so one damaged key name cannot hide an archive).
+    # of the day is listed either (else it is read, so one damaged key name cannot hide an archive), nor anything
+    # of a period of another granularity that overlaps it (its removal, if it holds one, is the run's to apply).
     absent = {day for day, key in keys.items()
               if manifest_key(key) not in present and day_prefix(key) not in listed_days
-              and not any(day_prefix(other) in listed_days for other in others[day])}
+              and not any(day_prefix(other) in listed_days for other in others[day])
+              and not (former and listed_under(_overlapping_keys(spec, day, store.prefix), former))}
     return absent, sorted(present)
+
+
+def _overlapping_keys(spec: TableSpec, day: Period, prefix: str) -> list[str]:
+    """The keys of every period of the table's other granularities (and former zones) that overlaps ``day``, under
+    every template the archive run looks for their removals under (:func:`overlapping_templates`, whatever the
+    source holds): the table's archives written before its granularity changed, not strays in its folder."""
+    return [key for group in overlapping_period_keys(spec, day, prefix, overlapping_templates(spec, True))
+            for key, _ in group]
+
+
+def _former_granularities(listed: Iterable[str], mine: list[str]) -> list[str]:
+    """The ``listed`` keys (sorted) of none of the shapes of ``mine`` (the days' keys under every format): after
+    :func:`_unaccounted` passed them, those of the table's other granularities' periods."""
+    shapes = {_shape(key) for key in mine}
+    return sorted(key for key in listed if _shape(key) not in shapes)
 
 
 def unmanifested(store: S3Store, keys: list[str], listed: Iterable[str] | None) -> tuple[list[str], list[str]]:
@@ -131,21 +150,44 @@ def day_listings(store: S3Store, keys: list[str]) -> dict[str, dict[str, dict]]:
     return {key: by_day[day_prefix(key)] for key in keys}
 
 
+def overlapping_templates(spec: TableSpec, empty: bool) -> dict[str, tuple[str, ...]]:
+    """Per granularity whose removed periods may have taken rows of this table's periods with them (see
+    archive._Archiving._refuse_removed_in_overlapping): the finer ones always (a month's days, a day's hours: each one
+    removed took a part of the period), the coarser ones where the source is ``empty`` (an hour's day, a day's
+    month: removed, it took every row of the period, so rows there now came after it); with the key templates its
+    periods may have been archived under before the table's granularity changed: its default, and the table's own
+    where that holds what keeps that granularity's periods apart (config.UNIQUE_KEY_FIELDS: ``{period}`` fits
+    hours, days and months alike), as a template kept across the change does. Where the source is ``empty``, the
+    table's own granularity too: the neighbouring periods of a zone the table had before (its time zone changed
+    since) that overlap this one (see keys.overlapping_period_keys), removed, took its rows likewise."""
+    fields = template_fields(spec.key_template)
+    finer = GRANULARITIES[:GRANULARITIES.index(spec.granularity)]
+    return {granularity: tuple(dict.fromkeys([default, *([spec.key_template] if any(
+        needed <= fields for needed in UNIQUE_KEY_FIELDS[granularity]) else [])]))
+        for granularity, default in DEFAULT_KEY_TEMPLATES.items() if granularity in finer or empty}
+
+
 def _shape(key: str) -> str:
     """The day prefix of ``key`` with every digit alike (and a repeated hour's offset left out): the same for every
     period's key of a table, whatever its date."""
     return _DIGIT.sub("0", _REPEATED_HOUR_OFFSET.sub("", day_prefix(key)))
 
 
-def _unaccounted(where: str, listed: Iterable[str], day_keys: list[str]) -> bool:
-    """Whether a listing shows a key that is no period's key of the table (``day_keys``: keys it renders), nor one
-    of its generations, manifests or upload markers. A listing has no checksum: one bit of a key flipped on the way
+def _unaccounted(where: str, listed: Iterable[str], day_keys: list[str],
+                 overlapping: Callable[[], list[str]] = list) -> bool:
+    """Whether a listing shows a key that is no period's key of the table (``day_keys``: keys it renders; and
+    ``overlapping()``'s, asked only where the listing shows others: those of the periods of its other
+    granularities that the archive run looks at, its archives from before its granularity changed), nor one of
+    their generations, manifests or upload markers. A listing has no checksum: one bit of a key flipped on the way
     (``<date>.jsonl`` arriving as ``<date>/jsonl``) moves it out of its day, and a day archived empty, whose
     manifest is its only key, would pass for one never archived. Such a listing is not used: each day is read on its
     own. A key put there by something else costs the same, so it is named (``where``: the table or its folder) in a
     warning."""
     shapes = {_shape(key) for key in day_keys}
     stray = [key for key in listed if _shape(key) not in shapes]
+    if stray:  # (rendered only now: a month's hours are 10,000 keys)
+        former = {_shape(key) for key in overlapping()}
+        stray = [key for key in stray if _shape(key) not in former]
     if stray:
         log.warning("%s: the bucket listing shows %d key(s) that are no day's key of the table (%s%s): damaged on "
                     "the way, or put there by something else; each day is read on its own instead. Move what is "

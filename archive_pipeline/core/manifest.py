@@ -18,6 +18,7 @@ import json
 import logging
 import re
 from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import psycopg
@@ -1076,6 +1077,26 @@ def _instant(value: object) -> dt.datetime:
         return _EARLIEST
 
 
+def other_format_keys(store, spec, day, listed: Iterable[str] | None = None,
+                      covered: Sequence[str] | None = None) -> list[str]:
+    """The day's keys under the table's other formats and codecs (:func:`keys.other_extension_keys`) that a
+    listing shows anything of (:func:`keys.listed_under`): where an archive of it written before the table's format
+    or codec changed may be. The one lookup of them for the archive run, restore, list and compare alike, so no
+    reader misses one another finds. ``listed``: the keys a listing already read shows, and ``covered``: the
+    prefixes it listed (the day's own listing: :func:`keys.day_listing_prefixes` of its key), None where it covers
+    every other key (a range's listing made to: see listing.listed_absent). Each prefix of the other keys it does
+    not cover is listed once: none for the usual layout, where ``{ext}`` follows the day's name and they lie beside
+    its key; each other format's folder where the template has ``{format}`` in one. ``listed`` None: each prefix of
+    theirs is listed. Raises the listing's ArchiveError."""
+    others = keys.other_extension_keys(spec, day, store.prefix)
+    prefixes = dict.fromkeys(p for k in others for p in keys.day_listing_prefixes(k)) \
+        if listed is None or covered is not None else {}
+    missing = [p for p in prefixes if not any(p.startswith(mine) for mine in covered or ())]
+    if missing:
+        listed = {*(listed or ()), *(item["Key"] for p in missing for item in store.list_keys(p))}
+    return keys.listed_under(others, listed or ())
+
+
 def _other_format_archives(store, spec, day, listed: set[str] | None, asked_one_by_one: bool, rendered: str | None
                            ) -> tuple[list[tuple[str, dict]], list[tuple[str, dict | None, ManifestError]]]:
     """(key, manifest) of every archive of ``spec``'s ``day`` under another format's or codec's key (another
@@ -1087,24 +1108,21 @@ def _other_format_archives(store, spec, day, listed: set[str] | None, asked_one_
     others = keys.other_extension_keys(spec, day, store.prefix)
     if not others:
         return [], []
-    if listed is None:
-        from archive_pipeline.core.errors import ArchiveError, without_verdict  # (the listing's failure)
+    try:
+        candidates = other_format_keys(store, spec, day, listed)
+    except ArchiveError as exc:  # the listing only saves requests: each other key's manifest is asked instead
+        from archive_pipeline.core.errors import without_verdict  # (the listing's failure)
 
-        try:
-            listed = {item["Key"] for prefix in {p for k in others for p in keys.day_listing_prefixes(k)}
-                      for item in store.list_keys(prefix)}
-        except ArchiveError as exc:  # the listing only saves requests: each other key's manifest is asked instead
-            if rendered is not None:
-                log.warning("%s %s: the day's keys under the table's other formats could not be listed (%s); its "
-                            "archive at %s is taken as its current one (one written under another format since "
-                            "is not looked for%s)", spec.name, as_period(spec.granularity, spec.timezone, day),
-                            without_verdict(exc), store.uri(rendered),
-                            ": the listing was not tried again; a later look lists them" if exc.retryable else "")
-                return [], []
-            if not asked_one_by_one:  # (a dozen GETs a day: for a few days, not a range of years)
-                raise
-            listed = None
-    candidates = keys.listed_under(others, listed) if listed is not None else others
+        if rendered is not None:
+            log.warning("%s %s: the day's keys under the table's other formats could not be listed (%s); its "
+                        "archive at %s is taken as its current one (one written under another format since "
+                        "is not looked for%s)", spec.name, as_period(spec.granularity, spec.timezone, day),
+                        without_verdict(exc), store.uri(rendered),
+                        ": the listing was not tried again; a later look lists them" if exc.retryable else "")
+            return [], []
+        if not asked_one_by_one:  # (a dozen GETs a day: for a few days, not a range of years)
+            raise
+        candidates = others
     iso = as_period(spec.granularity, spec.timezone, day).isoformat()
     found, damaged = [], []
     for other in candidates:
