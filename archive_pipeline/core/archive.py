@@ -49,7 +49,7 @@ from archive_pipeline.core.formats.common import (
 )
 from archive_pipeline.core.leftovers import day_listing, marked_generations, owned_by, same_source, \
     stored_generations, tidy_day, why_not_ours
-from archive_pipeline.core.lifecycle import settle_pending_removal
+from archive_pipeline.core.lifecycle import RemovalRefused, refuse_other_cluster, settle_pending_removal
 from archive_pipeline.core.listing import listed_once, overlapping_templates
 from archive_pipeline.core.locks import require_autocommit, require_lock_held, table_day_lock
 from archive_pipeline.core.manifest import (
@@ -448,7 +448,7 @@ class _Archiving:
     def run(self, overwrite: bool) -> ArchiveResult:
         existing = read_existing(self.store, self.key)
         self._refuse_foreign(existing, overwrite)  # first: another table-day's pending mark is not ours to settle
-        if removal_state(existing.manifest) == "pending":
+        if removal_state(existing.manifest) == "pending" and self._settles_here(existing):
             # a removal that did not finish: settled first (completed if it committed, else taken back),
             # so an unfinished removal never passes for a removed day, nor a removed one for archivable
             settle_pending_removal(self.conn, self.spec, self.day, self.store, temp_dir=self.temp_dir)
@@ -1128,6 +1128,18 @@ class _Archiving:
             remedy=f"restore {uri} from a backup of the bucket or its versioning, then run the day again; or, to "
                    f"record the day as empty deliberately, set overwrite for this day alone (archive --day {self.day} "
                    "--overwrite; the manifest keeps the object listed)")
+
+    def _settles_here(self, existing: Existing) -> bool:
+        """Whether the day's pending removal mark is this database's to settle. One taken on another cluster or
+        database (the table moved since) cannot be told committed or not here, and settling it is refused
+        (lifecycle.refuse_other_cluster): the run leaves it as it is and decides on it as on a mark in doubt (with
+        overwrite the day is archived again and the marked archive kept beside the new one; without, refused as
+        removed). Settled, the refusal told the user to archive again with overwrite: the command that raised it."""
+        try:
+            refuse_other_cluster(self.conn, self.spec, self.day, existing.manifest)
+        except RemovalRefused:
+            return False
+        return True
 
     def _keep(self, manifest: dict, identity: SourceIdentity, table: SourceTable, fp: fingerprint.Fingerprint,
               overwrite: bool) -> bool:
