@@ -84,3 +84,30 @@ def test_list_after_hourly_became_daily_tells_the_user_to_move_the_former_hours_
         day_statuses(conn, daily, store, days)
     strays = [r.getMessage() for r in caplog.records if "Move what is not the table's archives" in r.getMessage()]
     assert strays == [], strays
+
+
+def test_the_archive_dry_run_after_hourly_became_daily_does_not_call_the_former_hours_archives_strays(
+        conn, schema, store, temp_dir, caplog):
+    """Scenario: as above, with the four days after the removed hour archived as the daily table they are now; the
+    user asks what ``archive --dry-run`` over the five days would do (plan.plan_archive, whose one listing of the
+    days already archived is listing.day_listings).
+
+    Should: the hour's keys are the table's own (as list counts them), not "put there by something else ... Move
+    what is not the table's archives out of its folder"."""
+    from archive_pipeline.core.plan import plan_archive
+
+    table = sql.Identifier(schema, "ev")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, at timestamptz NOT NULL)").format(table))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT g, '2024-03-10 01:30+00' FROM generate_series(1, 3) g").format(table))
+    hourly = _spec(schema, granularity="hourly")
+    assert archive_partition(conn, hourly, "2024-03-10-01:00", store, temp_dir=str(temp_dir)).rows == 3
+    assert remove_day(conn, hourly, "2024-03-10-01:00", store).rows == 3
+    daily = _spec(schema)
+    days = [DAY + dt.timedelta(days=i) for i in range(5)]
+    for n, day in enumerate(days[1:], start=10):
+        conn.execute(sql.SQL("INSERT INTO {} VALUES (%s, %s)").format(table), (n, f"{day} 12:00+00"))
+        assert archive_partition(conn, daily, day, store, temp_dir=str(temp_dir)).rows == 1
+    with caplog.at_level("WARNING"):
+        plan_archive(conn, daily, store, days, overwrite=False)
+    strays = [r.getMessage() for r in caplog.records if "Move what is not the table's archives" in r.getMessage()]
+    assert strays == [], strays

@@ -129,18 +129,21 @@ def unmanifested(store: S3Store, keys: list[str], listed: Iterable[str] | None) 
     return objects, [name for name in objects if upload_marker_key(name) in names]
 
 
-def day_listings(store: S3Store, keys: list[str]) -> dict[str, dict[str, dict]]:
+def day_listings(store: S3Store, keys: list[str], spec: TableSpec | None = None, day: Period | None = None
+                 ) -> dict[str, dict[str, dict]]:
     """For each day's data key, what :func:`leftovers.day_listing` would list of it (size and ETag of every key
     starting as its generations do), from one listing of the days' common prefix; a key left out where that
     listing cannot serve (a flat layout, no common directory, a listing that failed or that shows a key of no day:
-    see :func:`_unaccounted`): read on its own then."""
+    see :func:`_unaccounted`): read on its own then. ``spec`` and ``day`` (one of the days): the table, whose
+    archives under its other granularities are its own keys, as :func:`listed_absent` counts them."""
     if len(keys) <= 3 or any(day_listing_prefixes(key) != [day_prefix(key)] for key in keys):
         return {}
     try:
         items = listed_items(store, [*keys, *(manifest_key(k) for k in keys)])
     except ArchiveError:
         return {}
-    if items is None or _unaccounted(os.path.dirname(os.path.commonprefix(keys)), items, keys):
+    former = (lambda: _overlapping_keys(spec, day, store.prefix)) if spec is not None and day is not None else list
+    if items is None or _unaccounted(os.path.dirname(os.path.commonprefix(keys)), items, keys, former):
         return {}
     by_day: dict[str, dict[str, dict]] = {day_prefix(key): {} for key in keys}
     for name, item in items.items():

@@ -716,8 +716,9 @@ def plan_archive(conn: psycopg.Connection, spec: TableSpec, store: S3Store, days
     # one listing of the range for the days nothing of is stored (a range of years mostly never archived is not
     # a LIST per day); the others are read one by one, as the run reads them
     unarchived = listed_absent(store, spec, [d for d in days if d in in_source])[0]
-    stored = day_listings(store, [render_key(spec, d, store.prefix) for d in days if d in in_source and
-                                  d not in unarchived])
+    listed = [d for d in days if d in in_source and d not in unarchived]
+    stored = day_listings(store, [render_key(spec, d, store.prefix) for d in listed], spec,
+                          listed[0] if listed else None)
     for day in days:
         if day in unreadable:
             planned.append(PlannedDay(spec.name, day, render_key(spec, day, store.prefix),
