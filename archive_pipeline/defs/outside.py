@@ -130,7 +130,7 @@ def _started(instance: DagsterInstance, reads: list[tuple]) -> dict[tuple[str, s
     started did, as a POSIX time; a day whose runs never started is left out. An archive written before is the one
     that run looked at (and refused, the day being missing: stale, changed since). Every run of the day counts,
     whatever job ran it (the sensor's failed one, a re-run from the UI, the shared job's run of several tables, an
-    asset backfill's), where it is a run of the table (SensorTarget.archived_by): the table tag alone
+    asset backfill's), where it is a run of this location's table (SensorTarget.archived_by): the table tag alone
     missed all but the table's own job's runs. One query for every table's days: the tick reads at most
     LOOKUPS_PER_TICK manifests, so at most as many days' runs."""
     days = sorted({day for _, read in reads for day in read})
