@@ -21,13 +21,15 @@ from dagster import (AssetSelection, Definitions, EnvVar, ExecutorDefinition, de
                      in_process_executor)
 
 from archive_pipeline.defs.assets import (
-    TABLE_TAG,
+    PREFIX_TAG,
     asset_key,
     build_archive_asset,
     daily_partitions,
     job_name,
     overwrite_run_config,
+    prefix_tag,
     retry_policy,
+    run_tags,
     shared_job_name,
 )
 from archive_pipeline.defs.checks import (
@@ -216,7 +218,7 @@ def build_definitions(config: ArchiveConfig | None = None, resources: dict[str, 
         # The asset alone, without its checks: archive_intact is reported by the asset itself, and the
         # on-demand checks run only when asked for (verify_archives, or from the UI).
         job = define_asset_job(name=job_name(spec), selection=AssetSelection.assets(key).without_checks(),
-                               tags={TABLE_TAG: spec.name}, executor_def=in_process_executor,
+                               tags=run_tags(spec), executor_def=in_process_executor,
                                description=f"Archive days of {spec.name}")
         retry = retry_policy(config.retry)  # the checks' errors say "retried" where the core's do
         latest = build_stored_archive_check(spec, key, retry, config.origin)
@@ -301,6 +303,7 @@ def shared_jobs(config: ArchiveConfig) -> list:
     day, or ranged runs of a backfill, by the same backfill policy as each table's own job)."""
     return [define_asset_job(
         name=name, selection=AssetSelection.assets(*(asset_key(s) for s in specs)).without_checks(),
+        tags={PREFIX_TAG: prefix_tag(specs[0])},  # (one location's tables: one prefix; the table is in the selection)
         executor_def=in_process_executor,
         description=f"Archive days of {', '.join(s.name for s in specs)} together (for the UI's Materialize of "
                     "several tables; each table's own job is the one scheduled)")

@@ -72,6 +72,11 @@ from archive_pipeline.core import keys
 from archive_pipeline.core.verify import TYPE_GONE, load_manifest, object_problems, read_only, verify_archive
 
 TABLE_TAG = "archive/table"  # run tag and asset tag: filter runs and assets by source table
+# run tag of every archive job (a table's own, a shared one): the code location's asset_key_prefix, which the table
+# tag and the job names lack ("a/b"; "" for none). Two locations archiving tables of the same name from two
+# databases (README) tell their runs apart by it where a run has no asset selection to say
+# (sensors.SensorTarget.archived_by)
+PREFIX_TAG = "archive/asset_key_prefix"
 STATE_TAG = "archive/state"  # materialization tag: archived | empty | skipped | removed
 
 State = Literal["archived", "empty", "skipped"]
@@ -118,6 +123,17 @@ def shared_job_name(spec: TableSpec) -> str:
     ("Archive_" before "Archives") and before ``__ASSET_JOB``."""
     zone = re.sub(r"[^A-Za-z0-9]", "_", spec.timezone)
     return f"Archives_{spec.granularity}_{spec.start_date:%Y_%m_%d}_{zone}"
+
+
+def prefix_tag(spec: TableSpec) -> str:
+    """The table's asset_key_prefix as the PREFIX_TAG value (its asset key's parts before ``archive``)."""
+    return "/".join(spec.key_prefix)
+
+
+def run_tags(spec: TableSpec) -> dict[str, str]:
+    """The tags of the table's runs (its job's, the schedule's requests): its name, whole, and this location's
+    asset_key_prefix, by which another location's run of a table of the same name is told apart."""
+    return {TABLE_TAG: spec.name, PREFIX_TAG: prefix_tag(spec)}
 
 
 def schedule_name(spec: TableSpec) -> str:

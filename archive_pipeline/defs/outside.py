@@ -34,7 +34,7 @@ from archive_pipeline.core.manifest import SourceIdentity, committed_at, layout_
 from archive_pipeline.core.source import server_identity
 from archive_pipeline.core.store import S3Store
 from archive_pipeline.core.verify import load_manifest, object_problems
-from archive_pipeline.defs.assets import STATE_TAG, TABLE_TAG, _manifest_metadata
+from archive_pipeline.defs.assets import STATE_TAG, _manifest_metadata
 from archive_pipeline.defs.checks import EMPTY_DAY
 from archive_pipeline.defs.resources import ArchiveStoreResource
 
@@ -81,7 +81,7 @@ def archived_outside(where: Store, conn: psycopg.Connection, instance: DagsterIn
     the last tick's) before and listed unchanged since: those are not read again. ``targets``: each table's
     SensorTarget by name. One listing per table tells most days without an archive apart (no GET for them)."""
     identity = SourceIdentity(*server_identity(conn)) if tried else None
-    events, left, rejected, budget = [], [], set(), LOOKUPS_PER_TICK
+    rejected, budget, looked = set(), LOOKUPS_PER_TICK, []
     for table in dict.fromkeys(wanted.table for wanted in tried):
         target, mine = targets[table], [wanted for wanted in tried if wanted.table == table]
         etags: dict[str, str] = {}
@@ -92,10 +92,14 @@ def archived_outside(where: Store, conn: psycopg.Connection, instance: DagsterIn
         read = [w.partition_key for w in mine if w.partition_key not in absent and marks.get(w.partition_key)
                 not in seen][:budget]
         budget -= len(read)
-        started = _started(instance, table, read)
+        looked.append((target, mine, marks, read))
+    started = _started(instance, [(target, read) for target, _, _, read in looked])
+    events, left = [], []
+    for target, mine, marks, read in looked:
         for wanted in mine:
             day = wanted.partition_key
-            found = _taken(where, identity, target, day, started.get(day)) if day in read else None
+            found = (_taken(where, identity, target, day, started.get((wanted.table, day))) if day in read
+                     else None)
             event = _record(where, target, day, *found) if found is not None else None
             (events if event is not None else left).append(event or wanted)
             if found is None and day in read and marks.get(day):  # (rejected by its manifest: the same listing,
@@ -121,17 +125,26 @@ def _marks(store: S3Store, spec, identity: SourceIdentity, days: list[str], etag
     return marks
 
 
-def _started(instance: DagsterInstance, table: str, days: list[str]) -> dict[str, float]:
-    """When the latest run of each of the table's ``days`` that started did (runs tagged with the day: the sensor's
-    failed one, a re-run from the UI), as a POSIX time; a day whose runs never started is left out. An archive
-    written before is the one that run looked at (and refused, the day being missing: stale, changed since)."""
+def _started(instance: DagsterInstance, reads: list[tuple]) -> dict[tuple[str, str], float]:
+    """When the latest run of each (table, day) of ``reads`` (each table's SensorTarget and the days read) that
+    started did, as a POSIX time; a day whose runs never started is left out. An archive written before is the one
+    that run looked at (and refused, the day being missing: stale, changed since). Every run of the day counts,
+    whatever job ran it (the sensor's failed one, a re-run from the UI, the shared job's run of several tables, an
+    asset backfill's), where it is a run of this location's table (SensorTarget.archived_by): the table tag alone
+    missed all but the table's own job's runs. One query for every table's days: the tick reads at most
+    LOOKUPS_PER_TICK manifests, so at most as many days' runs."""
+    days = sorted({day for _, read in reads for day in read})
     if not days:
         return {}
-    started: dict[str, float] = {}
-    for record in instance.get_run_records(RunsFilter(tags={TABLE_TAG: table, "dagster/partition": days})):
-        day = record.dagster_run.tags.get("dagster/partition")
-        if record.start_time is not None and record.start_time > started.get(day, float("-inf")):
-            started[day] = record.start_time
+    started: dict[tuple[str, str], float] = {}
+    for record in instance.get_run_records(RunsFilter(tags={"dagster/partition": days})):
+        run, day = record.dagster_run, record.dagster_run.tags.get("dagster/partition")
+        if record.start_time is None:
+            continue
+        for target, read in reads:
+            key = (target.spec.name, day)
+            if day in read and record.start_time > started.get(key, float("-inf")) and target.archived_by(run):
+                started[key] = record.start_time
     return started
 
 

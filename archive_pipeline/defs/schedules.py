@@ -3,6 +3,7 @@
 import datetime as dt
 
 from dagster import (
+    DagsterInstance,
     DagsterRunStatus,
     DefaultScheduleStatus,
     RunRequest,
@@ -14,7 +15,7 @@ from dagster import (
 )
 from dagster._core.execution.backfill import BulkActionsFilter, BulkActionStatus
 
-from archive_pipeline.defs.assets import TABLE_TAG, schedule_name
+from archive_pipeline.defs.assets import run_tags, schedule_name
 from archive_pipeline.core.config import ScheduleSettings, TableSpec
 from archive_pipeline.core.periods import UNIT
 from archive_pipeline.core.plan import select_days
@@ -62,7 +63,8 @@ def build_daily_schedule(target: SensorTarget, settings: ScheduleSettings) -> Sc
         ended, missed = _ended(spec, day), _left_to_failed_runs(context, target, day)
         if missed:
             context.log.info(f"{', '.join(missed)} of {spec.name}: left by an earlier tick to a run (or backfill) "
-                             "already archiving it, which failed or was canceled; still not archived: requested again")
+                             "already archiving it, which failed, was canceled or succeeded without archiving this "
+                             "table (another code location's); still not archived: requested again")
         if not missed + ended:
             return SkipReason(f"no {spec.granularity} period of {spec.name} ended on {day} (UTC)")
         return _requests(context, target, missed + ended)
@@ -81,10 +83,12 @@ def _ended(spec: TableSpec, day: dt.date) -> list[str]:
 
 def _left_to_failed_runs(context: ScheduleEvaluationContext, target: SensorTarget, day: dt.date) -> list[str]:
     """The periods that ended in the LOOK_BACK_DAYS UTC days before ``day`` which a run of the table that then failed
-    (or was canceled) archived, or a backfill canceled or failed before submitting them was to archive, not
-    materialized, and of which this schedule launched no run: the days an earlier tick left to a run in flight or a
-    launched backfill (:func:`_requests`). Where only the schedule runs, nothing else requests them
-    again (the sensor, stopped, does not): they would stay missing for good."""
+    (or was canceled) archived, or a run that succeeded and may be another code location's (:func:`_maybe_others`),
+    or a backfill canceled or failed before submitting them was to archive, not materialized, and of which this
+    schedule launched no run (its run, told by this location's prefix tag: another location's schedule of a table
+    of the same name has the same name): the days an earlier tick left to a run in flight or a launched backfill
+    (:func:`_requests`). Where only the schedule runs, nothing else requests them again (the sensor, stopped, does
+    not): they would stay missing for good."""
     if context.instance_ref is None:  # (a context built to evaluate the schedule alone has no runs to look at)
         return []
     spec, instance = target.spec, context.instance
@@ -93,6 +97,7 @@ def _left_to_failed_runs(context: ScheduleEvaluationContext, target: SensorTarge
             if spec.period(key).utc_end >= spec.first_period.utc_end]
     failed = unfinished_runs(instance, None, None, RunsFilter(
         statuses=[DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED], updated_after=since))
+    failed += _maybe_others(instance, target, keys, since)
     ended = unfinished_backfills(instance, None, None, BulkActionsFilter(statuses=ENDED_BACKFILLS, created_after=since))
     covered = days_in_flight(failed, target, backfills=ended, within=[spec.period(key) for key in keys])
     done = instance.get_materialized_partitions(target.asset_key)
@@ -100,8 +105,20 @@ def _left_to_failed_runs(context: ScheduleEvaluationContext, target: SensorTarge
     if not missed:
         return []
     ours = instance.get_runs(RunsFilter(tags={SCHEDULE_NAME_TAG: schedule_name(spec), "dagster/partition": missed}))
-    launched = {run.tags.get("dagster/partition") for run in ours}
+    launched = {run.tags.get("dagster/partition") for run in ours if target.archived_by(run, untagged=False)}
     return [key for key in missed if key not in launched]
+
+
+def _maybe_others(instance: DagsterInstance, target: SensorTarget, keys: list[str], since: dt.datetime) -> list:
+    """The runs of ``keys`` that succeeded since ``since`` which :func:`_requests` counted as the table's by its
+    name alone (no prefix tag, no asset selection: launched before the jobs carried PREFIX_TAG), so maybe another
+    code location's run of a table of the same name: a day left to one is not archived here, and is not
+    materialized. One query, by the days' partition tag (a succeeded run of this location materialized its days)."""
+    if not keys:
+        return []
+    succeeded = unfinished_runs(instance, None, None, RunsFilter(
+        statuses=[DagsterRunStatus.SUCCESS], tags={"dagster/partition": keys}, updated_after=since))
+    return [run for run in succeeded if not target.archived_by(run, untagged=False)]
 
 
 def _requests(context: ScheduleEvaluationContext, target: SensorTarget, keys: list[str]
@@ -110,8 +127,10 @@ def _requests(context: ScheduleEvaluationContext, target: SensorTarget, keys: li
     of a big day still going at the schedule's hour, a backfill's, one being canceled) or a launched backfill is
     still to submit: a second run of the day waits for nothing, fails
     it on the table-day lock and, once its retries are spent, stays red for a day archived fine. A schedule's
-    context does not say its code location, so a run of another location's table of the same name counts too
-    (its day is then left to the sensor, which tells them apart). ``keys``: oldest first."""
+    context does not say its code location: another location's run of a table of the same name is told apart by
+    its prefix tag or asset selection (SensorTarget.archived_by); one launched before the jobs carried the tag
+    counts, and if it succeeds the look-back (:func:`_left_to_failed_runs`) requests the day. ``keys``: oldest
+    first."""
     # (a context without an instance, built to evaluate the schedule alone, has no runs to look at)
     if context.instance_ref is None:
         busy = set()
@@ -126,5 +145,5 @@ def _requests(context: ScheduleEvaluationContext, target: SensorTarget, keys: li
         return SkipReason(said)
     if len(todo) < len(keys):
         context.log.info(said)
-    return [RunRequest(run_key=f"{target.job.name}:{key}", partition_key=key, tags={TABLE_TAG: target.spec.name})
+    return [RunRequest(run_key=f"{target.job.name}:{key}", partition_key=key, tags=run_tags(target.spec))
             for key in todo]

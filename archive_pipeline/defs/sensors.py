@@ -42,7 +42,7 @@ if TYPE_CHECKING:  # the type define_asset_job returns is not exported at dagste
     from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 from archive_pipeline.core import errors
-from archive_pipeline.defs.assets import TABLE_TAG
+from archive_pipeline.defs.assets import PREFIX_TAG, TABLE_TAG, prefix_tag
 from archive_pipeline.core.config import SensorSettings, TableSpec
 from archive_pipeline.core.discovery import ChildrenMemo, existing_days
 from archive_pipeline.core.errors import ArchiveError, redact
@@ -66,6 +66,21 @@ class SensorTarget:
     asset_key: AssetKey
     job: "UnresolvedAssetJobDefinition"
     shared_job: str | None = None  # the job the table shares with tables of the same partitions, if any
+
+    def archived_by(self, run: DagsterRun, *, untagged: bool = True) -> bool:
+        """Whether ``run`` archives this table of this code location, whatever job ran it: by its asset selection
+        where it has one (an asset backfill's ``__ASSET_JOB`` runs, the UI's Materialize; a shared job's run of
+        other tables is not), else by its table tag or job name (its own job's, the shared one's) and its prefix
+        tag (PREFIX_TAG, every archive job's): another location's table of the same name under another
+        asset_key_prefix has the same tag and job names. ``untagged``: what a run without the prefix tag (one
+        launched before the jobs carried it) counts as, where the tag and job name say the table."""
+        selection = run.asset_selection or ()
+        if selection:
+            return self.asset_key in selection
+        prefix = run.tags.get(PREFIX_TAG)
+        if prefix != prefix_tag(self.spec) and (prefix is not None or not untagged):
+            return False
+        return run.tags.get(TABLE_TAG) == self.spec.name or run.job_name in (self.job.name, self.shared_job)
 
 
 def describe_connect_failure(exc: BaseException, dsn: str, setting: str = "ARCHIVE_PG_DSN") -> str:
@@ -306,22 +321,18 @@ def backfill_keys(backfill: PartitionBackfill, key: AssetKey, jobs: Iterable[str
 
 def days_in_flight(runs: Iterable, target: SensorTarget, ignored: list[str] | None = None,
                    backfills: Iterable[PartitionBackfill] = (), *, within: Sequence[Period]) -> set[str]:
-    """The partition keys of ``target``'s table that a run not yet finished archives, from anywhere: a
-    backfill's ranged runs (range tags), a day launched from the UI or a schedule (``dagster/partition``), and
-    those a launched ``backfills`` (:func:`unfinished_backfills`) has not submitted yet. Requested again, each
-    would wait for the same table-day lock and archive the day twice. A run whose range names no periods of the
-    table archives none of them: it is left out, and said in ``ignored``. ``within``: the periods the caller asks
-    about, oldest first; a run's range is read only between the first and the last of them (see
-    :func:`_range_keys`)."""
+    """The partition keys of ``target``'s table that a run not yet finished archives, whatever launched it (a run
+    of this location's table: :meth:`SensorTarget.archived_by`): a backfill's ranged runs (range tags), a day
+    launched from the UI or a schedule (``dagster/partition``), and those a launched ``backfills``
+    (:func:`unfinished_backfills`) has not submitted yet. Requested again, each would wait for the same table-day
+    lock and archive the day twice. A run whose range names no periods of the table archives none of them: it is
+    left out, and said in ``ignored``. ``within``: the periods the caller asks about, oldest first; a run's range is
+    read only between the first and the last of them (see :func:`_range_keys`)."""
     spec, busy = target.spec, set()
     for backfill in backfills:
         busy |= backfill_keys(backfill, target.asset_key, (target.job.name, target.shared_job))
     for run in runs:
-        selection = run.asset_selection or ()
-        if selection and target.asset_key not in selection:
-            continue  # a shared job's run of other tables (its selection says which)
-        if not (run.tags.get(TABLE_TAG) == spec.name or run.job_name in (target.job.name, target.shared_job)
-                or target.asset_key in selection):
+        if not target.archived_by(run):
             continue
         if run.tags.get("dagster/partition"):
             busy.add(run.tags["dagster/partition"])
