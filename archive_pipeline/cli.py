@@ -1081,12 +1081,15 @@ def _verify_remedy(run: Run, spec: TableSpec, day: Period, problems: list[str], 
 
 
 def _unchecked_remedy(run: Run, spec: TableSpec, day: Period, problem: str, how: tuple[str, ...]) -> str:
-    """What to do about a day ``problem`` kept from being checked: its cause's own remedy where a retry cannot fix
-    it, then verify again; else verify again once the database and store answer."""
+    """What to do about a day ``problem`` kept from being checked: its cause's own remedy where that is a person's
+    to do (not retryable; or retryable, as a partition pending detach, whose FINALIZE is theirs: a retry alone never
+    ends it), then verify again; else verify again once the database and store answer."""
     own = getattr(problem, "remedy", "") or (problem.split("to fix: ", 1)[1] if "to fix: " in problem else "")
     again = run.suggest('verify', spec.name, day, *how)
     if problem.startswith("not checked (not retryable)"):
         return f"{own or 'see the cause above'}; then verify the day again (it was not checked)"
+    if own and not own.startswith("retried automatically"):
+        return f"{own}; then verify the day again ({again}) (it was not checked)"
     return f"verify the day again ({again}) once the database and store answer: it was not checked"
 
 

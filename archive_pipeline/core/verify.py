@@ -30,7 +30,7 @@ from psycopg import sql
 from archive_pipeline.core import fingerprint
 from archive_pipeline.core import keys
 from archive_pipeline.core.config import TableSpec
-from archive_pipeline.core.discovery import NO_PERIOD_TABLE, pinned_settings, source_table
+from archive_pipeline.core.discovery import NO_PERIOD_TABLE, pending_detach_days, pinned_settings, source_table
 from archive_pipeline.core.errors import ArchiveError, named, note_cancelled, sql_name, wrap
 from archive_pipeline.core.formats import readers
 from archive_pipeline.core.manifest import (ForeignManifestError, ManifestError, NewerManifestError, another_period,
@@ -625,6 +625,7 @@ def deep_verify_of(conn: psycopg.Connection, store: S3Store, spec: TableSpec, da
             if manifest is None:
                 return problems, None
         _refuse_layout_change(spec, day, manifest)
+        _refuse_pending_detach(conn, spec, day)
         with pinned_settings(scratch_conn or conn, search_path=CATALOG_FIRST):  # the manifest's type names as written
             problems = _prove(conn, store, spec, day, manifest, scratch_conn, temp_dir)
         if problems and (current := _committed_since(store, spec, day, key, manifest)) is not None:
@@ -681,6 +682,15 @@ def _refuse_layout_change(spec: TableSpec, day: Period, manifest: dict) -> None:
                            retryable=False, needs_overwrite=True,
                            remedy="archive the day again with overwrite as the table is now configured, or configure "
                                   "the table as it was when the day was archived")
+
+
+def _refuse_pending_detach(conn: psycopg.Connection, spec: TableSpec, day: Period) -> None:
+    """No verdict where a partition that may hold the day is pending detach: the table no longer reads its rows,
+    still in PostgreSQL, so the proof called them lost ("0 rows against 5") and the advice was to restore rows never
+    lost. The day is not checked (retryable), naming the partition and the FINALIZE, as compare and the archive run
+    say it (discovery.pending_detach_days)."""
+    if (pending := pending_detach_days(conn, spec, [day]).get(day)) is not None:
+        raise pending
 
 
 def _prove(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: Period, manifest: dict,
