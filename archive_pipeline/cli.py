@@ -57,8 +57,9 @@ from archive_pipeline.core.periods import Period, PeriodError, parse_period, zon
 from archive_pipeline.core.session_settings import session_pinned, set_session, watch_client
 from archive_pipeline.core.source import lookalike_hint
 from archive_pipeline.core.store import S3Store
-from archive_pipeline.core.verify import (archive_damage, deep_verify, deep_verify_of, read_only, source_side_only,
-                                          verify_archive)
+from archive_pipeline.core.verify import (FOREIGN, INEXACT, NEWER, NOT_CHECKED, OLDER, OTHER_PERIOD, UNREADABLE, Problem,
+                                          archive_damage, deep_verify, deep_verify_of, problem_kind, read_only,
+                                          source_side_only, verify_archive)
 
 EXIT_OK, EXIT_DIFFERENCES, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
@@ -1045,40 +1046,51 @@ def _archive_again(run: Run, days: list[dict[str, Any]], most: int = 3) -> str:
     return "; ".join(commands)
 
 
-def _verify_remedy(run: Run, spec: TableSpec, day: Period, problem: str = "", how: tuple[str, ...] = (),
-                   problems: list[str] | None = None) -> str:
-    """What to do about a day whose archive failed verify (one whose manifest could not even be read: again);
-    ``how``: the options it was verified with (--deep, --download), which verifying it again needs."""
+def _verify_remedy(run: Run, spec: TableSpec, day: Period, problems: list[str], how: tuple[str, ...] = ()) -> str:
+    """What to do about a day whose archive failed verify (one whose manifest could not even be read: again),
+    chosen by its problems' kinds (verify.problem_kind), never by words inside them: a late row whose text read "not
+    checked" made a day that was checked "verify again", for ever. ``how``: the options it was verified with
+    (--deep, --download), which verifying it again needs."""
     table = spec.name
-    if "written by a newer archive_pipeline" in problem:  # not damaged: this version cannot read it
+    kinds = {problem_kind(problem) for problem in problems}
+    if NEWER in kinds:  # not damaged: this version cannot read it
         return NewerManifestError.remedy
-    if "no longer computes" in problem or "records no fingerprint" in problem:  # an older version's: not damaged
+    if OLDER in kinds:  # an older version's fingerprint: not damaged
         return (f"archive the day again ({run.suggest('archive', table, day, '--overwrite')}) to record a fingerprint "
                 "this version computes (the archive is not known to be damaged: its fingerprint is an older "
                 "archive_pipeline's), or verify it with the older archive_pipeline")
-    if "does not replace another table-day's archive" in problem:  # another table-day's, intact (its own remedy)
+    if FOREIGN in kinds:  # another table-day's, intact (its own remedy)
         return ForeignManifestError.remedy
-    if "another period with the same key" in problem:  # the table's zone or granularity changed: intact, not ours
+    if OTHER_PERIOD in kinds:  # the table's zone or granularity changed: intact, not ours
         return ("archive the day again with overwrite as the table is now configured, or configure the table as it "
                 "was when the day was archived (its archive is intact: it holds that other period's rows)")
-    if "not checked" in problem:  # nothing was checked: what kept it from being checked says what to do
-        if "not checked (not retryable)" in problem or "a retry cannot fix this" in problem:
-            own = problem.split("to fix: ", 1)[1] if "to fix: " in problem else "see the cause above"
-            return f"{own}; then verify the day again (it was not checked)"
-        return (f"verify the day again ({run.suggest('verify', table, day, *how)}) once the database and store "
-                "answer: it was not checked")
-    if "not archived exactly in" in problem:  # a value its format's encoding changed: archived again, alike
+    if NOT_CHECKED in kinds:  # nothing was checked: what kept it from being checked says what to do
+        return _unchecked_remedy(run, spec, day, next(p for p in problems if problem_kind(p) == NOT_CHECKED), how)
+    if INEXACT in kinds:  # a value its format's encoding changed: archived again, alike
         return ("archive the table in another format (see the problem), then this day again: "
                 f"{run.suggest('archive', table, day, '--overwrite')}; archived again as it is, it fails alike")
-    if source_side_only(problems or []):  # the archive held exactly the rows recorded: the source is what differs
+    if source_side_only(problems):  # the archive held exactly the rows recorded: the source is what differs
         return (f"the archive checks out (its rows are the ones recorded): the source differs. If the source's rows "
                 f"are the right ones (late rows, edits), archive the day again: "
                 f"{run.suggest('archive', table, day, '--overwrite')}; if rows were lost from the source, the archive "
-                f"is their only copy: {_put_back(run, spec, day, problems or [])}")
+                f"is their only copy: {_put_back(run, spec, day, problems)}")
     return (f"if the source still holds the day as it should be ({run.suggest('compare', table, day)}), archive "
             f"it again: {run.suggest('archive', table, day, '--overwrite')} (a new generation; the damaged one is kept "
             "where it may hold rows); if the source no longer holds it, restore the object or its manifest from a "
             "backup of the bucket (its versions, a replica) before anything else")
+
+
+def _unchecked_remedy(run: Run, spec: TableSpec, day: Period, problem: str, how: tuple[str, ...]) -> str:
+    """What to do about a day ``problem`` kept from being checked: its cause's own remedy where that is a person's
+    to do (not retryable; or retryable, as a partition pending detach, whose FINALIZE is theirs: a retry alone never
+    ends it), then verify again; else verify again once the database and store answer."""
+    own = getattr(problem, "remedy", "") or (problem.split("to fix: ", 1)[1] if "to fix: " in problem else "")
+    again = run.suggest('verify', spec.name, day, *how)
+    if problem.startswith("not checked (not retryable)"):
+        return f"{own or 'see the cause above'}; then verify the day again (it was not checked)"
+    if own and not own.startswith("retried automatically"):
+        return f"{own}; then verify the day again ({again}) (it was not checked)"
+    return f"verify the day again ({again}) once the database and store answer: it was not checked"
 
 
 def _put_back(run: Run, spec: TableSpec, day: Period, problems: list[str]) -> str:
@@ -1284,7 +1296,8 @@ def _day_checked(run: Run, table: str, day: dt.date, check: Callable[[], list[st
             raise UnreachableError(f"lost the source database while checking {table} {day}: {_told(exc)}") from None
         if not isinstance(exc, ArchiveError):  # a lock_timeout behind a migration, a statement_timeout
             exc = wrap(exc, table, day.isoformat(), doing="proving")
-        return [f"not checked ({'retryable' if exc.retryable else 'not retryable'}): {_told(exc)}"]
+        return [Problem(f"not checked ({'retryable' if exc.retryable else 'not retryable'}): {_told(exc)}",
+                        NOT_CHECKED, _for_the_cli(redact(exc.remedy or "", *_passwords())))]
     except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM, SIGHUP: said as the day being checked (see _cancelled)
         note_cancelled(exc, table, day.isoformat(), "checking")
         raise
@@ -1308,7 +1321,7 @@ def verify(run: Run, download: bool, deep: bool) -> None:
             if found.problem:
                 results.append({"table": spec.name, "day": day.isoformat(), "key": found.key, "ok": False,
                                 "problems": [found.problem],
-                                "remedy": _verify_remedy(run, spec, day, found.problem, how)})
+                                "remedy": _verify_remedy(run, spec, day, [found.problem], how)})
                 continue
             archived = found.archived
             if archived is None:
@@ -1349,7 +1362,7 @@ def verify(run: Run, download: bool, deep: bool) -> None:
             results.append({"table": spec.name, "day": day.isoformat(), "key": checked[0] or found.key,
                             "ok": not problems, "problems": problems,
                             "checked": "deep" if deep else "download" if download else "light",
-                            **({"remedy": _verify_remedy(run, spec, day, "; ".join(problems), how, problems)}
+                            **({"remedy": _verify_remedy(run, spec, day, problems, how)}
                                if problems else {})})
     bad = [r for r in results if not r["ok"]]
     unverified = _nothing_verified(run, chosen) if not results else None
@@ -1869,9 +1882,9 @@ def _manifest_unread(spec: TableSpec, day: Period, why: str) -> dict[str, Any]:
     follows the cause: a read that failed is retried; a newer version's manifest needs that version; a damaged one
     is put back from a backup of the bucket (archiving the day again has nothing to archive). A ``why`` with its own
     remedy (a lost object's, see :func:`_archive_lost`) is said as it is."""
-    retryable = "(retryable)" in why
-    newer = "newer archive_pipeline" in why  # not damaged: this version cannot read it
-    damaged = "unreadable" in why and not newer and "; to fix: " not in why
+    retryable = why.startswith("not checked (retryable)")
+    newer = problem_kind(why) == NEWER  # not damaged: this version cannot read it
+    damaged = problem_kind(why) == UNREADABLE  # (of its kind, never words of its key: see verify.problem_kind)
     remedy = f"; to fix: {NewerManifestError.remedy}" if newer else "" if retryable or not damaged else (
         f"; the source no longer holds {day}: if it was removed, its archive is the day's only copy, and its "
         "manifest must be put back from a backup of the bucket (its versions, a replica); archiving the day "

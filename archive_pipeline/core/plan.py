@@ -34,7 +34,7 @@ from archive_pipeline.core.source import SourceTable, day_filter, describe_table
     server_identity, wrapped
 from archive_pipeline.core.store import S3Store, inconsistent
 from archive_pipeline.core.verify import (ColumnsChangedError, archive_damage, load_manifest, object_problems,
-                                          rows_after_removal, source_fingerprint)
+                                          rows_after_removal, source_fingerprint, unreadable_manifest)
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +211,8 @@ def lookup_manifests(store: S3Store, spec: TableSpec, days: list, *, objects: bo
                                    "but reading it found nothing (the GET and HEADs answered no such key)")
         except ValueError as exc:  # (``key``: one under another format's key that may be the day's current archive)
             key = getattr(exc, "key", None) or key
-            result[day] = ManifestLookup(key, None, f"manifest {manifest_key(key)} is unreadable: {exc}")
+            result[day] = ManifestLookup(key, None, unreadable_manifest(f"manifest {manifest_key(key)} is unreadable: "
+                                                                        f"{exc}", exc))
             continue
         except ArchiveError as exc:  # the read failed (a 503, a timeout): this day is not checked, the others are
             retry = "retryable" if exc.retryable else "not retryable"

@@ -30,13 +30,13 @@ from psycopg import sql
 from archive_pipeline.core import fingerprint
 from archive_pipeline.core import keys
 from archive_pipeline.core.config import TableSpec
-from archive_pipeline.core.discovery import NO_PERIOD_TABLE, pinned_settings, source_table
+from archive_pipeline.core.discovery import NO_PERIOD_TABLE, pending_detach_days, pinned_settings, source_table
 from archive_pipeline.core.errors import ArchiveError, named, note_cancelled, sql_name, wrap
 from archive_pipeline.core.formats import readers
-from archive_pipeline.core.manifest import (ManifestError, NewerManifestError, another_period, archived_encoding,
-                                            committed_at, current_archive, day_archive, decoded_manifest,
-                                            foreign_objects, layout_change, object_key, owned, removal_state,
-                                            stored_object_problems)
+from archive_pipeline.core.manifest import (ForeignManifestError, ManifestError, NewerManifestError, another_period,
+                                            archived_encoding, committed_at, current_archive, day_archive,
+                                            decoded_manifest, foreign_objects, layout_change, object_key, owned,
+                                            removal_state, stored_object_problems)
 from archive_pipeline.core.sink import temp_archive_file, temp_dir_given, temp_dir_named
 from archive_pipeline.core.parallel import dsn_of
 from archive_pipeline.core.periods import Period
@@ -157,7 +157,7 @@ def _manifest_or_problem(store: S3Store, key: str, missing: str,
     except NewerManifestError:  # not damaged: no verdict here either way (upgrade, its remedy says)
         raise
     except ManifestError as exc:
-        return None, [f"manifest {keys.manifest_key(key)} unreadable: {exc}"]
+        return None, [unreadable_manifest(f"manifest {keys.manifest_key(key)} unreadable: {exc}", exc)]
     return manifest, ([] if manifest is not None else [missing])
 
 
@@ -181,13 +181,14 @@ def verify_archive(store: S3Store, key: str, expected: dict, *, deep: bool = Fal
             try:
                 manifest = owned(manifest, *owner, key=key)
             except ManifestError as exc:
-                return [f"manifest {keys.manifest_key(key)} unreadable: {exc}"]
+                return [unreadable_manifest(f"manifest {keys.manifest_key(key)} unreadable: {exc}", exc)]
     else:
         manifest, problems = _manifest_or_problem(store, key, f"manifest {keys.manifest_key(key)} is missing", owner)
     if manifest is None:
         return problems
     if period is not None and (other := another_period(manifest, period)):
-        problems.append(f"{other}: archive the day again with overwrite for the period as the table is now")
+        problems.append(Problem(f"{other}: archive the day again with overwrite for the period as the table is now",
+                                OTHER_PERIOD))
     obj = manifest.get("object") or {}
     recorded = {"md5": obj.get("md5", ""), "bytes": obj.get("bytes", 0), "rows": manifest.get("rows")}
     if "fingerprint" in expected:
@@ -624,6 +625,7 @@ def deep_verify_of(conn: psycopg.Connection, store: S3Store, spec: TableSpec, da
             if manifest is None:
                 return problems, None
         _refuse_layout_change(spec, day, manifest)
+        _refuse_pending_detach(conn, spec, day)
         with pinned_settings(scratch_conn or conn, search_path=CATALOG_FIRST):  # the manifest's type names as written
             problems = _prove(conn, store, spec, day, manifest, scratch_conn, temp_dir)
         if problems and (current := _committed_since(store, spec, day, key, manifest)) is not None:
@@ -682,11 +684,21 @@ def _refuse_layout_change(spec: TableSpec, day: Period, manifest: dict) -> None:
                                   "the table as it was when the day was archived")
 
 
+def _refuse_pending_detach(conn: psycopg.Connection, spec: TableSpec, day: Period) -> None:
+    """No verdict where a partition that may hold the day is pending detach: the table no longer reads its rows,
+    still in PostgreSQL, so the proof called them lost ("0 rows against 5") and the advice was to restore rows never
+    lost. The day is not checked (retryable), naming the partition and the FINALIZE, as compare and the archive run
+    say it (discovery.pending_detach_days)."""
+    if (pending := pending_detach_days(conn, spec, [day]).get(day)) is not None:
+        raise pending
+
+
 def _prove(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: Period, manifest: dict,
            scratch_conn: psycopg.Connection | None, temp_dir: str | None) -> list[str]:
     """deep_verify of the archive ``manifest`` describes."""
     if (unknown := fingerprint.why_uncomputable(manifest.get("fingerprint"))) is not None:
-        return [f"{unknown[0]}: {unknown[1]} to prove it"]
+        # (an older version's remedy archives again, a newer one's upgrades: fingerprint.why_uncomputable's words)
+        return [Problem(f"{unknown[0]}: {unknown[1]} to prove it", NEWER if unknown[1].startswith("upgrade") else OLDER)]
     if manifest.get("empty"):
         changed = _source_changed(conn, spec, day, manifest)
         return [changed] if changed else []
@@ -862,12 +874,50 @@ def _types_changed(conn: psycopg.Connection, manifest: dict, target: sql.Composa
 
 _SOURCE_SIDE = ("the source's rows for ", "first difference: ", "first difference not named: ")
 
+# A problem's kinds (see :func:`problem_kind`): what its remedy follows.
+NEWER, OLDER, FOREIGN, OTHER_PERIOD = "newer", "older", "foreign", "other-period"  # intact, not this version's or day's
+NOT_CHECKED, INEXACT, SOURCE, UNREADABLE, DAMAGE = "not-checked", "inexact", "source", "unreadable", "damage"
+
+
+class Problem(str):
+    """A check's problem: its text as said, with its kind where its maker knew it and its start does not tell it
+    (a manifest unreadable for a cause its key precedes in the text, an older version's fingerprint), and the remedy
+    its cause gave (``remedy``, "" where none). A remedy is chosen by kind, never by words inside a problem's text,
+    which may quote a row, a key or a table's name ("not checked" in a late row steered verify's advice)."""
+
+    kind: str
+    remedy: str
+
+    def __new__(cls, text: str, kind: str = "", remedy: str = "") -> Problem:
+        made = super().__new__(cls, text)
+        made.kind, made.remedy = kind, remedy
+        return made
+
+
+def problem_kind(problem: str) -> str:
+    """What kind of problem ``problem`` is: the kind it carries (:class:`Problem`), else told by its start, as
+    every maker of one begins it ("not checked (...)", the source's rows and first difference), else damage. One
+    rule for the command line's and the Dagster layer's remedies."""
+    if kind := getattr(problem, "kind", ""):
+        return kind
+    if problem.startswith("not checked"):
+        return NOT_CHECKED
+    return SOURCE if problem.startswith(_SOURCE_SIDE) else DAMAGE
+
+
+def unreadable_manifest(text: str, exc: BaseException) -> Problem:
+    """The problem of a manifest that could not be read (``text`` names it and says ``exc``), of ``exc``'s kind: a
+    newer version's, another table-day's, or damaged."""
+    kind = NEWER if isinstance(exc, NewerManifestError) else FOREIGN if isinstance(exc, ForeignManifestError) \
+        else UNREADABLE
+    return Problem(text, kind, getattr(exc, "remedy", "") or "")
+
 
 def source_side_only(problems: list[str]) -> bool:
     """Whether a deep verification's problems are all the source's: its rows against the archive's, which were
     loaded and found to be the ones recorded (an archive-side problem, damage or rows not the recorded ones, is
     said apart and first)."""
-    return bool(problems) and problems[0].startswith(_SOURCE_SIDE[0]) and all(p.startswith(_SOURCE_SIDE)
+    return bool(problems) and problems[0].startswith(_SOURCE_SIDE[0]) and all(problem_kind(p) == SOURCE
                                                                               for p in problems)
 
 
@@ -999,9 +1049,9 @@ def _compare(conn: psycopg.Connection, scratch: psycopg.Connection, day: dt.date
         from archive_pipeline.core.restore import _inexact_explained  # (the restore's words for the same case)
 
         lossy, lossy_remedy = _inexact_explained(manifest)
-        problems.append(f"the archive's rows are not the ones recorded: {_fp_difference(loaded, recorded)}"
-                        + (f".{lossy} To fix: {lossy_remedy} (archived again as it is, it would fail alike)"
-                           if lossy else ""))
+        problems.append(Problem(f"the archive's rows are not the ones recorded: {_fp_difference(loaded, recorded)}"
+                                + (f".{lossy} To fix: {lossy_remedy} (archived again as it is, it would fail alike)"
+                                   if lossy else ""), INEXACT if lossy else DAMAGE))
     try:
         table, where, now = source.result()
     except ColumnsChangedError as exc:

@@ -102,12 +102,11 @@ class Verdict:
         return f"{self.day}: {self.verified}"
 
 
-def source_only(problems: list[str]) -> bool:
-    """Whether a deep proof's ``problems`` are all the source's: its rows are not the archive's (and the first
-    difference), after the archive's own rows proved equal to its manifest. Not a damaged archive: archiving the
-    day again with overwrite takes the new rows."""
-    # (the first difference, either way, is named only beside "the source's rows ... are not the archive's")
-    return bool(problems) and all(p.startswith(("the source's rows", "first difference: ")) for p in problems)
+# Whether a deep proof's problems are all the source's (its rows not the archive's, the first difference named or
+# not), after the archive's own rows proved equal to its manifest: not a damaged archive, archiving the day again
+# with overwrite takes the new rows. The core's rule, as the command line's and retention's: one rule, by each
+# problem's kind (a "first difference not named" is the source's too; a quoted row never steers it).
+source_only = verify.source_side_only
 
 
 def object_link(archive_store: ArchiveStoreResource, result: "ArchiveResult") -> str:
