@@ -26,6 +26,7 @@ import json
 
 from psycopg import sql
 
+from archive_pipeline.core.manifest import MANIFEST_VERSION
 from archive_pipeline.core.archive import archive_partition
 from archive_pipeline.core.errors import ArchiveError
 from archive_pipeline.core.keys import manifest_key, table_day_key
@@ -224,7 +225,7 @@ def test_a_501_to_if_match_turns_off_if_none_match_and_a_first_commit_replaces_a
 
 def test_a_first_commit_refused_for_a_newer_versions_manifest_deletes_that_manifest(
         conn, schema, ev, s3, bucket, store, s3_client, temp_dir):  # noqa: F811
-    """Scenario: a rolling upgrade: a second server already runs a newer archive_pipeline (manifest_version 4) and
+    """Scenario: a rolling upgrade: a second server already runs a newer archive_pipeline (manifest_version above this version's) and
     archives the same table from its own database, which this server's table-day lock does not exclude. This
     server's first archive of 2024-03-10 has stored its object (generation 1); while its commit (If-None-Match: *)
     is on its way, the newer run, which listed generation 1 without a manifest, stores generation 2 and commits its
@@ -247,7 +248,7 @@ def test_a_first_commit_refused_for_a_newer_versions_manifest_deletes_that_manif
     elsewhere = S3Store(store.client, bucket, prefix="elsewhere")
     template = archive_partition(conn, ev, DAY, elsewhere, temp_dir=temp_dir)
     newer = json.loads(s3_client.get_object(Bucket=bucket, Key=template.manifest_key)["Body"].read())
-    newer.update(manifest_version=4, generation=2, archiver={"name": "archive_pipeline", "version": "9.0.0"})
+    newer.update(manifest_version=MANIFEST_VERSION + 1, generation=2, archiver={"name": "archive_pipeline", "version": "9.0.0"})
     newer["object"].update(key=g2, uri=f"s3://{bucket}/{g2}")
     theirs = json.dumps(newer, indent=2).encode()
     with FaultProxy(s3.endpoint_url) as proxy:

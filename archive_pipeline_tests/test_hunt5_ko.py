@@ -9,6 +9,7 @@ import pytest
 from dagster import DagsterEventType, instance_for_test
 from psycopg import sql
 
+from archive_pipeline.core.manifest import MANIFEST_VERSION
 from archive_pipeline.core.config import parse_config
 from archive_pipeline.definitions import build_definitions
 from archive_pipeline.local.local_stack import create_sample_events
@@ -310,7 +311,7 @@ def test_a_ranged_run_refused_its_login_does_not_log_in_again_for_every_day(conn
 
 def test_a_removal_meeting_a_newer_versions_manifest_is_no_failed_proof(conn, schema, s3_client, archive_env):
     """The bucket is shared with a newer archive_pipeline (the command line upgraded first, or a second code
-    location), which archived 2024-03-10 again with its manifest_version 4. The README: such a manifest "is not
+    location), which archived 2024-03-10 again with its manifest_version above this version's. The README: such a manifest "is not
     damaged: every command and asset names the version that wrote it and says to upgrade, and archiving leaves it as
     it is". The removal of the day (Remove_<table>) fails, not retried (right), but records the day's blocking
     archive_proven check as FAILED ("NOT proven", red, as for rows that are not the source's), and its failure
@@ -332,7 +333,7 @@ def test_a_removal_meeting_a_newer_versions_manifest_is_no_failed_proof(conn, sc
         [event] = archived.get_asset_materialization_events()
         manifest_key = event.materialization.metadata["manifest_key"].value
         manifest = json.loads(download(s3_client, archive_env, manifest_key))
-        manifest.update(manifest_version=4, archiver={**manifest.get("archiver", {}), "version": "9.0.0"})
+        manifest.update(manifest_version=MANIFEST_VERSION + 1, archiver={**manifest.get("archiver", {}), "version": "9.0.0"})
         s3_client.put_object(Bucket=archive_env, Key=manifest_key, Body=json.dumps(manifest).encode())
         result = build_definitions(config).resolve_job_def(f"Remove_{schema}_events").execute_in_process(
             instance=instance, partition_key=FIRST.isoformat(), raise_on_error=False)
@@ -346,7 +347,7 @@ def test_a_removal_meeting_a_newer_versions_manifest_is_no_failed_proof(conn, sc
 
 def test_verify_archives_does_not_call_a_newer_versions_archive_not_intact(conn, schema, s3_client, archive_env):
     """The bucket is shared with a newer archive_pipeline (the command line upgraded first), which archived
-    2024-03-10 again with its manifest_version 4. The person runs verify_archives on the code location. The README:
+    2024-03-10 again with its manifest_version above this version's. The person runs verify_archives on the code location. The README:
     such a manifest "is not damaged: every command and asset names the version that wrote it and says to upgrade"
     (the core's removal, restore, plan and archive were fixed so, test_readleft). latest_archive_intact records
     the day's archive_intact as FAILED, "2024-03-10: NOT intact: manifest ... unreadable: it was written by a
@@ -367,7 +368,7 @@ def test_verify_archives_does_not_call_a_newer_versions_archive_not_intact(conn,
         [event] = archived.get_asset_materialization_events()
         manifest_key = event.materialization.metadata["manifest_key"].value
         manifest = json.loads(download(s3_client, archive_env, manifest_key))
-        manifest.update(manifest_version=4, archiver={**manifest.get("archiver", {}), "version": "9.0.0"})
+        manifest.update(manifest_version=MANIFEST_VERSION + 1, archiver={**manifest.get("archiver", {}), "version": "9.0.0"})
         s3_client.put_object(Bucket=archive_env, Key=manifest_key, Body=json.dumps(manifest).encode())
         result = build_definitions(config).resolve_job_def("verify_archives").execute_in_process(
             instance=instance, raise_on_error=False)

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from dagster import DagsterEventType, instance_for_test
 from psycopg import sql
 
+from archive_pipeline.core.manifest import MANIFEST_VERSION
 from archive_pipeline.cli import main
 from archive_pipeline.core.archive import archive_partition
 from archive_pipeline.core.config import TableSpec, parse_config
@@ -27,13 +28,13 @@ DAY = dt.date(2024, 3, 10)
 
 
 def _newer(s3_client, bucket: str) -> None:
-    """The day's manifest as a newer archive_pipeline writes it (manifest_version 4)."""
+    """The day's manifest as a newer archive_pipeline writes it (manifest_version above this version's)."""
     from archive_pipeline_tests.helpers import download
 
     [key] = [o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket)["Contents"]
              if o["Key"].endswith(".manifest.json")]
     manifest = json.loads(download(s3_client, bucket, key))
-    manifest.update(manifest_version=4, archiver={**manifest.get("archiver", {}), "version": "9.0.0"})
+    manifest.update(manifest_version=MANIFEST_VERSION + 1, archiver={**manifest.get("archiver", {}), "version": "9.0.0"})
     s3_client.put_object(Bucket=bucket, Key=key, Body=json.dumps(manifest).encode())
 
 
@@ -48,7 +49,7 @@ def _cli_env(pg, s3, bucket: str, tmp_path, schema: str) -> dict[str, str]:
 
 def test_cli_verify_does_not_call_a_newer_versions_archive_damaged(conn, schema, pg, s3, s3_client, bucket, tmp_path):
     """The bucket is shared with a newer archive_pipeline (the code location upgraded first), which archived
-    2024-03-10 again with its manifest_version 4. The person runs `archive-pipeline verify --day 2024-03-10`
+    2024-03-10 again with its manifest_version above this version's. The person runs `archive-pipeline verify --day 2024-03-10`
     with this version's command line. README: such a manifest "is not damaged: every command and asset names the
     version that wrote it and says to upgrade, and archiving leaves it as it is" (the code location's
     verify_archives and the removal were made so in the last commit). The day is reported FAILED with the problem
@@ -72,7 +73,7 @@ def test_cli_verify_does_not_call_a_newer_versions_archive_damaged(conn, schema,
 
 def test_source_unchanged_does_not_fail_a_newer_versions_archive_as_untrusted(conn, schema, s3_client, archive_env):
     """The bucket is shared with a newer archive_pipeline (the command line upgraded first), which archived
-    2024-03-10 again with its manifest_version 4. The person runs verify_archives on the code location. The last
+    2024-03-10 again with its manifest_version above this version's. The person runs verify_archives on the code location. The last
     commit made latest_archive_intact fail to run for that day, saying to upgrade, instead of recording a failed
     verdict ("a newer version's archive unchecked, not damaged"). source_unchanged, in the same job, records a
     FAILED verdict: "not compared, 2024-03-10: its manifest cannot be trusted: it was written by a newer
@@ -93,7 +94,7 @@ def test_source_unchanged_does_not_fail_a_newer_versions_archive_as_untrusted(co
         [event] = archived.get_asset_materialization_events()
         key = event.materialization.metadata["manifest_key"].value
         manifest = json.loads(download(s3_client, archive_env, key))
-        manifest.update(manifest_version=4, archiver={**manifest.get("archiver", {}), "version": "9.0.0"})
+        manifest.update(manifest_version=MANIFEST_VERSION + 1, archiver={**manifest.get("archiver", {}), "version": "9.0.0"})
         s3_client.put_object(Bucket=archive_env, Key=key, Body=json.dumps(manifest).encode())
         result = build_definitions(config).resolve_job_def("verify_archives").execute_in_process(
             instance=instance, raise_on_error=False)
