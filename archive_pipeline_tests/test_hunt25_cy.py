@@ -56,6 +56,18 @@ def test_a_removed_day_in_a_format_folder_layout_is_archived_again_as_empty_afte
         archive_partition(conn, now, DAY, store, temp_dir=str(temp_dir))
 
 
+def _an_hour_removed_then_daily(conn, schema: str, store, temp_dir):
+    """An hourly table whose hour 2024-03-10-01:00 was archived and removed, configured daily since: its table,
+    its daily spec and five days from 2024-03-10."""
+    table = sql.Identifier(schema, "ev")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, at timestamptz NOT NULL)").format(table))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT g, '2024-03-10 01:30+00' FROM generate_series(1, 3) g").format(table))
+    hourly = _spec(schema, granularity="hourly")
+    assert archive_partition(conn, hourly, "2024-03-10-01:00", store, temp_dir=str(temp_dir)).rows == 3
+    assert remove_day(conn, hourly, "2024-03-10-01:00", store).rows == 3
+    return table, _spec(schema), [DAY + dt.timedelta(days=i) for i in range(5)]
+
+
 def test_list_after_hourly_became_daily_tells_the_user_to_move_the_former_hours_archives_out_of_the_folder(
         conn, schema, store, temp_dir, caplog):
     """Scenario: an hourly table (default key_template) has its hour 2024-03-10-01:00 archived and removed from the
@@ -72,14 +84,7 @@ def test_list_after_hourly_became_daily_tells_the_user_to_move_the_former_hours_
 
     Should: keys of the table's other granularities under their default templates (the ones the run itself looks
     at) are the table's archives: accounted for, not called strays; at most named as the former granularity's."""
-    table = sql.Identifier(schema, "ev")
-    conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, at timestamptz NOT NULL)").format(table))
-    conn.execute(sql.SQL("INSERT INTO {} SELECT g, '2024-03-10 01:30+00' FROM generate_series(1, 3) g").format(table))
-    hourly = _spec(schema, granularity="hourly")
-    assert archive_partition(conn, hourly, "2024-03-10-01:00", store, temp_dir=str(temp_dir)).rows == 3
-    assert remove_day(conn, hourly, "2024-03-10-01:00", store).rows == 3
-    daily = _spec(schema)
-    days = [DAY + dt.timedelta(days=i) for i in range(5)]
+    table, daily, days = _an_hour_removed_then_daily(conn, schema, store, temp_dir)
     with caplog.at_level("WARNING"):
         day_statuses(conn, daily, store, days)
     strays = [r.getMessage() for r in caplog.records if "Move what is not the table's archives" in r.getMessage()]
@@ -96,14 +101,7 @@ def test_the_archive_dry_run_after_hourly_became_daily_does_not_call_the_former_
     what is not the table's archives out of its folder"."""
     from archive_pipeline.core.plan import plan_archive
 
-    table = sql.Identifier(schema, "ev")
-    conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, at timestamptz NOT NULL)").format(table))
-    conn.execute(sql.SQL("INSERT INTO {} SELECT g, '2024-03-10 01:30+00' FROM generate_series(1, 3) g").format(table))
-    hourly = _spec(schema, granularity="hourly")
-    assert archive_partition(conn, hourly, "2024-03-10-01:00", store, temp_dir=str(temp_dir)).rows == 3
-    assert remove_day(conn, hourly, "2024-03-10-01:00", store).rows == 3
-    daily = _spec(schema)
-    days = [DAY + dt.timedelta(days=i) for i in range(5)]
+    table, daily, days = _an_hour_removed_then_daily(conn, schema, store, temp_dir)
     for n, day in enumerate(days[1:], start=10):
         conn.execute(sql.SQL("INSERT INTO {} VALUES (%s, %s)").format(table), (n, f"{day} 12:00+00"))
         assert archive_partition(conn, daily, day, store, temp_dir=str(temp_dir)).rows == 1

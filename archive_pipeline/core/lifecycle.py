@@ -354,23 +354,19 @@ def _elsewhere(spec: TableSpec, day: Period, here: tuple[str, str | None], other
     where = "the database a removal runs on (primary_postgres: ARCHIVE_PG_PRIMARY_DSN, else ARCHIVE_PG_DSN)"
     setting = "set ARCHIVE_PG_PRIMARY_DSN (or the primary_postgres resource's dsn) to"
     if system and other_system and system != other_system:
-        return RemovalRefused(
-            f"{spec.name} {day} stays in the source: {where} is of cluster {system} (its system identifier), and "
-            f"{whose} cluster {other_system}: another cluster's copy of the table is not the day's source; nothing "
-            "was removed", table=spec.name, day=day.isoformat(), retryable=False,
-            cause="the removal's primary is another cluster",
-            remedy=f"{setting} the primary of cluster {other_system} (SELECT system_identifier FROM "
-                   "pg_control_system() there); if this cluster replaced that one, archive the day again from it with "
-                   "overwrite, then remove it")
-    if other_database and database != other_database:
-        return RemovalRefused(
-            f"{spec.name} {day} stays in the source: {where} is the database {database!r}, and {whose} the "
-            f"database {other_database!r}: another database's copy of the table is not the day's source; nothing was "
-            "removed", table=spec.name, day=day.isoformat(), retryable=False,
-            cause="the removal's primary is another database",
-            remedy=f"{setting} the database {other_database!r} of the primary; if {database!r} replaced it, archive "
-                   "the day again from it with overwrite, then remove it")
-    return None
+        kind, mine, theirs = "cluster", f"of cluster {system} (its system identifier)", f"cluster {other_system}"
+        fix = (f"the primary of cluster {other_system} (SELECT system_identifier FROM pg_control_system() there); if "
+               "this cluster replaced that one")
+    elif other_database and database != other_database:
+        kind, mine, theirs = "database", f"the database {database!r}", f"the database {other_database!r}"
+        fix = f"the database {other_database!r} of the primary; if {database!r} replaced it"
+    else:
+        return None
+    return RemovalRefused(
+        f"{spec.name} {day} stays in the source: {where} is {mine}, and {whose} {theirs}: another {kind}'s copy of "
+        "the table is not the day's source; nothing was removed", table=spec.name, day=day.isoformat(),
+        retryable=False, cause=f"the removal's primary is another {kind}",
+        remedy=f"{setting} {fix}, archive the day again from it with overwrite, then remove it")
 
 
 def refuse_layout_change(spec: TableSpec, day: Period, manifest: dict) -> None:
