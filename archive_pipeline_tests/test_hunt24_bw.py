@@ -45,14 +45,24 @@ def test_a_range_restore_run_again_after_a_column_widened_between_its_days_fails
     fingerprint.as_archived with the recorded type's kind), or the mark records the widening so the listed day
     counts as restored; or _widens refuses a widening that changes the text of the rows already there (a larger
     scale, a longer char(n)) rather than rewriting them."""
+    restore_twice_across_a_retype(conn, schema, store, temp_dir, "amount", first_type, first_value, second_type,
+                                  second_value)
+
+
+def restore_twice_across_a_retype(conn, schema: str, store, temp_dir, column: str, first_type: str, first_value: str,
+                                  second_type: str, second_value: str) -> None:
+    """A table whose ``column`` is ``first_type`` on 2024-03-10 and retyped to ``second_type`` before 2024-03-11 is
+    archived day by day, then both days are restored into a new table twice: the second run finds both days
+    restored already (0 rows each) and the table holds the 2 rows once."""
     t = sql.Identifier(schema, "pay")
-    conn.execute(sql.SQL("CREATE TABLE {} (id int, at timestamptz NOT NULL, amount {})").format(
-        t, sql.SQL(first_type)))
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at timestamptz NOT NULL, {} {})").format(
+        t, sql.Identifier(column), sql.SQL(first_type)))
     conn.execute(sql.SQL("INSERT INTO {} VALUES (1, '2024-03-10 01:00+00', {})").format(t, sql.SQL(first_value)))
     spec = TableSpec(name=f"{schema}.pay", day_column="at", start_date=DAY, format="csv", compression="zstd",
                      partitioning={"mode": "column"})
     archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
-    conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN amount TYPE {}").format(t, sql.SQL(second_type)))
+    conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} TYPE {}").format(t, sql.Identifier(column),
+                                                                          sql.SQL(second_type)))
     conn.execute(sql.SQL("INSERT INTO {} VALUES (2, '2024-03-11 01:00+00', {})").format(t, sql.SQL(second_value)))
     archive_partition(conn, spec, NEXT, store, temp_dir=temp_dir)
 

@@ -9,8 +9,6 @@ import pytest
 from psycopg import sql
 
 from archive_pipeline.core.archive import archive_partition
-from archive_pipeline.core.config import TableSpec
-from archive_pipeline.core.restore import restore_days
 
 DAY = dt.date(2024, 3, 10)
 NEXT = DAY + dt.timedelta(days=1)
@@ -40,22 +38,10 @@ def test_a_range_restore_run_again_after_a_boolean_array_became_text_between_its
     Should: day 1 (and day 2) reported already restored, as for the numeric and char(n) widenings. Fix idea:
     _widened_from also covers every widening _widens accepts whose text the ALTER rewrites (a boolean[] made
     text[] or varchar[]: read back as boolean[], printed as archived); or _widens refuses one it cannot prove."""
-    t = sql.Identifier(schema, "flags")
-    conn.execute(sql.SQL("CREATE TABLE {} (id int, at timestamptz NOT NULL, ok {})").format(t, sql.SQL(first_type)))
-    conn.execute(sql.SQL("INSERT INTO {} VALUES (1, '2024-03-10 01:00+00', {})").format(t, sql.SQL(first_value)))
-    spec = TableSpec(name=f"{schema}.flags", day_column="at", start_date=DAY, format="csv", compression="zstd",
-                     partitioning={"mode": "column"})
-    archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
-    conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN ok TYPE {}").format(t, sql.SQL(second_type)))
-    conn.execute(sql.SQL("INSERT INTO {} VALUES (2, '2024-03-11 01:00+00', {})").format(t, sql.SQL(second_value)))
-    archive_partition(conn, spec, NEXT, store, temp_dir=temp_dir)
+    from archive_pipeline_tests.test_hunt24_bw import restore_twice_across_a_retype
 
-    first = restore_days(conn, store, spec, DAY, NEXT, into="new", target=f"{schema}.back", temp_dir=temp_dir)
-    assert [r.inserted for r in first.results] == [1, 1]  # (the premise: the range restored green)
-
-    again = restore_days(conn, store, spec, DAY, NEXT, into="new", target=f"{schema}.back", temp_dir=temp_dir)
-    assert [r.inserted for r in again.results] == [0, 0], [r.check for r in again.results]
-    assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, "back"))).fetchone()[0] == 2
+    restore_twice_across_a_retype(conn, schema, store, temp_dir, "ok", first_type, first_value, second_type,
+                                  second_value)
 
 
 def test_list_tells_a_day_whose_removal_mark_is_kept_pending_that_the_next_archive_run_or_prune_settles_it(
