@@ -21,15 +21,20 @@ DAY = dt.date(2024, 3, 10)
 
 
 
-def _archived_and_removed(conn, schema: str, store, temp_dir):
-    """A table ``t`` whose day of 3 rows was archived and then removed (retention action delete): the table, its
-    spec and the day's archive key."""
+def archived(conn, schema: str, store, temp_dir):
+    """A table ``t`` whose day of 3 rows was archived (retention action delete configured): the table, its spec
+    and the day's archive key."""
     t = sql.Identifier(schema, "t")
     conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, at date NOT NULL, v text)").format(t))
     conn.execute(sql.SQL("INSERT INTO {} SELECT g, %s, 'v' || g FROM generate_series(1, 3) g").format(t), (DAY,))
     spec = TableSpec(name=f"{schema}.t", day_column="at", start_date=DAY.isoformat(), format="jsonl",
                      compression="none", retention={"keep_days": 1, "action": "delete"})
-    key = archive_partition(conn, spec, DAY, store, temp_dir=temp_dir).key
+    return t, spec, archive_partition(conn, spec, DAY, store, temp_dir=temp_dir).key
+
+
+def _archived_and_removed(conn, schema: str, store, temp_dir):
+    """:func:`archived`, then the day removed: the table, its spec and the day's archive key."""
+    t, spec, key = archived(conn, schema, store, temp_dir)
     assert remove_day(conn, spec, DAY, store, temp_dir=str(temp_dir)).rows == 3
     return t, spec, key
 

@@ -11,7 +11,6 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from archive_pipeline.core.archive import archive_partition
-from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.lifecycle import RemovalRefused
 from archive_pipeline.core.manifest import encode_manifest
 from archive_pipeline.core.restore import load_into
@@ -63,12 +62,9 @@ def test_a_pending_mark_over_a_day_archived_from_a_moved_database_is_refused_by_
     Should: an archive run is no removal: settle a mark from another database/cluster by the source (the rows all
     there: taken back, as _committed does for another cluster's xid) or let an overwrite replace the manifest while
     keeping the old object (kept), and never give as the remedy the command that raised it."""
-    t = sql.Identifier(schema, "t")
-    conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, at date NOT NULL, v text)").format(t))
-    conn.execute(sql.SQL("INSERT INTO {} SELECT g, %s, 'v' || g FROM generate_series(1, 3) g").format(t), (DAY,))
-    spec = TableSpec(name=f"{schema}.t", day_column="at", start_date=DAY.isoformat(), format="jsonl",
-                     compression="none", retention={"keep_days": 1, "action": "delete"})
-    key = archive_partition(conn, spec, DAY, store, temp_dir=temp_dir).key
+    from archive_pipeline_tests.test_hunt24_bn import archived
+
+    t, spec, key = archived(conn, schema, store, temp_dir)
     # what the old database's archive and interrupted prune left (a consistent manifest, its checksum recomputed)
     manifest = load_manifest(store, key)
     body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
