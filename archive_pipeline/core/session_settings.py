@@ -300,7 +300,8 @@ def refuse_unusable(conn: psycopg.Connection, what: str) -> None:
     where our ``SET TRANSACTION`` fails and COPY is not supported; the day failed as a database error with no
     cause the caller could find, and the caller's pipeline was left aborted), or a transaction an earlier error
     of the caller's aborted (every statement fails until it is rolled back: compare and list called an intact
-    day "unreadable", a false verdict on the archive). A lost session is not refused here: the call's own
+    day "unreadable", a false verdict on the archive), or a command of the caller's still running on it (a COPY
+    block: the call waited for the connection for ever). A lost session is not refused here: the call's own
     handling reports it, typed and retryable."""
     if conn.closed:
         return
@@ -308,6 +309,11 @@ def refuse_unusable(conn: psycopg.Connection, what: str) -> None:
         raise ValueError(f"{what} is refused: its connection is in pipeline mode (inside the caller's "
                          "conn.pipeline() block), where its statements would be batched with the caller's and "
                          "COPY is not supported; call it outside the conn.pipeline() block; nothing was sent")
+    if conn.info.transaction_status == psycopg.pq.TransactionStatus.ACTIVE:  # (a COPY block, a stream() open)
+        raise ValueError(f"{what} is refused: its connection is running a command of the caller's (a cur.copy() "
+                         "block or a cur.stream() not finished, or another thread's query), which holds it until it "
+                         "ends, so the call would wait for ever; finish that command first and call again; nothing "
+                         "was sent")
     if conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
         raise ValueError(f"{what} is refused: its connection's transaction was aborted by an earlier error of the "
                          "caller's (every statement fails until the transaction ends, which says nothing about the "
