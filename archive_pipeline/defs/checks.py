@@ -48,7 +48,7 @@ from dagster._core.event_api import PartitionKeyFilter
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 from pydantic import Field
 
-from archive_pipeline.core import verify
+from archive_pipeline.core import fingerprint, verify
 from archive_pipeline.core import keys
 from archive_pipeline.core.keys import table_day_key
 from archive_pipeline.core.lifecycle import still_detached
@@ -807,6 +807,15 @@ class ChangedCheckConfig(Config):
                                                           "hourly table, their hours; of a monthly one, months)")
 
 
+def _uncomparable(manifest: dict) -> str | None:
+    """Why the source cannot be compared with ``manifest`` by this version, with what to do (its fingerprint is of an
+    older version's retired algorithm, none is recorded, or a newer version's: fingerprint.why_uncomputable), or None
+    where it can. Such a day is not compared, neither changed nor unchanged, as compare says it: source_changed's
+    words for it were counted a change in PostgreSQL, sending the operator after an edit nobody made."""
+    unknown = fingerprint.why_uncomputable(manifest.get("fingerprint"))
+    return None if unknown is None else f"{unknown[0]} ({unknown[1]} to compare it)"
+
+
 def build_source_unchanged_check(spec: TableSpec, key: AssetKey, rerun_config: str,
                                  retry: RetryPolicy | None = None, origin: str | None = None) -> AssetChecksDefinition:
     """``source_unchanged``: on demand, the latest archived days' source fingerprints against their manifests;
@@ -858,7 +867,14 @@ def build_source_unchanged_check(spec: TableSpec, key: AssetKey, rerun_config: s
                             late = 0 if still_detached(conn, spec, day, manifest) else \
                                 verify.rows_after_removal(conn, spec, day)
                             # exactly the archive's rows again: restored into the original table, a source day again
-                            difference = source_changed(conn, spec, day, manifest) if late else None
+                            difference = source_changed(conn, spec, day, manifest) \
+                                if late and _uncomparable(manifest) is None else None
+                    if late and (unknown := _uncomparable(manifest)) is not None:  # back, or written since: untold
+                        untrusted[event.partition] = (
+                            f"{late:,} row{'s' if late != 1 else ''} of the day {'are' if late != 1 else 'is'} in the "
+                            f"source again since retention removed it ({mark.get('at')}), and whether they are the "
+                            f"archive's rows cannot be told: {unknown}")
+                        continue
                     if late and difference is None:
                         checked.append(event.partition)
                         continue
@@ -882,6 +898,9 @@ def build_source_unchanged_check(spec: TableSpec, key: AssetKey, rerun_config: s
                 if other is not None:  # the table's zone, granularity or day column changed: not a change in PostgreSQL
                     untrusted[event.partition] = f"{other} (archive it again with overwrite as the table is now)"
                     continue
+                if (unknown := _uncomparable(manifest)) is not None:  # neither changed nor unchanged: not compared
+                    untrusted[event.partition] = unknown
+                    continue
                 with postgres.connect() as conn:
                     try:
                         difference = source_changed(conn, spec, day, manifest)
@@ -897,6 +916,9 @@ def build_source_unchanged_check(spec: TableSpec, key: AssetKey, rerun_config: s
                             mark = again.get("removed")
                             if mark:
                                 removed[event.partition] = f"{mark.get('state')}, {mark.get('at')}"
+                                continue
+                            if (unknown := _uncomparable(again)) is not None:
+                                untrusted[event.partition] = unknown
                                 continue
                             difference = source_changed(conn, spec, day, again)
                         elif manifest.get("removed") and not verify.rows_after_removal(conn, spec, day):

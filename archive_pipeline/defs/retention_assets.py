@@ -61,12 +61,12 @@ from archive_pipeline.core.lifecycle import (Removal, RemovalNotRecorded, Remova
                                               settle_pending_removal, source_differs, still_detached)
 from archive_pipeline.defs.resources import ArchiveStoreResource, PostgresResource
 from archive_pipeline.defs.sensors import RUN_KEY_TAG, UNFINISHED, backfill_keys, unfinished_backfills
-from archive_pipeline.core import keys
+from archive_pipeline.core import fingerprint, keys
 from archive_pipeline.core.keys import table_day_key
 from archive_pipeline.core.periods import UNIT, Period
-from archive_pipeline.core.store import DownloadError, LocalFileError
+from archive_pipeline.core.store import DownloadError, LocalFileError, S3Store
 from archive_pipeline.core.verify import (TYPE_GONE, deep_verify, deep_verify_of, load_manifest, read_only,
-                                          rows_after_removal, source_side_only)
+                                          rows_after_removal, source_side_only, verify_archive)
 
 PROVEN_CHECK = "archive_proven"
 REMOVAL_MINUTE = 30  # the removal schedule runs at hour:30, after the archive schedule's hour:minute
@@ -88,6 +88,21 @@ def _removable_or_removed(conn, store, spec: TableSpec, day: Period, key: str, m
             raise
         return again
     return manifest
+
+
+def _removed_problems(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: Period, key: str,
+                      manifest: dict, temp_dir: str | None) -> list[str]:
+    """The check of the archive of a day the source no longer holds (removed, not back), its only copy, on its own:
+    loaded back, as verify --deep proves it (its rows must be the day's: an archive of another day put in its place,
+    its manifest edited to match, has every digest right). Where this version cannot compute its fingerprint (an
+    older version's retired algorithm, none recorded, a newer version's: fingerprint.why_uncomputable), its object
+    is checked as settling a removal mark checks it (downloaded: size and digests as recorded): the proof's "archive
+    it again" cannot be done (the source holds nothing of it) and is no damage, so the day is found removed already,
+    as prune finds it, never called "NOT intact" and sent to a backup (see :func:`_proven_text` for its words)."""
+    if fingerprint.why_uncomputable(manifest.get("fingerprint")) is None:
+        return deep_verify(conn, store, spec, day, manifest=manifest, temp_dir=temp_dir)
+    return verify_archive(store, key, {}, deep=True, owner=(spec.name, day.isoformat()), temp_dir=temp_dir,
+                          manifest=manifest)
 
 
 def removal_asset_key(spec: TableSpec) -> AssetKey:
@@ -259,9 +274,7 @@ def _removing(context: AssetExecutionContext, spec: TableSpec, day: Period, dry_
                 # Removed (or pending and committed, in a dry run): the source no longer holds the day, so
                 # the archive itself is checked: manifest, object, digests and rows.
                 removed = manifest["removed"]
-                # loaded back, as verify --deep proves it: its rows must be the day's (an archive of another day
-                # put in its place, its manifest edited to match, has every digest right)
-                problems = deep_verify(primary, store, spec, day, manifest=manifest, temp_dir=archive_store.temp_dir)
+                problems = _removed_problems(primary, store, spec, day, key, manifest, archive_store.temp_dir)
             elif manifest is None:  # nothing to prove: a failed run, not a failed proof
                 if (record := _removed_before(context, spec, day, primary)) is not None:
                     raise _failed(f"{spec.name} {day} was removed from the source ({record}), and its archive's "
@@ -290,7 +303,7 @@ def _removing(context: AssetExecutionContext, spec: TableSpec, day: Period, dry_
                     # removed by another run while this one proved it (at the key it proved: a former format's
                     # too): the source's rows are gone for that reason, and the archive is proven on its own
                     manifest, removed = again, again["removed"]
-                    problems = deep_verify(primary, store, spec, day, manifest=again, temp_dir=archive_store.temp_dir)
+                    problems = _removed_problems(primary, store, spec, day, key, again, archive_store.temp_dir)
                 # proven names the manifest just proved: under the lock, a different one is proved again
                 proven_sha = (manifest or {}).get("manifest_sha256", False)
         except ArchiveError as exc:
@@ -449,8 +462,11 @@ def _proven_text(day, manifest: dict | None, settled: bool = False) -> str:
     manifest = manifest or {}
     removed, empty = manifest.get("removed"), manifest.get("empty")
     if removed:
-        checked = f"{EMPTY_DAY} (checked now)" if empty else "the archive is intact (object, digests and rows " \
-                                                             "checked now)"
+        unknown = fingerprint.why_uncomputable(manifest.get("fingerprint"))  # (its object alone: _removed_problems)
+        checked = (f"{EMPTY_DAY} (checked now)" if empty else
+                   "the archive is intact (object, digests and rows checked now)" if unknown is None else
+                   "its archive's object checks out (downloaded now: size, MD5 and SHA-256 as recorded); its rows "
+                   f"are not proven by this version: {unknown[0]}")
         return (f"{day}: removed from the source ({'done' if settled else removed.get('state')}, {removed.get('at')})"
                 f" after its archive was proven; {checked}")
     if empty:
