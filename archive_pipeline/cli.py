@@ -15,6 +15,7 @@ import contextvars
 import dataclasses
 import datetime as dt
 import functools
+import io
 import json
 import os
 import re
@@ -637,8 +638,8 @@ def command(fn: Callable[..., None]) -> Callable[..., None]:
             unknown = [name for name in table_names if name not in by_name]
             if unknown:
                 hints = "".join(lookalike_hint(n, sorted(by_name), "table", "the configuration") for n in unknown)
-                raise click.UsageError(redact(f"table(s) {unknown} are not in the configuration; configured: "
-                                              f"{sorted(by_name)}{hints}", *_passwords()))  # (a DSN pasted there)
+                raise click.UsageError(f"table(s) {unknown} are not in the configuration; configured: "
+                                       f"{sorted(by_name)}{hints}")  # (a DSN pasted there: redacted by _refused)
             tables = [by_name[n] for n in dict.fromkeys(table_names)] or list(config.tables)
             run = Run(config, tables, first, last, as_json, config_path=config_path)
             fn(run, **kwargs)
@@ -755,6 +756,20 @@ def _output_lost(safe: _ClosedPipeSafe | None, code: int | str | None) -> None:
         sys.exit(1)
 
 
+def _refused(exc: click.ClickException, as_json: bool) -> None:
+    """A usage error, Click's or a command's (a malformed --day, an unknown --table, a bad --target), said as every
+    error is, and the command ended with its exit code: under --json also the JSON error object on stdout, and
+    Click's usage text on stderr, both without passwords (redact), since such a refusal quotes what was typed (a
+    DSN pasted into --target or --table put the database's password into the job's log)."""
+    if as_json:
+        click.echo(json.dumps(_outcome(exc.exit_code, {"exit_code": exc.exit_code, "error": redact(
+            exc.format_message(), *_passwords()), "retryable": False}), indent=2))
+    shown = io.StringIO()
+    exc.show(file=shown)
+    click.echo(redact(shown.getvalue(), *_passwords()), err=True, nl=False)
+    sys.exit(exc.exit_code)
+
+
 class _Commands(click.Group):
     """Click's group, except that a usage error (a malformed --day, an unknown --table, a missing
     --target) under ``--json`` is also the JSON error object on stdout, as every other failure is: a
@@ -785,12 +800,7 @@ class _Commands(click.Group):
                 try:
                     returned = super().main(argv, standalone_mode=False, **kwargs)
                 except click.ClickException as exc:
-                    if "--json" in argv:
-                        click.echo(json.dumps(_outcome(exc.exit_code, {"exit_code": exc.exit_code,
-                                                                       "error": exc.format_message(),
-                                                                       "retryable": False}), indent=2))
-                    exc.show()
-                    sys.exit(exc.exit_code)
+                    _refused(exc, "--json" in argv)
                 except click.Abort:
                     click.echo("Aborted!", err=True)
                     sys.exit(1)
