@@ -15,6 +15,7 @@ import contextvars
 import dataclasses
 import datetime as dt
 import functools
+import io
 import json
 import os
 import re
@@ -302,11 +303,17 @@ class Run:
             if conn is not None:
                 conn.close()
 
-    def emit(self, payload: dict[str, Any], render: Callable[[], None]) -> None:
+    def answer(self, payload: dict[str, Any], render: Callable[[], None], code: int = EXIT_OK,
+               said: str = "") -> None:
+        """The command's answer, and its end: the JSON object under --json (``ok`` from ``code``, see
+        :func:`_outcome`), else ``render``; then, for a non-zero ``code``, exit with it, ``said`` on stderr. Every
+        command ends here, so what its answer says and what its exit code says cannot part."""
         if self.as_json:
-            click.echo(_json_text(_worded(payload)))
+            click.echo(_json_text(_worded(_outcome(code, payload))))
         else:
             render()
+        if code != EXIT_OK:
+            raise Failed(said, code)
 
 
 class PeriodArg(click.ParamType):
@@ -562,10 +569,18 @@ class _CliTable(Table):
                           if isinstance(r, str) else r for i, r in enumerate(renderables)), **kwargs)
 
 
+def _outcome(code: int, payload: dict[str, Any]) -> dict[str, Any]:
+    """A JSON answer: ``payload`` led by ``ok``, which is whether the command exits 0, the one rule for every
+    command and every way it ends (a prune that lost its database after removing days answered ``ok: true``
+    beside exit 3: a script reading ``ok`` took a night's unfinished prune for a success)."""
+    return {"ok": code == EXIT_OK, **payload}
+
+
 def _fail(as_json: bool, code: int, message: str, retryable: bool | None = None) -> None:
     message = _for_the_cli(redact(message, *_passwords()))  # (every path: a configuration error quotes a path too)
     if as_json:
-        click.echo(json.dumps({"ok": False, "exit_code": code, "error": message, "retryable": retryable}, indent=2))
+        click.echo(json.dumps(_outcome(code, {"exit_code": code, "error": message, "retryable": retryable}),
+                              indent=2))
     click.echo(f"error: {_printable(message)}", err=True)
     sys.exit(code)
 
@@ -623,8 +638,8 @@ def command(fn: Callable[..., None]) -> Callable[..., None]:
             unknown = [name for name in table_names if name not in by_name]
             if unknown:
                 hints = "".join(lookalike_hint(n, sorted(by_name), "table", "the configuration") for n in unknown)
-                raise click.UsageError(redact(f"table(s) {unknown} are not in the configuration; configured: "
-                                              f"{sorted(by_name)}{hints}", *_passwords()))  # (a DSN pasted there)
+                raise click.UsageError(f"table(s) {unknown} are not in the configuration; configured: "
+                                       f"{sorted(by_name)}{hints}")  # (a DSN pasted there: redacted by _refused)
             tables = [by_name[n] for n in dict.fromkeys(table_names)] or list(config.tables)
             run = Run(config, tables, first, last, as_json, config_path=config_path)
             fn(run, **kwargs)
@@ -741,6 +756,20 @@ def _output_lost(safe: _ClosedPipeSafe | None, code: int | str | None) -> None:
         sys.exit(1)
 
 
+def _refused(exc: click.ClickException, as_json: bool) -> None:
+    """A usage error, Click's or a command's (a malformed --day, an unknown --table, a bad --target), said as every
+    error is, and the command ended with its exit code: under --json also the JSON error object on stdout, and
+    Click's usage text on stderr, both without passwords (redact), since such a refusal quotes what was typed (a
+    DSN pasted into --target or --table put the database's password into the job's log)."""
+    if as_json:
+        click.echo(json.dumps(_outcome(exc.exit_code, {"exit_code": exc.exit_code, "error": redact(
+            exc.format_message(), *_passwords()), "retryable": False}), indent=2))
+    shown = io.StringIO()
+    exc.show(file=shown)
+    click.echo(redact(shown.getvalue(), *_passwords()), err=True, nl=False)
+    sys.exit(exc.exit_code)
+
+
 class _Commands(click.Group):
     """Click's group, except that a usage error (a malformed --day, an unknown --table, a missing
     --target) under ``--json`` is also the JSON error object on stdout, as every other failure is: a
@@ -771,11 +800,7 @@ class _Commands(click.Group):
                 try:
                     returned = super().main(argv, standalone_mode=False, **kwargs)
                 except click.ClickException as exc:
-                    if "--json" in argv:
-                        click.echo(json.dumps({"ok": False, "exit_code": exc.exit_code, "error": exc.format_message(),
-                                               "retryable": False}, indent=2))
-                    exc.show()
-                    sys.exit(exc.exit_code)
+                    _refused(exc, "--json" in argv)
                 except click.Abort:
                     click.echo("Aborted!", err=True)
                     sys.exit(1)
@@ -859,13 +884,10 @@ def list_days(run: Run, check_source: bool) -> None:
             run.out.print(_said(_verbatim(name), f": not listed: {why}"), soft_wrap=True)
 
     bad = any(s.state in ("changed", "unreadable", "not-checked") for s in statuses) or bool(failed_tables)
-    run.emit({"ok": not bad, "days": [s.as_dict() for s in statuses], "summary": summary,
-              **({"tables_failed": [{"table": name, "error": why} for name, why in failed_tables.items()]}
-                 if failed_tables else {}), **_stopped_by(run.stopped)}, render)
-    if run.stopped:
-        raise Failed(code=EXIT_USAGE)
-    if bad:
-        raise Failed()
+    run.answer({"days": [s.as_dict() for s in statuses], "summary": summary,
+                **({"tables_failed": [{"table": name, "error": why} for name, why in failed_tables.items()]}
+                   if failed_tables else {}), **_stopped_by(run.stopped)}, render,
+               EXIT_USAGE if run.stopped else EXIT_DIFFERENCES if bad else EXIT_OK)
 
 
 def _listed(run: Run, spec: TableSpec, check_source: bool, failed_tables: dict[str, str]) -> list[plan.DayStatus]:
@@ -947,27 +969,30 @@ def archive(run: Run, dry_run: bool, overwrite: bool) -> None:
     if lost:  # the days done before are still reported, with the command's error (exit 3, as before)
         ended = {"exit_code": EXIT_UNREACHABLE, "error": f"{lost}; the days after it were not tried: run the same "
                  "command again (archived days are skipped)", "retryable": True}
-        run.emit({"ok": False, "days": results, **ended}, render)
-        click.echo(f"error: {_printable(ended['error'])}", err=True)
-        sys.exit(EXIT_UNREACHABLE)
-    run.emit({"ok": not failed, "days": results, **_stopped_by(stopped)}, render)
+        run.answer({"days": results, **ended}, render, EXIT_UNREACHABLE, f"error: {ended['error']}")
+    code = EXIT_USAGE if stopped else EXIT_DIFFERENCES if failed else EXIT_OK
+    run.answer({"days": results, **_stopped_by(stopped)}, render, code,
+               _archive_failed(run, failed, stopped, overwrite))
+
+
+def _archive_failed(run: Run, failed: list[dict[str, Any]], stopped: str, overwrite: bool) -> str:
+    """What archive says on stderr of its ``failed`` days: what to fix, and the command that archives them again."""
+    if not failed:
+        return ""
     if stopped:
-        raise Failed(f"{len(failed)} day(s) failed; a table's configuration or privileges stopped it (see its "
-                     "days above): fix what they say and run the same command again", code=EXIT_USAGE)
-    if failed:
-        if overwrite:  # the same command would archive every day again, as new generations
-            again = _archive_again(run, failed)
-            raise Failed(f"{len(failed)} day(s) failed; fix what the messages say and archive those days again: "
-                         f"{again}")
-        changed = [r for r in failed if r.get("needs_overwrite")]
-        again = _archive_again(run, changed)
-        rest = len(failed) - len(changed)
-        raise Failed(f"{len(failed)} day(s) failed; "
-                     + (f"fix what the messages say and run the same command again (archived days are skipped)"
-                        if rest else "")
-                     + ("; " if rest and changed else "")
-                     + (f"the day(s) changed since they were archived are archived again only with overwrite: {again}"
-                        if changed else ""))
+        return (f"{len(failed)} day(s) failed; a table's configuration or privileges stopped it (see its days "
+                "above): fix what they say and run the same command again")
+    if overwrite:  # the same command would archive every day again, as new generations
+        return (f"{len(failed)} day(s) failed; fix what the messages say and archive those days again: "
+                f"{_archive_again(run, failed)}")
+    changed = [r for r in failed if r.get("needs_overwrite")]
+    again = _archive_again(run, changed)
+    rest = len(failed) - len(changed)
+    return (f"{len(failed)} day(s) failed; "
+            + ("fix what the messages say and run the same command again (archived days are skipped)" if rest else "")
+            + ("; " if rest and changed else "")
+            + (f"the day(s) changed since they were archived are archived again only with overwrite: {again}"
+               if changed else ""))
 
 
 @contextlib.contextmanager
@@ -1270,14 +1295,11 @@ def _archive_plan(run: Run, overwrite: bool) -> None:
         for name, why in failed_tables.items():
             run.out.print(_said(_verbatim(name), f": not planned: {why}"), soft_wrap=True)
 
-    run.emit({"ok": not failed_tables, "dry_run": True, "days": [p.as_dict() for p in planned], "totals": totals,
-              "estimated_rows": est_rows, "estimated_bytes": est_bytes,
-              **({"tables_failed": [{"table": name, "error": why} for name, why in failed_tables.items()]}
-                 if failed_tables else {}), **_stopped_by(run.stopped)}, render)
-    if run.stopped:
-        raise Failed(code=EXIT_USAGE)
-    if failed_tables:
-        raise Failed()
+    run.answer({"dry_run": True, "days": [p.as_dict() for p in planned], "totals": totals,
+                "estimated_rows": est_rows, "estimated_bytes": est_bytes,
+                **({"tables_failed": [{"table": name, "error": why} for name, why in failed_tables.items()]}
+                   if failed_tables else {}), **_stopped_by(run.stopped)}, render,
+               EXIT_USAGE if run.stopped else EXIT_DIFFERENCES if failed_tables else EXIT_OK)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1388,14 +1410,11 @@ def verify(run: Run, download: bool, deep: bool) -> None:
             run.out.print(_said(_verbatim(name), f": not verified: {why}"), soft_wrap=True)
 
     # (a script reads why in the answer itself, as for any failed command)
-    run.emit({"ok": not bad and not nothing and not failed_tables, "days": results,
-              **({"tables_failed": [{"table": name, "error": why} for name, why in failed_tables.items()]}
-                 if failed_tables else {}),
-              **({"exit_code": EXIT_DIFFERENCES, "error": unverified, "retryable": False} if nothing else {})}, render)
-    if nothing:
-        raise Failed(unverified)
-    if bad or failed_tables:
-        raise Failed()
+    run.answer({"days": results,
+                **({"tables_failed": [{"table": name, "error": why} for name, why in failed_tables.items()]}
+                   if failed_tables else {}),
+                **({"exit_code": EXIT_DIFFERENCES, "error": unverified, "retryable": False} if nothing else {})},
+               render, EXIT_DIFFERENCES if nothing or bad or failed_tables else EXIT_OK, unverified or "")
 
 
 def _nothing_verified(run: Run, chosen: list[tuple[TableSpec, list[Period]]]) -> str | None:
@@ -1527,16 +1546,13 @@ def compare(run: Run, show_rows: bool) -> None:
         shown = ", ".join(quiet[:5]) + (f" and {len(quiet) - 5} more" if len(quiet) > 5 else "")
         uncompared = (f"nothing was compared: {shown} {'has' if len(quiet) == 1 else 'have'} no rows in PostgreSQL "
                       "and no archive (no data: nothing to compare)")
-    run.emit({"ok": not differing and not unchecked and not nothing and not failed_tables, "days": payload,
-              **({"tables_failed": [{"table": name, "error": why} for name, why in failed_tables.items()]}
-                 if failed_tables else {}), **_stopped_by(run.stopped),
-              **({"exit_code": EXIT_DIFFERENCES, "error": uncompared, "retryable": False} if nothing else {})}, render)
-    if nothing:
-        raise Failed(uncompared)
-    if run.stopped:
-        raise Failed(code=EXIT_USAGE)
-    if differing or unchecked or failed_tables:
-        raise Failed()
+    code = (EXIT_DIFFERENCES if nothing else EXIT_USAGE if run.stopped else
+            EXIT_DIFFERENCES if differing or unchecked or failed_tables else EXIT_OK)
+    run.answer({"days": payload,
+                **({"tables_failed": [{"table": name, "error": why} for name, why in failed_tables.items()]}
+                   if failed_tables else {}), **_stopped_by(run.stopped),
+                **({"exit_code": EXIT_DIFFERENCES, "error": uncompared, "retryable": False} if nothing else {})},
+               render, code, uncompared if nothing else "")
 
 
 def _unreadable_table(run: Run, spec: TableSpec, days: list[Period], exc: ArchiveError,
@@ -1653,7 +1669,7 @@ def restore(run: Run, into: str, target: str | None, on_conflict: str) -> None:
             run.out.print(_said("no archive for: ", Text(", ").join(_said(_verbatim(name), f" {day}")
                                                                     for name, day in missing)))
 
-    payload = {"ok": not missing and failure is None, "days": [dataclasses.asdict(r) for r in results],
+    payload = {"days": [dataclasses.asdict(r) for r in results],
                "missing": [{"table": name, "day": day.isoformat()} for name, day in missing]}
     if failure is not None:
         lost = run.lost or isinstance(failure, psycopg.OperationalError)
@@ -1681,13 +1697,11 @@ def restore(run: Run, into: str, target: str | None, on_conflict: str) -> None:
         # (a day whose COMMIT got no answer, into a target that cannot tell it: not retryable, even if lost)
         payload.update(error=message, retryable=False if for_good else True if lost else failure_retryable,
                        exit_code=EXIT_UNREACHABLE if lost else EXIT_USAGE if configuration else EXIT_DIFFERENCES)
-    run.emit(payload, render)
     if failure is not None:
         kept = "; the days listed above stay restored" if results else ""
-        click.echo(f"error: {_printable(payload['error'])}{kept}", err=True)
-        sys.exit(payload["exit_code"])
-    if missing:
-        raise Failed(f"some requested days have no archive (see `{_shell_join(run.command('list'))}`)")
+        run.answer(payload, render, payload["exit_code"], f"error: {payload['error']}{kept}")
+    run.answer(payload, render, EXIT_DIFFERENCES if missing else EXIT_OK,
+               f"some requested days have no archive (see `{_shell_join(run.command('list'))}`)" if missing else "")
 
 
 def _refuses_every_day(exc: BaseException) -> bool:
@@ -1794,10 +1808,9 @@ def _restore_cancelled(run: Run, exc: KeyboardInterrupt, results: list, missing:
         if finishing:  # committed, its result never came back: listed all the same (a script resumes after it)
             committed_days.append({"table": on[1], "day": on[2], "target": getattr(exc, "restored_into", target),
                                    "check": "committed; cancelled before its check was reported"})
-        payload = {"ok": False, "exit_code": code, "error": message, "retryable": True,
-                   "days": committed_days,
+        payload = {"exit_code": code, "error": message, "retryable": True, "days": committed_days,
                    "missing": [{"table": name, "day": day.isoformat()} for name, day in missing]}
-        click.echo(_json_text(_worded(payload)))
+        click.echo(_json_text(_worded(_outcome(code, payload))))
     else:
         for r in results:
             run.out.print(_said(_verbatim(r.table), f" {r.day} -> ", _verbatim(r.target), f": {r.rows:,} rows, "
@@ -2039,8 +2052,8 @@ def _prune_cancelled(run: Run, exc: KeyboardInterrupt, results: list[dict[str, A
     message = (f"pruning was cancelled {how} after {len(removed)} day(s) were "
                f"removed from the source (listed); {left}; to fix: {_prune_again(run, dry_run)}")
     if run.as_json:
-        click.echo(_json_text(_worded({"ok": False, "exit_code": code, "error": message, "retryable": True,
-                                            "days": results})))
+        click.echo(_json_text(_worded(_outcome(code, {"exit_code": code, "error": message, "retryable": True,
+                                                      "days": results}))))
     else:
         for r in removed:
             run.out.print(_said(_verbatim(r["table"]), f" {r['day']}: {r['status']} (", _verbatim(r.get("relation", "")),
@@ -2111,12 +2124,9 @@ def prune(run: Run, dry_run: bool) -> None:
 
     ended = {"exit_code": EXIT_UNREACHABLE, "error": f"{lost}; the days after it were not tried: "
              f"{_prune_again(run, dry_run)}", "retryable": True} if lost else _stopped_by(stopped)
-    run.emit({"ok": not refused, "dry_run": dry_run, "days": results, "no_retention": skipped, **ended}, render)
-    if lost:
-        click.echo(f"error: {_printable(ended['error'])}", err=True)
-        sys.exit(EXIT_UNREACHABLE)
-    if refused:
-        raise Failed(code=EXIT_USAGE if stopped else None)
+    code = EXIT_UNREACHABLE if lost else EXIT_USAGE if stopped else EXIT_DIFFERENCES if refused else EXIT_OK
+    run.answer({"dry_run": dry_run, "days": results, "no_retention": skipped, **ended}, render, code,
+               f"error: {ended['error']}" if lost else "")
 
 
 if __name__ == "__main__":
