@@ -487,7 +487,7 @@ def _jsonl_pieces(conn: psycopg.Connection, target: sql.Composable, columns: lis
     return always_identity, list(zip(columns, definitions, values, strict=True))
 
 
-@speaks_utf8()
+@speaks_utf8(writes=True)
 def load_into(conn: psycopg.Connection, archive_path: str | os.PathLike, manifest: dict,
               target: sql.Composable) -> int:
     """Load the rows of the local archive file ``archive_path`` (described by ``manifest``) into the

@@ -357,7 +357,7 @@ def _give_back_lent(conn: psycopg.Connection, lent: _Lent) -> None:
 
 
 @contextlib.contextmanager
-def callers_connection(conn: object, what: str = "the call") -> Iterator[None]:
+def callers_connection(conn: object, what: str = "the call", writes: bool = False) -> Iterator[None]:
     """Run a core entry point's block (``what``, for a refusal's message) on a caller's connection ``conn`` as
     on one of our own, and give the caller everything back as it was afterwards (on error too):
 
@@ -370,7 +370,8 @@ def callers_connection(conn: object, what: str = "the call") -> Iterator[None]:
       name (a healthy day "does not exist"), a loader of timestamptz as str failed the manifest's snapshot time;
     - the caller's prepared statements kept (see :func:`_lend`);
     - client_encoding UTF8 and read committed by default (see :func:`_to_ours`);
-    - nothing left in the caller's transaction (see :func:`_rolled_back_after`).
+    - nothing left in the caller's transaction (see :func:`_rolled_back_after`), but where the entry point
+      ``writes`` into it (``restore.load_into``: its rows are the caller's to commit).
 
     Anything but a psycopg connection (None, a factory of connections) passes through. An entry point called
     by another on the same connection finds it done already, and leaves it to the outer one to give back."""
@@ -383,7 +384,7 @@ def callers_connection(conn: object, what: str = "the call") -> Iterator[None]:
     try:
         with contextlib.ExitStack() as undo:
             with contextlib.suppress(psycopg.OperationalError):  # a lost session: the call's own handling says so
-                undo.enter_context(_rolled_back_after(conn))
+                undo.enter_context(contextlib.nullcontext() if writes else _rolled_back_after(conn))
             before = _to_ours(conn)
             try:
                 yield
@@ -411,14 +412,14 @@ def _call_named(name: str, arguments: dict[str, object]) -> str:
     return named
 
 
-def speaks_utf8(*names: str) -> Callable:
+def speaks_utf8(*names: str, writes: bool = False) -> Callable:
     """Run the decorated core entry point with each of its connections (the parameters ``names``, ``conn`` by
     default) set up as :func:`callers_connection` says, and given back afterwards. Every public function that
     takes a caller's connection has it: the boundary where a caller's connection becomes the core's. (Named for
     its first duty: a caller's plain ``psycopg.connect`` to a SQL_ASCII database starts in SQL_ASCII, where
     psycopg returns every text value as bytes: a setting read and put back became "b'Etc/UTC'", a catalog name
     failed ``normalize()``, and compare, verification, restore and removal failed on such a connection with raw
-    errors.)"""
+    errors.) ``writes``: the function writes into the caller's transaction, which keeps what it wrote."""
     wanted = names or ("conn",)
 
     def decorate(function: Callable) -> Callable:
@@ -430,7 +431,7 @@ def speaks_utf8(*names: str) -> Callable:
             what = _call_named(function.__name__, bound.arguments)
             with contextlib.ExitStack() as stack:
                 for name in wanted:
-                    stack.enter_context(callers_connection(bound.arguments.get(name), what))
+                    stack.enter_context(callers_connection(bound.arguments.get(name), what, writes))
                 return function(*args, **kwargs)
 
         return wrapper
