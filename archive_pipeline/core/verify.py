@@ -944,10 +944,11 @@ def _load(conn: psycopg.Connection, path: str, manifest: dict, target: sql.Compo
             raise
         said = getattr(getattr(exc.__cause__, "diag", None), "message_primary", None) or ""
         if isinstance(exc.__cause__, _NOT_ITS_LAYOUT):  # the file's, not a value's: no type of the user's refused it
-            where = (exc.__cause__.diag.context or "").split("\n", 1)[0]
+            where = (exc.__cause__.diag.context or "").split("\n", 1)[0]  # (COPY's line, less the header line)
+            said = f"{said} ({where})" if where else said
             raise ArchiveError(f"the archive {manifest['object']['uri']} is not {manifest['format']} as this version "
-                               f"reads it: {said} ({where})", table=manifest.get("table"), day=manifest.get("day"),
-                               retryable=False) from readers.ArchiveDecodeError(f"{said} ({where})")
+                               f"reads it: {said}", table=manifest.get("table"), day=manifest.get("day"),
+                               retryable=False) from readers.ArchiveDecodeError(said)
         if isinstance(exc.__cause__, psycopg.DataError) and _BUILT_IN_FIELD.search(said):
             # an integer or uuid field that is none: no type of the user's refuses it, the archive holds it (altered)
             raise ArchiveError(f"the archive {manifest['object']['uri']} holds a field that is no value of its "
