@@ -31,6 +31,7 @@ from archive_pipeline.core import fingerprint as fp
 from archive_pipeline.core import keys
 from archive_pipeline.core.formats import readers
 from archive_pipeline.core.formats.common import OTHER_FORMATS, READ_AHEAD_BYTES
+from archive_pipeline.core.formats.csv import header_lines
 from archive_pipeline.core.config import MAX_IDENTIFIER_BYTES as MAX_NAME_BYTES, TableSpec
 from archive_pipeline.core.discovery import child_ranges
 from archive_pipeline.core.errors import (SETTING_MISFITS, TABLE_MISSING, ArchiveError, SessionSettingError, SourceError,
@@ -507,11 +508,10 @@ def load_into(conn: psycopg.Connection, archive_path: str | os.PathLike, manifes
     cols = _column_list(columns)
     try:
         with conn.transaction(), _input_settings(conn):
-            if fmt == "csv":
-                match = "MATCH" if conn.info.server_version >= 150000 else "true"
-                statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv, HEADER {})").format(
-                    target, cols, sql.SQL(match))
-                return _copy(conn, statement, readers.decompressed_chunks(archive_path, compression, limit))
+            if fmt == "csv":  # the header checked by csv_rows (HEADER MATCH misread an older release's)
+                statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(target, cols)
+                return _copy(conn, statement, readers.csv_rows(archive_path, compression, header_lines(columns),
+                                                               limit))
             if fmt == "parquet":
                 statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(target, cols)
                 return _copy(conn, statement, readers.parquet_csv_chunks(archive_path, columns), depth=1,

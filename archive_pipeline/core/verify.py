@@ -943,6 +943,12 @@ def _load(conn: psycopg.Connection, path: str, manifest: dict, target: sql.Compo
         if getattr(exc.__cause__, "not_json", False):  # its lines are no JSON objects: altered, a verdict (see _prove)
             raise
         said = getattr(getattr(exc.__cause__, "diag", None), "message_primary", None) or ""
+        if isinstance(exc.__cause__, _NOT_ITS_LAYOUT):  # the file's, not a value's: no type of the user's refused it
+            where = (exc.__cause__.diag.context or "").split("\n", 1)[0]  # (COPY's line, less the header line)
+            said = f"{said} ({where})" if where else said
+            raise ArchiveError(f"the archive {manifest['object']['uri']} is not {manifest['format']} as this version "
+                               f"reads it: {said}", table=manifest.get("table"), day=manifest.get("day"),
+                               retryable=False) from readers.ArchiveDecodeError(said)
         if isinstance(exc.__cause__, psycopg.DataError) and _BUILT_IN_FIELD.search(said):
             # an integer or uuid field that is none: no type of the user's refuses it, the archive holds it (altered)
             raise ArchiveError(f"the archive {manifest['object']['uri']} holds a field that is no value of its "
@@ -994,6 +1000,11 @@ def _drop_quietly(conn: psycopg.Connection, temp: sql.Composable) -> None:
     with contextlib.suppress(psycopg.Error):
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(temp))
 
+
+# COPY's refusals of the file itself, not of a value: its structure (22P04: a header, an unterminated quote, a field
+# count, a bare CR) or its bytes (22021: not UTF-8). The archive's own (damaged, or a layout this version does not
+# read), with the damaged archive's remedy; never "a value the types of the database refuse".
+_NOT_ITS_LAYOUT = (psycopg.errors.BadCopyFileFormat, psycopg.errors.CharacterNotInRepertoire)
 
 # PostgreSQL's refusal of a field as an integer or a uuid (the types v6 reads a CSV archive's fields as)
 _BUILT_IN_FIELD = re.compile(r"(invalid input syntax for type|is out of range for type) (smallint|integer|bigint|uuid)")

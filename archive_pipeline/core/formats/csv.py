@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Sequence
 
 from psycopg import sql
 
@@ -15,11 +16,36 @@ from archive_pipeline.core.source import Column, SourceTable
 # that is PostgreSQL's end-of-data marker on a line of its own.
 _NEEDS_QUOTES = re.compile(r'[",\r\n]|^\s|\s$')
 
+# Before a62bf11 the header was Python's csv.writer(lineterminator="\n")'s line, which quoted a name holding a
+# comma, a quote or an LF, and a CR too from Python 3.13 (up to 3.12 a lone CR was left bare); never white space
+# at either end nor ``\.``. Objects of those releases begin with one of these spellings (see header_lines).
+_WRITER_QUOTES = (re.compile(r'[",\n]'), re.compile(r'[",\r\n]'))
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
 
 def header_field(name: str) -> str:
-    if _NEEDS_QUOTES.search(name) or name == "\\.":
-        return '"' + name.replace('"', '""') + '"'
-    return name
+    """``name`` as today's header spells it (see _NEEDS_QUOTES)."""
+    return _quoted(name) if _NEEDS_QUOTES.search(name) or name == "\\." else name
+
+
+def _line(fields: Iterable[str]) -> bytes:
+    return (",".join(fields) + "\n").encode()
+
+
+def header_lines(names: Sequence[str]) -> tuple[bytes, ...]:
+    """Every header line of the columns ``names`` that a release of this archiver wrote, today's first, each once:
+    a CSV object begins with one of them. Restore checks the object's leading bytes against these and COPYs the
+    rows after them, since PostgreSQL's HEADER MATCH misreads an older release's line (a bare CR ends it; a bare
+    ``\\.`` ends the data)."""
+    lines = [_line(header_field(n) for n in names)]
+    for quotes in _WRITER_QUOTES:
+        line = _line(_quoted(n) if quotes.search(n) else n for n in names)
+        if line not in lines:
+            lines.append(line)
+    return tuple(lines)
 
 
 def _encoding(col: Column) -> dict:
@@ -38,7 +64,7 @@ class Csv(CopyFormat):
         super().__init__("csv", "csv", "text/csv; charset=utf-8")
 
     def header(self, table: SourceTable) -> bytes:
-        return (",".join(header_field(c.name) for c in table.columns) + "\n").encode()
+        return header_lines([c.name for c in table.columns])[0]
 
     def encodings(self, table: SourceTable) -> dict[str, dict]:
         return {c.name: _encoding(c) for c in table.columns}

@@ -1,8 +1,9 @@
 """Readers of the archive formats: turn a local archive file back into what PostgreSQL's input
 functions read, in bounded batches, without a Python object per row or value.
 
-- CSV is PostgreSQL's own ``COPY ... (FORMAT csv)`` output: it goes back through ``COPY FROM``
-  byte for byte (:func:`decompressed_chunks`).
+- CSV is PostgreSQL's own ``COPY ... (FORMAT csv)`` output under a header line: the header is checked here
+  against the spellings a release wrote, and the rows go back through ``COPY FROM`` byte for byte
+  (:func:`csv_rows`).
 - JSONL is one ``row_to_json`` object per line and JSON text never holds a raw newline or control
   character, so the lines go into a one-column table by ``COPY ... (FORMAT csv)`` with a delimiter and
   quote no JSON text holds (:func:`decompressed_chunks`, see ``restore._staged_lines``); PostgreSQL's
@@ -80,6 +81,27 @@ def decompressed_chunks(path: str | os.PathLike, compression: str, limit: int | 
                 raise ArchiveDecodeError(f"the object decompresses to more than the {limit:,} bytes its manifest "
                                          "records: it is damaged or was altered")
             yield chunk
+
+
+def csv_rows(path: str | os.PathLike, compression: str, headers: tuple[bytes, ...], limit: int | None = None
+             ) -> Iterator[pa.Buffer | memoryview]:
+    """The CSV object's bytes after its header line, which must be one of ``headers`` (every spelling of the
+    manifest's columns a release wrote: ``formats.csv.header_lines``), else :class:`ArchiveDecodeError`. Only the
+    leading bytes are looked at, once: the rows follow as they are decompressed, no extra pass over them."""
+    chunks, head, longest = decompressed_chunks(path, compression, limit), bytearray(), max(map(len, headers))
+    for chunk in chunks:  # (a header longer than a chunk: 1,600 quoted names)
+        head += memoryview(chunk)
+        if len(head) >= longest:
+            break
+    line = next((h for h in headers if head.startswith(h)), None)
+    if line is None:
+        first = bytes(head[:head.find(b"\n") + 1 or longest])
+        raise ArchiveDecodeError(f"its first line {first[:300]!r}{' ...' if len(first) > 300 else ''} is not the "
+                                 "header of the manifest's columns as any release wrote it: the object is damaged "
+                                 "or was altered")
+    if len(head) > len(line):
+        yield memoryview(head)[len(line):]
+    yield from chunks
 
 
 def jsonl_arrays(path: str | os.PathLike, compression: str, batch_bytes: int = JSON_BATCH_BYTES,
