@@ -945,6 +945,8 @@ def _load(conn: psycopg.Connection, path: str, manifest: dict, target: sql.Compo
         said = getattr(getattr(exc.__cause__, "diag", None), "message_primary", None) or ""
         if isinstance(exc.__cause__, _NOT_ITS_LAYOUT):  # the file's, not a value's: no type of the user's refused it
             where = (exc.__cause__.diag.context or "").split("\n", 1)[0]  # (COPY's line, less the header line)
+            if manifest.get("format") == "csv":  # COPY counts from the first data row: the object's line is one more
+                where = re.sub(r"\bline (\d+)", lambda m: f"line {int(m.group(1)) + 1} of the object", where, count=1)
             said = f"{said} ({where})" if where else said
             raise ArchiveError(f"the archive {manifest['object']['uri']} is not {manifest['format']} as this version "
                                f"reads it: {said}", table=manifest.get("table"), day=manifest.get("day"),
