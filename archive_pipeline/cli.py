@@ -58,9 +58,9 @@ from archive_pipeline.core.periods import Period, PeriodError, parse_period, zon
 from archive_pipeline.core.session_settings import session_pinned, set_session, watch_client
 from archive_pipeline.core.source import lookalike_hint
 from archive_pipeline.core.store import S3Store
-from archive_pipeline.core.verify import (FOREIGN, INEXACT, NEWER, NOT_CHECKED, OLDER, OTHER_PERIOD, UNREADABLE, Problem,
-                                          archive_damage, deep_verify, deep_verify_of, problem_kind, read_only,
-                                          source_side_only, verify_archive)
+from archive_pipeline.core.verify import (DAMAGE, FOREIGN, INEXACT, NEWER, NOT_CHECKED, OLDER, OTHER_PERIOD,
+                                          UNREADABLE, Problem, archive_damage, deep_verify, deep_verify_of,
+                                          problem_kind, read_only, source_side_only, verify_archive)
 
 EXIT_OK, EXIT_DIFFERENCES, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
@@ -1086,7 +1086,7 @@ def _verify_remedy(run: Run, spec: TableSpec, day: Period, problems: list[str], 
                 "archive_pipeline's), or verify it with the older archive_pipeline")
     if FOREIGN in kinds:  # another table-day's, intact (its own remedy)
         return ForeignManifestError.remedy
-    if OTHER_PERIOD in kinds:  # the table's zone or granularity changed: intact, not ours
+    if OTHER_PERIOD in kinds and not kinds & {DAMAGE, UNREADABLE}:  # the zone or granularity changed: intact
         return ("archive the day again with overwrite as the table is now configured, or configure the table as it "
                 "was when the day was archived (its archive is intact: it holds that other period's rows)")
     if NOT_CHECKED in kinds:  # nothing was checked: what kept it from being checked says what to do

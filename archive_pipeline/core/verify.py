@@ -699,9 +699,9 @@ def _prove(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: Perio
     if (unknown := fingerprint.why_uncomputable(manifest.get("fingerprint"))) is not None:
         # (an older version's remedy archives again, a newer one's upgrades: fingerprint.why_uncomputable's words)
         return [Problem(f"{unknown[0]}: {unknown[1]} to prove it", NEWER if unknown[1].startswith("upgrade") else OLDER)]
-    if manifest.get("empty"):
+    if manifest.get("empty"):  # nothing to load: what differs is the source (rows arrived since)
         changed = _source_changed(conn, spec, day, manifest)
-        return [changed] if changed else []
+        return [Problem(changed, SOURCE)] if changed else []
     if scratch_conn is None:
         if read_only(conn):
             raise _nowhere_to_load(conn, spec, day)
@@ -917,8 +917,9 @@ def source_side_only(problems: list[str]) -> bool:
     """Whether a deep verification's problems are all the source's: its rows against the archive's, which were
     loaded and found to be the ones recorded (an archive-side problem, damage or rows not the recorded ones, is
     said apart and first)."""
-    return bool(problems) and problems[0].startswith(_SOURCE_SIDE[0]) and all(problem_kind(p) == SOURCE
-                                                                              for p in problems)
+    first = problems[0] if problems else ""
+    return bool(problems) and (first.startswith(_SOURCE_SIDE[0]) or getattr(first, "kind", "") == SOURCE) and \
+        all(problem_kind(p) == SOURCE for p in problems)
 
 
 class NameGone(Exception):
