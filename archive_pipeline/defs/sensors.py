@@ -68,19 +68,22 @@ class SensorTarget:
     shared_job: str | None = None  # the job the table shares with tables of the same partitions, if any
 
     def archived_by(self, run: DagsterRun, *, untagged: bool = True) -> bool:
-        """Whether ``run`` archives this table of this code location, whatever job ran it: by its asset selection
-        where it has one (an asset backfill's ``__ASSET_JOB`` runs, the UI's Materialize; a shared job's run of
-        other tables is not), else by its table tag or job name (its own job's, the shared one's) and its prefix
-        tag (PREFIX_TAG, every archive job's): another location's table of the same name under another
-        asset_key_prefix has the same tag and job names. ``untagged``: what a run without the prefix tag (one
-        launched before the jobs carried it) counts as, where the tag and job name say the table."""
+        """Whether ``run`` archives this table of this code location, whatever job ran it. A run that materializes
+        the archive asset, and no other, is an archive run: by its asset selection where it has one (an asset
+        backfill's ``__ASSET_JOB`` runs, the UI's Materialize; a shared job's run of other tables is not), else by
+        its job, which must be one of the archive asset's (the table's own, the shared one), and its prefix tag
+        (PREFIX_TAG, every archive job's): another location's table of the same name under another asset_key_prefix
+        has the same job names. The table tag does not say it: the retention job's runs (``Remove_*``) carry it too,
+        and counted, a dry run's removal of a day was an archive run that refused the command line's archive (never
+        recorded) and an unfinished one an archive run in flight. ``untagged``: what a run without the prefix tag
+        (one launched before the jobs carried it) of an archive job counts as."""
         selection = run.asset_selection or ()
         if selection:
             return self.asset_key in selection
-        prefix = run.tags.get(PREFIX_TAG)
-        if prefix != prefix_tag(self.spec) and (prefix is not None or not untagged):
+        if run.job_name not in (self.job.name, self.shared_job):
             return False
-        return run.tags.get(TABLE_TAG) == self.spec.name or run.job_name in (self.job.name, self.shared_job)
+        prefix = run.tags.get(PREFIX_TAG)
+        return prefix == prefix_tag(self.spec) or (prefix is None and untagged)
 
 
 def describe_connect_failure(exc: BaseException, dsn: str, setting: str = "ARCHIVE_PG_DSN") -> str:
