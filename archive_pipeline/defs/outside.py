@@ -17,20 +17,22 @@ most LOOKUPS_PER_TICK manifests are read a tick: failed days do not grow the cos
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import psycopg
 from botocore.exceptions import BotoCoreError, ClientError
-from dagster import AssetMaterialization, DagsterInstance, RunsFilter, SensorEvaluationContext, build_resources
+from dagster import (AssetMaterialization, DagsterInstance, DagsterRun, RunRecord, RunsFilter, SensorEvaluationContext,
+                     build_resources)
 
-from archive_pipeline.core.config import ConfigError
+from archive_pipeline.core.config import ConfigError, TableSpec
 from archive_pipeline.core.errors import ArchiveError
 from archive_pipeline.core.keys import day_prefix, table_day_key
 from archive_pipeline.core.leftovers import same_source
 from archive_pipeline.core.lifecycle import archive_key
 from archive_pipeline.core.listing import unarchived_days
 from archive_pipeline.core.manifest import SourceIdentity, committed_at, layout_change
+from archive_pipeline.core.periods import Period
 from archive_pipeline.core.source import server_identity
 from archive_pipeline.core.store import S3Store
 from archive_pipeline.core.verify import load_manifest, object_problems
@@ -43,6 +45,12 @@ STORE_RESOURCE = "archive_store"
 # of ours, any other exception, fails the tick instead of passing for the store)
 STORE_ERRORS = (ArchiveError, BotoCoreError, ClientError, ConfigError)
 LOOKUPS_PER_TICK = 100  # manifests read a tick at most (a GET and a HEAD or two each); the others on the next ticks
+PARTITION_TAG = "dagster/partition"  # a run of one partition's tag
+# a ranged run's tags (a backfill's run of several partitions, by the asset's backfill policy): no PARTITION_TAG
+RANGE_TAGS = ("dagster/asset_partition_range_start", "dagster/asset_partition_range_end")
+# what reading a ranged run's tags as a table's periods raises where they name none (a range of another
+# granularity, a malformed or hand-tagged one, past the calendar's last day): the run archives none of its days
+RANGE_ERRORS = (ValueError, ArchiveError, OverflowError)
 # what a record of the sensor's says was checked (``verified``, as a run's record says it): the command line proves
 # nothing against the source, so a deep_check table's archive_intact fails such a day as never proven ("not proven",
 # checks.NEVER_PROVEN), naming this cause, where a record without it read "archived before deep_check was set"; an
@@ -130,22 +138,66 @@ def _started(instance: DagsterInstance, reads: list[tuple]) -> dict[tuple[str, s
     started did, as a POSIX time; a day whose runs never started is left out. An archive written before is the one
     that run looked at (and refused, the day being missing: stale, changed since). Every run of the day counts,
     whatever job ran it (the sensor's failed one, a re-run from the UI, the shared job's run of several tables, an
-    asset backfill's), where it is a run of this location's table (SensorTarget.archived_by): the table tag alone
-    missed all but the table's own job's runs. One query for every table's days: the tick reads at most
-    LOOKUPS_PER_TICK manifests, so at most as many days' runs."""
+    asset backfill's), where it is a run of this location's table (SensorTarget.archived_by), and whether it names
+    the day by its partition tag or covers it by its range (a ranged backfill run, :func:`run_keys`): one missed
+    had the archive it refused recorded as the remedy followed. A bounded cost whatever the days: one query for
+    every table's days by their partition tag (the tick reads at most LOOKUPS_PER_TICK manifests, so at most as
+    many days' runs), and :func:`_ranged_runs`'s two."""
     days = sorted({day for _, read in reads for day in read})
     if not days:
         return {}
+    looked = [(target, read, sorted(target.spec.period(day) for day in read)) for target, read in reads if read]
     started: dict[tuple[str, str], float] = {}
-    for record in instance.get_run_records(RunsFilter(tags={"dagster/partition": days})):
-        run, day = record.dagster_run, record.dagster_run.tags.get("dagster/partition")
+    for record in [*instance.get_run_records(RunsFilter(tags={PARTITION_TAG: days})), *_ranged_runs(instance, days)]:
         if record.start_time is None:
             continue
-        for target, read in reads:
-            key = (target.spec.name, day)
-            if day in read and record.start_time > started.get(key, float("-inf")) and target.archived_by(run):
-                started[key] = record.start_time
+        for target, read, within in looked:
+            if not target.archived_by(record.dagster_run):
+                continue
+            try:
+                covered = run_keys(target.spec, record.dagster_run, within)
+            except RANGE_ERRORS:  # (its range names no period of the table: it archives none of its days)
+                continue
+            for key in ((target.spec.name, day) for day in covered if day in read):
+                started[key] = max(started.get(key, float("-inf")), record.start_time)
     return started
+
+
+def _ranged_runs(instance: DagsterInstance, days: list[str]) -> Sequence[RunRecord]:
+    """The ranged runs whose range may cover one of ``days`` (partition keys, sorted): those ending on or after the
+    first one's date (every key starts with one, ``2024-03-10``), of any table; the caller keeps its tables' and
+    reads each range as the table's periods. Two queries whatever the days: the distinct range ends the instance
+    holds (one a backfill's chunk of days), then the runs with those ends."""
+    ends = [end for _, values in instance.get_run_tags(tag_keys=[RANGE_TAGS[1]]) for end in values
+            if end[:10] >= days[0][:10]]
+    return instance.get_run_records(RunsFilter(tags={RANGE_TAGS[1]: ends})) if ends else []
+
+
+def run_keys(spec: TableSpec, run: DagsterRun, within: Sequence[Period]) -> set[str]:
+    """The partition keys of ``spec``'s table a run archives: its partition tag's, else those of its range (range
+    tags) that meet ``within`` (:func:`range_keys`); none for a run with neither. A range that names no periods of
+    the table raises one of RANGE_ERRORS (the caller says or skips it)."""
+    if run.tags.get(PARTITION_TAG):
+        return {run.tags[PARTITION_TAG]}
+    if all(run.tags.get(tag) for tag in RANGE_TAGS):
+        return range_keys(spec, run, within)
+    return set()
+
+
+def range_keys(spec: TableSpec, run: DagsterRun, within: Sequence[Period]) -> set[str]:
+    """The partition keys of a ranged run's range, read as the table's periods, where it meets ``within`` (oldest
+    first): stepped from the later start to the earlier end only. A range hand-tagged "from then on" (its end in
+    year 9999) stepped whole was ~70 million hours, a tick of tens of minutes and gigabytes, past the daemon's
+    timeout: every tick failed, and no table's new day was requested while the run was unfinished."""
+    day, last = (spec.period(run.tags[tag]) for tag in RANGE_TAGS)  # (read first: a malformed tag is said)
+    if not within:
+        return set()
+    day, last = max(day, within[0]), min(last, within[-1])
+    keys = set()
+    while day <= last:
+        keys.add(day.isoformat())
+        day = day.next()
+    return keys
 
 
 def _taken(where: Store, identity: SourceIdentity, target, partition: str, started: float | None

@@ -49,7 +49,7 @@ from archive_pipeline.core.errors import ArchiveError, redact
 from archive_pipeline.core.periods import UNIT, Period
 from archive_pipeline.core.plan import select_days
 from archive_pipeline.core.session_settings import apply_settings
-from archive_pipeline.defs.outside import STORE_ERRORS, archived_outside, store_of
+from archive_pipeline.defs.outside import RANGE_ERRORS, RANGE_TAGS, STORE_ERRORS, archived_outside, run_keys, store_of
 from archive_pipeline.defs.resources import PostgresResource
 
 RUN_KEY_TAG = "dagster/run_key"  # the tag Dagster gives a run launched from a request with a run_key
@@ -68,19 +68,22 @@ class SensorTarget:
     shared_job: str | None = None  # the job the table shares with tables of the same partitions, if any
 
     def archived_by(self, run: DagsterRun, *, untagged: bool = True) -> bool:
-        """Whether ``run`` archives this table of this code location, whatever job ran it: by its asset selection
-        where it has one (an asset backfill's ``__ASSET_JOB`` runs, the UI's Materialize; a shared job's run of
-        other tables is not), else by its table tag or job name (its own job's, the shared one's) and its prefix
-        tag (PREFIX_TAG, every archive job's): another location's table of the same name under another
-        asset_key_prefix has the same tag and job names. ``untagged``: what a run without the prefix tag (one
-        launched before the jobs carried it) counts as, where the tag and job name say the table."""
+        """Whether ``run`` archives this table of this code location, whatever job ran it. A run that materializes
+        the archive asset, and no other, is an archive run: by its asset selection where it has one (an asset
+        backfill's ``__ASSET_JOB`` runs, the UI's Materialize; a shared job's run of other tables is not), else by
+        its job, which must be one of the archive asset's (the table's own, the shared one), and its prefix tag
+        (PREFIX_TAG, every archive job's): another location's table of the same name under another asset_key_prefix
+        has the same job names. The table tag does not say it: the retention job's runs (``Remove_*``) carry it too,
+        and counted, a dry run's removal of a day was an archive run that refused the command line's archive (never
+        recorded) and an unfinished one an archive run in flight. ``untagged``: what a run without the prefix tag
+        (one launched before the jobs carried it) of an archive job counts as."""
         selection = run.asset_selection or ()
         if selection:
             return self.asset_key in selection
-        prefix = run.tags.get(PREFIX_TAG)
-        if prefix != prefix_tag(self.spec) and (prefix is not None or not untagged):
+        if run.job_name not in (self.job.name, self.shared_job):
             return False
-        return run.tags.get(TABLE_TAG) == self.spec.name or run.job_name in (self.job.name, self.shared_job)
+        prefix = run.tags.get(PREFIX_TAG)
+        return prefix == prefix_tag(self.spec) or (prefix is None and untagged)
 
 
 def describe_connect_failure(exc: BaseException, dsn: str, setting: str = "ARCHIVE_PG_DSN") -> str:
@@ -269,9 +272,6 @@ def wanted_runs(found: list[tuple[SensorTarget, list[Period]]]) -> Iterator[Want
         queues = still
 
 
-RANGE_TAGS = ("dagster/asset_partition_range_start", "dagster/asset_partition_range_end")
-
-
 def unfinished_runs(instance: DagsterInstance, location: str | None, repository: str | None,
                     filters: RunsFilter | None = None) -> list:
     """Every queued or running run of this code location (page by page: a year's backfill of a few tables
@@ -327,40 +327,21 @@ def days_in_flight(runs: Iterable, target: SensorTarget, ignored: list[str] | No
     (:func:`unfinished_backfills`) has not submitted yet. Requested again, each would wait for the same table-day
     lock and archive the day twice. A run whose range names no periods of the table archives none of them: it is
     left out, and said in ``ignored``. ``within``: the periods the caller asks about, oldest first; a run's range is
-    read only between the first and the last of them (see :func:`_range_keys`)."""
+    read only between the first and the last of them (see :func:`outside.range_keys`)."""
     spec, busy = target.spec, set()
     for backfill in backfills:
         busy |= backfill_keys(backfill, target.asset_key, (target.job.name, target.shared_job))
     for run in runs:
         if not target.archived_by(run):
             continue
-        if run.tags.get("dagster/partition"):
-            busy.add(run.tags["dagster/partition"])
-        elif all(run.tags.get(tag) for tag in RANGE_TAGS):
-            try:
-                busy |= _range_keys(spec, run, within)
-            # (OverflowError: a range hand-tagged to 9999-12-31, past the calendar's last day, failed every tick)
-            except (ValueError, ArchiveError, OverflowError) as exc:
-                if ignored is not None:
-                    ignored.append(f"run {run.run_id} (range {run.tags[RANGE_TAGS[0]]}..{run.tags[RANGE_TAGS[1]]}: "
-                                   f"{type(exc).__name__}: {exc})")
+        try:
+            busy |= run_keys(spec, run, within)
+        # (OverflowError: a range hand-tagged to 9999-12-31, past the calendar's last day, failed every tick)
+        except RANGE_ERRORS as exc:
+            if ignored is not None:
+                ignored.append(f"run {run.run_id} (range {run.tags[RANGE_TAGS[0]]}..{run.tags[RANGE_TAGS[1]]}: "
+                               f"{type(exc).__name__}: {exc})")
     return busy
-
-
-def _range_keys(spec: TableSpec, run: DagsterRun, within: Sequence[Period]) -> set[str]:
-    """The partition keys of a ranged run's range, read as the table's periods, where it meets ``within`` (oldest
-    first): stepped from the later start to the earlier end only. A range hand-tagged "from then on" (its end in
-    year 9999) stepped whole was ~70 million hours, a tick of tens of minutes and gigabytes, past the daemon's
-    timeout: every tick failed, and no table's new day was requested while the run was unfinished."""
-    day, last = (spec.period(run.tags[tag]) for tag in RANGE_TAGS)  # (read first: a malformed tag is said)
-    if not within:
-        return set()
-    day, last = max(day, within[0]), min(last, within[-1])
-    keys = set()
-    while day <= last:
-        keys.add(day.isoformat())
-        day = day.next()
-    return keys
 
 
 def untried(instance: DagsterInstance, requests: Iterable[Keyed], cap: int, location: str | None = None,
