@@ -37,3 +37,4 @@ test: $(SETUP)
 bench: $(SETUP)
 	$(PY) bench/run.py $(ARGS)
 	$(PY) bench/restore.py $(ARGS)
+	$(PY) bench/wide_parquet.py
