@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import types
 
 import yaml
@@ -390,8 +391,6 @@ def test_archive_json_drops_the_first_tables_days_when_the_session_is_ended_whil
     Should: exit 3 with the error, and `days` listing a's 2024-03-10 and 2024-03-11 as archived. Fix idea: in
     `_archive_tables`, catch a psycopg.OperationalError / lost connection (``run.lost``) around present_days (and
     the pending-removal look) and raise ``_DatabaseLost``."""
-    import time
-
     days = [dt.date(2024, 3, 10), dt.date(2024, 3, 11)]
     config = _tables(conn, schema, tmp_path, ["a", "b"], days)
     env = _env(pg, s3, bucket, config)
@@ -402,13 +401,7 @@ def test_archive_json_drops_the_first_tables_days_when_the_session_is_ended_whil
                                   "--to", "2024-03-11", "--json"], env=env, cwd=ROOT, stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True)
         try:
-            deadline, ended = time.monotonic() + 30, 0
-            while not ended and time.monotonic() < deadline and child.poll() is None:
-                ended = conn.execute("SELECT count(pg_terminate_backend(a.pid)) FROM pg_stat_activity a "
-                                     "WHERE a.application_name = 'archive_pipeline_cli' AND a.wait_event_type = "
-                                     "'Lock'").fetchone()[0]
-                time.sleep(0.05)
-            assert ended == 1, child.poll()
+            assert end_cli_session_waiting_on_a_lock(conn, child, 30) == 1, child.poll()
         finally:
             migration.rollback()
         out, err = child.communicate(timeout=60)
@@ -416,3 +409,16 @@ def test_archive_json_drops_the_first_tables_days_when_the_session_is_ended_whil
     assert child.returncode == 3, out + err
     archived = {(d["table"], d["day"]) for d in answer.get("days", []) if d["status"] == "archived"}
     assert archived == {(f"{schema}.a", "2024-03-10"), (f"{schema}.a", "2024-03-11")}, answer
+
+
+def end_cli_session_waiting_on_a_lock(conn, child, seconds: float) -> int:
+    """End (pg_terminate_backend) the command line's session once it waits on a lock, polling while ``child`` (its
+    process) runs, for at most ``seconds``: how many sessions were ended (1 where it waited). The polling decides
+    nothing: the session is ended only once PostgreSQL shows it waiting."""
+    deadline, ended = time.monotonic() + seconds, 0
+    while not ended and time.monotonic() < deadline and child.poll() is None:
+        ended = conn.execute("SELECT count(pg_terminate_backend(a.pid)) FROM pg_stat_activity a "
+                             "WHERE a.application_name = 'archive_pipeline_cli' AND a.wait_event_type = "
+                             "'Lock'").fetchone()[0]
+        time.sleep(0.05)
+    return ended

@@ -40,9 +40,7 @@ def test_the_sensor_records_a_changed_day_whose_later_run_without_the_table_tag_
     t = config.tables[0]
     defs = build_definitions(config)
     with instance_for_test() as instance:
-        _sensor_run_failed(instance, t, YESTERDAY.isoformat())
-        archive_partition(conn, t, YESTERDAY, store, temp_dir=temp_dir)  # the tick's remedy, followed
-        conn.execute(f'INSERT INTO "{schema}".t VALUES (3, %s)', (dt.datetime.combine(YESTERDAY, dt.time(20), dt.UTC),))
+        remedy_followed_then_a_late_row(conn, instance, schema, t, store, temp_dir)
         run = defs.resolve_job_def(shared_job_names(config)[t.name]).execute_in_process(
             instance=instance, partition_key=YESTERDAY.isoformat(), raise_on_error=False)
         assert not run.success and "overwrite" in str(run.all_events), "the later run refuses the changed day"
@@ -99,3 +97,11 @@ def test_another_regional_locations_run_of_the_same_table_name_makes_the_schedul
         instance.add_run(eu_run.with_status(DagsterRunStatus.SUCCESS))  # eu's day archived, in eu's database
         later = tick(dt.datetime(2024, 3, 12, 1, tzinfo=dt.UTC)) + tick(dt.datetime(2024, 3, 13, 1, tzinfo=dt.UTC))
     assert day in first + later, (first, later)
+
+
+def remedy_followed_then_a_late_row(conn, instance, schema: str, t, store, temp_dir) -> None:
+    """Yesterday's sensor run of table ``t`` failed after it started; the tick's remedy was followed (the day
+    archived by the command line); then a late row arrived in the day (the archive is stale)."""
+    _sensor_run_failed(instance, t, YESTERDAY.isoformat())
+    archive_partition(conn, t, YESTERDAY, store, temp_dir=temp_dir)  # the tick's remedy, followed
+    conn.execute(f'INSERT INTO "{schema}".t VALUES (3, %s)', (dt.datetime.combine(YESTERDAY, dt.time(20), dt.UTC),))

@@ -6,13 +6,12 @@ import datetime as dt
 import json
 import subprocess
 import sys
-import time
 
 from psycopg import sql
 
 from archive_pipeline_tests.test_cli import ROOT, cli
 from archive_pipeline_tests.test_hunt10_px import _env
-from archive_pipeline_tests.test_hunt14_ti import _tables
+from archive_pipeline_tests.test_hunt14_ti import _tables, end_cli_session_waiting_on_a_lock
 
 DAYS = [dt.date(2024, 3, 10), dt.date(2024, 3, 11)]
 
@@ -27,12 +26,7 @@ def _ended_while_waiting(conn, pg, env, locked: str, *args: str) -> tuple[int, s
         child = subprocess.Popen([sys.executable, "-m", "archive_pipeline.cli", *args], env=env, cwd=ROOT,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
-            deadline, ended = time.monotonic() + 60, 0
-            while not ended and time.monotonic() < deadline and child.poll() is None:
-                ended = conn.execute("SELECT count(pg_terminate_backend(a.pid)) FROM pg_stat_activity a "
-                                     "WHERE a.application_name = 'archive_pipeline_cli' AND a.wait_event_type = "
-                                     "'Lock'").fetchone()[0]
-                time.sleep(0.05)  # (polling for the wait to show: the outcome does not depend on its timing)
+            ended = end_cli_session_waiting_on_a_lock(conn, child, 60)
             assert ended == 1, (child.poll(), child.stdout.read() if child.poll() is not None else "")
         finally:
             migration.rollback()

@@ -12,6 +12,7 @@ from archive_pipeline.core.archive import archive_partition
 from archive_pipeline.definitions import build_definitions
 from archive_pipeline.defs.assets import job_name
 from archive_pipeline_tests.test_hunt16_vm import YESTERDAY, _config, _recorded, _sensor_run_failed, _table, _tick
+from archive_pipeline_tests.test_hunt25_cq import remedy_followed_then_a_late_row
 
 
 def test_the_sensor_records_a_changed_day_whose_later_ranged_backfill_run_refused_it(pg, conn, schema, archive_env,
@@ -36,9 +37,7 @@ def test_the_sensor_records_a_changed_day_whose_later_ranged_backfill_run_refuse
     t = config.tables[0]
     defs = build_definitions(config)
     with instance_for_test() as instance:
-        _sensor_run_failed(instance, t, YESTERDAY.isoformat())
-        archive_partition(conn, t, YESTERDAY, store, temp_dir=temp_dir)  # the tick's remedy, followed
-        conn.execute(f'INSERT INTO "{schema}".t VALUES (3, %s)', (dt.datetime.combine(YESTERDAY, dt.time(20), dt.UTC),))
+        remedy_followed_then_a_late_row(conn, instance, schema, t, store, temp_dir)
         run = defs.resolve_job_def(job_name(t)).execute_in_process(
             instance=instance, raise_on_error=False,
             tags={"dagster/asset_partition_range_start": (YESTERDAY - dt.timedelta(days=1)).isoformat(),
