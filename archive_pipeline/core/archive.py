@@ -33,8 +33,8 @@ from archive_pipeline.core.compression import get_codec
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.discovery import day_children, day_table_parents, partition_may_hold, partition_of_day, \
     source_table
-from archive_pipeline.core.errors import (ArchiveError, UnsupportedTypeError, is_cancellation, is_retryable, named,
-                                          note_cancelled, renote_cancelled, without_verdict)
+from archive_pipeline.core.errors import (ArchiveError, SourceError, UnsupportedTypeError, is_cancellation, is_retryable,
+                                          named, note_cancelled, renote_cancelled, without_verdict)
 from archive_pipeline.core.formats.common import (
     OTHER_FORMATS,
     Extraction,
@@ -76,15 +76,16 @@ from archive_pipeline.core.manifest import (
     table_definition,
 )
 from archive_pipeline.core.memory import bound_allocator
-from archive_pipeline.core.periods import Period, PeriodError
+from archive_pipeline.core.periods import UNIT, Period, PeriodError
 from archive_pipeline.core.parallel import StreamSlots, free_sessions, open_snapshot_sessions, plan_streams, write_day
 from archive_pipeline.core.session_settings import resolved, speaks_utf8
 from archive_pipeline.core.sink import temp_archive_file, temp_dir_given, temp_dir_named
 from archive_pipeline.core.formats import get_format
-from archive_pipeline.core.source import READ_SETTINGS, SNAPSHOT_SETTINGS, Replay, SourceTable, composite_signature, \
-    day_filter, estimated_bytes, estimated_rows, hold_day, names_brief, primary_key, printed_names, read_snapshot, reads_foreign_tables, \
-    read_relations, same_casts, same_members, same_printed_names, same_read_relations, same_shapes, server_identity, \
-    shape_changes, snapshot_open, snapshot_time, standby_replay, view_calls, wrapped, columns_as_archived
+from archive_pipeline.core.source import READ_SETTINGS, SNAPSHOT_SETTINGS, Replay, Snapshot, SourceTable, \
+    columns_as_archived, composite_signature, day_filter, estimated_bytes, estimated_rows, hold_day, names_brief, \
+    primary_key, printed_names, read_relations, read_snapshot, reads_foreign_tables, same_casts, same_members, \
+    same_printed_names, same_read_relations, same_shapes, server_identity, shape_changes, snapshot_open, \
+    snapshot_time, standby_replay, view_calls, wrapped
 from archive_pipeline.core.store import DownloadError, KeyTakenError, S3Store, S3Upload, etag_text
 from archive_pipeline.core.streams import StreamGroup
 from archive_pipeline.core.verify import archive_damage
@@ -464,6 +465,7 @@ class _Archiving:
             with temp_archive_file(self.temp_dir, suffix=f".{object_extension(self.spec)}") as sink:
                 with read_snapshot(self.conn, self.settings) as snapshot:
                     self._refuse_stale_standby(None)  # (where the standby's replay stood as the snapshot was taken)
+                    self._refuse_unended(snapshot)
                     declarative = self.spec.partitioning.mode == "declarative"
                     children = day_children(self.conn, self.spec, self.day) if declarative else []
                     table = source_table(self.conn, self.spec, self.day)
@@ -1197,6 +1199,24 @@ class _Archiving:
         recorded = manifest.get("columns", [])
         columns = columns_as_archived(table.columns, [c.get("name") for c in recorded])
         return fingerprint.inexact_retypes(self.conn, columns, recorded) if columns is not None else []
+
+    def _refuse_unended(self, snapshot: Snapshot) -> None:
+        """A period not over by the database's own clock (the snapshot's ``now()``) is refused, retryable, before
+        anything is read: its rows are still being written (a ``DEFAULT now()`` stamps them by that clock), so
+        its archive would publish part of the period as the whole, and its next run would find it "changed since
+        archived". The asset, the command line and the sensor decide "over" by their host's clock, which can run
+        ahead of the server's, and a caller of the core API may pass any day."""
+        if snapshot.taken_at >= self.day.utc_end:
+            return
+        unit = UNIT[self.day.granularity]
+        raise SourceError(
+            f"{self.spec.name} {self.day.key}: the {unit} is not over yet by the database's clock (it ends at "
+            f"{self.day.utc_end:%Y-%m-%d %H:%M} UTC; the database's now() is "
+            f"{snapshot.taken_at.astimezone(dt.UTC):%Y-%m-%d %H:%M:%S} UTC) and its rows are still being written; "
+            "nothing was written", table=self.spec.name,
+            day=self.day.isoformat(), retryable=True, cause=f"the {unit} is not over yet",
+            remedy="archive it once it is over (the schedule and the sensor request it then); if this host's clock "
+                   "runs ahead of the database server's, set both by NTP")
 
     def _refuse_stale_standby(self, manifest: dict | None) -> None:
         """On a hot standby whose replay is paused with WAL waiting, or behind ``manifest``'s archive (no commit
