@@ -76,3 +76,16 @@ def test_a_restore_into_a_table_named_with_a_percent_sign_moves_its_identity_pas
         conn.execute(f"INSERT INTO {copy} (at, note) VALUES ('2024-03-11', 'the application')")  # (no parameters)
     except psycopg.errors.UniqueViolation as exc:
         pytest.fail(f"after the restore ({result.check}) the identity hands out a restored id: {exc}")
+
+
+def test_a_configuration_path_holding_backslashes_is_quoted_as_it_is_when_retries_are_off():
+    """Scenario: the configuration lives at ``C:\\dagster\\gone\\archive.yaml`` (a Windows path) and a step's retry
+    policy is ``max_retries: 0``; a transient failure's remedy says "retried automatically".
+
+    Should: the remedy names the path exactly (re.sub read it as a replacement template: ``\\d`` is a bad escape,
+    re.error, and ``\\g`` a bad group reference)."""
+    from archive_pipeline.defs.checks import retries_off
+
+    path = r"C:\dagster\gone\archive.yaml"
+    said = retries_off("a lock timeout; to fix: retried automatically", path)
+    assert f"retry: max_retries: 0 in {path})" in said, said
