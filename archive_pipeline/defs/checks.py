@@ -449,7 +449,8 @@ def retries_off(text: str, origin: str | None, disabled: bool = False) -> str:
     text = text.replace("transient, retried", f"transient, but not retried: {off}")
     text = text.replace("This looked transient and was retried", f"This looked transient, but {off}")
     text = re.sub(r"; (?:the run|the download|the day) will be retried", "; retryable", text)  # (the store's words)
-    return re.sub(r"\bretried automatically\b", f"not retried: {off}; launch it again", text)
+    # (a function, not a replacement string: the configuration's path may hold a backslash, C:\dagster\...)
+    return re.sub(r"\bretried automatically\b", lambda _: f"not retried: {off}; launch it again", text)
 
 
 def run_retries_off(context: AssetExecutionContext | AssetCheckExecutionContext) -> bool:

@@ -232,20 +232,22 @@ def _refuse_broken_domain(conn: psycopg.Connection, table: SourceTable, where: s
                                  for d in found)
     query = sql.SQL("SELECT EXISTS (SELECT FROM {table} WHERE ({where}) AND ({holds}))").format(
         table=table.identifier, where=where, holds=holds)
+    # (the detail is built whole here, never passed through str.format: PostgreSQL's message quotes the
+    # constraint's name, which may hold braces)
+    domains = ", ".join(dict.fromkeys(d.at.type for d in found))
     try:
         with conn.transaction():
             broken = conn.execute(query).fetchone()[0]
-        detail = ("a NULL its domain ({domains}) refuses (NOT NULL, or a CHECK false for NULL), which PostgreSQL "
+        detail = (f"a NULL its domain ({domains}) refuses (NOT NULL, or a CHECK false for NULL), which PostgreSQL "
                   "stored unchecked (as it does a NULL from a scalar subquery of no row, or of an outer join)")
     except psycopg.errors.OperationalError:
         raise
     except psycopg.Error as exc:
         broken = True
-        detail = (f"a value its domain ({{domains}}) refuses ({first_line(exc)}), which PostgreSQL kept (a CHECK "
+        detail = (f"a value its domain ({domains}) refuses ({first_line(exc)}), which PostgreSQL kept (a CHECK "
                   "added NOT VALID checks only values written after it)")
     if not broken:
         return
-    domains = ", ".join(dict.fromkeys(d.at.type for d in found))
     nested = "; ".join(d.at.route for d in found if d.at.steps and set(d.at.steps) != {"domain"})
     # (only a domain that is the column's type, or one it is a domain over: PostgreSQL cannot validate one used
     # inside an array, composite or range, "cannot alter type ... because column ... uses it")
@@ -256,7 +258,7 @@ def _refuse_broken_domain(conn: psycopg.Connection, table: SourceTable, where: s
             f"{_ultimate_base(conn, own.at.type)})" if own else "the column as text")
     raise UnsupportedTypeError(
         f"column {column.name!r} ({column.type_name}{', at ' + nested if nested else ''}) of {table.qualified} holds "
-        f"{detail.format(domains=domains)}: archived, the day "
+        f"{detail}: archived, the day "
         "would be green, and no restore or proof of it could succeed (each loads the values back into the "
         "column's type, which checks them)", table=table.qualified, retryable=False,
         cause="a value its domain refuses",
