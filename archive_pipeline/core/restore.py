@@ -2543,25 +2543,58 @@ def _routed_by_trigger(conn: psycopg.Connection, manifest: dict, relation: Relat
             f"{int(manifest['rows']):,} archived rows: {how})"), gained
 
 
-# The archived columns of the target that take their values from a sequence, with the sequence and its increment:
-# one they own (an identity column, ALWAYS or BY DEFAULT, or a serial's: pg_get_serial_sequence) or one their default
-# draws from without owning it (``DEFAULT nextval('ids')``, a sequence shared by tables or OWNED BY another column:
-# the default expression's pg_depend on it), each once
-_OWNED_SEQUENCES = """
-SELECT a.attname::text, n.nspname::text, c.relname::text, q.seqincrement
-FROM pg_catalog.pg_attribute a
-CROSS JOIN LATERAL (
-    SELECT pg_catalog.pg_get_serial_sequence(%(t)s, a.attname::text)::pg_catalog.regclass::pg_catalog.oid AS seq
-    UNION
-    SELECT d.refobjid FROM pg_catalog.pg_attrdef ad JOIN pg_catalog.pg_depend d
-        ON d.classid = 'pg_catalog.pg_attrdef'::pg_catalog.regclass AND d.objid = ad.oid
-        AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
-    WHERE ad.adrelid = a.attrelid AND ad.adnum = a.attnum) s
-JOIN pg_catalog.pg_sequence q ON q.seqrelid = s.seq
-JOIN pg_catalog.pg_class c ON c.oid = s.seq JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-WHERE a.attrelid = pg_catalog.to_regclass(%(t)s) AND a.attnum > 0 AND NOT a.attisdropped
-  AND (%(names)s::text[] IS NULL OR a.attname::text = ANY (%(names)s::text[]))
-ORDER BY a.attnum, n.nspname, c.relname
+# The sequences the default of column ``a`` (a pg_attribute row; ``ad`` its pg_attrdef row, LEFT JOINed) draws from:
+# its own default's or, where it has neither a default nor an identity of its own, its domain's (the only one INSERT
+# then uses: PostgreSQL takes no base domain's default, a domain over a domain copies it when made). By pg_depend for
+# a sequence the expression names as a regclass, wherever in it (``nextval('ids')::int``, ``'A-' || nextval('ids')``),
+# and by the deparsed text for one it names as text (``nextval('ids'::text)``, as dumps of old servers have it), for
+# which PostgreSQL records no dependency and looks the name up at each INSERT: here by the search path, the name's
+# shape checked first (to_regclass raises on some malformed names)
+_DEFAULT_DRAWS_FROM = r"""
+SELECT d.refobjid AS seq FROM pg_catalog.pg_depend d
+WHERE d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
+  AND ((d.classid = 'pg_catalog.pg_attrdef'::pg_catalog.regclass AND d.objid = ad.oid)
+       OR (ad.oid IS NULL AND a.attidentity = '' AND d.classid = 'pg_catalog.pg_type'::pg_catalog.regclass
+           AND d.objid = a.atttypid))
+UNION
+SELECT pg_catalog.to_regclass(pg_catalog.replace(m[1], '''''', ''''))::pg_catalog.oid
+FROM pg_catalog.regexp_matches(
+    COALESCE(pg_catalog.pg_get_expr(ad.adbin, ad.adrelid),
+             CASE WHEN a.attidentity = '' THEN (SELECT pg_catalog.pg_get_expr(ty.typdefaultbin, 0)
+                                                FROM pg_catalog.pg_type ty WHERE ty.oid = a.atttypid) END),
+    $re$nextval\(\('((?:[^']|'')+)'::[a-z ]+\)::regclass\)$re$, 'g') m
+WHERE m[1] ~ $re$^("([^"]|"")+"|[^".\s]+)(\.("([^"]|"")+"|[^".\s]+))?\Z$re$"""
+
+# The archived columns of the target that take their values from a sequence, with the sequence, its increment, and
+# the domain and the ancestor it was found through (NULL where it was not): one they own (an identity column, ALWAYS
+# or BY DEFAULT, or a serial's: pg_get_serial_sequence) or one their default draws from without owning it
+# (``DEFAULT nextval('ids')``, a sequence shared by tables or OWNED BY another column, a domain's default:
+# _DEFAULT_DRAWS_FROM), of the target or of a table it is a partition (at any depth) or an INHERITS child of, whose
+# INSERTs route or show their rows beside the restored ones; each once, the nearest table's
+_OWNED_SEQUENCES = f"""
+WITH RECURSIVE up (rel, depth) AS (
+    SELECT pg_catalog.to_regclass(%(t)s)::pg_catalog.oid, 0
+    UNION ALL
+    SELECT i.inhparent, up.depth + 1 FROM up JOIN pg_catalog.pg_inherits i ON i.inhrelid = up.rel)
+SELECT col, nsp, rel, inc, domain, ancestor FROM (
+    SELECT DISTINCT ON (ta.attnum, s.seq) ta.attnum, ta.attname::text AS col, n.nspname::text AS nsp,
+           c.relname::text AS rel, q.seqincrement AS inc,
+           CASE WHEN ad.oid IS NULL AND a.attidentity = '' THEN a.atttypid::pg_catalog.regtype::text END AS domain,
+           CASE WHEN up.depth > 0 THEN up.rel::pg_catalog.regclass::text END AS ancestor
+    FROM pg_catalog.pg_attribute ta
+    CROSS JOIN up
+    JOIN pg_catalog.pg_attribute a ON a.attrelid = up.rel AND a.attname = ta.attname AND NOT a.attisdropped
+    LEFT JOIN pg_catalog.pg_attrdef ad ON ad.adrelid = a.attrelid AND ad.adnum = a.attnum
+    CROSS JOIN LATERAL (
+        SELECT pg_catalog.pg_get_serial_sequence(a.attrelid::pg_catalog.regclass::text, a.attname::text)
+               ::pg_catalog.regclass::pg_catalog.oid AS seq
+        UNION {_DEFAULT_DRAWS_FROM}) s
+    JOIN pg_catalog.pg_sequence q ON q.seqrelid = s.seq
+    JOIN pg_catalog.pg_class c ON c.oid = s.seq JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+    WHERE ta.attrelid = pg_catalog.to_regclass(%(t)s) AND ta.attnum > 0 AND NOT ta.attisdropped
+      AND (%(names)s::text[] IS NULL OR ta.attname::text = ANY (%(names)s::text[]))
+    ORDER BY ta.attnum, s.seq, up.depth) found
+ORDER BY attnum, nsp, rel
 """
 
 
@@ -2590,11 +2623,15 @@ def _advance_sequences(conn: psycopg.Connection, manifest: dict, relation: Relat
     try:
         with conn.transaction():
             owned = conn.execute(_OWNED_SEQUENCES, {"t": target, "names": names}).fetchall()
-    except psycopg.Error:
-        return ""
+    except psycopg.Error as exc:
+        return (f"; the sequences {relation}'s columns take their values from could not be looked up "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0]}): if one is behind the restored values, its next "
+                "value is a restored one (SELECT setval('<sequence>', (SELECT max(<column>) FROM "
+                f"{relation})) as its owner)")
     said = []
-    for column, *named_as, increment in owned:
-        sequence = Relation(*named_as)
+    for column, nsp, name, increment, domain, ancestor in owned:
+        sequence = Relation(nsp, name)
+        through = _found_through(domain, ancestor, relation)
         edge = "max" if increment > 0 else "min"
         ahead = ">=" if increment > 0 else "<="  # (the value next handed out: last_value + increment once called)
         query = sql.SQL(
@@ -2607,15 +2644,24 @@ def _advance_sequences(conn: psycopg.Connection, manifest: dict, relation: Relat
             with conn.transaction():
                 moved = conn.execute(query, {"seq": sequence.identifier.as_string(conn), "inc": increment}).fetchone()
         except psycopg.Error as exc:
-            said.append(f"the sequence {sequence} of column {column} could not be checked or moved past the restored "
-                        f"values ({type(exc).__name__}: {str(exc).splitlines()[0]}): if it is behind them, the next "
-                        f"generated {column} is a restored one; as its owner: SELECT setval('{sequence}', (SELECT "
+            said.append(f"the sequence {sequence} of column {column}{through} could not be checked or moved past the "
+                        f"restored values ({type(exc).__name__}: {str(exc).splitlines()[0]}): if it is behind them, "
+                        f"the next generated {column} is a restored one; as its owner: SELECT setval('{sequence}', (SELECT "
                         f"{edge}({column}) FROM {relation}))")
             continue
         if moved:
-            said.append(f"the sequence {sequence} of column {column} was behind the restored values and was "
+            said.append(f"the sequence {sequence} of column {column}{through} was behind the restored values and was "
                         f"advanced to {moved[0]}")
     return "".join(f"; {words}" for words in said)
+
+
+def _found_through(domain: str | None, ancestor: str | None, relation: Relation) -> str:
+    """Where a column's sequence was found when neither its own identity nor its own default names it (its domain's
+    default, a table the target is a partition or child of): so the result says why a sequence the target's
+    definition does not show was moved, or is to be."""
+    ways = ([f"the default of its domain {domain}"] if domain else []) + (
+        [f"as a column of {ancestor}, which {relation} is a partition or child of"] if ancestor else [])
+    return f" ({', '.join(ways)})" if ways else ""
 
 
 def _renamed_meanwhile(conn: psycopg.Connection, manifest: dict, relation: Relation, names: PrintedNames) -> None:
@@ -3365,7 +3411,7 @@ def _restore_grant(conn: psycopg.Connection, exc: BaseException, relation: Relat
 # the grant) of each sequence a target's column takes its default from that the role may not use, of the target's
 # schema where the role may not create (a new table, a re-created partition), and of the database where the role
 # may not create temporary tables (the staging table)
-_LACKING = """
+_LACKING = f"""
 SELECT 0, NULL::text, 'GRANT INSERT, SELECT ON ' || %(target)s  -- the target's own first: no name to look for
 WHERE pg_catalog.to_regclass(%(target)s) IS NOT NULL
   AND NOT (pg_catalog.has_table_privilege(pg_catalog.to_regclass(%(target)s), 'INSERT')
@@ -3373,12 +3419,13 @@ WHERE pg_catalog.to_regclass(%(target)s) IS NOT NULL
 UNION ALL
 SELECT 1, s.relname::text, 'GRANT USAGE ON SEQUENCE ' || pg_catalog.quote_ident(n.nspname) || '.'
        || pg_catalog.quote_ident(s.relname)
-FROM pg_catalog.pg_depend d
-JOIN pg_catalog.pg_attrdef ad ON d.classid = 'pg_catalog.pg_attrdef'::pg_catalog.regclass AND d.objid = ad.oid
-JOIN pg_catalog.pg_class s ON d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND s.oid = d.refobjid
- AND s.relkind = 'S'
+FROM pg_catalog.pg_attribute a
+LEFT JOIN pg_catalog.pg_attrdef ad ON ad.adrelid = a.attrelid AND ad.adnum = a.attnum
+CROSS JOIN LATERAL ({_DEFAULT_DRAWS_FROM}) x
+JOIN pg_catalog.pg_class s ON s.oid = x.seq AND s.relkind = 'S'
 JOIN pg_catalog.pg_namespace n ON n.oid = s.relnamespace
-WHERE ad.adrelid = pg_catalog.to_regclass(%(target)s)  -- (the CASE: the planner may test rows of other kinds first)
+WHERE a.attrelid = pg_catalog.to_regclass(%(target)s) AND a.attnum > 0 AND NOT a.attisdropped
+  -- (the CASE: the planner may test rows of other kinds first)
   AND NOT CASE WHEN s.relkind = 'S' THEN pg_catalog.has_sequence_privilege(s.oid, 'USAGE') ELSE true END
 UNION ALL
 SELECT 2, n.nspname::text, 'GRANT CREATE ON SCHEMA ' || pg_catalog.quote_ident(n.nspname)
