@@ -2642,17 +2642,28 @@ def _advance_sequences(conn: psycopg.Connection, manifest: dict, relation: Relat
             ahead=sql.SQL(ahead))
         try:
             with conn.transaction():
-                moved = conn.execute(query, {"seq": sequence.identifier.as_string(conn), "inc": increment}).fetchone()
+                # (with_params: a % in a name, "copy 100%", is not a placeholder)
+                moved = conn.execute(with_params(query, conn),
+                                     {"seq": sequence.identifier.as_string(conn), "inc": increment}).fetchone()
         except psycopg.Error as exc:
             said.append(f"the sequence {sequence} of column {column}{through} could not be checked or moved past the "
                         f"restored values ({type(exc).__name__}: {str(exc).splitlines()[0]}): if it is behind them, "
-                        f"the next generated {column} is a restored one; as its owner: SELECT setval('{sequence}', (SELECT "
-                        f"{edge}({column}) FROM {relation}))")
+                        f"the next generated {column} is a restored one; as its owner: "
+                        + _setval_statement(conn, sequence, column, edge, relation))
             continue
         if moved:
             said.append(f"the sequence {sequence} of column {column}{through} was behind the restored values and was "
                         f"advanced to {moved[0]}")
     return "".join(f"; {words}" for words in said)
+
+
+def _setval_statement(conn: psycopg.Connection, sequence: Relation, column: str, edge: str, relation: Relation
+                      ) -> str:
+    """The ``setval`` a sequence's owner runs to move it past the restored values, with every name quoted as SQL
+    needs it (a table "copy 100%", a column "Order Id"), so it runs as it is printed."""
+    return sql.SQL("SELECT pg_catalog.setval({seq}, (SELECT pg_catalog.{edge}({c}) FROM {t}))").format(
+        seq=sql.Literal(sequence.identifier.as_string(conn)), edge=sql.SQL(edge), c=sql.Identifier(column),
+        t=relation.identifier).as_string(conn)
 
 
 def _found_through(domain: str | None, ancestor: str | None, relation: Relation) -> str:
