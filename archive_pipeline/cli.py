@@ -60,7 +60,8 @@ from archive_pipeline.core.source import lookalike_hint
 from archive_pipeline.core.store import S3Store
 from archive_pipeline.core.verify import (DAMAGE, FOREIGN, INEXACT, NEWER, NOT_CHECKED, OLDER, OTHER_PERIOD,
                                           UNREADABLE, Problem, archive_damage, deep_verify, deep_verify_of,
-                                          problem_kind, read_only, source_side_only, verify_archive)
+                                          problem_kind, read_only, rows_unproven, source_side_only,
+                                          verify_archive)
 
 EXIT_OK, EXIT_DIFFERENCES, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
@@ -1349,8 +1350,9 @@ def verify(run: Run, download: bool, deep: bool) -> None:
             if archived is None:
                 continue
             checked = [archived.object_key]  # the object the verdict is about (a new generation's, checked instead)
+            noted: list[str | None] = [None]  # what a passed proof left unproven (a removed day checked by its object)
 
-            def check(spec=spec, day=day, archived=archived, found=found, checked=checked) -> list[str]:
+            def check(spec=spec, day=day, archived=archived, found=found, checked=checked, noted=noted) -> list[str]:
                 def stored(archived) -> list[str]:
                     # (with --deep, another period's archive is the proof's to refuse: no verdict, as it says; a
                     # removed day's proof is by its archive alone, so its period is checked here)
@@ -1378,6 +1380,7 @@ def verify(run: Run, download: bool, deep: bool) -> None:
                     problems += proven
                     if proved is not None and proved is not archived.manifest:
                         checked[0] = object_key(proved) or checked[0]
+                    noted[0] = None if problems else rows_unproven(proved)
                 return problems
 
             problems = _day_checked(run, spec.name, day, check)
@@ -1385,7 +1388,7 @@ def verify(run: Run, download: bool, deep: bool) -> None:
                             "ok": not problems, "problems": problems,
                             "checked": "deep" if deep else "download" if download else "light",
                             **({"remedy": _verify_remedy(run, spec, day, problems, how)}
-                               if problems else {})})
+                               if problems else {"note": noted[0]} if noted[0] else {})})
     bad = [r for r in results if not r["ok"]]
     unverified = _nothing_verified(run, chosen) if not results else None
     nothing = unverified is not None
@@ -1401,6 +1404,9 @@ def verify(run: Run, download: bool, deep: bool) -> None:
             for problem in r["problems"]:
                 run.out.print(_said(_verbatim(r["table"]), f" {r['day']}: {problem}"), soft_wrap=True)
             run.out.print(_said(_verbatim(r["table"]), f" {r['day']}: to fix: {r['remedy']}"), soft_wrap=True)
+        for r in results:
+            if r.get("note"):  # passed, and what was not proven (a removed day's rows, by a fingerprint not computed)
+                run.out.print(_said(_verbatim(r["table"]), f" {r['day']}: {r['note']}"), soft_wrap=True)
         what = " against the source" if deep else " (downloaded)" if download else ""
         run.out.print(f"{len(results)} archived day(s) checked{what}, {len(bad)} with problems"
                       + (f", {len(failed_tables)} table(s) not verified" if failed_tables else "")

@@ -50,8 +50,8 @@ from archive_pipeline.core.store import DownloadError, LocalFileError, S3Store, 
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ManifestError", "archive_damage", "count_rows", "deep_verify", "load_manifest", "source_changed",
-           "stored_object_problems", "verify_archive"]
+__all__ = ["ManifestError", "archive_damage", "count_rows", "deep_verify", "load_manifest", "removed_object_problems",
+           "rows_unproven", "source_changed", "stored_object_problems", "verify_archive"]
 
 _temp_names = itertools.count()
 
@@ -608,7 +608,8 @@ def deep_verify_of(conn: psycopg.Connection, store: S3Store, spec: TableSpec, da
     MD5, SHA-256 of the downloaded bytes), the archived rows (loaded back, their fingerprint equal
     to the manifest's) and the source (its fingerprint now equal to the archive's; a day removed
     from the source by retention, or marked as being removed, with no rows in the source, is proven
-    by its archive alone). A mismatch
+    by its archive alone; where this version cannot compute its fingerprint, by its object alone:
+    :func:`removed_object_problems`, its note :func:`rows_unproven`). A mismatch
     names the first differing row. ``scratch_conn`` (a writable database with the same column
     types) receives the archived rows when the source cannot (a hot standby); by default they go to
     a temporary table on ``conn``. A database error of any of its sessions (terminated, timed out, a
@@ -655,6 +656,34 @@ def deep_verify_of(conn: psycopg.Connection, store: S3Store, spec: TableSpec, da
         raise
 
 
+def removed_object_problems(store: S3Store, spec: TableSpec, day: Period, manifest: dict, *, key: str | None = None,
+                            temp_dir: str | None = None) -> list[str]:
+    """The check of the archive of a day the source no longer holds (removed, none of its rows back: the archive is
+    its only copy) whose fingerprint this version cannot compute (fingerprint.why_uncomputable: an older version's
+    retired algorithm, none recorded, a newer version's): its object, downloaded, as settling a removal mark checks it
+    (size, MD5, SHA-256 and row count as recorded). The proof's own answer, "archive the day again", cannot be done
+    (the source holds nothing of it: archive says no-data, and the next proof failed alike, every night) and is no
+    damage; what this leaves unproven is said by :func:`rows_unproven`. One check for the removal, verify --deep and
+    the deep_check asset check, so none calls the day failed where another finds it removed already. ``key``: the
+    day's data key the manifest was read at, whose own it must be (manifest.owned); without it, the caller's read of
+    the manifest as the day's stands (a proof's manifest: see :func:`deep_verify_of`)."""
+    return verify_archive(store, key or keys.table_day_key(spec, day, store.prefix), {}, deep=True,
+                          owner=(spec.name, day.isoformat()) if key else None, temp_dir=temp_dir, manifest=manifest)
+
+
+def rows_unproven(manifest: dict | None) -> str | None:
+    """What a passed check of ``manifest``'s archive did not prove, where it checked its object alone (a removed day
+    whose fingerprint this version cannot compute: :func:`removed_object_problems`), in the words every verdict on it
+    gives (the removal's archive_proven, archive_intact, verify --deep's note); None where its rows were proven (or
+    it has none: an empty day's manifest is all there is)."""
+    manifest = manifest or {}
+    unknown = fingerprint.why_uncomputable(manifest.get("fingerprint"))
+    if unknown is None or not manifest.get("removed") or manifest.get("empty"):
+        return None
+    return ("its archive's object checks out (downloaded now: size, MD5 and SHA-256 as recorded); its rows are not "
+            f"proven by this version: {unknown[0]}")
+
+
 def _committed_since(store: S3Store, spec: TableSpec, day: Period, key: str, manifest: dict) -> dict | None:
     """The day's current archive where it is another than ``manifest`` and no older (an overwrite or a removal mark
     committed while ``manifest`` was being proven; a pending mark completed has the same time), else None. Chosen
@@ -697,6 +726,9 @@ def _prove(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: Perio
            scratch_conn: psycopg.Connection | None, temp_dir: str | None) -> list[str]:
     """deep_verify of the archive ``manifest`` describes."""
     if (unknown := fingerprint.why_uncomputable(manifest.get("fingerprint"))) is not None:
+        if removal_state(manifest) in ("done", "pending") and rows_after_removal(conn, spec, day) == 0:
+            # the day's only copy: "archive it again" would find nothing to archive (see removed_object_problems)
+            return removed_object_problems(store, spec, day, manifest, temp_dir=temp_dir)
         # (an older version's remedy archives again, a newer one's upgrades: fingerprint.why_uncomputable's words)
         return [Problem(f"{unknown[0]}: {unknown[1]} to prove it", NEWER if unknown[1].startswith("upgrade") else OLDER)]
     if manifest.get("empty"):  # nothing to load: what differs is the source (rows arrived since)

@@ -233,7 +233,12 @@ def verify_result(store: S3Store, spec: TableSpec, day: dt.date, expected: dict,
             replaced = replaced or "while it was being proven"
         if proved is not None:  # (the day's manifest now: an overwrite of the same rows names another generation)
             checked = object_key(proved)
-        verified = "content proven: the archive loaded back into PostgreSQL has the source's fingerprint" + (
+        # a removed day whose fingerprint this version cannot compute: its object alone (verify.rows_unproven); its
+        # content was proven by the removal that let it go, as record_removed says (what _recheck's deep_check reads)
+        unproven = verify.rows_unproven(proved)
+        verified = (f"content proven when the day was removed from the source (a removal proves its archive first); "
+                    f"{unproven}" if unproven else
+                    "content proven: the archive loaded back into PostgreSQL has the source's fingerprint") + (
             f" (archived again since this was recorded ({replaced}))" if replaced is not None else "")
     if problems:  # what was checked, not what it would have meant had it passed
         verified = (f"object, size{', MD5 and row count' if deep else ''} and manifest checked"

@@ -66,7 +66,8 @@ from archive_pipeline.core.keys import table_day_key
 from archive_pipeline.core.periods import UNIT, Period
 from archive_pipeline.core.store import DownloadError, LocalFileError, S3Store
 from archive_pipeline.core.verify import (TYPE_GONE, deep_verify, deep_verify_of, load_manifest, read_only,
-                                          rows_after_removal, source_side_only, verify_archive)
+                                          removed_object_problems, rows_after_removal, rows_unproven,
+                                          source_side_only)
 
 PROVEN_CHECK = "archive_proven"
 REMOVAL_MINUTE = 30  # the removal schedule runs at hour:30, after the archive schedule's hour:minute
@@ -96,13 +97,14 @@ def _removed_problems(conn: psycopg.Connection, store: S3Store, spec: TableSpec,
     loaded back, as verify --deep proves it (its rows must be the day's: an archive of another day put in its place,
     its manifest edited to match, has every digest right). Where this version cannot compute its fingerprint (an
     older version's retired algorithm, none recorded, a newer version's: fingerprint.why_uncomputable), its object
-    is checked as settling a removal mark checks it (downloaded: size and digests as recorded): the proof's "archive
-    it again" cannot be done (the source holds nothing of it) and is no damage, so the day is found removed already,
-    as prune finds it, never called "NOT intact" and sent to a backup (see :func:`_proven_text` for its words)."""
+    is checked as settling a removal mark checks it (verify.removed_object_problems, as verify --deep and the
+    deep_check asset check check it): the proof's "archive it again" cannot be done (the source holds nothing of it)
+    and is no damage, so the day is found removed already, as prune finds it, never called "NOT intact" and sent to
+    a backup (verify.rows_unproven gives its words). Decided here, not by the proof: a naming-mode day table a
+    removal detached keeps its rows, and the day is still not back."""
     if fingerprint.why_uncomputable(manifest.get("fingerprint")) is None:
         return deep_verify(conn, store, spec, day, manifest=manifest, temp_dir=temp_dir)
-    return verify_archive(store, key, {}, deep=True, owner=(spec.name, day.isoformat()), temp_dir=temp_dir,
-                          manifest=manifest)
+    return removed_object_problems(store, spec, day, manifest, key=key, temp_dir=temp_dir)
 
 
 def removal_asset_key(spec: TableSpec) -> AssetKey:
@@ -462,11 +464,8 @@ def _proven_text(day, manifest: dict | None, settled: bool = False) -> str:
     manifest = manifest or {}
     removed, empty = manifest.get("removed"), manifest.get("empty")
     if removed:
-        unknown = fingerprint.why_uncomputable(manifest.get("fingerprint"))  # (its object alone: _removed_problems)
-        checked = (f"{EMPTY_DAY} (checked now)" if empty else
-                   "the archive is intact (object, digests and rows checked now)" if unknown is None else
-                   "its archive's object checks out (downloaded now: size, MD5 and SHA-256 as recorded); its rows "
-                   f"are not proven by this version: {unknown[0]}")
+        checked = (f"{EMPTY_DAY} (checked now)" if empty else  # (its object alone: _removed_problems)
+                   rows_unproven(manifest) or "the archive is intact (object, digests and rows checked now)")
         return (f"{day}: removed from the source ({'done' if settled else removed.get('state')}, {removed.get('at')})"
                 f" after its archive was proven; {checked}")
     if empty:
