@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 demo: $(SETUP)
-	$(PY) -m archive_pipeline.local.demo $(if $(UI),--ui) $(ARGS)
+	$(PY) -m archive_pipeline.local.demo $(if $(filter 1,$(UI)),--ui) $(ARGS)
 
 test: $(SETUP)
 	$(PY) -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile) $(ARGS)

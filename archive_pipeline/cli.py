@@ -165,6 +165,7 @@ class Run:
     table: str | None = None  # the table being worked on
     config_path: str | None = None  # the --config given, repeated in the commands a message suggests
     stopped: str = ""  # a table a setting or grant keeps from being read, after the others were reported: exit 2
+    _noted: set[str] = field(default_factory=set)  # tables whose selection held no period, said once (see days)
 
     def __post_init__(self) -> None:
         # the configured names a message may hold, kept as they are by the rewording (see _for_the_cli)
@@ -204,7 +205,8 @@ class Run:
             days = plan.select_days(spec, self.first, self.last)
         except PeriodError as exc:
             raise click.UsageError(f"{spec.name} ({spec.granularity}, {spec.timezone}): {exc}") from None
-        if not days and (self.first or self.last):
+        if not days and (self.first or self.last) and spec.name not in self._noted:
+            self._noted.add(spec.name)  # (a command asking again, compare for its last line, says it once)
             if plan.not_ended(spec, self.first, self.last):
                 here = dt.datetime.now(dt.UTC).astimezone(zone(spec.timezone)).date()
                 unended = (f"the {spec.granularity} period selected has not ended yet (in {spec.timezone}, where "
