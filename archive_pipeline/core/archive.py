@@ -101,6 +101,9 @@ FINGERPRINT_ALONGSIDE_ROWS = 50_000
 # Alongside the read, one backend is enough (the fingerprint of 1M rows takes less CPU than their
 # COPY), and parallel workers would only compete with the read for the host's cores.
 ALONGSIDE_SETTINGS = {"max_parallel_workers_per_gather": "0"}
+# How a manifest's ``kept`` entry begins for a generation kept only because no manifest vouched for it when the day was
+# archived again (a possible only copy of rows): a later run retires it once proven to hold that run's very bytes.
+_UNVOUCHED = "kept: the manifest before this one"
 log = logging.getLogger(__name__)
 
 
@@ -1519,13 +1522,19 @@ class _Archiving:
             # deletes what no manifest names).
             stored = [keys.generation_key(self.key, g) for g in self._stored_generations(existing.listing or {})]
             why = "could not be read" if existing.raw is not None or existing.problem is not None else "was missing"
-            # one with the new object's ETag and size holds its very bytes (a killed first run's, of the same
-            # rows): no only copy of anything, retired like a superseded object instead of kept for ever
+            # one holding the new object's very bytes (a killed first run's, of the same rows, in whatever parts):
+            # no only copy of anything, retired like a superseded object instead of kept for ever
             same = [key for key in stored if key != result.key and self._same_bytes(existing.listing, key, result)]
-            return same, [{"key": key, "rows": None, "note": f"kept: the manifest before this one {why}"}
+            return same, [{"key": key, "rows": None, "note": f"{_UNVOUCHED} {why}"}
                           for key in stored if key != result.key and key not in same]
         superseded = [k for k in previous.get("superseded", []) if k != result.key]
-        kept = list(previous.get("kept", []))
+        # one kept only for want of a manifest, whose bytes the new object holds (recorded so before that was
+        # proven by content, not by ETag), is no only copy either
+        kept, same = [], []
+        for entry in previous.get("kept", []):
+            unvouched = str(entry.get("note") or "").startswith(_UNVOUCHED) and entry.get("key") != result.key
+            (same if unvouched and self._same_bytes(existing.listing, entry["key"], result) else kept).append(entry)
+        superseded += [entry["key"] for entry in same]
         obj = previous.get("object")
         if obj and obj.get("key") != result.key:
             # kept when the new rows may not hold the old ones: fewer of them, or the old ones were removed from
@@ -1543,12 +1552,29 @@ class _Archiving:
                 superseded.append(obj["key"])
         return superseded[-10:], kept
 
-    @staticmethod
-    def _same_bytes(listing: dict[str, dict] | None, key: str, result: ArchiveResult) -> bool:
-        """Whether the listed object ``key`` has the new object's ETag and size (the same bytes, in the same parts)."""
+    def _same_bytes(self, listing: dict[str, dict] | None, key: str, result: ArchiveResult) -> bool:
+        """Whether the listed object ``key`` is proven to hold the new object's very bytes: its size, and the new
+        object's ETag (the same bytes in the same parts) or, where ETags are MD5s, a single part's ETag that is the
+        new object's MD5, both without a read. A multipart ETag is the MD5 of its parts' MD5s, so the same bytes cut
+        in other parts (another ``part_size``) have another one: there the object's MD5 and SHA-256, streamed, must
+        be the new object's. Anything not proven (other bytes, a download that failed) is False: the caller keeps
+        it, as a possible only copy of rows."""
         listed = (listing or {}).get(key) or {}
-        return bool(result.etag) and listed.get("ContentLength") == result.bytes and \
-            etag_text(listed.get("ETag")) == etag_text(result.etag)
+        if not result.key or listed.get("ContentLength") != result.bytes:
+            return False
+        etag = etag_text(listed.get("ETag"))
+        if result.etag and etag == etag_text(result.etag):
+            return True
+        if self.store.verify_etags and "-" not in etag:  # one part's ETag is its bytes' MD5: no read needed
+            return etag == result.md5
+        try:
+            digests = self.store.stored_digests(key, expected_size=result.bytes,
+                                                content_encoding=result.content_encoding)
+        except Exception as exc:  # noqa: BLE001 - not proven the same: kept, as any unvouched generation is
+            log.warning("%s %s: %s was kept: reading it to compare it with the new object failed (%s)",
+                        self.spec.name, self.day, self.store.uri(key), getattr(exc, "message", exc))
+            return False
+        return digests == (result.md5, result.sha256)
 
     def _stored_manifest(self, damaged: str | None = None) -> bytes | None:
         """The day's manifest as stored, None where there is none or it cannot be read (not ours), unless its HEAD

@@ -574,6 +574,21 @@ OVERSIZED = b"\x00archive_pipeline:oversized:"
 OWN_DAMAGED = b"\x00archive_pipeline:own-damaged:"
 
 
+class _Sha256Sink:
+    """A download's sink that keeps nothing, only the SHA-256 of what passes (``download_to`` hashes the MD5)."""
+
+    def __init__(self) -> None:
+        self._sha256 = hashlib.sha256()
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        self._sha256.update(data)
+        return len(data)
+
+    @property
+    def sha256(self) -> str:
+        return self._sha256.hexdigest()
+
+
 class StandIn(bytes):
     """What the store answers in place of an object's bytes it did not read (``mark``: :data:`OVERSIZED` or
     :data:`OWN_DAMAGED`), with the object's size and ETag as the store answered them (``etag`` None: it answered
@@ -1231,6 +1246,16 @@ class S3Store:
         if expected_md5 is not None:  # its bytes are the expected ones, stored under this ETag (see proven_etag)
             self._proven_etags[key] = etag
         return Downloaded(key=key, size=size, md5=digest, etag=etag)
+
+    def stored_digests(self, key: str, *, expected_size: int | None = None,
+                       content_encoding: str | None = None) -> tuple[str, str] | None:
+        """The MD5 and SHA-256 of the object's bytes as stored (None: no object), streamed through ``download_to``
+        a few MiB at a time and kept nowhere, so a day of any size costs neither memory nor disk. What tells the
+        same bytes uploaded in other parts apart from other bytes where ETags cannot: a multipart ETag is the MD5
+        of its parts' MD5s, so it changes with the part size. Raises as ``download_to`` does."""
+        sink = _Sha256Sink()
+        found = self.download_to(key, sink, expected_size=expected_size, content_encoding=content_encoding)
+        return None if found is None else (found.md5, sink.sha256)
 
     def _unexpected_size(self, key: str, answered: str, expected_size: int) -> DownloadError:
         """The error for a GET whose answer is not ``expected_size`` bytes: the answer's fault (an error page, a body

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 import contextlib
-import hashlib
 import io
 import itertools
 import logging
@@ -358,32 +357,17 @@ def _download(store: S3Store, manifest: dict, sink) -> list[str]:
     return problems
 
 
-class _Md5Sink:
-    """Hashes what is written to it and keeps nothing."""
-
-    def __init__(self) -> None:
-        self._md5 = hashlib.md5()
-
-    def write(self, data) -> int:
-        self._md5.update(data)
-        return len(data)
-
-    @property
-    def md5(self) -> str:
-        return self._md5.hexdigest()
-
-
 def _stored_bytes_differ(store: S3Store, obj: dict, first_md5: str) -> bool:
     """A complete download whose MD5 is not the manifest's, of an object whose ETag is no MD5 (multipart):
     corrupted on the way or damaged in the store. A second download tells: the same wrong digest again
     is what the store holds. Anything else (the right bytes this time, another digest, a failure) is not
     a proof of damage."""
-    second = _Md5Sink()
     try:
-        store.download_to(obj["key"], second, expected_size=obj["bytes"], content_encoding=obj.get("content_encoding"))
+        second = store.stored_digests(obj["key"], expected_size=obj["bytes"],
+                                      content_encoding=obj.get("content_encoding"))
     except ArchiveError:
         return False
-    return second.md5 == first_md5 != obj["md5"]
+    return second is not None and second[0] == first_md5 != obj["md5"]
 
 
 def _unproven(exc: ArchiveError, table: str | None, day: str | None, uri: str) -> ArchiveError:
