@@ -93,3 +93,35 @@ def test_verify_deep_whose_source_columns_change_during_the_proof_gives_a_verdic
     assert altered and done.returncode == 1 and "while it was being compared" in day["problems"][0], done.stdout
     assert "damaged" not in day["remedy"] and "backup" not in day["remedy"], day["remedy"]
     assert "verify" in day["remedy"], day["remedy"]
+
+
+def test_verify_deep_names_a_malformed_csv_row_by_its_line_in_an_object_whose_header_spans_two_lines(
+        conn, schema, bucket, store, s3_client, temp_dir):
+    """Scenario: a table ev (id int, at date, "two<LF>lines" text), 3 rows on 2024-03-10, archived as CSV: the
+    column name holding a line feed is quoted across two lines of the header (formats.csv.header_lines). Someone
+    who may write to the bucket splits the third row's last field in two (a consistent forgery: the manifest's digests
+    updated). `verify --deep` then names the row COPY refused by its line in the object.
+
+    Now (d02a2a4): COPY counts the lines after the header, which restore reads itself, and verify._load added 1 for
+    it: "line 4 of the object", where the row is on line 5 (the header is two lines).
+
+    Should: the line the row is on in the object (5): COPY's line plus as many lines as the header holds."""
+    from psycopg import sql
+
+    from archive_pipeline.core import keys
+    from archive_pipeline.core.archive import archive_partition
+    from archive_pipeline.core.config import TableSpec
+    from archive_pipeline.core.verify import deep_verify
+    from archive_pipeline_tests.helpers import download, forge_object
+
+    conn.execute(sql.SQL('CREATE TABLE {} (id int, at date, "two\nlines" text)').format(sql.Identifier(schema, "ev")))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT g, %s, 'v' || g FROM generate_series(1, 3) g").format(
+        sql.Identifier(schema, "ev")), (DAY,))
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=str(DAY), format="csv", compression="none")
+    assert archive_partition(conn, spec, DAY, store, temp_dir=str(temp_dir)).rows == 3
+    key = keys.table_day_key(spec, spec.period(DAY), "archive")
+    body = download(s3_client, bucket, key)
+    assert body.startswith(b'id,at,"two\nlines"\n') and body.endswith(b"v3\n"), body
+    forge_object(s3_client, bucket, key, keys.manifest_key(key), body[:-3] + b",3\n")  # (its size kept)
+    problems = deep_verify(conn, store, spec, DAY, temp_dir=str(temp_dir))
+    assert len(problems) == 1 and "line 5 of the object" in problems[0], problems
