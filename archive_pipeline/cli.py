@@ -1097,6 +1097,10 @@ def _verify_remedy(run: Run, spec: TableSpec, day: Period, problems: list[str], 
     if INEXACT in kinds:  # a value its format's encoding changed: archived again, alike
         return ("archive the table in another format (see the problem), then this day again: "
                 f"{run.suggest('archive', table, day, '--overwrite')}; archived again as it is, it fails alike")
+    if source_side_only(problems) and (own := next((p.remedy for p in problems if getattr(p, "remedy", "")), "")):
+        # the source's columns or a type in them changed since (their cause's own remedy): no rows were lost there
+        return (f"the archive checks out (its rows are the ones recorded); the source's columns (or a type in them) "
+                f"are what changed: {_for_the_cli(own)} ({run.suggest('archive', table, day, '--overwrite')})")
     if source_side_only(problems):  # the archive held exactly the rows recorded: the source is what differs
         return (f"the archive checks out (its rows are the ones recorded): the source differs. If the source's rows "
                 f"are the right ones (late rows, edits), archive the day again: "

@@ -83,14 +83,17 @@ def test_a_column_added_while_the_source_is_fingerprinted_is_not_called_equal(pg
         finally:
             other.commit()
             thread.join(60)
-    assert "error" not in outcome, outcome
     # Now: compare says "equal" / deep_verify returns [] (proven); the source has a column the archive lacks.
-    # Should: "differs" / a problem naming the columns that changed, as when the column was added before the check.
+    # Should: "differs" / never proven: the columns changed during the proof, which is no verdict on the archive
+    # either (hunt26 dj: a retryable ColumnsChangedError, the day not checked and verified again; a problem made
+    # it a damaged archive's verdict)
     if check == "compare":
+        assert "error" not in outcome, outcome
         [c] = outcome["result"]
         assert c.result != "equal", c
     else:
-        assert outcome["result"] != [], outcome
+        assert getattr(outcome.get("error"), "retryable", False) and "while it was being compared" in str(
+            outcome["error"]), outcome
 
 
 def test_a_target_retyped_to_real_while_the_restore_waits_for_it_is_not_proven(pg, conn, schema, store, temp_dir):

@@ -32,6 +32,7 @@ from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.discovery import NO_PERIOD_TABLE, pending_detach_days, pinned_settings, source_table
 from archive_pipeline.core.errors import ArchiveError, named, note_cancelled, sql_name, wrap
 from archive_pipeline.core.formats import readers
+from archive_pipeline.core.formats.csv import header_lines
 from archive_pipeline.core.manifest import (ForeignManifestError, ManifestError, NewerManifestError, another_period,
                                             archived_encoding, committed_at, current_archive, day_archive,
                                             decoded_manifest, foreign_objects, layout_change, object_key, owned,
@@ -558,7 +559,7 @@ def _difference(conn: psycopg.Connection, spec: TableSpec, day: Period, manifest
         now = source_fingerprint(conn, spec, day, fingerprint.algorithm_for(recorded), names,
                                  manifest["columns"] if names is not None else ())
     except ColumnsChangedError as exc:
-        return str(exc)
+        return source_columns_changed(exc)
     except ArchiveError as exc:
         if getattr(exc, "cause", None) != NO_PERIOD_TABLE:
             raise
@@ -716,8 +717,8 @@ def _prove(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: Perio
         # (an older version's remedy archives again, a newer one's upgrades: fingerprint.why_uncomputable's words)
         return [Problem(f"{unknown[0]}: {unknown[1]} to prove it", NEWER if unknown[1].startswith("upgrade") else OLDER)]
     if manifest.get("empty"):  # nothing to load: what differs is the source (rows arrived since)
-        changed = _source_changed(conn, spec, day, manifest)
-        return [Problem(changed, SOURCE)] if changed else []
+        changed = _source_changed(conn, spec, day, manifest)  # (a change of columns carries its own remedy)
+        return [Problem(changed, SOURCE, getattr(changed, "remedy", ""))] if changed else []
     if scratch_conn is None:
         if read_only(conn):
             raise _nowhere_to_load(conn, spec, day)
@@ -921,6 +922,17 @@ def problem_kind(problem: str) -> str:
     return SOURCE if problem.startswith(_SOURCE_SIDE) else DAMAGE
 
 
+def source_columns_changed(exc: ColumnsChangedError) -> Problem:
+    """The problem of a proof or comparison whose source's columns (or a type inside them) are not the archive's:
+    the source's (kind SOURCE, with the cause's own remedy: archive again with overwrite if the new columns are
+    right), never the archive's damage, which sent an intact archive's owner to a backup of the bucket. One whose
+    columns changed while they were being compared (retryable) is no verdict either way: it is raised, and the day
+    is not checked, as for any retryable error of a proof."""
+    if exc.retryable:
+        raise exc
+    return Problem(str(exc), SOURCE, exc.remedy or "")
+
+
 def unreadable_manifest(text: str, exc: BaseException) -> Problem:
     """The problem of a manifest that could not be read (``text`` names it and says ``exc``), of ``exc``'s kind: a
     newer version's, another table-day's, or damaged."""
@@ -962,8 +974,8 @@ def _load(conn: psycopg.Connection, path: str, manifest: dict, target: sql.Compo
         said = getattr(getattr(exc.__cause__, "diag", None), "message_primary", None) or ""
         if isinstance(exc.__cause__, _NOT_ITS_LAYOUT):  # the file's, not a value's: no type of the user's refused it
             where = (exc.__cause__.diag.context or "").split("\n", 1)[0]  # (COPY's line, less the header line)
-            if manifest.get("format") == "csv":  # COPY counts from the first data row: the object's line is one more
-                where = re.sub(r"\bline (\d+)", lambda m: f"line {int(m.group(1)) + 1} of the object", where, count=1)
+            if manifest.get("format") == "csv":  # COPY counts from the first data row (see _object_line)
+                where = _object_line(where, manifest)
             said = f"{said} ({where})" if where else said
             raise ArchiveError(f"the archive {manifest['object']['uri']} is not {manifest['format']} as this version "
                                f"reads it: {said}", table=manifest.get("table"), day=manifest.get("day"),
@@ -1010,6 +1022,14 @@ def _load(conn: psycopg.Connection, path: str, manifest: dict, target: sql.Compo
         raise ArchiveError(f"the archive {manifest['object']['uri']} does not load back into its recorded column "
                            f"types: {type(exc).__name__}: {exc}", table=manifest.get("table"),
                            day=manifest.get("day"), retryable=False) from None
+
+
+def _object_line(where: str, manifest: dict) -> str:
+    """COPY's context ``where`` ("COPY t, line N ...") naming the CSV object's line: COPY counts the lines after the
+    header restore reads itself, and the header is as many lines as it holds line feeds (a column name holding one
+    is quoted across two: ``formats.csv.header_lines``, whose every spelling holds the same)."""
+    header = header_lines([c["name"] for c in manifest["columns"]])[0].count(b"\n")
+    return re.sub(r"\bline (\d+)", lambda m: f"line {int(m.group(1)) + header} of the object", where, count=1)
 
 
 def _drop_quietly(conn: psycopg.Connection, temp: sql.Composable) -> None:
@@ -1087,7 +1107,7 @@ def _compare(conn: psycopg.Connection, scratch: psycopg.Connection, day: dt.date
     except ColumnsChangedError as exc:
         if removal_state(manifest) in ("done", "pending") and rows_after_removal(conn, source.spec, day) == 0:
             return problems  # removed, and a column added since: nothing of the day left to compare with
-        return [*problems, str(exc)]
+        return [*problems, source_columns_changed(exc)]
     except ArchiveError as exc:
         if getattr(exc, "cause", None) == NO_PERIOD_TABLE and removal_state(manifest) in ("done", "pending"):
             return problems  # its day table dropped by the removal (naming mode): the archive, proven by itself

@@ -96,7 +96,7 @@ class Verdict:
     def description(self) -> str:
         if self.problems and source_only(self.problems):  # the archive proved its manifest's rows: no damage
             return (f"{self.day}: the archive holds its snapshot as recorded, but the source changed since (rows "
-                    "arrived, changed or went late): " + "; ".join(self.problems))
+                    "arrived, changed or went late, or its columns changed): " + "; ".join(self.problems))
         if self.problems:
             return f"{self.day}: NOT intact: " + "; ".join(self.problems)
         return f"{self.day}: {self.verified}"
