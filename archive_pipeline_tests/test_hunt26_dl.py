@@ -71,7 +71,9 @@ def test_a_roles_standard_conforming_strings_off_makes_an_intact_array_of_an_xml
     role, dsn = _role(conn, pg, schema, {"standard_conforming_strings": "off"}, owns=("ev",))
     try:
         with PostgresResource(dsn=dsn).connect() as session:
-            assert session.execute("SHOW standard_conforming_strings").fetchone()[0] == "off"
+            # the role's setting is in force for its sessions (the session itself pins it on from its start)
+            assert session.execute("SELECT reset_val FROM pg_catalog.pg_settings "
+                                   "WHERE name = 'standard_conforming_strings'").fetchone()[0] == "off"
             if command == "compare":
                 [compared] = compare_days(session, spec, store, [DAY])
                 assert compared.result == "equal", compared
@@ -134,5 +136,51 @@ def test_a_roles_datestyle_hides_a_paused_standby_from_compare_and_the_source_un
                     with pytest.raises(SourceError, match="paused") as refused:
                         source_changed(session, spec, STANDBY_DAY, manifest)
                     assert refused.value.retryable is True
+    finally:
+        _drop_role(conn, role)
+
+
+# The fixer's test of the class (not the hunter's): every setting our SQL's text or psycopg's reading of our results
+# depends on, set hostile for the role, on a caller's plain connection (pinned for the call and given back) and on
+# the resource's (pinned for the session), through Parquet's own reader session and parallel streams.
+HOSTILE = {"standard_conforming_strings": "off", "DateStyle": "'SQL, DMY'", "IntervalStyle": "postgres_verbose",
+           "extra_float_digits": "-15", "bytea_output": "escape"}
+
+
+@pytest.mark.parametrize("how", ["plain", "resource"])
+def test_a_roles_parsing_settings_change_no_verdict_of_any_command(pg, conn, schema, store, temp_dir, how):
+    """Scenario: a role with every setting of :data:`HOSTILE` owns a declaratively partitioned table whose day holds
+    an array of an xml-array domain, an interval, a float, a bytea and a timestamptz; as that role, on a plain
+    ``psycopg.connect`` (the core API) or on ``PostgresResource.connect()``: archive (Parquet, two streams), compare,
+    deep verification, restore into a new table, removal.
+
+    Should: archived, equal, proven, restored and removed, every row; the caller's connection given back with its
+    own settings. (Before the fix compare called the intact day unreadable: session_settings.PARSING_PINNED.)"""
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE DOMAIN {}.xs AS xml[]").format(s))
+    conn.execute(sql.SQL("CREATE TABLE {s}.ev (id int, at date, x {s}.xs[], i interval, f float8, b bytea, "
+                         "t timestamptz) PARTITION BY RANGE (at)").format(s=s))
+    conn.execute(sql.SQL("CREATE TABLE {s}.ev_d PARTITION OF {s}.ev FOR VALUES FROM ({a}) TO ({b})").format(
+        s=s, a=sql.Literal(DAY), b=sql.Literal(DAY + dt.timedelta(days=1))))
+    conn.execute(sql.SQL("INSERT INTO {s}.ev SELECT g, %s, ARRAY[ARRAY['<a/>']::xml[]::{s}.xs], '-1 day 2 hours', "
+                         "0.1 * g, '\\x5c00'::bytea, now() FROM generate_series(1, 3000) g").format(s=s), (DAY,))
+    role, dsn = _role(conn, pg, schema, HOSTILE, owns=("ev", "ev_d"))
+    spec = TableSpec(name=f"{schema}.ev", day_column="at", start_date=DAY, format="parquet", parallel_streams=2,
+                     retention={"keep_days": 1, "action": "delete"}, partitioning={"mode": "declarative"})
+    shown = "SELECT pg_catalog.current_setting('standard_conforming_strings'), pg_catalog.current_setting('DateStyle')"
+    try:
+        opened = PostgresResource(dsn=dsn).connect() if how == "resource" else psycopg.connect(dsn, autocommit=True)
+        with opened as session:
+            before = session.execute(shown).fetchone()
+            assert archive_partition(session, spec, DAY, store, temp_dir=temp_dir).rows == 3000
+            [compared] = compare_days(session, spec, store, [DAY])
+            assert compared.result == "equal", compared
+            assert deep_verify(session, store, spec, DAY, temp_dir=temp_dir) == []
+            restored = restore_day(session, store, spec, DAY, into="new", target=f"{schema}.back", temp_dir=temp_dir)
+            assert restored.rows == 3000 and restored.fingerprint_checked
+            assert remove_day(session, spec, DAY, store, temp_dir=temp_dir).rows == 3000
+            assert session.execute(shown).fetchone() == (before if how == "plain" else ("on", "ISO, DMY"))
+            if how == "plain":
+                assert before == ("off", "SQL, DMY")
     finally:
         _drop_role(conn, role)
