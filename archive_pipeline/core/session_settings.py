@@ -49,8 +49,34 @@ CONNECT_PARAMETERS = {"client_encoding": "UTF8"}
 # failure's column probe, a sensor's per-day probe): the backend exited there, and a healthy day failed at every
 # retry as "the database connection was lost". (A connection a Python caller passes in keeps its own value outside
 # the archive's snapshot, which pins it too: source.SNAPSHOT_SETTINGS.)
+# And the settings our SQL's text and psycopg's reading of our results depend on (PARSING_PINNED), for the whole
+# session from its start, before any statement built as text runs: a role's standard_conforming_strings off made
+# the backslash of a regular expression in our SQL an escape (the fingerprint of an array of an xml-array domain
+# failed, and compare, deep verification, restore and removal called an intact archive unreadable); its DateStyle
+# 'SQL, DMY' or IntervalStyle postgres_verbose printed times and intervals psycopg cannot read (a paused standby's
+# replay time failed compare and the source_unchanged check with a raw NotImplementedError); extra_float_digits
+# below 1 rounded the floats we read. DateStyle is pinned to ISO output only: the role's day order for input (DMY,
+# MDY) is kept, for users' functions that run inside our statements. The archive's snapshot and the fingerprint set
+# their own output settings on top (source.SNAPSHOT_SETTINGS, fingerprint.CANONICAL_SETTINGS). TimeZone is not
+# pinned: every time our SQL writes carries its offset, psycopg reads a time in any zone, and what a day is in a
+# zone is decided under the table's own zone (discovery.pinned_settings); search_path is composed per block of our
+# statements (CATALOG_FIRST), the role's own path kept behind pg_catalog.
+PARSING_PINNED = {"standard_conforming_strings": "on", "DateStyle": "ISO", "IntervalStyle": "postgres",
+                  "extra_float_digits": "1", "bytea_output": "hex"}
 SESSION_PINNED = {"quote_all_identifiers": "off", "default_transaction_isolation": "read committed",
-                  "exit_on_error": "off"}
+                  "exit_on_error": "off", **PARSING_PINNED}
+
+# Those of PARSING_PINNED the server reports to the client (GUC_REPORT): a caller's connection is checked for
+# them without a round trip (see _to_ours).
+_REPORTED = ("standard_conforming_strings", "DateStyle", "IntervalStyle")
+
+
+def holds_pinned(name: str, value: str) -> bool:
+    """Whether ``value`` of the :data:`SESSION_PINNED` setting ``name`` is as pinned: DateStyle by its output
+    style alone (``ISO, DMY`` is pinned already; see :data:`PARSING_PINNED`), the others exactly."""
+    if name.lower() == "datestyle":
+        return value.split(",")[0].strip().upper() == SESSION_PINNED["DateStyle"]
+    return value == SESSION_PINNED[name]
 
 
 def unpinned_defaults(conn: psycopg.Connection) -> dict[str, str]:
@@ -64,7 +90,7 @@ def unpinned_defaults(conn: psycopg.Connection) -> dict[str, str]:
                                 (list(SESSION_PINNED),)).fetchall()
     except psycopg.errors.InsufficientPrivilege:  # a DBA revoked pg_settings: pin them all, whatever they are
         return dict(SESSION_PINNED)
-    return {name: SESSION_PINNED[name] for name, value in rows if value != SESSION_PINNED[name]}
+    return {name: SESSION_PINNED[name] for name, value in rows if not holds_pinned(name, value)}
 
 
 def pinned_options(dsn: str, settings: dict[str, str]) -> str:
@@ -228,15 +254,20 @@ def act_as(execute: Callable[[sql.Composable], object], switched: SwitchedRole |
 
 
 def _to_ours(conn: object) -> dict[str, str] | None:
-    """Switch a caller's session that does not speak UTF-8 to it, and one whose transactions are serializable
-    by default to read committed (see :data:`SESSION_PINNED`); the settings to give back, or None. (SHOW and SET
-    take no snapshot; a transaction the caller has open keeps its own isolation.)"""
+    """Switch a caller's session that does not speak UTF-8 to it, one whose transactions are serializable
+    by default to read committed, and one whose strings, DateStyle or IntervalStyle our SQL or psycopg's reading
+    of our results cannot work under to ours (see :data:`SESSION_PINNED`); the settings to give back, or None.
+    (SHOW and SET take no snapshot; a transaction the caller has open keeps its own isolation.)"""
     if not isinstance(conn, psycopg.Connection) or conn.closed:
         return None
     before = {}
     encoding = conn.info.parameter_status("client_encoding")
     if encoding not in (None, "UTF8"):
         before["client_encoding"] = encoding
+    for name in _REPORTED:  # (reported by the server: no round trip)
+        value = conn.info.parameter_status(name)
+        if value is not None and not holds_pinned(name, value):
+            before[name] = value
     if _serializable_may_hurt(conn):
         try:
             isolation = conn.execute("SHOW default_transaction_isolation").fetchone()[0]
@@ -369,7 +400,8 @@ def callers_connection(conn: object, what: str = "the call", writes: bool = Fals
     - psycopg's default adapters: a caller's dumper of str as ``text`` made an oid parameter read as a table
       name (a healthy day "does not exist"), a loader of timestamptz as str failed the manifest's snapshot time;
     - the caller's prepared statements kept (see :func:`_lend`);
-    - client_encoding UTF8 and read committed by default (see :func:`_to_ours`);
+    - client_encoding UTF8, read committed by default, and standard strings, DateStyle ISO and IntervalStyle
+      postgres (see :func:`_to_ours`);
     - nothing left in the caller's transaction (see :func:`_rolled_back_after`), but where the entry point
       ``writes`` into it (``restore.load_into``: its rows are the caller's to commit).
 
