@@ -200,3 +200,124 @@ def test_a_manifest_the_sensors_listing_shows_but_one_tick_reads_as_404_is_not_r
         second = _tick(defs, instance, pg)
     assert victim in _recorded(second), (  # (the first tick's records were not stored: the others are recorded again)
         f"the archived {victim} was not recorded by the tick after the store's moment of 404s: {_recorded(second)}")
+
+
+# --- the same false verdict at its siblings: a manifest that a listing shows, read as 404 (a GET and two HEADs), is
+# the store contradicting itself (verify.load_stored_manifest / S3Store.confirm_missing), never "missing" for good
+
+
+def _manifest_404(proxy, times):
+    """The day's manifest answered 404 NoSuchKey by its GET and HEADs (``times`` each: None for ever), while the
+    bucket listing still shows it; the two faults."""
+    from archive_pipeline_tests.fault_proxy import Fault
+    from archive_pipeline_tests.test_hunt3_u import MANIFEST
+
+    manifest = MANIFEST if times is not None else r"\.manifest\.json$"
+    return [proxy.add(Fault(method="GET", path=manifest, action="error", status=404, code="NoSuchKey", times=times)),
+            proxy.add(Fault(method="HEAD", path=manifest, action="error", status=404, code="NoSuchKey",
+                            times=None if times is None else 2 * times))]
+
+
+def test_settling_a_pending_mark_whose_manifest_reads_404_for_a_moment_is_not_an_archive_that_no_longer_checks_out(
+        s3, conn, events, store, bucket, monkeypatch):
+    """Scenario: a removal committed, its done mark lost; the next run settles the pending mark (lifecycle._settle,
+    committed) and checks the archive first (verify_archive, deep), whose read of the manifest answers 404 once (and
+    its two HEADs) while the bucket lists it. Before: "its archive no longer checks out: manifest ... is missing",
+    RemovalNotRecorded NOT retryable, remedy "restore the archive's object from a replica". Should: retryable, no
+    verdict."""
+    from archive_pipeline.core import lifecycle
+    from archive_pipeline.core.verify import load_manifest
+    from archive_pipeline_tests.fault_proxy import FaultProxy
+
+    spec = spec_for(events)
+    result = archive_partition(conn, spec, DAY, store)
+    marked = {**load_manifest(store, result.key), "removed": {"state": "pending", "action": "drop",
+                                                             "at": "2024-04-10T00:00:00+00:00", "xid": "1"}}
+    check = lifecycle.verify_archive
+    with FaultProxy(s3.endpoint_url) as proxy:
+        faults = []
+
+        def then_a_moment_of_404(*args, **kwargs):
+            faults.extend(_manifest_404(proxy, 1))
+            return check(*args, **kwargs)
+
+        monkeypatch.setattr(lifecycle, "verify_archive", then_a_moment_of_404)
+        faulty = _store(proxy.client(max_attempts=1), bucket)
+        with pytest.raises(ArchiveError) as caught:
+            lifecycle._settle(conn, spec, spec.period(DAY), faulty, result.key, marked, True, "test")
+    assert [f.hits for f in faults] == [1, 2], "the 404s were meant for the check's read of the manifest"
+    assert caught.value.retryable and "no longer checks out" not in str(caught.value), str(caught.value)
+    assert load_manifest(store, result.key).get("removed") is None  # nothing was written
+
+
+def test_a_removal_whose_manifest_reads_404_while_listed_is_not_a_day_without_an_archive(
+        s3, conn, events, store, bucket):
+    """Scenario: ``prune`` (lifecycle.remove_day) of an archived day, its manifest's GET and HEADs answering 404 (a
+    caching gateway) while the bucket lists it. Before: RemovalRefused "has no archive at ...; archive it first"
+    (its remedy writes a second archive of the day). Should: retryable, the store answering inconsistently."""
+    from archive_pipeline.core.lifecycle import remove_day
+    from archive_pipeline_tests.fault_proxy import FaultProxy
+
+    spec = spec_for(events)
+    archive_partition(conn, spec, DAY, store)
+    with FaultProxy(s3.endpoint_url) as proxy:
+        _manifest_404(proxy, None)
+        with pytest.raises(ArchiveError) as caught:
+            remove_day(conn, spec, DAY, _store(proxy.client(max_attempts=1), bucket), removed_by="test")
+    assert caught.value.retryable and "no archive" not in str(caught.value), str(caught.value)
+    assert "inconsistently" in str(caught.value), str(caught.value)
+
+
+def _dagster_day_archived(conn, schema, **table):
+    """A day 40 days ago of ``<schema>.events`` archived by its Dagster job; (config, day, instance)."""
+    from dagster import instance_for_test
+
+    from archive_pipeline.core.config import parse_config
+    from archive_pipeline.definitions import build_definitions
+    from archive_pipeline.local.local_stack import create_sample_events
+    from archive_pipeline_tests.conftest import utc_today
+
+    day = utc_today() - dt.timedelta(days=40)
+    create_sample_events(conn, [day], rows_per_day=3, schema=schema)
+    config = parse_config({"retry": {"max_retries": 0}, "tables": [
+        {"name": f"{schema}.events", "day_column": "created_at", "start_date": day.isoformat(), **table}]})
+    instance = instance_for_test()
+    context = instance.__enter__()
+    assert build_definitions(config).resolve_job_def(f"Archive_{schema}_events").execute_in_process(
+        instance=context, partition_key=day.isoformat()).success
+    return config, day, instance, context
+
+
+@pytest.mark.parametrize("job", ["removal", "source_unchanged"])
+def test_a_dagster_read_of_a_listed_manifest_answered_404_is_no_verdict(conn, schema, archive_env, s3, monkeypatch,
+                                                                       job):
+    """Scenario: a day archived through Dagster; then its manifest's GET and HEADs answer 404 (a caching gateway, a
+    lagging replica) while the bucket lists it. ``removal``: the removal asset (Remove_<table>) failed "has no
+    archive at ...: nothing is proven or removed. Archive the day first" (not retryable; its remedy writes a second
+    archive). ``source_unchanged`` (verify_archives): "its manifest ... is missing from the store (archive the day
+    again)", a failed check. Should: no verdict: the step fails retryable, naming the store's inconsistency."""
+    from archive_pipeline.definitions import build_definitions
+    from archive_pipeline_tests.fault_proxy import FaultProxy
+    from archive_pipeline_tests.test_hunt4_tt import _failures
+
+    config, day, instance, context = _dagster_day_archived(
+        conn, schema, **({"retention": {"keep_days": 30, "action": "delete"}} if job == "removal" else {}))
+    try:
+        with FaultProxy(s3.endpoint_url) as proxy:
+            faults = _manifest_404(proxy, None)
+            monkeypatch.setenv("ARCHIVE_S3_ENDPOINT_URL", proxy.url)
+            defs = build_definitions(config)
+            if job == "removal":
+                run = defs.resolve_job_def(f"Remove_{schema}_events").execute_in_process(
+                    instance=context, partition_key=day.isoformat(), raise_on_error=False)
+            else:
+                run = defs.resolve_job_def("verify_archives").execute_in_process(instance=context,
+                                                                                 raise_on_error=False)
+            assert all(f.hits for f in faults), "the 404s were meant for the job's read of the manifest"
+        failures = _failures(context, run.run_id)
+        said = [e.description or "" for e in run.get_asset_check_evaluations() if e.check_name == "source_unchanged"]
+    finally:
+        instance.__exit__(None, None, None)
+    assert not run.success
+    assert not any("no archive" in f or "missing" in f for f in failures + said), (failures, said)
+    assert any("inconsistently" in f for f in failures), failures
