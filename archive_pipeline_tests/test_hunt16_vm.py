@@ -246,8 +246,8 @@ def test_a_tick_does_not_read_every_failed_days_manifest_again_each_time(metadat
                               CopySource={"Bucket": store.bucket, "Key": source})
     conn.execute(f'TRUNCATE "{schema}".events_{days[0]:%Y%m%d}')  # (the one real archive is not a wanted day)
     reads = []
-    real = outside.load_manifest
-    monkeypatch.setattr(outside, "load_manifest", lambda *a, **k: reads.append(a[1]) or real(*a, **k))
+    real = outside.load_stored_manifest
+    monkeypatch.setattr(outside, "load_stored_manifest", lambda *a, **k: reads.append(a[1]) or real(*a, **k))
     defs = build_definitions(config)
     with instance_for_test() as instance:
         for day in days[1:]:

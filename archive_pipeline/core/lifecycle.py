@@ -53,7 +53,7 @@ from archive_pipeline.core.periods import UNIT, Period
 from archive_pipeline.core.source import (SNAPSHOT_SETTINGS, Column, SourceTable, day_filter, descends_from,
                                           describe_relation, detaching, explain, pending_detach_error, relation_name, relation_shapes,
                                           scanned_relations, server_identity, shape_changes, wrapped)
-from archive_pipeline.core.store import CorruptedWrite, KeyTakenError, S3Store, etag_text
+from archive_pipeline.core.store import MISSING_ON_READ, CorruptedWrite, KeyTakenError, S3Store, etag_text
 from archive_pipeline.core.sqltext import with_params
 from archive_pipeline.core.verify import ColumnsChangedError, archived_order, deep_verify, load_manifest, \
     refuse_retype, source_fingerprint, source_side_only, verify_archive
@@ -175,6 +175,7 @@ def _remove_day(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date
         if manifest is None:
             if not _has_rows(conn, spec, day):  # an empty partition made ahead, a repeated hour's first occurrence
                 return Removal(spec.name, day, action, "", 0, "", None, dry_run, nothing=True)
+            store.confirm_missing(keys.manifest_key(key), MISSING_ON_READ)  # listed: no verdict (retryable)
             raise RemovalRefused(f"{spec.name} {day} has no archive at {store.uri(key)}; archive it first",
                                  table=spec.name, day=day.isoformat())
         archive = (manifest.get("object") or {}).get("uri") or store.uri(keys.manifest_key(key))
@@ -638,8 +639,12 @@ def _take_back(store: S3Store, mkey: str, original: bytes | None, pending: bytes
 def _marked_by_us(store: S3Store, mkey: str, pending: bytes, manifest: dict) -> tuple[dict, bytes] | None:
     """The manifest to mark done after the COMMIT, with its bytes as stored: our pending one, as normally;
     or one an archive run wrote over it meanwhile if it holds exactly the removed rows (same fingerprint,
-    no removal mark); None for any other."""
+    no removal mark); None for any other. A read that finds no manifest where this removal has just written its
+    mark is no replacement: where a listing shows it, the store contradicts itself (``S3Store.confirm_missing``
+    raises, retryable: the retry completes the mark)."""
     raw = store.get_verified_bytes(mkey)
+    if raw is None:
+        store.confirm_missing(mkey, MISSING_ON_READ)
     if raw == pending:
         return decode_manifest(pending), pending
     try:

@@ -32,7 +32,7 @@ from archive_pipeline.core.manifest import (ForeignManifestError, SourceIdentity
 from archive_pipeline.core.periods import Period
 from archive_pipeline.core.source import SourceTable, day_filter, describe_table, read_snapshot, refuse_stale_standby, \
     server_identity, wrapped
-from archive_pipeline.core.store import S3Store, inconsistent
+from archive_pipeline.core.store import MISSING_ON_READ, S3Store
 from archive_pipeline.core.verify import (ColumnsChangedError, archive_damage, load_manifest, object_problems,
                                           rows_after_removal, source_fingerprint, unreadable_manifest)
 
@@ -206,9 +206,8 @@ def lookup_manifests(store: S3Store, spec: TableSpec, days: list, *, objects: bo
             if current != key:
                 key = current
                 manifest = load_manifest(store, key, (spec.name, day.isoformat()))
-            if manifest is None and in_order is not None and manifest_key(key) in in_order:
-                raise inconsistent(f"{store.uri(manifest_key(key))}: this command's bucket listing shows the manifest, "
-                                   "but reading it found nothing (the GET and HEADs answered no such key)")
+            if manifest is None and in_order is not None:  # (no request: this command's listing tells)
+                store.confirm_missing(manifest_key(key), MISSING_ON_READ, in_order)
         except ValueError as exc:  # (``key``: one under another format's key that may be the day's current archive)
             key = getattr(exc, "key", None) or key
             result[day] = ManifestLookup(key, None, unreadable_manifest(f"manifest {manifest_key(key)} is unreadable: "

@@ -38,7 +38,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, replace
-from collections.abc import Callable, Hashable, Iterable, Iterator
+from collections.abc import Callable, Collection, Hashable, Iterable, Iterator
 from typing import Any, BinaryIO, NoReturn, TypeVar
 
 from archive_pipeline.core.errors import (S3_CORRUPT_CODES, ArchiveError, UploadError, classify, for_operation,
@@ -64,6 +64,7 @@ _PLAIN_MD5 = re.compile(r"^[0-9a-f]{32}$")
 _MARKER = (b"A multipart upload of the key without this suffix was started here; if no run of it is going on, its "
            b"next run aborts it and deletes this marker.\n")
 _NOT_THE_OBJECT = "the store's answer was not the object"
+MISSING_ON_READ = "its GET and two HEADs answered 404"  # what a read that found nothing asked (see confirm_missing)
 WRITER_METADATA = "writer"  # a fresh key's object: the upload that wrote it (see S3Store.begin)
 _S3_TOO_LARGE = "the day is larger than S3's object limit"
 _CORRUPTED = "the object's checksum did not match on the way"
@@ -90,8 +91,10 @@ class DownloadError(ArchiveError):
     ``damaged`` says where the fault is: False for corruption in transit or a failed request
     (retryable: reading again may succeed), True when the object as stored differs from what was
     expected (size, or an MD5 the store's own ETag confirms; not retryable: restore it from a
-    replica or archive the day again), None when that cannot be told apart (a multipart object
-    whose bytes do not match the expected MD5: retryable once more; if it repeats, it is damaged)."""
+    replica or archive the day again), None when that cannot be told apart (a multipart object, answered
+    under its own HEAD's ETag, whose bytes do not match the expected MD5: retryable once more; if it
+    repeats, it is damaged). An answer under another ETag than the object's HEAD is another version's
+    (a cache, a replica behind), whatever the ETag's form: False."""
 
     def __init__(self, message: str, *, damaged: bool | None = False, **kwargs: Any) -> None:
         super().__init__(message, **kwargs)
@@ -1183,7 +1186,8 @@ class S3Store:
         the bytes received against ContentLength, their MD5 against the ETag when that is a plain
         MD5 (corruption in transit: retryable ``DownloadError``), then against ``expected_md5``
         (a mismatch the ETag confirms means the stored object is damaged: ``DownloadError`` with
-        ``damaged=True``, not retryable). On any error the sink holds bad bytes: discard it.
+        ``damaged=True``, not retryable; a GET answered under another ETag than the object's HEAD is another
+        version's bytes, never a verdict: ``damaged=False``). On any error the sink holds bad bytes: discard it.
         ``content_encoding``: the one the object was stored with, asked for (see :func:`_read_as_stored`)."""
         chunk_size = min(max(chunk_size, MiB), 8 * MiB)
         md5, size = hashlib.md5(), 0
@@ -1213,7 +1217,7 @@ class S3Store:
             if _is_not_found(exc) and size == 0:
                 self._confirm_missing(key)
                 # a data object's, not a manifest's (get_verified_bytes: every unarchived day's read would list)
-                self.confirm_missing(key, "its GET and two HEADs answered 404")
+                self.confirm_missing(key, MISSING_ON_READ)
                 return None
             if _is_checksum_error(exc):
                 raise DownloadError(f"{uri} came back corrupted ({_said(exc)}); "
@@ -1231,8 +1235,10 @@ class S3Store:
             raise DownloadError(f"{uri} came back corrupted (MD5 {digest}, the store's ETag {etag}); "
                                 "the download will be retried", retryable=True, remedy=_CORRUPTED_REMEDY)
         if expected_md5 is not None and digest != expected_md5:
-            if vouched and not self._same_version(key, etag):
-                # the bytes are whole, but another version's than the object's now (a cache, a replica behind)
+            if not self._same_version(key, etag):
+                # the bytes may be whole, but another version's than the object's now (a cache, a replica behind):
+                # asked whatever the ETag's form, for a multipart ETag ("<md5 of the part MD5s>-N") vouches for
+                # nothing, and a second download from the same cache agrees with the first
                 raise DownloadError(f"{uri}: the store answered with other bytes than the object's now (MD5 {digest}, "
                                     f"ETag {etag}; its HEAD says otherwise); the download will be retried",
                                     retryable=True, damaged=False)
@@ -1303,16 +1309,22 @@ class S3Store:
         time.sleep(_MISSING_AGAIN_SECONDS)
         return self.head(key)
 
-    def confirm_missing(self, key: str, said: str) -> None:
+    def confirm_missing(self, key: str, said: str, listed: Collection[str] | None = None) -> None:
         """After the store said (``said``: which answers) that ``key`` does not exist: raise a retryable
         :class:`DownloadError` where a listing of the key shows the object all the same. Two HEADs answered by one
         lagging replica or caching gateway agree with each other; a listing is another kind of answer, and a store
         contradicting itself is no verdict ("missing" fails proofs, checks and removals for good, and names a remedy
-        that rewrites the archive). A listing that fails is no answer either: its error is raised."""
-        listed = next(self.list_keys(key), None)  # (the key itself sorts first under its own prefix)
-        if listed is not None and listed["Key"] == key:
+        that rewrites the archive; "replaced" or "rejected" sends the operator after a rival run). ``listed``: the
+        keys a listing the caller made already shows (no request), else the key's own listing is asked for. A
+        listing that fails is no answer either: its error is raised."""
+        if listed is not None:
+            if key in listed:
+                raise inconsistent(f"{self.uri(key)}: {said} (no such key), but this run's bucket listing shows it")
+            return
+        shown = next(self.list_keys(key), None)  # (the key itself sorts first under its own prefix)
+        if shown is not None and shown["Key"] == key:
             raise inconsistent(f"{self.uri(key)}: {said} (no such key), but the bucket listing shows the object "
-                                f"({listed.get('Size', '?')} bytes, ETag {listed.get('ETag', '?')})")
+                                f"({shown.get('Size', '?')} bytes, ETag {shown.get('ETag', '?')})")
 
     def _stored_size(self, key: str, expected_size: int) -> int | None:
         """The object's size by its own HEAD (None if that cannot be had): what a GET's answer is checked against
@@ -2200,6 +2212,6 @@ def _server_time(response: dict) -> dt.datetime:
     return when
 
 
-__all__ = ["CLOCK_SKEW_ALLOWED", "MAX_OBJECT_SIZE", "MAX_PARTS", "MAX_PART_SIZE", "MIN_PART_SIZE", "MiB",
+__all__ = ["CLOCK_SKEW_ALLOWED", "MAX_OBJECT_SIZE", "MISSING_ON_READ", "MAX_PARTS", "MAX_PART_SIZE", "MIN_PART_SIZE", "MiB",
            "CorruptedWrite", "DownloadError", "Downloaded", "PartPlan", "S3Store", "S3Upload", "StoredObject",
            "decode_metadata", "encode_metadata", "plan_parts"]

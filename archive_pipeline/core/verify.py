@@ -46,12 +46,12 @@ from archive_pipeline.core.sqltext import CatalogText, with_params
 from archive_pipeline.core.source import (Column, PrintedNames, SourceTable, acting_role, columns_as_archived, day_filter,
                                           describe_table, names_brief, printed_names_changed, refuse_stale_standby,
                                           relation_printed_names, relation_shapes, shape_changes, type_parts, wrapped)
-from archive_pipeline.core.store import DownloadError, LocalFileError, S3Store, temp_file_refused
+from archive_pipeline.core.store import MISSING_ON_READ, DownloadError, LocalFileError, S3Store, temp_file_refused
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ManifestError", "archive_damage", "count_rows", "deep_verify", "load_manifest", "removed_object_problems",
-           "rows_unproven", "source_changed", "stored_object_problems", "verify_archive"]
+__all__ = ["ManifestError", "archive_damage", "count_rows", "deep_verify", "load_manifest", "load_stored_manifest",
+           "removed_object_problems", "rows_unproven", "source_changed", "stored_object_problems", "verify_archive"]
 
 _temp_names = itertools.count()
 
@@ -107,6 +107,20 @@ def load_manifest(store: S3Store, key: str, owner: tuple[str, str] | None = None
     return manifest
 
 
+def load_stored_manifest(store: S3Store, key: str, owner: tuple[str, str] | None = None,
+                         listed: Collection[str] | None = None) -> dict | None:
+    """:func:`load_manifest` of a manifest the caller has reason to hold stored (a listing shows it: ``listed``, the
+    keys that listing showed; else it wrote it, or a record or a mark names it). A read that finds none (a GET and
+    two HEADs answering 404) is believed only where no listing shows the manifest either: where one does, the store
+    contradicts itself (a lagging replica, a caching gateway) and ``S3Store.confirm_missing`` raises a retryable
+    DownloadError. "Missing", "no archive", "replaced" or "rejected" are verdicts that stand, and are never made of
+    a moment's 404."""
+    manifest = load_manifest(store, key, owner)
+    if manifest is None:
+        store.confirm_missing(keys.manifest_key(key), MISSING_ON_READ, listed)
+    return manifest
+
+
 def judged_archive(store: S3Store, spec: TableSpec, day: Period, recorded: str,
                    recorded_at: dt.datetime | None = None) -> tuple[str, dict | None]:
     """(key, manifest) of the archive a check of ``day`` judges: the day's current one, chosen as the archive run,
@@ -118,7 +132,8 @@ def judged_archive(store: S3Store, spec: TableSpec, day: Period, recorded: str,
     ``recorded`` itself where it is the current one, or where the day has no archive (manifest None: the caller
     says it is missing), or where its manifest is gone and the one found elsewhere was committed before
     ``recorded_at`` (the record's snapshot): an older archive does not stand in for a recorded one that is missing.
-    Where nothing changed this costs the manifest's GET and the listing; more only where other keys hold archives.
+    Where nothing changed this costs the manifest's GET and the listing; more only where other keys hold archives
+    (or where the recorded manifest reads as absent: a listing of it, which a store contradicting itself fails).
     A manifest that fails its checks and could be the current one raises its ManifestError, naming its key
     (``exc.key``); a failed read raises the store's error."""
     owner = (spec.name, day.isoformat())
@@ -131,6 +146,8 @@ def judged_archive(store: S3Store, spec: TableSpec, day: Period, recorded: str,
     if then is not None:
         return current_archive([*([(key, manifest)] if manifest is not None else []), (recorded, then)])
     if manifest is None or recorded_at is not None and committed_at(manifest)[0] <= recorded_at:
+        # the record names that manifest: "missing" only where no listing shows it either (else retryable)
+        store.confirm_missing(keys.manifest_key(recorded), MISSING_ON_READ)
         return recorded, None
     return key, manifest
 
@@ -151,9 +168,10 @@ def _owned_at(store: S3Store, key: str, owner: tuple[str, str]) -> dict | None:
 
 def _manifest_or_problem(store: S3Store, key: str, missing: str,
                          owner: tuple[str, str] | None) -> tuple[dict | None, list[str]]:
-    """The manifest beside ``key``, or why there is none to check against."""
+    """The manifest beside ``key``, or why there is none to check against (a check's caller expects one: a read
+    that finds none while a listing shows it raises, see :func:`load_stored_manifest`)."""
     try:
-        manifest = load_manifest(store, key, owner)
+        manifest = load_stored_manifest(store, key, owner)
     except NewerManifestError:  # not damaged: no verdict here either way (upgrade, its remedy says)
         raise
     except ManifestError as exc:

@@ -35,7 +35,7 @@ from archive_pipeline.core.manifest import SourceIdentity, committed_at, layout_
 from archive_pipeline.core.periods import Period
 from archive_pipeline.core.source import server_identity
 from archive_pipeline.core.store import S3Store
-from archive_pipeline.core.verify import load_manifest, object_problems
+from archive_pipeline.core.verify import load_stored_manifest, object_problems
 from archive_pipeline.defs.assets import STATE_TAG, _manifest_metadata
 from archive_pipeline.defs.checks import EMPTY_DAY
 from archive_pipeline.defs.resources import ArchiveStoreResource
@@ -100,13 +100,13 @@ def archived_outside(where: Store, conn: psycopg.Connection, instance: DagsterIn
         read = [w.partition_key for w in mine if w.partition_key not in absent and marks.get(w.partition_key)
                 not in seen][:budget]
         budget -= len(read)
-        looked.append((target, mine, marks, read))
-    started = _started(instance, [(target, read) for target, _, _, read in looked])
+        looked.append((target, mine, marks, read, etags))
+    started = _started(instance, [(target, read) for target, _, _, read, _ in looked])
     events, left = [], []
-    for target, mine, marks, read in looked:
+    for target, mine, marks, read, etags in looked:
         for wanted in mine:
             day = wanted.partition_key
-            found = (_taken(where, identity, target, day, started.get((wanted.table, day))) if day in read
+            found = (_taken(where, identity, target, day, started.get((wanted.table, day)), etags) if day in read
                      else None)
             event = _record(where, target, day, *found) if found is not None else None
             (events if event is not None else left).append(event or wanted)
@@ -200,17 +200,19 @@ def range_keys(spec: TableSpec, run: DagsterRun, within: Sequence[Period]) -> se
     return keys
 
 
-def _taken(where: Store, identity: SourceIdentity, target, partition: str, started: float | None
-           ) -> tuple[str, dict] | None:
+def _taken(where: Store, identity: SourceIdentity, target, partition: str, started: float | None,
+           listed: Collection[str]) -> tuple[str, dict] | None:
     """The day's key and manifest where the manifest is to be taken for this day's archive, else None: none,
     damaged, another table-day's, period's (the zone, granularity or day column changed since) or database's,
     removed (a removed day with rows again is not archived), or written before the day's last run started
-    (``started``). A store that does not answer raises (STORE_ERRORS): no verdict, looked at again next tick."""
+    (``started``). A store that does not answer raises (STORE_ERRORS): no verdict, looked at again next tick; so
+    does one whose read finds no manifest where the tick's listing (``listed``: its keys) shows it, a store
+    contradicting itself (remembered as rejected, the day would stay unrecorded while that listing is unchanged)."""
     spec, store = target.spec, where.store
     period = spec.period(partition)
     try:
         day_key = archive_key(store, spec, period)  # where runs find it: its key, else under a former format's
-        manifest = load_manifest(store, day_key, (spec.name, partition))
+        manifest = load_stored_manifest(store, day_key, (spec.name, partition), listed)
     except ValueError:  # (ManifestError: damaged or another table-day's)
         return None
     if (not manifest or manifest.get("removed") or not same_source(manifest, identity)

@@ -65,9 +65,9 @@ from archive_pipeline.core import fingerprint, keys
 from archive_pipeline.core.keys import table_day_key
 from archive_pipeline.core.periods import UNIT, Period
 from archive_pipeline.core.store import DownloadError, LocalFileError, S3Store
-from archive_pipeline.core.verify import (TYPE_GONE, deep_verify, deep_verify_of, load_manifest, read_only,
-                                          removed_object_problems, rows_after_removal, rows_unproven,
-                                          source_side_only)
+from archive_pipeline.core.verify import (TYPE_GONE, deep_verify, deep_verify_of, load_manifest, load_stored_manifest,
+                                          read_only, removed_object_problems, rows_after_removal, rows_unproven,
+                                          source_side_only, verify_archive)
 
 PROVEN_CHECK = "archive_proven"
 REMOVAL_MINUTE = 30  # the removal schedule runs at hour:30, after the archive schedule's hour:minute
@@ -246,7 +246,8 @@ def _removing(context: AssetExecutionContext, spec: TableSpec, day: Period, dry_
             # where the day's archive is: its key now, else under the table's former format, or the key the day's
             # last materialization recorded (the key_template or prefix changed since): not "no archive" for a green day
             key = archive_key(store, spec, day, former)
-            manifest = load_manifest(store, key, (spec.name, day.isoformat()))
+            # (none read where a listing shows one: the store contradicting itself, retryable, not "no archive")
+            manifest = load_stored_manifest(store, key, (spec.name, day.isoformat()))
             pending = (manifest or {}).get("removed", {}).get("state") == "pending"
             if pending:  # before a pending mark is settled there (another cluster's rows take it back)
                 refuse_other_cluster(primary, spec, day, manifest)
