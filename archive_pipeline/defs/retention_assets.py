@@ -67,7 +67,7 @@ from archive_pipeline.core.periods import UNIT, Period
 from archive_pipeline.core.store import DownloadError, LocalFileError, S3Store
 from archive_pipeline.core.verify import (TYPE_GONE, deep_verify, deep_verify_of, load_manifest, load_stored_manifest,
                                           read_only, removed_object_problems, rows_after_removal, rows_unproven,
-                                          source_side_only, verify_archive)
+                                          source_side_only)
 
 PROVEN_CHECK = "archive_proven"
 REMOVAL_MINUTE = 30  # the removal schedule runs at hour:30, after the archive schedule's hour:minute
