@@ -33,8 +33,9 @@ from archive_pipeline.core.periods import Period
 from archive_pipeline.core.source import SourceTable, day_filter, describe_table, read_snapshot, refuse_stale_standby, \
     server_identity, wrapped
 from archive_pipeline.core.store import MISSING_ON_READ, S3Store
-from archive_pipeline.core.verify import (ColumnsChangedError, archive_damage, load_manifest, object_problems,
-                                          rows_after_removal, source_fingerprint, unreadable_manifest)
+from archive_pipeline.core.verify import (NOT_CHECKED, ColumnsChangedError, archive_damage, columns_change,
+                                          load_manifest, object_problems, problem_kind, rows_after_removal,
+                                          source_fingerprint, unreadable_manifest)
 
 log = logging.getLogger(__name__)
 
@@ -423,9 +424,11 @@ def _day_statuses(conn: psycopg.Connection, spec: TableSpec, store: S3Store, day
             try:
                 current = source_fingerprint(conn, spec, day, fingerprint.algorithm_for(archived.fingerprint),
                                              archived.column_names, archived.manifest.get("columns") or ())
-            except ColumnsChangedError as exc:
-                statuses.append(DayStatus(spec.name, day, "changed", archived.object_key or found.key, present,
-                                          archived.rows, archived.bytes, archived.archived_at, None, exc.message))
+            except ColumnsChangedError as exc:  # (changed while it was being checked: not checked, no verdict)
+                why = _changed_meanwhile(exc)
+                statuses.append(DayStatus(spec.name, day, _unread_result(why) if why else "changed",
+                                          archived.object_key or found.key, present, archived.rows, archived.bytes,
+                                          archived.archived_at, None, why or exc.message))
                 continue
             except SourceError as exc:
                 if exc.cause != NO_PERIOD_TABLE:
@@ -841,6 +844,14 @@ def _unreadable(spec: TableSpec, day: Period, found: ManifestLookup, why: str) -
                       archived.object_key or found.key, why)
 
 
+def _changed_meanwhile(exc: ColumnsChangedError) -> str:
+    """Why a day whose source's columns changed while compare or list --check-source fingerprinted it is not checked
+    ("not checked (retryable): ...": a migration committed mid-check, nothing is known to differ), as verify --deep
+    says (verify.columns_change); "" for columns changed since the day was archived, a verdict (differs, changed)."""
+    said = columns_change(exc)
+    return str(said) if problem_kind(said) == NOT_CHECKED else ""
+
+
 def _unread_result(why: str) -> str:
     """``not-checked`` for a day a passing fault kept from being compared (a read that failed, a lock held past
     lock_timeout_ms: nothing is known to differ), ``unreadable`` (a difference) for rows the role may not read
@@ -916,6 +927,9 @@ def _compare_days(conn: psycopg.Connection, spec: TableSpec, store: S3Store, day
             current = source_fingerprint(conn, spec, day, algorithm, archived.column_names if archived else None,
                                          (archived.manifest.get("columns") or ()) if archived else ())
         except ColumnsChangedError as exc:
+            if why := _changed_meanwhile(exc):  # no verdict (and perhaps no archive: one of a day not archived)
+                out.append(_unreadable(spec, day, found, why))
+                continue
             if archived.removed and rows_after_removal(conn, spec, day) == 0:  # a column added since: no rows to differ
                 out.append(_absent(store, spec, day, archived, found.key))
                 continue

@@ -940,15 +940,26 @@ def problem_kind(problem: str) -> str:
     return SOURCE if problem.startswith(_SOURCE_SIDE) else DAMAGE
 
 
+def columns_change(exc: ColumnsChangedError) -> Problem:
+    """What a source whose columns (or a type inside them) are not the archive's means, for every check that
+    compares the two (verify --deep, compare, list --check-source): changed since the day was archived, the
+    source's problem (kind SOURCE, with the cause's own remedy: archive again with overwrite if the new columns are
+    right), never the archive's damage; changed while they were being compared (retryable: a migration committed
+    mid-check), no verdict either way: kind NOT_CHECKED, "not checked (retryable): ...", to be checked again (one
+    called "differs" or "changed" was a race taken for a difference)."""
+    if exc.retryable:
+        return Problem(f"not checked (retryable): {exc}", NOT_CHECKED, exc.remedy or "")
+    return Problem(str(exc), SOURCE, exc.remedy or "")
+
+
 def source_columns_changed(exc: ColumnsChangedError) -> Problem:
-    """The problem of a proof or comparison whose source's columns (or a type inside them) are not the archive's:
-    the source's (kind SOURCE, with the cause's own remedy: archive again with overwrite if the new columns are
-    right), never the archive's damage, which sent an intact archive's owner to a backup of the bucket. One whose
-    columns changed while they were being compared (retryable) is no verdict either way: it is raised, and the day
-    is not checked, as for any retryable error of a proof."""
+    """The problem of a proof whose source's columns are not the archive's (:func:`columns_change`): the source's,
+    never the archive's damage, which sent an intact archive's owner to a backup of the bucket. One whose columns
+    changed while they were being compared is raised, as every retryable error of a proof is (its callers make the
+    day not checked)."""
     if exc.retryable:
         raise exc
-    return Problem(str(exc), SOURCE, exc.remedy or "")
+    return columns_change(exc)
 
 
 def unreadable_manifest(text: str, exc: BaseException) -> Problem:
