@@ -184,6 +184,7 @@ def jsonl_column(col: Column, index: int, db_encoding: str | None = None) -> tup
                     c=ident, r=refuse, e=escapes),
                 encoding("embedded JSON (the json text as stored)", exact=False,
                          note="line breaks between JSON tokens become spaces (a JSONL line cannot hold them), "
+                              "blanks before and after the value are not kept, "
                               "and json_populate_record re-escapes a top-level string; the JSON value null, "
                               "\\u0000, an unpaired UTF-16 surrogate escape (\\ud800), and in a database whose encoding is "
                               "not UTF8 an escape of a character that encoding lacks, are refused"))
