@@ -61,11 +61,22 @@ def test_an_overwrite_terminated_while_its_new_archive_is_proven_does_not_say_no
                                                 method="GET", path=r"\.jsonl$", skip=held)
         [record] = instance.fetch_materializations(
             AssetRecordsFilter(asset_key=asset_key(spec), asset_partitions=[DAY.isoformat()]), limit=1).records
+        # then verify_archives: the deep_check day is red as never proven, not as "archived outside Dagster"
+        checked = again.resolve_job_def("verify_archives").execute_in_process(instance=instance, raise_on_error=False)
+        [intact] = [e.dagster_event.asset_check_evaluation_data for e in instance.all_logs(checked.run_id)
+                    if e.dagster_event and e.dagster_event.event_type == DagsterEventType.ASSET_CHECK_EVALUATION
+                    and e.dagster_event.asset_check_evaluation_data.check_name == "archive_intact"]
+    assert not intact.passed and "never proven" in intact.description, intact.description
+    assert "outside Dagster" not in intact.description, intact.description
     stored = sorted(o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket).get("Contents", []))
     recorded = record.asset_materialization.metadata["object_key"].value
     assert status == DagsterRunStatus.CANCELED, failures
     assert '"generation": 2' in download(s3_client, bucket, manifest_key(key)).decode()  # published: the fact
-    assert recorded not in stored, (recorded, stored)  # the object Dagster records is gone
+    # (was the premise ``recorded not in stored``: the record naming generation 1's deleted object is the bug itself;
+    # the day is recorded as it is in the bucket, its new archive not verified)
+    assert recorded in stored, (recorded, stored)
+    assert record.asset_materialization.metadata["verified"].value.startswith("not verified"), \
+        record.asset_materialization.metadata["verified"]
     [said] = failures
     assert "nothing of the day was published" not in said and "stays as it was" not in said \
         and "nothing was changed" not in said, (
