@@ -1160,6 +1160,10 @@ CANCELLED_LEAVES = {
                   "stays as it was; the next run of the day finds which",
     "removing": "the source keeps the day unless the removal had committed; a removal left marked 'pending' is "
                 "settled by the next run of the day",
+    # (Dagster's: the check a run makes of the archive it has just published, cut off; the day is recorded so)
+    "checking the new archive": "the day's new archive is published (its object and manifest are in the bucket, in "
+                                "place of any earlier archive of it) and recorded in Dagster as not verified; a run "
+                                "of the day checks it (without overwrite it finds it identical and uploads nothing)",
     "recording the removal": "the day was removed from the source (its removal committed) and was being recorded "
                              "in Dagster; a run of the day finds it removed and records it again",
     "tidying": "the day is archived (its new manifest is in the bucket); what the run was tidying after it (the "

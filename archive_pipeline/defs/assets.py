@@ -56,10 +56,11 @@ from pydantic import Field
 from archive_pipeline.core.archive import ArchiveResult, DayRemovedError, archive_partition, render_key
 from archive_pipeline.core.parallel import StreamSlots
 from archive_pipeline.core.discovery import NO_PERIOD_TABLE
-from archive_pipeline.defs.checks import (EMPTY_DAY, INTACT_CHECK, ON_DEMAND_CHECKS, Retries, Verdict, check_evaluation,
-                                          log_guarded, object_link, on_demand_as_they_were, recorded_day_key,
-                                          removed_verdict, source_only, terminated, verdict_as_it_was,
-                                          verdict_carried, verify_result, written_verdict)
+from archive_pipeline.defs.checks import (CHECKING_NEW, EMPTY_DAY, INTACT_CHECK, ON_DEMAND_CHECKS, Retries, Verdict,
+                                          check_evaluation, interrupted, log_guarded, object_link,
+                                          on_demand_as_they_were, recorded_day_key, removed_verdict, source_only,
+                                          terminated, verdict_as_it_was, verdict_carried, verify_result,
+                                          written_verdict)
 from archive_pipeline.core.config import (BackfillSettings, RetrySettings, ScheduleSettings, TableSpec, ascii_spelling,
                                           config_path, name_digest)
 from archive_pipeline.core.errors import ArchiveError, SourceError, UnsupportedTypeError, is_retryable, redact, wrap
@@ -1096,7 +1097,10 @@ def archive_one_day(context: AssetExecutionContext, spec: TableSpec, key: AssetK
     """Archive one day and record it: its materialization (own metadata), then its ``archive_intact``
     result; ``alone``: the run's only day, its summary logged too (and recorded as the step's output where another
     step of the run reads it). Raises the :class:`Failure`
-    a person reads when the day could not be archived or checked."""
+    a person reads when the day could not be archived or checked. A termination once the day's new archive is
+    published (while it is checked or proven, or its summary logged) is raised only after the day is recorded as that
+    archive (not verified where its check was cut off): the record of the archive it replaced named an object deleted
+    since, and the words for a cut-off before publishing ("nothing of the day was published") were false."""
     postgres = source.postgres
     deep = spec.deep_check or config.deep_check
 
@@ -1104,6 +1108,9 @@ def archive_one_day(context: AssetExecutionContext, spec: TableSpec, key: AssetK
         context.log.info(f"{spec.name} {day}: {rows:,} rows, {human_size(size)} read so far")
 
     unverified: Exception | None = None
+    verdict: Verdict | None = None  # None: not judged (its check could not run, or was cut off)
+    # a termination once the day's archive is published: the day is recorded as it is in the bucket, then it is raised
+    cut_off: BaseException | None = None
     try:
         conn = source.get()
         result = archive_partition(conn, spec, day, store, temp_dir=archive_store.temp_dir,
@@ -1119,6 +1126,12 @@ def archive_one_day(context: AssetExecutionContext, spec: TableSpec, key: AssetK
                        if deep else written_verdict(result, store.uri(result.stored_key)))
         except Exception as exc:  # noqa: BLE001 - the archive exists; only its check could not run
             unverified = exc
+        except (DagsterExecutionInterruptedError, KeyboardInterrupt) as exc:
+            if result.skipped:  # nothing was published: the record of the archive kept stands, as "archiving" says
+                raise
+            # the new archive replaced any earlier one (the core's "proving" said "nothing was changed"): recorded
+            # as it is, not verified, rather than the day's record left naming an object deleted since
+            cut_off = interrupted(exc, CHECKING_NEW)
     except Exception as exc:
         raise failure(exc, spec, day, postgres.password, origin, step_retries(context)) from None
     if unverified is not None and result.skipped:
@@ -1127,9 +1140,15 @@ def archive_one_day(context: AssetExecutionContext, spec: TableSpec, key: AssetK
         raise failure(unverified, spec, day, postgres.password, origin, step_retries(context)) from None
     state = archive_state(result)
     if alone:  # in a range, the summary is the materialization's description: one event a day fewer
-        context.log.info(summary(result, state))
+        try:
+            context.log.info(summary(result, state))
+        except (DagsterExecutionInterruptedError, KeyboardInterrupt) as exc:  # the day is archived: recorded first
+            cut_off = cut_off or interrupted(exc, "recording")
     if unverified is not None:
         verified = "not verified: " + redact(str(unverified), postgres.password)
+    elif verdict is None:
+        verified = ("not verified: the run was terminated while it checked this archive, which it had just "
+                    "published")
     elif verdict.passed:
         verified = verdict.verified
     else:
@@ -1138,19 +1157,20 @@ def archive_one_day(context: AssetExecutionContext, spec: TableSpec, key: AssetK
                                         store.uri(result.stored_key))
     # built once the materialization is stored: it targets that one (Dagster shows a check result as the day's
     # status only when it targets the day's latest materialization); None: nothing was judged
-    evaluation = None if unverified is not None else functools.partial(
+    evaluation = None if verdict is None else functools.partial(
         check_evaluation, context, key, INTACT_CHECK, verdict, blocking=spec.deep_check)
     if alone and output_read_downstream(context):  # the step's output: the run's checks and assets read it
         yield MaterializeResult(metadata=metadata, tags={STATE_TAG: state})
-        if unverified is not None:
-            raise failure(unverified, spec, day, postgres.password, origin, step_retries(context)) from None
-        yield evaluation()
+        if evaluation is not None:
+            yield evaluation()
     else:
         records.record(AssetMaterialization(asset_key=key, partition=day.isoformat(), metadata=metadata,
                                             description=summary(result, state), tags={STATE_TAG: state}),
                        evaluation)
-        if unverified is not None:  # a failed step, not a failed integrity check: nothing was judged
-            raise failure(unverified, spec, day, postgres.password, origin, step_retries(context)) from None
+    if cut_off is not None:  # recorded as it is: the run's termination goes on (see _archive_days)
+        raise cut_off
+    if unverified is not None:  # a failed step, not a failed integrity check: nothing was judged
+        raise failure(unverified, spec, day, postgres.password, origin, step_retries(context)) from None
     if spec.deep_check and not verdict.passed:
         raise unproven(spec, day, verdict.problems, origin)
 

@@ -221,9 +221,10 @@ def verify_result(store: S3Store, spec: TableSpec, day: dt.date, expected: dict,
             # that recorded nothing) was never proven; its object's check cannot stand for the proof deep_check wants
             # (a day recorded empty and archived again empty has no object to load back: its manifest is all there
             # is, as _recheck has it for a day recorded empty)
-            problems.append(f"archived again since this was recorded ({replaced}), outside Dagster, and that "
-                            f"archive's content was never proven against the source (deep_check); a re-check of the "
-                            f"object cannot prove it: {PROVE_IT}")
+            # (not "outside Dagster": a run terminated once it had published, before it recorded, leaves this too)
+            problems.append(f"archived again since this was recorded ({replaced}), by the command line or by a run "
+                            f"cut off before it recorded it, and that archive's content was never proven against the "
+                            f"source (deep_check); a re-check of the object cannot prove it: {PROVE_IT}")
     if conn is not None and not problems:
         # the manifest of the archive judged (the day's current one: see _judged)
         recorded = verify.load_manifest(store, key, owner)
@@ -587,8 +588,20 @@ def log_guarded(context: "AssetExecutionContext", event: object, doing: str,
         if then is not None:
             with contextlib.suppress(Exception):
                 context.log_event(then())
-        exc.interrupted = doing  # type: ignore[union-attr]
+        interrupted(exc, doing)
         raise
+
+
+# what a run was doing when terminated after it published a day's new archive, while it checked it (CANCELLED_LEAVES)
+CHECKING_NEW = "checking the new archive"
+
+
+def interrupted(exc: BaseException, doing: str) -> BaseException:
+    """``exc``, a termination, noted as cutting off ``doing`` (a CANCELLED_LEAVES entry, as :func:`terminated` words
+    it) over what an inner step noted: that step's words ("proving": nothing was changed) are no longer true of the
+    day once the work around it has published or stored something."""
+    exc.interrupted = doing  # type: ignore[union-attr]
+    return exc
 
 
 def terminated(context: AssetExecutionContext | AssetCheckExecutionContext, exc: BaseException, spec: TableSpec,
@@ -609,7 +622,34 @@ def terminated(context: AssetExecutionContext | AssetCheckExecutionContext, exc:
     return Failure(description=f"{spec.name} {day}: cancelled while {doing}: the run was terminated; "
                                f"{CANCELLED_LEAVES[doing]}.\n\nWhat to do: {again} again when it should run.",
                    allow_retries=False, metadata={"table": spec.name, "day": day.isoformat(), "retryable": False,
-                                                  "error": "cancelled"})
+                                                  "error": CANCELLED})
+
+
+CANCELLED = "cancelled"  # the ``error`` of :func:`terminated`'s Failure: the run was terminated, nothing failed
+
+
+def cancelled(failure: Failure) -> bool:
+    """Whether ``failure`` is :func:`terminated`'s: a run a person terminated, not a day that could not be done."""
+    said = failure.metadata.get("error")
+    return getattr(said, "value", said) == CANCELLED
+
+
+def cut_short(outcome: BaseException, unstarted: list[str], unchecked: dict[str, Failure]) -> BaseException:
+    """A check of several days terminated (``outcome``: :func:`terminated`'s, naming the day it cut off), naming
+    every day left without a verdict: those that could not be checked before it, with their causes, and those it
+    never started (it named the day cut off only, or went on to check the rest after the termination)."""
+    if not isinstance(outcome, Failure) or not (unstarted or unchecked):
+        return outcome
+    parts = [outcome.description or ""]
+    if unchecked:
+        parts.append(f"Could not be checked earlier in this run ({', '.join(sorted(unchecked))}):\n\n"
+                     + "\n\n".join(f.description or "" for _, f in sorted(unchecked.items())))
+    if unstarted:
+        parts.append(f"Never started, so not checked: {', '.join(unstarted)}.")
+    cut = getattr(outcome.metadata.get("day"), "value", None)
+    left = sorted({*unchecked, *unstarted, *([cut] if cut else [])})
+    return Failure(description="\n\n".join(parts), allow_retries=False,
+                   metadata={**outcome.metadata, "unchecked_days": MetadataValue.json(left)})
 
 
 def expected_from(meta: dict) -> dict:
@@ -724,10 +764,16 @@ def _build_intact_check(spec: TableSpec, key: AssetKey, partitions_def: "DailyPa
         # A day that cannot be checked (its store request refused) fails alone: the others are checked, not
         # left planned by a failed run (which Dagster shows as "Execution failed" for each).
         unchecked: dict[str, Failure] = {}
-        for day in context.partition_keys:
+        days = list(context.partition_keys)
+        for at, day in enumerate(days):
             try:
                 result = _day_result(context, spec, key, day, archive_store, config.deep, run_retries)
+            except (DagsterExecutionInterruptedError, KeyboardInterrupt) as exc:  # (outside _recheck's own words)
+                raise cut_short(terminated(context, exc, spec, spec.period(day), "checking", None), days[at + 1:],
+                                unchecked) from None
             except Failure as exc:
+                if cancelled(exc):  # the run was terminated: no verdict after it, not one day's refused request
+                    raise cut_short(exc, days[at + 1:], unchecked) from None
                 unchecked[day] = exc
                 continue
             context.op_execution_context.log_event(AssetCheckEvaluation(
@@ -849,7 +895,7 @@ def build_source_unchanged_check(spec: TableSpec, key: AssetKey, rerun_config: s
         if not latest:  # (not "the source of 0 archived days still matches": a warning, as latest_archive_intact's)
             return AssetCheckResult(passed=False, severity=AssetCheckSeverity.WARN,
                                     description=f"{spec.name}: nothing archived yet; nothing to compare")
-        for event in latest:
+        for at, event in enumerate(latest):
             day = spec.period(event.partition)
             try:
                 recorded_key = recorded_day_key(spec, day, store,
@@ -939,8 +985,9 @@ def build_source_unchanged_check(spec: TableSpec, key: AssetKey, rerun_config: s
                 continue
             except Exception as exc:  # noqa: BLE001 - unreachable database or store, or the comparison's error
                 raise _unreachable(spec, day, exc, postgres.password, retries.during(context)) from None
-            except (DagsterExecutionInterruptedError, KeyboardInterrupt) as exc:
-                raise terminated(context, exc, spec, day, "checking", None) from None
+            except (DagsterExecutionInterruptedError, KeyboardInterrupt) as exc:  # (the days left named)
+                raise cut_short(terminated(context, exc, spec, day, "checking", None),
+                                [e.partition for e in latest[at + 1:]], {}) from None
             checked.append(event.partition)
             if difference and difference.startswith(verify.TABLE_GONE):  # not to be archived again: put back, or not
                 command = shlex.join(["archive-pipeline", "restore", "--table", spec.name, "--day", event.partition,
