@@ -51,8 +51,9 @@ from archive_pipeline.core.manifest import ManifestError, SourceIdentity, day_ar
     decoded_manifest, encode_manifest, foreign_manifest, layout_change, removal_state, stored_object_problems
 from archive_pipeline.core.periods import UNIT, Period
 from archive_pipeline.core.source import (SNAPSHOT_SETTINGS, Column, SourceTable, day_filter, descends_from,
-                                          describe_relation, detaching, explain, pending_detach_error, relation_name, relation_shapes,
-                                          scanned_relations, server_identity, shape_changes, wrapped)
+                                          classified, describe_relation, detaching, explain, pending_detach_error,
+                                          relation_name, relation_shapes, scanned_relations, server_identity,
+                                          shape_changes, wrapped)
 from archive_pipeline.core.store import MISSING_ON_READ, CorruptedWrite, KeyTakenError, S3Store, etag_text
 from archive_pipeline.core.sqltext import with_params
 from archive_pipeline.core.verify import ColumnsChangedError, archived_order, deep_verify, load_manifest, \
@@ -276,6 +277,7 @@ def _tidy_removed(conn: psycopg.Connection, spec: TableSpec, day: Period, store:
                     spec.name, day, redact(f"{type(exc).__name__}: {exc}"))
 
 
+@classified("removing")
 @speaks_utf8()
 def check_removable(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date) -> str:
     """Raise :class:`RemovalRefused` for what the removal of ``day`` would refuse whatever its archive (a
@@ -287,10 +289,7 @@ def check_removable(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.
     if spec.retention is None:
         raise RemovalRefused(f"{spec.name} has no retention setting; nothing is removed from it",
                              table=spec.name, day=day.isoformat())
-    try:
-        return _removable(conn, spec, day, spec.retention.action).qualified
-    except psycopg.Error as exc:
-        raise wrapped(exc, conn, spec, day.isoformat(), doing="removing") from None
+    return _removable(conn, spec, day, spec.retention.action).qualified
 
 
 def _removable(conn: psycopg.Connection, spec: TableSpec, day: Period, action: str,
@@ -324,6 +323,7 @@ def archived_columns(conn: psycopg.Connection, spec: TableSpec, day: Period, tab
     return columns
 
 
+@classified("removing")
 def refuse_other_cluster(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date, manifest: dict | None, *,
                          reads: psycopg.Connection | None = None) -> None:
     """:class:`RemovalRefused` where ``conn``, the primary a removal runs on, is another cluster, or another database,
@@ -334,11 +334,8 @@ def refuse_other_cluster(conn: psycopg.Connection, spec: TableSpec, day: Period 
     marked removed, while the real source kept the day, never to be archived again. Where a role may not read the
     identifier (pg_control_system()), only the database is compared."""
     day = spec.period(day)
-    try:
-        here = server_identity(conn)[:2]
-        there = server_identity(reads)[:2] if reads is not None else None
-    except psycopg.Error as exc:
-        raise wrapped(exc, conn, spec, day.isoformat(), doing="removing") from None
+    here = server_identity(conn)[:2]
+    there = server_identity(reads)[:2] if reads is not None else None
     source = (manifest or {}).get("source") or {}
     archived = (source.get("database") or None, str(source.get("system_identifier") or "") or None)
     for other, whose in ((archived, "the day's archive was taken from"),
@@ -749,10 +746,12 @@ def _partition_gone(spec: TableSpec, day: Period, qualified: str) -> RemovalRefu
                "(restore --into original: it creates the day's partition again)")
 
 
+@classified("proving")
 def emptied(conn: psycopg.Connection, spec: TableSpec, day: Period, archived: int, now: int,
             action: str) -> RemovalRefused:
     """The refusal of a day whose source holds fewer (no) rows than archived: its partition gone (declarative
-    tables: detached or dropped, the rows perhaps all in a table of their own), or its rows lost."""
+    tables: detached or dropped, the rows perhaps all in a table of their own), or its rows lost. A database error
+    looking for the partition comes out as an :class:`ArchiveError` naming table, day and cause."""
     if spec.partitioning.mode == "declarative" and not now and not day_children(conn, spec, spec.period(day)):
         return _partition_gone(spec, day, spec.name)
     return rows_lost(spec, day, archived, now, action)
@@ -912,6 +911,7 @@ def _transaction_status(conn: psycopg.Connection, xid: object) -> str | None:
         return conn.execute("SELECT pg_catalog.txid_status(%s::bigint)", (int(xid),)).fetchone()[0]
 
 
+@classified("proving")
 @speaks_utf8()
 def pending_removal_committed(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date,
                               manifest: dict) -> bool:
@@ -919,10 +919,7 @@ def pending_removal_committed(conn: psycopg.Connection, spec: TableSpec, day: Pe
     changing nothing (a dry run, a check on its own: the day is then removed, or still the source's to prove). A
     removal whose fate cannot be told (see :func:`_in_doubt`) is not known to have committed: False, and settling
     leaves its mark pending."""
-    try:
-        return _committed(conn, spec, spec.period(day), manifest)[0] is True
-    except psycopg.Error as exc:
-        raise wrapped(exc, conn, spec, spec.period(day).isoformat(), doing="proving") from None
+    return _committed(conn, spec, spec.period(day), manifest)[0] is True
 
 
 def _committed(conn: psycopg.Connection, spec: TableSpec, day: Period,
@@ -1032,11 +1029,13 @@ def _has_rows(conn: psycopg.Connection, spec: TableSpec, day: Period) -> bool:
             table.identifier, day_filter(table, day))).fetchone()[0]
 
 
+@classified("comparing")
 def still_detached(conn: psycopg.Connection, spec: TableSpec, day: Period, manifest: dict) -> bool:
     """Whether a naming-mode day table that a done removal detached is still detached: it keeps its rows
     (that is what detach means) and its name, so the source still shows the day, but it inherits from no
     table any more, as the removal left it. Detaching it again would be refused ("inherits from no
-    table") after a whole proof, at every run; attached again (INHERIT), its day is removed again."""
+    table") after a whole proof, at every run; attached again (INHERIT), its day is removed again. A database
+    error comes out as an :class:`ArchiveError` naming table, day, cause and remedy (see :func:`classified`)."""
     if spec.partitioning.mode != "naming" or (manifest.get("removed") or {}).get("action") != "detach":
         return False
     child = sql.Identifier(spec.schema_name, spec.child_table(day)).as_string(conn)
@@ -1169,6 +1168,7 @@ def in_doubt_remedy(uri: str) -> str:
             "then remove the day")
 
 
+@classified("proving")
 def undecided_removal(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date,
                       manifest: dict) -> str | None:
     """Why the removal that left ``manifest``'s pending mark cannot be told committed or not (:func:`_committed`'s
@@ -1180,8 +1180,6 @@ def undecided_removal(conn: psycopg.Connection, spec: TableSpec, day: Period | d
         committed, why = _committed(conn, spec, spec.period(day), manifest)
     except RemovalRefused:  # (its removal still running: that run settles it)
         return None
-    except psycopg.Error as exc:
-        raise wrapped(exc, conn, spec, spec.period(day).isoformat(), doing="proving") from None
     return why if committed is None else None
 
 

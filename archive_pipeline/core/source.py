@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import functools
+import inspect
 import json
 import queue
 import re
@@ -2142,6 +2143,31 @@ def wrapped(exc: BaseException, conn: psycopg.Connection, spec: Any, day: str, *
     refuses the other ``ev``)."""
     return wrap(exc, spec.name, day, conn.info.password, user=lambda: acting_role(conn), login=conn.info.user,
                 database=conn.info.dbname, own_readable=lambda: may_read(conn, spec.schema_name, spec.table_name), **kwargs)
+
+
+def classified(doing: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """Decorate a core entry point whose parameters ``conn``, ``spec`` and ``day`` name the connection, the table and
+    the day it works on: a database error it lets through (a session the server terminated, a failover, a
+    statement_timeout, a privilege refused) comes out as :func:`wrapped`'s :class:`ArchiveError` naming table, day,
+    cause and remedy, ``retryable`` where a retry can help. The one place the lifecycle's entry points classify their
+    errors: a bare psycopg error reached their callers unnamed (the removal asset failed as Dagster's bare retry
+    error) or was taken for an unreachable store (the source_unchanged check, never retried). ``doing``: what
+    failed, as the message begins ("comparing", "proving", "removing")."""
+    def decorate(function: Callable[..., T]) -> Callable[..., T]:
+        signature = inspect.signature(function)
+
+        @functools.wraps(function)
+        def wrapper(*args: Any, **kwargs: Any) -> T:
+            try:
+                return function(*args, **kwargs)
+            except psycopg.Error as exc:
+                given = signature.bind(*args, **kwargs).arguments
+                spec = given["spec"]
+                raise wrapped(exc, given["conn"], spec, spec.period(given["day"]).isoformat(), doing=doing) from None
+
+        return wrapper
+
+    return decorate
 
 
 def descends_from(conn: psycopg.Connection, relation: str, table: str) -> bool:

@@ -193,8 +193,8 @@ def build_removal_asset(spec: TableSpec, schedule: ScheduleSettings | None = Non
             raise _failed(f"{spec.name} {day} is kept: retention keeps the last {retention.keep_days} "
                           f"days; nothing removed. {sooner}", spec, day, False)
         try:  # (a day still kept is proven by a dry run, archive_proven alone, and nothing more)
-            yield from _removing(context, spec, day, dry_run, postgres, primary_postgres, archive_store, origin,
-                                 kept)
+            yield from _as_failures(_removing(context, spec, day, dry_run, postgres, primary_postgres, archive_store,
+                                              origin, kept), spec, day)
         except (DagsterExecutionInterruptedError, KeyboardInterrupt) as exc:
             raise terminated(context, exc, spec, day, "removing", removal_job_name(spec)) from None
         except Failure as failed:
@@ -207,6 +207,17 @@ def build_removal_asset(spec: TableSpec, schedule: ScheduleSettings | None = Non
                                         allow_retries=True, metadata=failed.metadata)) from None
 
     return remove
+
+
+def _as_failures(steps: Iterator, spec: TableSpec, day: Period) -> Iterator:
+    """The removal's ``steps``, with an :class:`ArchiveError` that escapes them (the core's classified database
+    error where no step of its own catches it: the source's rows counted again after a failed proof, a lost
+    partition looked for) as the step's failure naming table, day and cause, with its ``retryable`` metadata, as
+    every other failure of the step is, never Dagster's bare error over it."""
+    try:
+        yield from steps
+    except ArchiveError as exc:
+        raise _failed(_naming(exc, spec, day), spec, day, exc.retryable, exc) from None
 
 
 def _removing(context: AssetExecutionContext, spec: TableSpec, day: Period, dry_run: bool, postgres: PostgresResource,
