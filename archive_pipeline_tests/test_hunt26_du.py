@@ -129,7 +129,8 @@ def test_a_removal_run_of_a_detached_day_whose_session_is_terminated_names_table
         assert defs.resolve_job_def(f"Remove_{schema}_log").execute_in_process(
             partition_key=DAY.isoformat(), instance=instance).success
         sessions: list[int] = []
-        original_connect, original_load = PostgresResource.connect, retention_assets.load_manifest
+        # (the asset reads the day's manifest by load_stored_manifest: a listed manifest read as 404 is no verdict)
+        original_connect, original_load = PostgresResource.connect, retention_assets.load_stored_manifest
 
         @contextlib.contextmanager
         def connect(self):
@@ -145,7 +146,7 @@ def test_a_removal_run_of_a_detached_day_whose_session_is_terminated_names_table
             return found
 
         monkeypatch.setattr(PostgresResource, "connect", connect)
-        monkeypatch.setattr(retention_assets, "load_manifest", load_manifest)
+        monkeypatch.setattr(retention_assets, "load_stored_manifest", load_manifest)
         again = defs.resolve_job_def(f"Remove_{schema}_log").execute_in_process(
             partition_key=DAY.isoformat(), instance=instance, raise_on_error=False)
         failures = [e.dagster_event.step_failure_data
