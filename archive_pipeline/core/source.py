@@ -426,6 +426,14 @@ WITH RECURSIVE walk(attnum, oid, typmod, steps, route, depth) AS (
     ) AS c(oid, typmod, step, label)
     WHERE w.depth < 64
 )"""
+# the nodes the walk may give for a relation's columns together: as many as a manifest records (manifest's
+# MAX_SHAPE_NODES); a type nesting each type twice in the next doubles per level, 2**64 nodes within the depth bound,
+# which every query on the walk would spend hours and the server's disk on
+MAX_TYPE_NODES = 1_000_000
+_WALK_SIZE_QUERY = _TYPE_WALK + """, sample AS (SELECT attnum FROM walk LIMIT %(limit)s)
+SELECT (SELECT pg_catalog.count(*) FROM sample),
+       (SELECT attnum FROM sample GROUP BY attnum ORDER BY pg_catalog.count(*) DESC, attnum LIMIT 1)
+"""  # (the LIMIT: PostgreSQL walks only as far as it is read, so a type past the bound costs the bound)
 _INNER_QUERY = _TYPE_WALK + """
 SELECT w.attnum, t.typname::text, w.steps, w.route
 FROM walk w JOIN pg_catalog.pg_type t ON t.oid = w.oid
@@ -461,6 +469,21 @@ def nested_numbers(found: tuple[InnerType, ...]) -> tuple[InnerType, ...]:
     ``amount`` over double precision there and over real here read 0.1 as another value, proven green."""
     return tuple(t for t in found if t.type in NUMBER_TYPES
                  and any(step.startswith(".") or step in ("range", "multirange", "domain") for step in t.steps))
+
+
+def bounded_walk(conn: psycopg.Connection, oid: int, relation: str) -> None:
+    """Refuse relation ``oid`` (``relation``, as messages name it) where its columns' types unfold to more than
+    MAX_TYPE_NODES nodes, naming the column that holds most of them: before any query walks them whole."""
+    query = _WALK_SIZE_QUERY.format(multirange=_MULTIRANGE_STEP if conn.info.server_version >= 140000 else "")
+    nodes, attnum = conn.execute(query, {"oid": oid, "limit": MAX_TYPE_NODES + 1}).fetchone()
+    if nodes <= MAX_TYPE_NODES:
+        return
+    column = column_names(conn, oid).get(attnum, f"number {attnum}")
+    raise SourceError(f"table {relation!r}: the type of column {column!r} unfolds to more than {MAX_TYPE_NODES:,} "
+                      "nodes (composites, arrays, domains and ranges nested in it), more than an archive records",
+                      table=relation, retryable=False, cause=SETTING_MISFITS,
+                      remedy=f"archive column {column!r} as text or JSON (a view selecting it so), or give it a "
+                             "type that nests fewer composites")
 
 
 def composite_shapes(conn: psycopg.Connection, oid: int) -> dict[int, tuple[ShapeNode, ...]]:
@@ -516,6 +539,7 @@ def relation_shapes(conn: psycopg.Connection, relation: str) -> dict[str, tuple[
     oid = conn.execute("SELECT pg_catalog.to_regclass(%s)::pg_catalog.oid", (relation,)).fetchone()[0]
     if oid is None:
         return {}
+    bounded_walk(conn, oid, relation)
     names = column_names(conn, oid)
     shapes = composite_shapes(conn, oid)
     return {name: shapes.get(attnum, ()) for attnum, name in names.items()}
@@ -524,8 +548,10 @@ def relation_shapes(conn: psycopg.Connection, relation: str) -> dict[str, tuple[
 def shape_changes(recorded: Sequence[dict], now_by_name: dict[str, tuple[ShapeNode, ...]]) -> list[str]:
     """How the composites inside the columns (their shapes now, by name) differ from the shapes a manifest recorded
     (its ``columns[].shape``; a column it records none for, or not at all, is not compared): a composite's fields
-    renamed, added, dropped or reordered, a node's type changed. Empty where they are the same."""
-    changes: dict[str, list[str]] = {}  # what changed: the columns it changed in (one sentence for a wide table)
+    renamed, added, dropped or reordered, a node's type changed. Empty where they are the same. Each change is said
+    once, its columns and the places in them named up to a few and counted: one type changed inside a 1,600-field
+    composite, or in 1,000 columns, made a failure of 200,000 characters said once per place."""
+    changes: dict[tuple[str, str], dict[str, list[str]]] = {}  # a change's words around its place -> column -> places
     for entry in recorded:
         shape = entry.get("shape")
         if not shape or entry.get("name") not in now_by_name:
@@ -535,25 +561,37 @@ def shape_changes(recorded: Sequence[dict], now_by_name: dict[str, tuple[ShapeNo
         then = {n["at"]: (n["type"], tuple(n["fields"]) if n.get("fields") is not None else None) for n in shape}
         here = {at: (kind, fields) for at, kind, fields, _ in now_by_name[entry["name"]]}
         names = {at: name for at, _, _, name in now_by_name[entry["name"]]}
-        told: list[str] = []  # ways whose difference is said: nothing below them is said again
+        told: set[str] = set()  # ways whose difference is said: nothing below them is said again
         for at in sorted(then.keys() | here.keys(), key=lambda way: (len(way.split()), way)):
-            if any(at == way or at.startswith(way + " ") for way in told if way) or "" in told:
+            if _at_or_under(at, told):
                 continue
             was, now = then.get(at), here.get(at)
-            where = f"at {_way(at)}" if at else "itself"
             if was is None or now is None:
-                what = f"{where} {'was added' if was is None else 'is gone'}"
+                change = ("", f" {'was added' if was is None else 'is gone'}")
             elif was[1] != now[1]:
-                what = (f"the composite {names[at]} {where} has the fields ({', '.join(now[1] or ())}) now, "
-                        f"({', '.join(was[1] or ())}) when archived")
+                change = (f"the composite {names[at]} ", f" has the fields ({', '.join(now[1] or ())}) now, "
+                                                          f"({', '.join(was[1] or ())}) when archived")
             elif was[0] != now[0] and (entry.get("shape_modifiers") or was[0] != names[at]):
                 # (a shape recorded before it held type modifiers: compared with the type's name without them)
-                what = f"{where} is {now[0]} now, {was[0]} when archived"
+                change = ("", f" is {now[0]} now, {was[0]} when archived")
             else:
                 continue
-            changes.setdefault(what, []).append(entry["name"])
-            told.append(at)
-    return [f"{_columns_named(columns)}: {what}" for what, columns in changes.items()]
+            changes.setdefault(change, {}).setdefault(entry["name"], []).append(f"at {_way(at)}" if at else "itself")
+            told.add(at)
+    return [f"{_columns_named(list(places))}: {before}"
+            f"{_listed(list(dict.fromkeys(p for found in places.values() for p in found)), ' places')}{after}"
+            for (before, after), places in changes.items()]
+
+
+def _at_or_under(way: str, ways: set[str]) -> bool:
+    """Whether the node at ``way`` is at, or under, a node at one of ``ways`` (its own way and those above it
+    looked up, not every one of ``ways`` scanned: a change at each of 1,600 fields made that quadratic)."""
+    while way not in ways:
+        if not way:
+            return False
+        cut = way.rfind(" ")
+        way = way[:cut] if cut >= 0 else ""
+    return True
 
 
 def names_brief(names: Sequence[str], shown: int = 12) -> str:
@@ -567,9 +605,12 @@ def names_brief(names: Sequence[str], shown: int = 12) -> str:
 
 def _columns_named(names: list[str]) -> str:
     """"column 'a'", "columns 'a', 'b'", "columns 'a', 'b', 'c' and 997 more" (a wide table's change said once)."""
-    shown = ", ".join(repr(name) for name in names[:3])
-    return (f"column {shown}" if len(names) == 1 else
-            f"columns {shown}" + (f" and {len(names) - 3:,} more" if len(names) > 3 else ""))
+    return f"column {names[0]!r}" if len(names) == 1 else f"columns {_listed([repr(name) for name in names])}"
+
+
+def _listed(texts: list[str], more: str = "", shown: int = 3) -> str:
+    """"a, b, c and 997 more" (``more``: what they are, e.g. " places"): a message names a few and counts the rest."""
+    return ", ".join(texts[:shown]) + (f" and {len(texts) - shown:,} more{more}" if len(texts) > shown else "")
 
 
 def inner_types(conn: psycopg.Connection, oid: int, types: tuple[str, ...] = INNER_TYPES
@@ -1186,6 +1227,7 @@ def describe_relation(conn: psycopg.Connection, schema: str, name: str, day_colu
                           remedy=f"{grant} (or SELECT on those columns), as the table's owner or a superuser")
     try:
         with conn.transaction():  # (a savepoint inside the caller's: the name's error must not abort it)
+            bounded_walk(conn, oid, qualified_name)
             inner = inner_types(conn, oid, (*INNER_TYPES, *NUMBER_TYPES, *UNREADABLE_TYPES))
             shapes = composite_shapes(conn, oid)
             found = conn.execute(_COLUMNS_QUERY, {"oid": oid}).fetchall()
