@@ -8,10 +8,13 @@ role without s3:DeleteObject, ExpiredToken mid-upload, 301/307 answers and KMS r
 
 from __future__ import annotations
 
+import hashlib
+import os
+
 import pytest
 
 from archive_pipeline.core.archive import archive_partition
-from archive_pipeline.core.errors import ArchiveError
+from archive_pipeline.core.errors import ArchiveError, classify
 from archive_pipeline.core.store import MIN_PART_SIZE, S3Store
 from archive_pipeline_tests import fault_proxy
 from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
@@ -100,3 +103,143 @@ def test_the_command_lines_bucket_check_with_expired_temporary_credentials_says_
         assert proxy.requests(method="HEAD"), "the premise: the bucket check was answered 400 ExpiredToken"
     told = f"{caught.value} {getattr(caught.value, 'remedy', '') or ''}".lower()
     assert "expired" in told or "token" in told, f"expired credentials at the bucket check were reported as: {told}"
+
+
+# --- the fix's class: a store refusal explained by its own cause, and the setting an encrypted bucket's policy asks for
+
+
+def test_the_command_lines_bucket_check_refused_by_an_explicit_deny_names_the_policy_not_a_grant(
+        s3, bucket, monkeypatch):
+    """The bucket check's HEAD answers a bare 403; the one-key listing behind it says "explicit deny": the policy and
+    the encryption settings are the remedy, not a grant of s3:ListBucket (which the role may well have)."""
+    from archive_pipeline.core.environment import store_from_env
+
+    denied = _EXPLICIT_DENY.format(bucket=bucket).replace("PutObject", "ListBucket")
+    monkeypatch.setattr(fault_proxy, "error_xml",
+                        lambda code, message="": f"<Error><Code>{code}</Code><Message>{denied}</Message></Error>".encode())
+    with FaultProxy(s3.endpoint_url) as proxy:
+        proxy.add(Fault(method=None, path=rf"^/{bucket}/?$", action="error", status=403, code="AccessDenied",
+                        times=None))
+        monkeypatch.setenv("ARCHIVE_S3_BUCKET", bucket)
+        monkeypatch.setenv("ARCHIVE_S3_ENDPOINT_URL", proxy.url)
+        with pytest.raises(Exception) as caught:
+            store_from_env()
+    told = str(caught.value)
+    assert "explicitly denies" in told and "ARCHIVE_S3_SSE" in told, told
+    assert "grant s3:ListBucket" not in told, told
+
+
+class _NextPageRefusedHandler(fault_proxy._Handler):
+    """Pages ListObjectsV2 one key at a time and answers the request for a next page with ``answer`` (400 and a
+    code), as S3 answers a request signed with a session token that expired (or is invalid) meanwhile."""
+
+    answer: tuple[str, str] = ("ExpiredToken", "The provided token has expired.")
+
+    def _handle(self):
+        if self.command == "GET" and "list-type=2" in self.path:
+            if "continuation-token=" in self.path:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self._answer(400, [("Content-Type", "application/xml")], fault_proxy.error_xml(*self.answer), "GET")
+                return
+            self.path += "&max-keys=1"
+        super()._handle()
+
+
+@pytest.mark.parametrize("code, cause", [("ExpiredToken", "temporary credentials expired"),
+                                         ("InvalidToken", "rejected the credentials")])
+def test_credentials_refused_on_a_later_listing_page_are_not_a_refused_page_token(code, cause, s3, bucket, s3_client,
+                                                                                   monkeypatch):
+    """A listing's second page answered 400 ExpiredToken / InvalidToken: the credentials' cause (refresh them, check
+    them), not "the store refused the token of its own listing's next page" (a token damaged on the way)."""
+    for key in ("archive/a", "archive/b"):
+        s3_client.put_object(Bucket=bucket, Key=key, Body=b"x")
+    monkeypatch.setattr(_NextPageRefusedHandler, "answer", (code, "The provided token is not valid."))
+
+    class Proxy(FaultProxy):
+        def start(self) -> FaultProxy:
+            self._server = fault_proxy._Server(("127.0.0.1", 0), _NextPageRefusedHandler)
+            self._server.proxy = self
+            self._thread = fault_proxy.threading.Thread(target=self._server.serve_forever,
+                                                        kwargs={"poll_interval": 0.05}, daemon=True)
+            self._thread.start()
+            return self
+
+    with Proxy(s3.endpoint_url) as proxy:
+        behind = S3Store(proxy.client(max_attempts=1), bucket, prefix="archive", part_size=MIN_PART_SIZE)
+        with pytest.raises(ArchiveError) as caught:
+            list(behind.list_keys("archive/"))
+    assert cause in (caught.value.cause or ""), str(caught.value)
+    assert "token of its own listing" not in str(caught.value)
+
+
+def test_a_refusal_a_store_says_is_for_a_requester_pays_bucket_is_not_advised_a_grant():
+    """Requester Pays (a store's RequestPayerDenied code, or its words in an AccessDenied): no grant is missing."""
+    from botocore.exceptions import ClientError
+
+    from archive_pipeline.core.errors import for_operation, missing_grant
+
+    for error in ({"Code": "RequestPayerDenied", "Message": "The bucket is a requester pay bucket."},
+                  {"Code": "AccessDenied", "Message": "Bucket is a requester pays bucket"}):
+        exc = ClientError({"Error": error, "ResponseMetadata": {"HTTPStatusCode": 403}}, "PutObject")
+        found = for_operation(classify(exc), "writing s3://b/k (PutObject)")
+        assert "Requester Pays" in found.cause and not found.remedy.startswith("grant"), found
+        assert not missing_grant(exc)
+    plain = ClientError({"Error": {"Code": "AccessDenied", "Message": "Access Denied"},
+                         "ResponseMetadata": {"HTTPStatusCode": 403}}, "PutObject")
+    assert missing_grant(plain)
+    assert for_operation(classify(plain), "writing s3://b/k (PutObject)").remedy.startswith("grant s3:PutObject")
+
+
+def test_the_sse_settings_are_sent_with_every_object_write(conn, schema, s3, bucket, s3_client, temp_dir, monkeypatch):
+    """ARCHIVE_S3_SSE=AES256 (the command line's store): the day's object and its manifest carry it; aws:kms with a
+    key of its own (the Dagster resource's setting): a multipart upload's object carries both."""
+    from archive_pipeline.core.environment import store_from_env
+    from archive_pipeline.defs.resources import ArchiveS3Resource, ArchiveStoreResource
+
+    monkeypatch.setenv("ARCHIVE_S3_BUCKET", bucket)
+    monkeypatch.setenv("ARCHIVE_S3_ENDPOINT_URL", s3.endpoint_url)
+    monkeypatch.setenv("ARCHIVE_S3_PREFIX", "archive")
+    monkeypatch.setenv("ARCHIVE_S3_SSE", "AES256")
+    for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing")):
+        monkeypatch.setenv(name, os.environ.get(name) or value)
+    spec = _small_table(conn, schema)
+    archive_partition(conn, spec, DAY, store_from_env(), temp_dir=temp_dir)
+    keys = _keys(s3_client, bucket)
+    assert keys and all(s3_client.head_object(Bucket=bucket, Key=k).get("ServerSideEncryption") == "AES256"
+                        for k in keys), keys
+
+    key_id = "arn:aws:kms:us-east-1:111122223333:key/archive"
+    resource = ArchiveStoreResource(s3=ArchiveS3Resource(endpoint_url=s3.endpoint_url, region_name="us-east-1"),
+                                    bucket=bucket, prefix="archive", part_size_mb=5, verify_etags=False,
+                                    server_side_encryption="aws:kms", sse_kms_key_id=key_id)
+    store = resource.store()
+    body = os.urandom(MIN_PART_SIZE + 1024)
+    path = temp_dir / "big.bin"
+    path.write_bytes(body)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        upload = store.begin("archive/big.bin", content_type="application/octet-stream", expected_size=len(body))
+        upload.grow(fd, len(body))
+        upload.finish(fd, len(body), hashlib.md5(body).hexdigest())
+    finally:
+        os.close(fd)
+    head = s3_client.head_object(Bucket=bucket, Key="archive/big.bin")
+    assert head["ETag"].strip('"').endswith("-2"), "the premise: a multipart upload"
+    assert (head.get("ServerSideEncryption"), head.get("SSEKMSKeyId")) == ("aws:kms", key_id), head
+
+
+@pytest.mark.parametrize("settings", [{"ARCHIVE_S3_SSE": "aes256"}, {"ARCHIVE_S3_SSE_KMS_KEY_ID": "k"},
+                                      {"ARCHIVE_S3_SSE": "AES256", "ARCHIVE_S3_SSE_KMS_KEY_ID": "k"}])
+def test_sse_settings_s3_does_not_take_fail_the_load_naming_them(settings):
+    from archive_pipeline.core.config import ConfigError
+    from archive_pipeline.core.environment import check_s3_settings
+
+    with pytest.raises(ConfigError, match="ARCHIVE_S3_SSE"):
+        check_s3_settings(settings)
+
+
+def test_verify_etags_is_off_by_default_under_sse_kms_and_the_setting_wins():
+    from archive_pipeline.core.environment import verify_etags
+
+    assert verify_etags({}) and not verify_etags({"ARCHIVE_S3_SSE": "aws:kms"})
+    assert verify_etags({"ARCHIVE_S3_SSE": "aws:kms", "ARCHIVE_S3_VERIFY_ETAGS": "true"})
