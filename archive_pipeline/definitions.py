@@ -41,7 +41,7 @@ from archive_pipeline.core.config import ArchiveConfig, ConfigError, SourceSetti
 from archive_pipeline.core.discovery import ChildrenMemo, child_ranges
 from archive_pipeline.core.environment import (check_bucket_name, check_dsn, check_endpoint_url, check_key_pair, check_keys_fit,
                                               check_prefix, check_s3_settings, default_connect_timeout, equal_parts,
-                                              session_settings, verify_etags)
+                                              server_side_encryption, session_settings, verify_etags)
 from archive_pipeline.core.errors import SourceError, classify, describe_connect_error, password_of, redact
 from archive_pipeline.defs.resources import ArchiveStoreResource, PostgresResource, ArchiveS3Resource
 from archive_pipeline.defs.retention_assets import build_removal_asset, build_retention_schedule
@@ -117,7 +117,8 @@ def default_resources(config: ArchiveConfig | None = None) -> dict[str, object]:
                                              **source.model_dump()),
         "archive_store": ArchiveStoreResource(s3=s3, bucket=EnvVar("ARCHIVE_S3_BUCKET"),
                                               prefix=_optional_env("ARCHIVE_S3_PREFIX") or "",
-                                              verify_etags=verify_etags(), equal_parts=equal_parts()),
+                                              verify_etags=verify_etags(), equal_parts=equal_parts(),
+                                              **server_side_encryption()),
     }
 
 

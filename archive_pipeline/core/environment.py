@@ -3,8 +3,8 @@
 The same variables as the code location (see definitions.py): ``ARCHIVE_PG_DSN`` (and
 ``ARCHIVE_PG_PRIMARY_DSN``, the primary, when that one is a hot standby), ``ARCHIVE_S3_BUCKET``,
 ``ARCHIVE_S3_PREFIX``, ``ARCHIVE_S3_ENDPOINT_URL``, ``ARCHIVE_S3_REGION``,
-``ARCHIVE_S3_ACCESS_KEY_ID`` / ``ARCHIVE_S3_SECRET_ACCESS_KEY``. No error raised here carries the
-DSN's password or a secret key.
+``ARCHIVE_S3_ACCESS_KEY_ID`` / ``ARCHIVE_S3_SECRET_ACCESS_KEY``, ``ARCHIVE_S3_SSE`` /
+``ARCHIVE_S3_SSE_KMS_KEY_ID``. No error raised here carries the DSN's password or a secret key.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ import psycopg.conninfo
 
 from archive_pipeline.core.boto import env_profile, new_session
 from archive_pipeline.core.config import ArchiveConfig, ConfigError, SourceSettings, config_path
-from archive_pipeline.core.errors import (classify, describe_connect_error, password_of, permission_remedy, redact,
-                                         scrub_parse_error)
+from archive_pipeline.core.errors import (classify, describe_connect_error, missing_grant, password_of,
+                                         permission_remedy, redact, scrub_parse_error)
 from archive_pipeline.core.session_settings import CONNECT_PARAMETERS
-from archive_pipeline.core.store import CLOCK_SKEW_ALLOWED, S3Store
+from archive_pipeline.core.store import CLOCK_SKEW_ALLOWED, S3Store, encryption_headers
 
 DSN_VAR = "ARCHIVE_PG_DSN"
 PRIMARY_DSN_VAR = "ARCHIVE_PG_PRIMARY_DSN"
@@ -37,6 +37,8 @@ KEY_ID_VAR = "ARCHIVE_S3_ACCESS_KEY_ID"
 SECRET_VAR = "ARCHIVE_S3_SECRET_ACCESS_KEY"
 VERIFY_ETAGS_VAR = "ARCHIVE_S3_VERIFY_ETAGS"
 EQUAL_PARTS_VAR = "ARCHIVE_S3_EQUAL_PARTS"
+SSE_VAR = "ARCHIVE_S3_SSE"
+SSE_KMS_KEY_VAR = "ARCHIVE_S3_SSE_KMS_KEY_ID"
 
 
 class UnreachableError(Exception):
@@ -212,6 +214,7 @@ def check_s3_settings(env: Mapping[str, str]) -> None:
     character), and the region and access key id can hold no white space inside: a :class:`ConfigError`
     naming the variable, at load, instead of keys written under another folder or every run retried."""
     check_prefix(s3_setting(env, PREFIX_VAR), f"${PREFIX_VAR}")
+    server_side_encryption(env)
     verify_etags(env)
     equal_parts(env)
     _check_botocore_settings(env)
@@ -232,11 +235,28 @@ def check_s3_settings(env: Mapping[str, str]) -> None:
                               "region (e.g. us-east-1, eu-central-1; R2: auto), or unset it for us-east-1") from None
 
 
+def server_side_encryption(env: Mapping[str, str] | None = None) -> dict[str, str | None]:
+    """$ARCHIVE_S3_SSE (AES256 or aws:kms) and $ARCHIVE_S3_SSE_KMS_KEY_ID, as the archive_store resource's
+    ``server_side_encryption`` and ``sse_kms_key_id`` (which the default resources take from them): sent with every
+    object write, as a bucket policy that denies unencrypted writes asks. A value S3 does not take, or a key id
+    without aws:kms, fails the load naming the variables."""
+    env = os.environ if env is None else env
+    settings = {"server_side_encryption": s3_setting(env, SSE_VAR), "sse_kms_key_id": s3_setting(env, SSE_KMS_KEY_VAR)}
+    try:
+        encryption_headers(*settings.values())
+    except ValueError as exc:
+        raise ConfigError(f"${SSE_VAR} / ${SSE_KMS_KEY_VAR}: {exc} (unset both for the bucket's default "
+                          "encryption)") from None
+    return settings
+
+
 def verify_etags(env: Mapping[str, str] | None = None) -> bool:
     """$ARCHIVE_S3_VERIFY_ETAGS: false for a store whose ETags are not MD5s (SSE-KMS), as the archive_store
     resource's ``verify_etags`` (which the default resources take from it): the command line could not read
-    such a bucket at all. Anything but true/false fails the load naming the variable."""
-    return _flag(os.environ if env is None else env, VERIFY_ETAGS_VAR, True,
+    such a bucket at all. Unset, it is false where $ARCHIVE_S3_SSE asks for aws:kms (whose objects' ETags are never
+    their MD5s), else true. Anything but true/false fails the load naming the variable."""
+    env = os.environ if env is None else env
+    return _flag(env, VERIFY_ETAGS_VAR, s3_setting(env, SSE_VAR) != "aws:kms",
                  "set it to false for a store whose ETags are not MD5s (SSE-KMS), or unset it")
 
 
@@ -378,7 +398,7 @@ def store_from_env(env: Mapping[str, str] | None = None, *, check: bool = True) 
                           "the store's region (e.g. us-east-1, eu-central-1; R2: auto), or unset it for us-east-1") \
             from None
     store = S3Store(client, bucket, prefix=s3_setting(env, PREFIX_VAR) or "", verify_etags=verify_etags(env),
-                    equal_parts=equal_parts(env))
+                    equal_parts=equal_parts(env), **server_side_encryption(env))
     if check:
         try:
             client.head_bucket(Bucket=bucket)
@@ -389,13 +409,16 @@ def store_from_env(env: Mapping[str, str] | None = None, *, check: bool = True) 
                 from None
         except ClientError as exc:
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            if status == 403 and (other := _refused_for_another_cause(client, bucket, exc)) is not None:
-                cause, remedy, retryable = other
-                raise UnreachableError(f"bucket {bucket!r} refused HeadBucket (403) at "
-                                       f"{env.get(ENDPOINT_VAR) or 'AWS S3'}: {cause}: {remedy}",
-                                       retryable=retryable) from None
             headers = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
             region = headers.get("x-amz-bucket-region")
+            # 403 (refused) and 400 (S3's status for an expired or invalid session token) without another region's
+            # header: their cause is in a code, which a HEAD's answer has no body for
+            if (status == 403 or status == 400 and region in (None, client.meta.region_name)) and \
+                    (other := _refused_for_another_cause(client, bucket, exc)) is not None:
+                cause, remedy, retryable = other
+                raise UnreachableError(f"bucket {bucket!r} refused HeadBucket ({status}) at "
+                                       f"{env.get(ENDPOINT_VAR) or 'AWS S3'}: {cause}: {remedy}",
+                                       retryable=retryable) from None
             if status in (301, 307, 400) and region and region != client.meta.region_name:
                 # a HEAD's answer has no body: the bucket's region, in a header, says it (a redirect, or a request
                 # signed for another region); the same on every retry
@@ -455,10 +478,11 @@ def _tls_refused(exc: Exception, env: Mapping[str, str]) -> str:
 
 
 def _refused_for_another_cause(client: Any, bucket: str, refused: Any) -> tuple[str, str, bool] | None:
-    """(cause, remedy, retryable) of a HeadBucket 403 that no grant fixes, or None (a missing grant, as far as
-    can be told). A HEAD's answer has no body, so no error code: the store's Date header says whether this
-    machine's clock is off, and a one-key listing (which s3:ListBucket allows, as it does HeadBucket) answers
-    with the code (RequestTimeTooSkewed, InvalidAccessKeyId, SignatureDoesNotMatch, an expired token)."""
+    """(cause, remedy, retryable) of a HeadBucket 403 or 400 that no grant fixes, or None (a missing grant, as far
+    as can be told, or nothing more to tell). A HEAD's answer has no body, so no error code: the store's Date header
+    says whether this machine's clock is off, and a one-key listing (which s3:ListBucket allows, as it does
+    HeadBucket) answers with the code (RequestTimeTooSkewed, InvalidAccessKeyId, SignatureDoesNotMatch, an expired
+    token, which S3 answers 400) or the message (an explicit deny of a policy, which no grant lifts)."""
     from botocore.exceptions import BotoCoreError, ClientError
 
     said = refused.response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
@@ -472,10 +496,10 @@ def _refused_for_another_cause(client: Any, bucket: str, refused: Any) -> tuple[
     try:
         client.list_objects_v2(Bucket=bucket, MaxKeys=1)
     except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("AccessDenied", "AllAccessDisabled", None, ""):
+        if missing_grant(exc):
             return None
         found = classify(exc)
-        return f"{found.cause} ({exc.response['Error']['Code']})", found.remedy, found.retryable
+        return f"{found.cause} ({exc.response.get('Error', {}).get('Code')})", found.remedy, found.retryable
     except BotoCoreError:
         return None
     return None

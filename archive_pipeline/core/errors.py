@@ -433,6 +433,25 @@ _PERMISSION_OF = {"ListObjectsV2": "s3:ListBucket", "HeadBucket": "s3:ListBucket
                   "AbortMultipartUpload": "s3:AbortMultipartUpload"}
 _S3_ACCESS = _store(False, "the object store refused access", f"grant {', '.join(S3_PERMISSIONS)} on the bucket to "
                     "these credentials")
+# The store settings that send server-side-encryption headers with every object write (README, "Store settings"):
+# what a bucket policy that denies writes without them asks for
+SSE_SETTINGS = ("ARCHIVE_S3_SSE (AES256 or aws:kms) and, for a key of its own, ARCHIVE_S3_SSE_KMS_KEY_ID (the "
+                "archive_store resource's server_side_encryption and sse_kms_key_id)")
+# No grant lifts an explicit Deny (IAM weighs every Deny before any Allow): AWS names it in the AccessDenied's message
+# ("... with an explicit deny in a resource-based policy"), as for the bucket policy AWS recommends for encrypted
+# buckets, which denies every PutObject sent without x-amz-server-side-encryption (or with another value)
+_S3_EXPLICIT_DENY = _store(False, "a policy explicitly denies the request (the bucket policy, the role's own policy, "
+                           "an SCP, a permissions boundary or a KMS key's policy: the store's answer says which), "
+                           "which no grant lifts", "change the policy that denies it, or send what its conditions ask "
+                           "for: a bucket policy that requires server-side encryption is met by setting "
+                           f"{SSE_SETTINGS} to the values it names")
+# A Requester Pays bucket of another account refuses any request without x-amz-request-payer (which the archiver never
+# sends), so that the bucket's owner is not billed: told apart where the store says so (a code or its message); AWS's
+# own answer is a bare AccessDenied, indistinguishable from a missing grant
+_S3_REQUESTER_PAYS = _store(False, "the bucket is a Requester Pays bucket of another account, and the archiver does "
+                            "not send x-amz-request-payer (no grant is missing)",
+                            "archive to a bucket of the credentials' own account, or have the bucket's owner turn "
+                            "Requester Pays off for it")
 _S3_KMS = _store(False, "the bucket's KMS key refused the request (disabled, deleted, or not usable by these "
                  "credentials)", "enable the bucket's KMS key, or allow kms:GenerateDataKey and kms:Decrypt on it to "
                  "these credentials (the key's policy or the role's)")
@@ -545,6 +564,7 @@ _S3_CODES: tuple[tuple[Collection[str], Classification], ...] = (
     ({"TemporaryRedirect"}, _S3_REDIRECTED), ({"RequestTimeout"}, _S3_TIMED_OUT), (_S3_RETRY_CODES, _S3_THROTTLED),
     ({"NoSuchUpload"}, _S3_UPLOAD_ABORTED), (_S3_GONE_CODES, _S3_GONE), (_S3_KEY_CODES, _S3_BAD_KEY),
     (_S3_KMS_CODES, _S3_KMS),
+    ({"RequestPayerDenied"}, _S3_REQUESTER_PAYS),  # (Huawei OBS's code; AWS answers a bare AccessDenied)
     ({"InvalidObjectState"}, _S3_ARCHIVED),  # (a 403 for an object in GLACIER / DEEP_ARCHIVE: no grant is missing)
     (_S3_ACCESS_CODES, _S3_ACCESS), (_S3_BUCKET_CODES, _S3_NO_BUCKET), (_S3_SIZE_CODES, _S3_TOO_LARGE))
 # What an HTTP status says where the answer's code says nothing known: S3's own statuses, and the bare ones a proxy,
@@ -900,6 +920,10 @@ def _classify_boto(exc: BaseException) -> Classification | None:
         error = exc.response.get("Error", {})
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
         said = str(error.get("Message", "")).lower()
+        if "explicit deny" in said:  # AccessDenied "... with an explicit deny in a resource-based policy"
+            return _S3_EXPLICIT_DENY
+        if _REQUESTER_PAYS.search(said):
+            return _S3_REQUESTER_PAYS
         if "kms:" in said:  # AccessDenied "... not authorized to perform: kms:..."
             return _S3_KMS
         if ("x-amz-checksum" in said or "x-amz-sdk-checksum" in said) \
@@ -923,6 +947,23 @@ def _classify_boto(exc: BaseException) -> Classification | None:
         found = re.search(r"An error occurred \(([^)]+)\)", str(exc))
         return _s3_code(found.group(1), 0) if found else _S3_THROTTLED
     return None
+
+
+# A store's words for a Requester Pays refusal (its message, where its code is a plain AccessDenied)
+_REQUESTER_PAYS = re.compile(r"requester[ -]?pays?\b|request-?payer")
+
+
+def names_its_cause(code: str) -> bool:
+    """Whether an S3 error ``code`` has a cause of its own here (:data:`_S3_CODES`: ExpiredToken, InvalidToken,
+    RequestTimeTooSkewed, ...), which a caller reading the status alone must not take for another."""
+    return any(code in codes for codes, _ in _S3_CODES)
+
+
+def missing_grant(exc: BaseException) -> bool:
+    """Whether the store refused ``exc``'s request for want of a grant, as far as its answer tells: an access refused
+    with no other cause in its code or message (an explicit deny, a Requester Pays bucket, a KMS key, expired or
+    wrong credentials, a clock far off are not), the refusals a grant of the operation's permission may end."""
+    return _classify_boto(exc) == _S3_ACCESS
 
 
 # What ssl says of a TLS connection the other end closed without TLS's goodbye or broke mid-record: no certificate

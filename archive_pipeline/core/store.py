@@ -42,7 +42,7 @@ from collections.abc import Callable, Collection, Hashable, Iterable, Iterator
 from typing import Any, BinaryIO, NoReturn, TypeVar
 
 from archive_pipeline.core.errors import (S3_CORRUPT_CODES, ArchiveError, UploadError, classify, for_operation,
-                                         is_cancellation, redact)
+                                         is_cancellation, names_its_cause, redact)
 from archive_pipeline.core.keys import upload_marker_key, upload_marker_naming
 from archive_pipeline.core.sink import temp_dir_given, temp_dir_named
 
@@ -66,6 +66,7 @@ _MARKER = (b"A multipart upload of the key without this suffix was started here;
 _NOT_THE_OBJECT = "the store's answer was not the object"
 MISSING_ON_READ = "its GET and two HEADs answered 404"  # what a read that found nothing asked (see confirm_missing)
 WRITER_METADATA = "writer"  # a fresh key's object: the upload that wrote it (see S3Store.begin)
+SSE_VALUES = ("AES256", "aws:kms")  # the x-amz-server-side-encryption values S3 takes (SSE-S3, SSE-KMS)
 _S3_TOO_LARGE = "the day is larger than S3's object limit"
 _CORRUPTED = "the object's checksum did not match on the way"
 _RETRIED = ("retried automatically; if it persists, check the network path to the store (proxies, gateways) and the "
@@ -260,6 +261,19 @@ def _written_by(head: dict, writer: str | None) -> bool:
     return writer is None or decode_metadata(head.get("Metadata") or {}).get(WRITER_METADATA) == writer
 
 
+def encryption_headers(server_side_encryption: str | None, kms_key_id: str | None = None) -> dict[str, str]:
+    """The server-side-encryption parameters every object write sends (PutObject, CreateMultipartUpload; the parts of
+    a multipart upload take the upload's): a bucket policy that denies writes without them (AWS's own advice for
+    encrypted buckets) otherwise refuses every archive. Empty without a setting (the bucket's default encryption
+    applies). ValueError, saying what is wrong, for a value S3 does not take or a KMS key without aws:kms."""
+    sse, key = (server_side_encryption or "").strip() or None, (kms_key_id or "").strip() or None
+    if sse is not None and sse not in SSE_VALUES:
+        raise ValueError(f"server-side encryption {sse!r} is not one S3 takes: {' or '.join(SSE_VALUES)}")
+    if key is not None and sse != "aws:kms":
+        raise ValueError("a KMS key id for server-side encryption needs server-side encryption aws:kms")
+    return {"ServerSideEncryption": sse, **({"SSEKMSKeyId": key} if key else {})} if sse else {}
+
+
 def _md5_header(digest: bytes) -> str:
     return base64.b64encode(digest).decode()
 
@@ -331,8 +345,9 @@ def _pages(pages: Iterable[dict], doing: str, way_on: str) -> Iterator[dict]:
                             remedy="retried automatically; if it persists, check the network path to the store"
                             ) from None
     except ClientError as exc:
-        refused = (exc.response.get("Error") or {}).get("Code") in ("InvalidArgument", "InvalidToken") or \
-            (exc.response.get("ResponseMetadata") or {}).get("HTTPStatusCode") == 400
+        # (a 400 whose code names another cause is that cause: S3 answers an expired or invalid session token,
+        # ExpiredToken or InvalidToken, with 400 too, and no next page's token is to blame)
+        refused = _code(exc) == "InvalidArgument" or _status(exc) == 400 and not names_its_cause(_code(exc))
         if first or not refused:
             raise
         # a next page refused for the token the store's own last page gave (damaged on the way, or another node's
@@ -638,6 +653,7 @@ class S3Store:
     once (each streamed from the temp file, so memory does not grow with the part size);
     ``verify_etags``: compare ETags with our MD5s (off only for stores whose ETags are not MD5s,
     e.g. SSE-KMS); ``equal_parts``: every part but the last the same size (Cloudflare R2);
+    ``server_side_encryption`` / ``sse_kms_key_id``: sent with every object write (see :func:`encryption_headers`);
     ``corrupt_attempts``: how often a part or small object that arrived corrupted is sent
     (botocore itself retries 5xx, throttling and dropped connections); ``abort_timeout``: how long
     ``abort`` waits for parts already in flight.
@@ -648,7 +664,8 @@ class S3Store:
 
     def __init__(self, client: Any, bucket: str, *, prefix: str = "", part_size: int = 8 * MiB,
                  max_concurrency: int = 4, verify_etags: bool = True, equal_parts: bool = False,
-                 corrupt_attempts: int = 3, abort_timeout: float = 10.0) -> None:
+                 corrupt_attempts: int = 3, abort_timeout: float = 10.0,
+                 server_side_encryption: str | None = None, sse_kms_key_id: str | None = None) -> None:
         if part_size < self.min_part_size:
             raise ValueError(f"part_size must be at least 5 MiB (S3's minimum), got {part_size}")
         if part_size > MAX_PART_SIZE:
@@ -660,6 +677,7 @@ class S3Store:
         self.max_concurrency = max(1, max_concurrency)
         self.verify_etags = verify_etags
         self.equal_parts = equal_parts
+        self.encryption = encryption_headers(server_side_encryption, sse_kms_key_id)
         self.corrupt_attempts = max(1, corrupt_attempts)
         self.abort_timeout = abort_timeout
         # Writes that must not replace anything (a data object's fresh key, a day's first manifest) carry
@@ -771,7 +789,7 @@ class S3Store:
         writer = f"{os.getpid()}.{uuid.uuid4().hex}"
         if fresh:
             meta[WRITER_METADATA] = writer
-        headers: dict[str, Any] = {"ContentType": content_type, "Metadata": encode_metadata(meta)}
+        headers: dict[str, Any] = {"ContentType": content_type, "Metadata": encode_metadata(meta), **self.encryption}
         if content_encoding:
             # no-transform: served as stored to every reader, whatever it accepts (see _read_as_stored)
             headers.update(ContentEncoding=content_encoding, CacheControl="no-transform")
@@ -863,7 +881,7 @@ class S3Store:
             try:
                 response = self.with_conditions(functools.partial(
                     self.client.put_object, Bucket=self.bucket, Key=key, Body=data, ContentType=content_type,
-                    ContentMD5=_md5_header(digest)), condition, self.uri(key), "PutObject")
+                    ContentMD5=_md5_header(digest), **self.encryption), condition, self.uri(key), "PutObject")
             except Exception as exc:
                 if _code(exc) in S3_CORRUPT_CODES and attempt < self.corrupt_attempts:
                     continue

@@ -150,6 +150,11 @@ class ArchiveStoreResource(ConfigurableResource):
     verify_etags: bool = Field(default=True, description="compare each part's ETag with its MD5 (turn off "
                                "only for stores that encrypt with SSE-KMS or otherwise change ETags)")
     temp_dir: str | None = Field(default=None, description="where temp files go; default: the system temp dir")
+    server_side_encryption: str | None = Field(default=None, description="AES256 or aws:kms, sent with every object "
+                                               "write (as a bucket policy that denies unencrypted writes asks); "
+                                               "default: none sent, the bucket's default encryption applies")
+    sse_kms_key_id: str | None = Field(default=None, description="the KMS key (id or ARN) aws:kms encrypts with; "
+                                       "default: the bucket's key, else the account's aws/s3 key")
 
     @field_validator("bucket", "prefix")
     @classmethod
@@ -157,11 +162,11 @@ class ArchiveStoreResource(ConfigurableResource):
         """Without the whitespace around it (a trailing newline of a mounted secret), as the command line."""
         return value.strip()
 
-    @field_validator("temp_dir")
+    @field_validator("temp_dir", "server_side_encryption", "sse_kms_key_id")
     @classmethod
     def _blank_is_default(cls, value: str | None) -> str | None:
-        """A field left blank (``temp_dir: ""``, an unset variable's empty text) is the default, TMPDIR else the
-        system temp dir, as a blank AWS_PROFILE is unset: never the code server's working directory."""
+        """A field left blank (``temp_dir: ""``, an unset variable's empty text) is the default (for temp_dir TMPDIR
+        else the system temp dir, never the code server's working directory), as a blank AWS_PROFILE is unset."""
         return (value.strip() or None) if value is not None else None
 
     def store(self) -> S3Store:
@@ -175,7 +180,8 @@ class ArchiveStoreResource(ConfigurableResource):
                               "'user:secret@' part, e.g. http://minio:9000, and give the keys as those settings")
         return S3Store(self.s3.get_client(), self.bucket, prefix=self.prefix, part_size=self.part_size_mb * MiB,
                        max_concurrency=self.max_concurrency, verify_etags=self.verify_etags,
-                       equal_parts=self.equal_parts)
+                       equal_parts=self.equal_parts, server_side_encryption=self.server_side_encryption,
+                       sse_kms_key_id=self.sse_kms_key_id)
 
     def store_for(self, what: str) -> S3Store:
         """:meth:`store`, or the step's failure naming ``what`` ("<table> <day>") and the setting to fix: a
@@ -185,5 +191,6 @@ class ArchiveStoreResource(ConfigurableResource):
         except Exception as exc:  # noqa: BLE001 - botocore's ValueError, our ConfigError: the settings are wrong
             raise Failure(description=f"{what}: the S3 client cannot be built ({type(exc).__name__}: "
                                       f"{redact(str(exc))}); fix the archive_store resource's settings (endpoint_url "
-                                      "with its scheme, e.g. http://minio:9000; region; bucket) or the ARCHIVE_S3_* "
+                                      "with its scheme, e.g. http://minio:9000; region; bucket; "
+                                      "server_side_encryption) or the ARCHIVE_S3_* "
                                       "environment", allow_retries=False) from None
