@@ -19,9 +19,10 @@ from psycopg import sql
 
 from archive_pipeline.core.archive import archive_partition
 from archive_pipeline.core.config import parse_config
-from archive_pipeline.core.lifecycle import RemovalRefused, remove_day
+from archive_pipeline.core.lifecycle import RemovalRefused, check_removable, remove_day
 from archive_pipeline.core.plan import compare_days
 from archive_pipeline.core.restore import restore_day
+from archive_pipeline.core.verify import deep_verify
 from archive_pipeline_tests.test_hunt10_pj import loopback  # noqa: F401 - the fixture
 
 DAY = dt.date(2024, 3, 10)
@@ -179,3 +180,104 @@ def test_detach_of_a_naming_day_table_pending_detach_is_refused_up_front_naming_
     assert not isinstance(real, Exception), (
         f"the dry run said it would {dry.action} {dry.relation}; the removal then failed after the proof: "
         f"{type(real).__name__}: {real}")
+
+
+# The classes the three tests above sample, at their other edges (added by the fixer).
+
+@pytest.mark.parametrize("mode", ["declarative", "naming"])
+@pytest.mark.parametrize("action", ["drop", "detach"])
+def test_a_foreign_sub_partition_is_refused_by_every_whole_table_removal_and_its_dry_run(
+        conn, schema, store, temp_dir, loopback, mode, action):  # noqa: F811 - the fixture
+    """The first test's layout, the day's partition (declarative) or day table (naming mode, ``ev_20240310``)
+    sub-partitioned by region with a postgres_fdw shard: ``check_removable``, the dry run and the removal refuse a
+    drop or a detach alike, naming the shard, and nothing is removed."""
+    s, day_table = sql.Identifier(schema), sql.Identifier("p0310" if mode == "declarative" else "ev_20240310")
+    conn.execute(sql.SQL("CREATE TABLE {}.ev (id int, region text, at timestamptz) PARTITION BY RANGE (at)").format(s))
+    conn.execute(sql.SQL("CREATE TABLE {}.{} PARTITION OF {}.ev FOR VALUES FROM ('2024-03-10 00:00+00') "
+                         "TO ('2024-03-11 00:00+00') PARTITION BY LIST (region)").format(s, day_table, s))
+    conn.execute(sql.SQL("CREATE TABLE {}.p0310_eu PARTITION OF {}.{} FOR VALUES IN ('eu')").format(s, s, day_table))
+    conn.execute(sql.SQL("CREATE TABLE {}.far (id int, region text, at timestamptz)").format(s))
+    conn.execute(sql.SQL("CREATE FOREIGN TABLE {}.p0310_us PARTITION OF {}.{} FOR VALUES IN ('us') SERVER {} "
+                         "OPTIONS (schema_name {}, table_name 'far')").format(s, s, day_table, loopback,
+                                                                              sql.Literal(schema)))
+    conn.execute(sql.SQL("INSERT INTO {}.ev SELECT g, 'eu', '2024-03-10 12:00+00' FROM generate_series(1, 5) g"
+                         ).format(s))
+    conn.execute(sql.SQL("INSERT INTO {}.far SELECT g, 'us', '2024-03-10 12:00+00' FROM generate_series(6, 10) g"
+                         ).format(s))
+    changes = {"retention": {"keep_days": 1, "action": action}}
+    if mode == "naming":
+        changes["partitioning"] = {"mode": "naming", "pattern": "ev_%Y%m%d"}
+    spec = _spec(schema, **changes)
+    assert archive_partition(conn, spec, DAY, store, temp_dir=str(temp_dir)).rows == 10
+    with pytest.raises(RemovalRefused, match="p0310_us"):
+        check_removable(conn, spec, DAY)
+    for dry_run in (True, False):
+        with pytest.raises(RemovalRefused, match="p0310_us"):
+            remove_day(conn, spec, DAY, store, dry_run=dry_run, temp_dir=str(temp_dir))
+    assert (_count(conn, schema, "ev"), _count(conn, schema, "far")) == (10, 5)
+
+
+@pytest.mark.parametrize("layout", ["partition", "inheritance"])
+@pytest.mark.parametrize("action", ["drop", "detach"])
+def test_a_naming_day_table_restored_in_its_own_column_order_keeps_the_parents_definitions(
+        conn, schema, store, temp_dir, layout, action):
+    """The second test's day table, with what the parent's columns carry (NOT NULL, a default, a collation, a
+    generated column, a CHECK constraint), removed by ``drop`` or by ``detach`` (the detached table then dropped by
+    hand): the restore creates it in its archived order under the parent, and the day compares ``equal``, verifies
+    deep and is removed again."""
+    s = sql.Identifier(schema)
+    partitioned = sql.SQL(" PARTITION BY RANGE (at)") if layout == "partition" else sql.SQL("")
+    conn.execute(sql.SQL("CREATE TABLE {}.ev (id int NOT NULL DEFAULT 7, at timestamptz NOT NULL, v text COLLATE "
+                         "\"C\", g int GENERATED ALWAYS AS (id * 2) STORED, CONSTRAINT pos CHECK (id > 0)){}"
+                         ).format(s, partitioned))
+    conn.execute(sql.SQL("CREATE TABLE {}.ev_20240310 (v text COLLATE \"C\", g int GENERATED ALWAYS AS (id * 2) "
+                         "STORED, at timestamptz NOT NULL, id int NOT NULL DEFAULT 7, CONSTRAINT pos CHECK (id > 0))"
+                         ).format(s))
+    if layout == "partition":
+        conn.execute(sql.SQL("ALTER TABLE {}.ev ATTACH PARTITION {}.ev_20240310 FOR VALUES FROM ('2024-03-10 00:00+00') "
+                             "TO ('2024-03-11 00:00+00')").format(s, s))
+    else:
+        conn.execute(sql.SQL("ALTER TABLE {}.ev_20240310 INHERIT {}.ev").format(s, s))
+    conn.execute(sql.SQL("INSERT INTO {}.ev_20240310 (id, at, v) SELECT g, '2024-03-10 12:00+00', 'v' || g "
+                         "FROM generate_series(1, 10) g").format(s))
+    spec = _spec(schema, partitioning={"mode": "naming", "pattern": "ev_%Y%m%d"},
+                 retention={"keep_days": 1, "action": action})
+    assert archive_partition(conn, spec, DAY, store, temp_dir=str(temp_dir)).rows == 10
+    assert remove_day(conn, spec, DAY, store, temp_dir=str(temp_dir)).rows == 10
+    if action == "detach":
+        conn.execute(sql.SQL("DROP TABLE {}.ev_20240310").format(s))
+    assert restore_day(conn, store, spec, DAY, into="original", temp_dir=str(temp_dir)).inserted == 10
+    assert [r[0] for r in conn.execute("SELECT attname::text FROM pg_attribute WHERE attrelid = %s::regclass "
+                                       "AND attnum > 0 ORDER BY attnum", (f"{schema}.ev_20240310",))] == \
+        ["v", "g", "at", "id"]
+    assert _count(conn, schema, "ev") == 10
+    compared = compare_days(conn, spec, store, [DAY])
+    assert [c.result for c in compared] == ["equal"], compared[0].note
+    assert deep_verify(conn, store, spec, DAY, temp_dir=str(temp_dir)) == []
+    assert remove_day(conn, spec, DAY, store, temp_dir=str(temp_dir)).rows == 10
+    assert _count(conn, schema, "ev") == 0
+
+
+def test_a_partition_pending_detach_under_a_naming_day_table_is_refused_up_front_naming_the_finalize(
+        pg, conn, schema, store, temp_dir):
+    """The third test's day table sub-partitioned by ``v``, its partition ``b`` left pending detach from it: its rows
+    are read through neither, and a drop would take them along; the dry run and the removal refuse alike, naming the
+    ``FINALIZE``."""
+    from archive_pipeline_tests.test_mends import _interrupted_detach
+
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE TABLE {}.ev (id int, at timestamptz, v text) PARTITION BY RANGE (at)").format(s))
+    conn.execute(sql.SQL("CREATE TABLE {}.ev_20240310 PARTITION OF {}.ev FOR VALUES FROM ('2024-03-10 00:00+00') "
+                         "TO ('2024-03-11 00:00+00') PARTITION BY LIST (v)").format(s, s))
+    for value in ("a", "b"):
+        conn.execute(sql.SQL("CREATE TABLE {}.{} PARTITION OF {}.ev_20240310 FOR VALUES IN ({})").format(
+            s, sql.Identifier(value), s, sql.Literal(value)))
+    conn.execute(sql.SQL("INSERT INTO {}.ev SELECT g, '2024-03-10 12:00+00', 'a' FROM generate_series(1, 10) g"
+                         ).format(s))
+    spec = _spec(schema, partitioning={"mode": "naming", "pattern": "ev_%Y%m%d"})
+    assert archive_partition(conn, spec, DAY, store, temp_dir=str(temp_dir)).rows == 10
+    _interrupted_detach(pg, conn, f"{schema}.ev_20240310", f"{schema}.b")
+    for dry_run in (True, False):
+        with pytest.raises(RemovalRefused, match="FINALIZE"):
+            remove_day(conn, spec, DAY, store, dry_run=dry_run, temp_dir=str(temp_dir))
+    assert _count(conn, schema, "ev") == 10
