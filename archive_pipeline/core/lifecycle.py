@@ -464,8 +464,27 @@ def _target(conn: psycopg.Connection, spec: TableSpec, day: Period, table: Sourc
                              f"table (its rows live on another server), which PostgreSQL cannot lock for a {action}; "
                              + ("use retention action 'delete', or " if spec.partitioning.mode == "declarative" else "")
                              + f"{action} it by hand", table=spec.name, day=day.isoformat())
+    if action != "delete" and (foreign := _foreign_partitions(conn, target)):
+        raise RemovalRefused(f"{spec.name} {day} stays in the source: {target.qualified} has the foreign-table "
+                             f"partition(s) {', '.join(foreign)} under it (their rows live on another server), which "
+                             f"PostgreSQL cannot lock for a {action}, and a {action} would leave their rows of the day "
+                             "on that server", table=spec.name, day=day.isoformat(),
+                             remedy="use retention action 'delete' (the foreign data wrapper deletes the day's remote "
+                                    "rows on their server), or remove the day by hand")
     _refuse_unprivileged(conn, spec, day, table, target, action)  # before the real run's lock, which needs them too
     return target
+
+
+def _foreign_partitions(conn: psycopg.Connection, target: SourceTable) -> list[str]:
+    """The foreign tables among the partitions under a sub-partitioned ``target``, at any depth: a drop or detach
+    locks only their local definitions and takes them out of the table while their rows stay on the remote
+    server, so the day would be marked removed with rows of it still there, and a restore would load them twice."""
+    if target.relkind != "p":
+        return []
+    return [r[0] for r in conn.execute(
+        "SELECT t.relid::pg_catalog.regclass::text FROM pg_catalog.pg_partition_tree(%s::pg_catalog.regclass) t "
+        "JOIN pg_catalog.pg_class c ON c.oid = t.relid WHERE c.relkind = 'f' ORDER BY 1",
+        (target.identifier.as_string(conn),))]
 
 
 def _not_own(spec: TableSpec, day: Period, children: list) -> str:
@@ -1642,7 +1661,7 @@ def _refuse_unremovable(conn: psycopg.Connection, spec: TableSpec, day: Period, 
     or day table also holding rows of other days, a day table with no parent to detach from, or (drop, detach)
     also under a table other than the configured one, rows that other tables' foreign keys reference. Checked by
     the removal itself and by its dry run alike."""
-    _refuse_pending_detach(conn, spec, day)
+    _refuse_pending_detach(conn, spec, day, table, action)
     if action == "delete":
         _refuse_referenced(conn, spec, day, table)
         _refuse_delete_side_effects(conn, spec, day, table)
@@ -1677,18 +1696,23 @@ def _refuse_unremovable(conn: psycopg.Connection, spec: TableSpec, day: Period, 
         _parents(conn, spec, target)
 
 
-def _refuse_pending_detach(conn: psycopg.Connection, spec: TableSpec, day: Period) -> None:
+def _refuse_pending_detach(conn: psycopg.Connection, spec: TableSpec, day: Period, table: SourceTable,
+                           action: str) -> None:
     """A partition of the day pending detach (a DETACH ... CONCURRENTLY interrupted), the day's own or one
     under it, holds rows the table no longer reads: the proof would compare the wrong rows, and PostgreSQL
-    refuses to drop or detach it again."""
-    if spec.partitioning.mode != "declarative" or conn.info.server_version < 140000:
+    refuses to detach it again. A naming-mode day table (``table``) is asked the same: one pending detach from its
+    parent is refused only a ``detach`` (its rows are its own and proven as such: a drop or delete removes them,
+    a DETACH PARTITION fails inside the removal, after the proof), partitions under it pending detach every action
+    (read by no one, archived by no run: a drop would take their rows along)."""
+    if spec.partitioning.mode not in ("declarative", "naming") or conn.info.server_version < 140000:
         return  # (no partition is ever pending before PostgreSQL 14)
-    for child in day_children(conn, spec, day):
-        relation = sql.Identifier(*child.relation(spec))
-        parent = detaching(conn, relation)
-        found = [(child.relation(spec), parent)] if parent else \
-            [((schema, name), under) for schema, name, under in
-             conn.execute(PENDING_DETACH_UNDER, child.relation(spec)).fetchall()]
+    own = spec.partitioning.mode == "declarative" or action == "detach"
+    relations = [child.relation(spec) for child in day_children(conn, spec, day)] \
+        if spec.partitioning.mode == "declarative" else [(table.schema, table.name)]
+    for relation in relations:
+        parent = detaching(conn, sql.Identifier(*relation)) if own else None
+        found = [(relation, parent)] if parent else \
+            [((schema, name), under) for schema, name, under in conn.execute(PENDING_DETACH_UNDER, relation).fetchall()]
         if found:
             pending = pending_detach_error(spec.name, *found[0])
             raise RemovalRefused(f"{spec.name} {day} stays in the source: {pending.message}", table=spec.name,

@@ -1213,23 +1213,71 @@ def _widen_own(conn: psycopg.Connection, manifest: dict, relation: Relation) -> 
                                                                              sql.Identifier(name)))
 
 
-def _create_table(conn: psycopg.Connection, target: Relation, definition: dict,
-                  inherits: Sequence[Relation] = ()) -> None:
-    # the parents' columns come with them, with the parents' types (a column widened since: bigint)
-    inherited = {name for (name,) in conn.execute(
-        "SELECT a.attname FROM pg_catalog.pg_attribute a WHERE a.attrelid = ANY(%s::pg_catalog.regclass[]) "
-        "AND a.attnum > 0 AND NOT a.attisdropped", ([p.identifier.as_string(conn) for p in inherits],))} \
-        if inherits else set()
-    items = [sql.SQL("{} {}{}").format(
+# A parent's columns as a table created on its own declares them to inherit from it or be attached to it (PostgreSQL
+# asks the same type and collation, NOT NULL where the parent has it, a generated column generated alike), with the
+# parent's defaults, as CREATE TABLE ... INHERITS or PARTITION OF copies them
+_PARENT_COLUMNS = """
+SELECT a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod),
+       CASE WHEN a.attcollation <> t.typcollation THEN pg_catalog.format('%%I.%%I', n.nspname, co.collname) END,
+       a.attnotnull, a.attgenerated::text, pg_catalog.pg_get_expr(d.adbin, d.adrelid)
+FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+LEFT JOIN pg_catalog.pg_collation co ON co.oid = a.attcollation
+LEFT JOIN pg_catalog.pg_namespace n ON n.oid = co.collnamespace
+LEFT JOIN pg_catalog.pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+WHERE a.attrelid = %s::pg_catalog.regclass AND a.attnum > 0 AND NOT a.attisdropped
+ORDER BY a.attnum
+"""
+
+# The parent's CHECK constraints a table must have to inherit from it or be attached to it ("missing constraint")
+_PARENT_CHECKS = """
+SELECT c.conname::text, pg_catalog.pg_get_constraintdef(c.oid) FROM pg_catalog.pg_constraint c
+WHERE c.conrelid = %s::pg_catalog.regclass AND c.contype = 'c' AND NOT c.connoinherit
+ORDER BY 1
+"""
+
+_GENERATED = {"s": "STORED", "v": "VIRTUAL"}
+
+
+def _day_table_statement(conn: psycopg.Connection, target: Relation, definition: dict, parents: Sequence[Relation],
+                         *, own_columns: bool) -> sql.Composable:
+    """``CREATE TABLE target (...)`` with the archived columns in the archived order, the day table's as it was
+    (a day table made on its own, ``(v, at, id)``, then attached to or inheriting from ``(id, at, v)``): PARTITION
+    OF and INHERITS lay the columns out in the parents' order, and compare, verify --deep and the next removal then
+    called the restored day's columns reordered, its archive stale. A column the parents have is declared as they
+    have it (their type: one widened since; their NOT NULL, collation, default, generation), with their CHECK
+    constraints, so the ATTACH or INHERIT that follows takes it; the parents' columns the archive lacks (added since)
+    come last; an archived column no parent has is the day table's own (``own_columns``; a partition has none)."""
+    described: dict[str, sql.Composable] = {}
+    checks: dict[str, str] = {}
+    for parent in parents:
+        name = parent.identifier.as_string(conn)
+        for column, kind, collation, not_null, generated, default in conn.execute(_PARENT_COLUMNS, (name,)):
+            described.setdefault(column, sql.SQL(" ").join(filter(None, (
+                sql.Identifier(column), sql.SQL(kind), collation and sql.SQL("COLLATE " + collation),
+                not_null and sql.SQL("NOT NULL"),
+                default and sql.SQL("GENERATED ALWAYS AS ({}) {}" if generated in _GENERATED else "DEFAULT {}").format(
+                    sql.SQL(default), sql.SQL(_GENERATED.get(generated, "")))))))
+        for constraint, text in conn.execute(_PARENT_CHECKS, (name,)):
+            checks.setdefault(constraint, text)
+    archived = [column["name"] for column in definition["columns"]]
+    items = [described[column["name"]] if column["name"] in described else sql.SQL("{} {}{}").format(
         sql.Identifier(column["name"]), checked_type_sql(conn, column["type"], f"column {column['name']!r}"),
         sql.SQL(" NOT NULL") if column.get("not_null") else sql.SQL(""))
-        for column in definition["columns"] if column["name"] not in inherited]
-    if definition.get("primary_key"):
+        for column in definition["columns"] if own_columns or column["name"] in described]
+    items += [item for column, item in described.items() if column not in archived]
+    items += [sql.SQL("CONSTRAINT {} {}").format(sql.Identifier(constraint), sql.SQL(text))
+              for constraint, text in checks.items()]
+    if own_columns and definition.get("primary_key"):
         items.append(sql.SQL("PRIMARY KEY ({})").format(_column_list(definition["primary_key"])))
-    parents = sql.SQL(" INHERITS ({})").format(sql.SQL(", ").join(p.identifier for p in inherits)) if inherits \
-        else sql.SQL("")
+    return sql.SQL("CREATE TABLE {} ({})").format(target.identifier, sql.SQL(", ").join(items))
+
+
+def _create_table(conn: psycopg.Connection, target: Relation, definition: dict,
+                  inherits: Sequence[Relation] = ()) -> None:
+    """The day's table from the archived definition, then INHERIT each of ``inherits`` (see
+    :func:`_day_table_statement`: in the archived column order, with the parents' columns and CHECKs)."""
     try:
-        conn.execute(sql.SQL("CREATE TABLE {} ({}){}").format(target.identifier, sql.SQL(", ").join(items), parents))
+        conn.execute(_day_table_statement(conn, target, definition, inherits, own_columns=True))
     except (psycopg.errors.DuplicateTable, psycopg.errors.UniqueViolation) as exc:
         # another session created the name since this restore looked (a concurrent restore of another day into
         # the same new table): the catalog's own unique index says so, not a value of the archive
@@ -1239,6 +1287,8 @@ def _create_table(conn: psycopg.Connection, target: Relation, definition: dict,
                           "restore of another day into the same new table?); nothing was restored",
                           remedy="restore into it with into='existing' (the command line: --into existing), or "
                                  "choose a new name") from None
+    for parent in inherits:
+        conn.execute(_attach_statement(conn, target, {"schema": parent.schema, "name": parent.name}))
 
 
 _RANGE_BOUND = re.compile(r"FOR VALUES FROM \((?P<lo>.*)\) TO \((?P<hi>.*)\)", re.S)
@@ -1422,8 +1472,9 @@ def _create(conn: psycopg.Connection, manifest: dict, relation: Relation) -> boo
     """Create ``relation``; False if it is the day's partition and another partition of the parent covers
     its bound now (the partitions were laid out anew, say by month): the rows go there, by the parent. A
     naming-mode day table is created under the configured table where it was under it when archived (see
-    :func:`_own_parents`): as its partition, or inheriting from it (with the parent's columns and CHECKs, so
-    one added since is no reason to fail)."""
+    :func:`_own_parents`): in its archived column order, then attached as its partition, or made to inherit from
+    it (with the parent's columns and CHECKs, so one added since is no reason to fail: see
+    :func:`_day_table_statement`)."""
     definition = table_definition(manifest)
     partition = _recorded_partition(manifest, conn)
     if partition is not None and partition[1] == relation:
@@ -1433,7 +1484,8 @@ def _create(conn: psycopg.Connection, manifest: dict, relation: Relation) -> boo
         return created
     parents = _own_parents(conn, manifest, relation)
     if len(parents) == 1 and parents[0][1]:
-        return _create_partition(conn, manifest, parents[0][0], relation, parents[0][1], overlap_into_parent=False)
+        return _create_partition(conn, manifest, parents[0][0], relation, parents[0][1], overlap_into_parent=False,
+                                 own_order=True)
     _refuse_hidden_columns(conn, manifest, relation, [parent for parent, _ in parents])
     _create_table(conn, relation, definition, inherits=[parent for parent, _ in parents])
     return True
@@ -1539,14 +1591,20 @@ def _refuse_created_bound(conn: psycopg.Connection, manifest: dict, child: Relat
 
 
 def _create_partition(conn: psycopg.Connection, manifest: dict, parent: Relation, child: Relation, bound: str | None,
-                      *, overlap_into_parent: bool) -> bool:
-    """``CREATE TABLE child PARTITION OF parent <bound>``; False where another partition covers the bound now
-    and the rows may go there through the parent (``overlap_into_parent``), else a refusal saying so."""
+                      *, overlap_into_parent: bool, own_order: bool = False) -> bool:
+    """``CREATE TABLE child PARTITION OF parent <bound>`` (``own_order``: created in the archived column order, then
+    ``ATTACH PARTITION``); False where another partition covers the bound now and the rows may go there through the
+    parent (``overlap_into_parent``), else a refusal saying so."""
     table, day = manifest.get("table"), manifest.get("day")
     try:
         with conn.transaction():
-            conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} {}").format(
-                child.identifier, parent.identifier, partition_bound(bound)))
+            if own_order:  # a naming-mode day table: its own column order, then attached (see _day_table_statement)
+                conn.execute(_day_table_statement(conn, child, table_definition(manifest), [parent], own_columns=False))
+                conn.execute(_attach_statement(conn, child, {"schema": parent.schema, "name": parent.name,
+                                                             "bound": bound}))
+            else:
+                conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} {}").format(
+                    child.identifier, parent.identifier, partition_bound(bound)))
     except psycopg.errors.CheckViolation as exc:
         # "updated partition constraint for default partition ... would be violated": rows of the day (late
         # ones, in no archive) sit in the DEFAULT partition, which PostgreSQL will not let the new one take
