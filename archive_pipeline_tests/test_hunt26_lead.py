@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import yaml
 from psycopg import sql
 
@@ -55,3 +56,38 @@ def test_a_json_values_surrounding_blanks_are_said_to_be_lost_in_jsonl(conn, sch
     with pytest.raises(FingerprintMismatchError) as refused:
         restore_day(conn, store, spec, day, into="new", target=f"{schema}.back", temp_dir=str(temp_dir))
     assert "blanks before and after the value are not kept" in str(refused.value), refused.value
+
+
+@pytest.mark.parametrize("layout", ["partition", "inheritance"])
+def test_a_naming_day_restored_into_a_new_table_is_not_hung_under_the_source(conn, schema, store, temp_dir, layout):
+    """Scenario: naming mode (``pattern: ev_%Y%m%d``) where the day tables are partitions of ``ev`` (or inherit
+    from it); the day is archived, still in the source, and the user restores it into a new table to look at it:
+    ``restore_day(..., into="new", target="<schema>.copy")``.
+
+    Before: ``restore._create`` put every table it created under the tables the manifest records as the day
+    table's parents: the new table was made to inherit from ``ev`` (the source's parent then held the day's rows
+    twice: 20 rows for 10) or attached as its partition (refused as overlapping the day's own partition, with the
+    advice to restore into a new table, which is what the user did).
+
+    Should: a new table is the user's own: created alone, in the archived column order; the source unchanged."""
+    from archive_pipeline.core.archive import archive_partition
+    from archive_pipeline.core.restore import restore_day
+    from archive_pipeline_tests.test_hunt26_dy import DAY, _spec
+
+    s = sql.Identifier(schema)
+    partitioned = sql.SQL(" PARTITION BY RANGE (at)") if layout == "partition" else sql.SQL("")
+    conn.execute(sql.SQL("CREATE TABLE {}.ev (id int, at timestamptz, v text){}").format(s, partitioned))
+    if layout == "partition":
+        conn.execute(sql.SQL("CREATE TABLE {}.ev_20240310 PARTITION OF {}.ev FOR VALUES FROM ('2024-03-10 00:00+00') "
+                             "TO ('2024-03-11 00:00+00')").format(s, s))
+    else:
+        conn.execute(sql.SQL("CREATE TABLE {}.ev_20240310 () INHERITS ({}.ev)").format(s, s))
+    conn.execute(sql.SQL("INSERT INTO {}.ev_20240310 (id, at, v) SELECT g, '2024-03-10 12:00+00', 'v' || g "
+                         "FROM generate_series(1, 10) g").format(s))
+    spec = _spec(schema, partitioning={"mode": "naming", "pattern": "ev_%Y%m%d"})
+    assert archive_partition(conn, spec, DAY, store, temp_dir=str(temp_dir)).rows == 10
+    done = restore_day(conn, store, spec, DAY, into="new", target=f"{schema}.copy", temp_dir=str(temp_dir))
+    assert done.inserted == 10 and done.fingerprint_checked, done
+    assert conn.execute("SELECT count(*) FROM pg_catalog.pg_inherits WHERE inhrelid = %s::regclass",
+                        (f"{schema}.copy",)).fetchone() == (0,)
+    assert conn.execute(sql.SQL("SELECT count(*) FROM {}.ev").format(s)).fetchone() == (10,)

@@ -1468,14 +1468,19 @@ def _lookalike(conn: psycopg.Connection, target: Relation) -> str:
     return lookalike_hint(str(target), [str(Relation(*relation)) for relation in found], "table")
 
 
-def _create(conn: psycopg.Connection, manifest: dict, relation: Relation) -> bool:
+def _create(conn: psycopg.Connection, manifest: dict, relation: Relation, *, original: bool) -> bool:
     """Create ``relation``; False if it is the day's partition and another partition of the parent covers
     its bound now (the partitions were laid out anew, say by month): the rows go there, by the parent. A
     naming-mode day table is created under the configured table where it was under it when archived (see
     :func:`_own_parents`): in its archived column order, then attached as its partition, or made to inherit from
     it (with the parent's columns and CHECKs, so one added since is no reason to fail: see
-    :func:`_day_table_statement`)."""
+    :func:`_day_table_statement`). Only when restoring into the ``original`` table: a new table (into='new') is the
+    user's own, never hung under the source's tables (made to inherit from the parent, its rows showed twice in
+    the source; attached, it was refused as overlapping the day's own partition)."""
     definition = table_definition(manifest)
+    if not original:
+        _create_table(conn, relation, definition, inherits=[])
+        return True
     partition = _recorded_partition(manifest, conn)
     if partition is not None and partition[1] == relation:
         created = _create_partition(conn, manifest, *partition, overlap_into_parent=True)
@@ -3087,7 +3092,8 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
                     _widen_own(conn, manifest, relation)
                 elif marked is not None and not to_create:
                     _refuse_unmarkable(conn, manifest, relation)
-                to_create = [name for name in to_create if _create(conn, manifest, name)]
+                original = into == "original"
+                to_create = [name for name in to_create if _create(conn, manifest, name, original=original)]
                 # the day is the whole target: a new table, or the day's own table (naming mode)
                 whole = into == "new" or (into == "original" and not manifest.get("day_column"))
                 if into != "new" and not to_create and _loaded_before(conn, relation, manifest, whole):
