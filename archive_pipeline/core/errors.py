@@ -724,6 +724,12 @@ _MESSAGES: list[tuple[re.Pattern[str], Classification]] = [
 _SQLSTATE_IN_TEXT = re.compile(r"SQLSTATE: ([0-9A-Z]{5})\s*$")
 
 
+def sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE of a database error, psycopg's or ADBC's (which carries it in its text): what to test instead
+    of the message's words, which a server speaking another language (lc_messages) says otherwise."""
+    return _sqlstate(exc, str(exc))
+
+
 def _sqlstate(exc: BaseException, text: str) -> str | None:
     code = getattr(exc, "sqlstate", None)
     if isinstance(code, str) and re.fullmatch(r"[0-9A-Z]{5}", code):

@@ -30,7 +30,8 @@ except ImportError:  # pragma: no cover - another psycopg: the plain path
     _fetch_many = None
 
 from archive_pipeline.core.config import MAX_IDENTIFIER_BYTES as MAX_NAME_BYTES
-from archive_pipeline.core.errors import SETTING_MISFITS, TABLE_MISSING, ArchiveError, SourceError, sql_name, wrap
+from archive_pipeline.core.errors import SETTING_MISFITS, TABLE_MISSING, ArchiveError, SourceError, sql_name, sqlstate, \
+    wrap
 from archive_pipeline.core.locks import end_interrupted_query
 from archive_pipeline.core.periods import Period, as_period
 from archive_pipeline.core.session_settings import CATALOG_FIRST, apply_settings
@@ -1652,7 +1653,8 @@ def lock_day(execute: Callable[[str], object], table: SourceTable, where: sql.Co
     try:
         execute(touch)
     except Exception as exc:
-        if "lock timeout" not in str(exc).lower():
+        # (55P03 lock_not_available: in any language the server speaks; the words for ADBC's text without it)
+        if sqlstate(exc) != "55P03" and "lock timeout" not in str(exc).lower():
             raise
         raise SourceError(
             f"another session is waiting to change {table.qualified} (TRUNCATE, ALTER TABLE, or DROP/DETACH of the "
