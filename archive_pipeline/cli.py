@@ -20,6 +20,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import sys
 import time
@@ -105,12 +106,13 @@ def _cancel(signum: int, _frame: object) -> None:
 def _cancellable() -> Iterator[None]:
     """Ctrl-C, SIGTERM and SIGHUP (a closed terminal: its processes' default end would leave the day's upload open)
     handled by :func:`_cancel` while a command runs; the handlers before it afterwards (a caller in the same
-    process, a test, keeps its own). A SIGHUP ignored (``nohup``: the command is to outlive its terminal) stays
-    ignored."""
+    process, a test, keeps its own). A signal the process was started with ignored stays ignored, as Python itself
+    leaves it: a SIGHUP (``nohup``: the command is to outlive its terminal), a SIGINT (a shell script's background
+    job, ``archive-pipeline archive ... &``, which the terminal's Ctrl-C must not stop; ``trap '' INT``)."""
     _CANCELS[0] = 0
     hangup = getattr(signal, "SIGHUP", None)  # (not on Windows)
-    taken = (signal.SIGINT, signal.SIGTERM,
-             *((hangup,) if hangup is not None and signal.getsignal(hangup) is not signal.SIG_IGN else ()))
+    taken = [signum for signum in (signal.SIGINT, signal.SIGTERM, *((hangup,) if hangup is not None else ()))
+             if signal.getsignal(signum) is not signal.SIG_IGN]
     try:
         previous = {signum: signal.signal(signum, _cancel) for signum in taken}
     except ValueError:  # not the main thread (called from a test's thread): signals are not ours to take
@@ -525,7 +527,14 @@ def _names(names: Iterable[object]) -> Text:
 
 class _CliConsole(Console):
     """A console that prints core messages in the command line's words (:func:`_for_the_cli`), control
-    characters escaped (:func:`_printable`)."""
+    characters escaped (:func:`_printable`). Never 0 columns wide: rich takes ``COLUMNS=0`` as a width of 0, and
+    prints every line as nothing (a listing, its notes, exit 0); a width that is no width is the terminal's own (80
+    where there is none)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.width < 1:
+            self.width = shutil.get_terminal_size((80, 24)).columns if self.is_terminal else 80
 
     def print(self, *objects: Any, **kwargs: Any) -> None:
         super().print(*(_printable(_for_the_cli(o)) if isinstance(o, str) else
