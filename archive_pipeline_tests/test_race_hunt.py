@@ -149,7 +149,7 @@ def test_a_removal_run_racing_another_removal_records_no_failed_proof(pg, conn, 
 
     spec = spec_for(events, "drop")
     archive_partition(conn, spec, DAY, store)
-    real_load = retention_assets.load_manifest
+    real_load = retention_assets.load_stored_manifest
     fired = []
 
     def load_then_other_run_removes(*args, **kwargs):
@@ -160,7 +160,7 @@ def test_a_removal_run_racing_another_removal_records_no_failed_proof(pg, conn, 
                 assert remove_day(other, spec, DAY, store, removed_by="run A").rows == 300
         return manifest
 
-    monkeypatch.setattr(retention_assets, "load_manifest", load_then_other_run_removes)
+    monkeypatch.setattr(retention_assets, "load_stored_manifest", load_then_other_run_removes)
     with instance_for_test() as instance:
         remove = _removal_defs(events).resolve_job_def(f"Remove_{events}_events")
         run_b = remove.execute_in_process(partition_key=DAY.isoformat(), instance=instance, raise_on_error=False)

@@ -20,7 +20,7 @@ import logging
 import os
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 
 import psycopg
@@ -69,7 +69,7 @@ from archive_pipeline.core.manifest import (
     holds_rows_of,
     loose_manifest,
     manifest_bytes,
-    other_format_keys,
+    other_format_listing,
     owned,
     removal_state,
     stored_object_problems,
@@ -86,7 +86,7 @@ from archive_pipeline.core.source import READ_SETTINGS, SNAPSHOT_SETTINGS, Repla
     primary_key, printed_names, read_relations, read_snapshot, reads_foreign_tables, same_casts, same_members, \
     same_printed_names, same_read_relations, same_shapes, server_identity, shape_changes, snapshot_open, \
     snapshot_time, standby_replay, view_calls, wrapped
-from archive_pipeline.core.store import DownloadError, KeyTakenError, S3Store, S3Upload, etag_text
+from archive_pipeline.core.store import MISSING_ON_READ, DownloadError, KeyTakenError, S3Store, S3Upload, etag_text
 from archive_pipeline.core.streams import StreamGroup
 from archive_pipeline.core.verify import archive_damage
 
@@ -447,7 +447,8 @@ class _Archiving:
         self.started = time.perf_counter()
         self.streams = ""  # how the day was split among parallel_streams (see _streams_note)
         self._replay: Replay | None | bool = False  # a standby's replay, asked once the snapshot is taken (False: not yet)
-        self._other_formats: tuple[dict, list[str]] | None = None  # (the day's listing, its keys under other formats)
+        # (the day's listing, its keys under other formats, the keys the listings of them show)
+        self._other_formats: tuple[dict, list[str], Iterable[str]] | None = None
 
     def run(self, overwrite: bool) -> ArchiveResult:
         existing = read_existing(self.store, self.key)
@@ -860,19 +861,25 @@ class _Archiving:
             return None  # this key's own removal mark, or its damaged manifest, decides (see _keep, _refuse_removed)
         if existing.raw is None and existing.listing and self._stored_generations(existing.listing):
             return None
-        listed = self._listed_other_formats(existing)
+        listed, shown = self._other_format_listing(existing)
         for other in [*listed, *self.former_keys]:  # (a former key lives under another prefix: read, not listed)
-            if (found := self._removal_at(other, self.day, existing)) is not None:
+            if (found := self._removal_at(other, self.day, existing, listed=shown)) is not None:
                 return found
         return None
 
-    def _removal_at(self, key: str, period: Period, existing: Existing, shared: bool = False) -> Existing | None:
+    def _removal_at(self, key: str, period: Period, existing: Existing, shared: bool = False,
+                    listed: Iterable[str] | None = None) -> Existing | None:
         """What is at ``key`` where its manifest (read loosely: a damaged one's mark still counts) marks ``period``
         of this table removed from the source, else None. ``shared``: the manifest is read once per run (a key no
-        run of the table as now configured writes, see ``_removed_in_overlapping``)."""
+        run of the table as now configured writes, see ``_removed_in_overlapping``). ``listed``: the keys the listing
+        that found ``key`` shows; a manifest it shows that reads as absent is no "no removal there" (the removal
+        missed, the run archived the day again beside the removed rows' archive): ``S3Store.confirm_missing`` raises,
+        retryable."""
         mkey = keys.manifest_key(key)
         raw = self.store.asked_once(("manifest", mkey), functools.partial(_get_manifest_bytes, self.store, mkey)) \
             if shared else _get_manifest_bytes(self.store, mkey)
+        if raw is None and listed is not None:
+            self.store.confirm_missing(mkey, MISSING_ON_READ, listed)
         loose = _loose_manifest(Existing(None, raw, None, None))
         if loose is None or not loose.get("removed") or foreign_manifest(loose, self.spec.name, period.isoformat()):
             return None
@@ -914,7 +921,8 @@ class _Archiving:
             names = existing.listing if covered else listed_once(self.store, prefix)
             listed = set(keys.listed_under([key for key, _ in group], names))
             for key, period in group:
-                if key in listed and (found := self._removal_at(key, period, existing, not covered)) is not None \
+                found = self._removal_at(key, period, existing, not covered, names) if key in listed else None
+                if found is not None \
                         and found.manifest.get("rows") != 0 and (  # (a removal of no rows took none of this period's)
                             period.granularity != self.day.granularity or holds_rows_of(found.manifest, self.day)):
                     return found  # (a neighbouring key of the table's granularity: where another zone's period was)
@@ -978,13 +986,18 @@ class _Archiving:
         restore find them (manifest.other_format_keys): from the day's own listing (``existing``'s) where they lie
         beside its key, as by default (no request), else one listing of each other format's day prefix (a template
         with ``{format}`` in a folder), once per run. None of them where the store cannot list (as before)."""
+        return self._other_format_listing(existing)[0]
+
+    def _other_format_listing(self, existing: Existing) -> tuple[list[str], Iterable[str] | None]:
+        """:meth:`_listed_other_formats`, and the keys the listings it went by show (None: the store cannot list):
+        what a manifest among them that reads as absent is confirmed against (see :meth:`_removal_at`)."""
         if existing.listing is None:
-            return []
+            return [], None
         if self._other_formats is None or self._other_formats[0] is not existing.listing:
-            found = other_format_keys(self.store, self.spec, self.day, existing.listing,
-                                      keys.day_listing_prefixes(self.key))
-            self._other_formats = (existing.listing, [k for k in found if k != self.key])
-        return self._other_formats[1]
+            found, shown = other_format_listing(self.store, self.spec, self.day, existing.listing,
+                                                keys.day_listing_prefixes(self.key))
+            self._other_formats = (existing.listing, [k for k in found if k != self.key], shown)
+        return self._other_formats[1], self._other_formats[2]
 
     def _refuse_removed_elsewhere(self, elsewhere: Existing, table: SourceTable, fp: fingerprint.Fingerprint,
                                   overwrite: bool) -> None:

@@ -32,7 +32,7 @@ from archive_pipeline.core.fingerprint import ALGORITHMS, Fingerprint
 from archive_pipeline.core.keys import manifest_key  # noqa: F401 - re-exported: readers look manifests up by data key
 from archive_pipeline.core.periods import Period, as_period, manifest_period, period_containing
 from archive_pipeline.core.source import MAX_TYPE_NODES, Column, server_identity
-from archive_pipeline.core.store import MAX_SMALL_OBJECT_BYTES, OVERSIZED, StandIn, etag_text
+from archive_pipeline.core.store import MAX_SMALL_OBJECT_BYTES, MISSING_ON_READ, OVERSIZED, StandIn, etag_text
 
 # 3: since row-hash-sum-v6 (2026-12-06), which a release before it cannot compute: such a release, still running
 # during an upgrade, reads a version 3 manifest as a newer version's and leaves the day alone, where it took a
@@ -1034,9 +1034,17 @@ def day_archive(store, spec, day, key: str, manifest: dict | None, listed: set[s
     still reads as (its JSON) shows it older than the one chosen, as the archive run, which never skips onto it,
     has it: left out, with a warning, so a damaged superseded manifest does not make an intact archive unreadable.
     Where it could be the current one (it says it is later, or a removal, or says nothing readable, or there is
-    no other), its ManifestError is raised, naming its key (``key``): an older archive is not read in its place."""
-    found, damaged = _other_format_archives(store, spec, day, listed, asked_one_by_one,
-                                            key if manifest is not None else None)
+    no other), its ManifestError is raised, naming its key (``key``): an older archive is not read in its place.
+
+    A manifest the listing this looks with shows (``listed``, or the day's own) that reads as absent, at ``key`` or
+    under another format, is no "no archive there": the store contradicts itself (a lagging replica, a caching
+    gateway), and ``S3Store.confirm_missing`` raises its retryable DownloadError. Taken as absent, the day was
+    "without an archive" for a removal, left out of a verify, and missing from a restore (no request: that listing
+    tells; where none was made, a read that finds nothing is believed, as before)."""
+    found, damaged, shown = _other_format_archives(store, spec, day, listed, asked_one_by_one,
+                                                   key if manifest is not None else None)
+    if manifest is None and key and shown is not None:
+        store.confirm_missing(keys.manifest_key(key), MISSING_ON_READ, shown)
     current = current_archive([*([(key, manifest)] if manifest is not None else []), *found])
     for other, loose, exc in damaged:
         if current is None or _could_be_later(loose, other, current):
@@ -1106,28 +1114,38 @@ def other_format_keys(store, spec, day, listed: Iterable[str] | None = None,
     not cover is listed once: none for the usual layout, where ``{ext}`` follows the day's name and they lie beside
     its key; each other format's folder where the template has ``{format}`` in one. ``listed`` None: each prefix of
     theirs is listed. Raises the listing's ArchiveError."""
+    return other_format_listing(store, spec, day, listed, covered)[0]
+
+
+def other_format_listing(store, spec, day, listed: Iterable[str] | None = None, covered: Sequence[str] | None = None
+                         ) -> tuple[list[str], Iterable[str]]:
+    """:func:`other_format_keys`, and every key the listings it went by show (``listed`` and those it made): what a
+    manifest among them that then reads as absent is confirmed against (``S3Store.confirm_missing``), no request."""
     others = keys.other_extension_keys(spec, day, store.prefix)
     prefixes = dict.fromkeys(p for k in others for p in keys.day_listing_prefixes(k)) \
         if listed is None or covered is not None else {}
     missing = [p for p in prefixes if not any(p.startswith(mine) for mine in covered or ())]
     if missing:
         listed = {*(listed or ()), *(item["Key"] for p in missing for item in store.list_keys(p))}
-    return keys.listed_under(others, listed or ())
+    return keys.listed_under(others, listed or ()), listed or ()
 
 
 def _other_format_archives(store, spec, day, listed: set[str] | None, asked_one_by_one: bool, rendered: str | None
-                           ) -> tuple[list[tuple[str, dict]], list[tuple[str, dict | None, ManifestError]]]:
+                           ) -> tuple[list[tuple[str, dict]], list[tuple[str, dict | None, ManifestError]],
+                                      Iterable[str] | None]:
     """(key, manifest) of every archive of ``spec``'s ``day`` under another format's or codec's key (another
-    table-day's manifest there is not the day's), and (key, its JSON read loosely or None, why) of every manifest
-    there that fails its checks (see :func:`day_archive`); see :func:`under_another_format` for ``listed``.
+    table-day's manifest there is not the day's), (key, its JSON read loosely or None, why) of every manifest
+    there that fails its checks (see :func:`day_archive`), and the keys the listing looked with shows (``listed``
+    where there are no other keys; None where none could be made); see :func:`under_another_format` for ``listed``.
+    A candidate's manifest that listing shows and a read finds absent raises (``S3Store.confirm_missing``).
     ``rendered``: the rendered key, where it holds the day's archive: a listing refused then (a role without
     s3:ListBucket, which S3 answers 403 for each missing key too) leaves the day to that archive, with a warning,
     not to a GET of each other key that would fail it (such a role restored and listed such days before)."""
     others = keys.other_extension_keys(spec, day, store.prefix)
     if not others:
-        return [], []
+        return [], [], listed
     try:
-        candidates = other_format_keys(store, spec, day, listed)
+        candidates, shown = other_format_listing(store, spec, day, listed)
     except ArchiveError as exc:  # the listing only saves requests: each other key's manifest is asked instead
         from archive_pipeline.core.errors import without_verdict  # (the listing's failure)
 
@@ -1137,10 +1155,10 @@ def _other_format_archives(store, spec, day, listed: set[str] | None, asked_one_
                         "is not looked for%s)", spec.name, as_period(spec.granularity, spec.timezone, day),
                         without_verdict(exc), store.uri(rendered),
                         ": the listing was not tried again; a later look lists them" if exc.retryable else "")
-            return [], []
+            return [], [], None
         if not asked_one_by_one:  # (a dozen GETs a day: for a few days, not a range of years)
             raise
-        candidates = others
+        candidates, shown = others, None
     iso = as_period(spec.granularity, spec.timezone, day).isoformat()
     found, damaged = [], []
     for other in candidates:
@@ -1153,9 +1171,11 @@ def _other_format_archives(store, spec, day, listed: set[str] | None, asked_one_
             if loose is None or not foreign_manifest(loose, spec.name, iso):
                 damaged.append((other, loose, exc))
             continue
+        if manifest is None and shown is not None:  # listed, read as absent: no verdict (retryable)
+            store.confirm_missing(keys.manifest_key(other), MISSING_ON_READ, shown)
         if manifest is not None and not foreign_manifest(manifest, spec.name, iso):
             found.append((other, manifest))
-    return found, damaged
+    return found, damaged, shown
 
 
 def loose_manifest(raw: bytes | None) -> dict | None:

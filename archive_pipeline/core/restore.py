@@ -37,7 +37,7 @@ from archive_pipeline.core.discovery import child_ranges
 from archive_pipeline.core.errors import (SETTING_MISFITS, TABLE_MISSING, ArchiveError, SessionSettingError, SourceError,
                                           classify, named, note_cancelled, refused_grant, refused_kind, remedy_for,
                                           sql_name, with_roles)
-from archive_pipeline.core.listing import unarchived_days
+from archive_pipeline.core.listing import listed_absent
 from archive_pipeline.core.locks import require_autocommit, table_day_lock
 from archive_pipeline.core.manifest import (ManifestError, another_period, archived_encoding, decoded_manifest,
                                              day_archive, owned)
@@ -677,16 +677,20 @@ def downloaded(store: S3Store, manifest: dict, temp_dir: str | os.PathLike | Non
             name.unlink(missing_ok=True)
 
 
-def find_manifest(store: S3Store, spec: TableSpec, day: Period | dt.date | str) -> dict | None:
+def find_manifest(store: S3Store, spec: TableSpec, day: Period | dt.date | str,
+                  listed: list[str] | None = None) -> dict | None:
     """The manifest of ``spec``'s current archive of ``day``, or None if there is none: the one at its rendered
     key or one under the table's other formats and codecs (one listing), whichever is the day's now (see
     manifest.day_archive): an archive written under another format (a removed day's only copy, say) is still the
     day's, its manifest says how to read it, and one at the rendered key a format change back left behind is a
-    superseded one, without the rows archived since."""
+    superseded one, without the rows archived since. ``listed``: a range's listing (listing.listed_absent's), in
+    place of the day's own. A manifest either listing shows that reads as absent is no "no archive" (a restore
+    reported the day missing while ``list`` showed it archived): the retryable inconsistency is raised, see
+    manifest.day_archive."""
     day = spec.period(day)
     key = keys.table_day_key(spec, day, store.prefix)
     try:
-        key, manifest = day_archive(store, spec, day, key, decoded_manifest(store, keys.manifest_key(key)))
+        key, manifest = day_archive(store, spec, day, key, decoded_manifest(store, keys.manifest_key(key)), listed)
         if manifest is None:
             return None
         owned(manifest, spec.name, day.isoformat(), key=key)
@@ -3676,12 +3680,12 @@ def iter_restore_days(conn: psycopg.Connection | Callable[[], psycopg.Connection
     sat idle between days)."""
     restored = False
     day, last = spec.period(first), spec.period(last)
-    listed_to, unarchived = None, set()
+    listed_to, unarchived, listed = None, set(), None
     while day <= last:
         if listed_to is None or day > listed_to:  # the next stretch's days without an archive, told by one listing
             stretch = list(itertools.islice(_periods(day, last), _LISTED_DAYS))
-            listed_to, unarchived = stretch[-1], unarchived_days(store, spec, stretch)
-        manifest = None if day in unarchived else find_manifest(store, spec, day)
+            listed_to, (unarchived, listed) = stretch[-1], listed_absent(store, spec, stretch)
+        manifest = None if day in unarchived else find_manifest(store, spec, day, listed)
         if manifest is None:
             yield day
         else:

@@ -73,9 +73,14 @@ _REPORTED = ("standard_conforming_strings", "DateStyle", "IntervalStyle")
 
 def holds_pinned(name: str, value: str) -> bool:
     """Whether ``value`` of the :data:`SESSION_PINNED` setting ``name`` is as pinned: DateStyle by its output
-    style alone (``ISO, DMY`` is pinned already; see :data:`PARSING_PINNED`), the others exactly."""
+    style alone (``ISO, DMY`` is pinned already; see :data:`PARSING_PINNED`); extra_float_digits at any of 1 to 3
+    (its highest), each of which prints a float's shortest exact text (PostgreSQL 12+; only below 1 is it rounded):
+    taken for unpinned, a role's harmless ``extra_float_digits = 3`` (a driver's or pg_dump's habit) made every
+    session we open send libpq ``options``, which PgBouncer refuses; the others exactly."""
     if name.lower() == "datestyle":
         return value.split(",")[0].strip().upper() == SESSION_PINNED["DateStyle"]
+    if name.lower() == "extra_float_digits":
+        return value.strip() in ("1", "2", "3")
     return value == SESSION_PINNED[name]
 
 

@@ -70,7 +70,8 @@ from archive_pipeline.core.periods import UNIT, Period
 from archive_pipeline.core.keys import table_day_key
 from archive_pipeline.core.store import S3Store
 from archive_pipeline.core import keys
-from archive_pipeline.core.verify import TYPE_GONE, load_manifest, object_problems, read_only, verify_archive
+from archive_pipeline.core.verify import (TYPE_GONE, load_manifest, load_stored_manifest, object_problems, read_only,
+                                          verify_archive)
 
 TABLE_TAG = "archive/table"  # run tag and asset tag: filter runs and assets by source table
 # run tag of every archive job (a table's own, a shared one): the code location's asset_key_prefix, which the table
@@ -808,11 +809,13 @@ def _removed_manifest(spec: TableSpec, day: Period, exc: Failure, store: S3Store
                       retries: Retries | None) -> tuple[str, dict] | None:
     """(the day's key, its manifest) of a removed day: the first manifest of :func:`_removed_keys` marked removed
     (with an object, or empty); None where none is. The day's only record unread fails the day (see
-    :func:`_manifest_unread`)."""
-    partition, day_key = day.isoformat(), None
+    :func:`_manifest_unread`): so does the one the core found removed there reading as absent while a listing shows
+    it (``load_stored_manifest``: the store contradicting itself is no "not removed", retryable)."""
+    partition, day_key, named = day.isoformat(), None, _found_by_core(exc)
     try:
         for day_key in _removed_keys(spec, day, exc, store, before):
-            manifest = load_manifest(store, day_key, (spec.name, partition))
+            read = load_stored_manifest if day_key == named else load_manifest
+            manifest = read(store, day_key, (spec.name, partition))
             if manifest and manifest.get("removed") and (manifest.get("object") or manifest.get("empty")):
                 return day_key, manifest
     except Exception as unread:  # noqa: BLE001 - the day's only record unread: the day fails, not "nothing to do"
@@ -822,6 +825,13 @@ def _removed_manifest(spec: TableSpec, day: Period, exc: Failure, store: S3Store
     return None
 
 
+def _found_by_core(exc: Failure) -> str | None:
+    """The key whose manifest the core found marking the day removed (``REMOVED_MANIFEST``); None: it names none."""
+    where = exc.metadata.get(REMOVED_MANIFEST)
+    where = getattr(where, "value", where)
+    return where.removesuffix(keys.MANIFEST_SUFFIX) if where else None
+
+
 def _removed_keys(spec: TableSpec, day: Period, exc: Failure, store: S3Store, before) -> Iterator[str]:
     """Where a removed day's manifest may be, each once: where the core found it (under the table's former format
     or key too); else (a naming-mode day without its table, which the core reads no further) the key the day's last
@@ -829,10 +839,8 @@ def _removed_keys(spec: TableSpec, day: Period, exc: Failure, store: S3Store, be
     removal looks, in lifecycle.archive_key's order: the key the configuration renders, the table's other formats'
     keys. A day archived again (overwrite, another format) and let go there is marked at its new key, not at the one
     its record names: looked at only there, it counted as gone with no archive recorded."""
-    where = exc.metadata.get(REMOVED_MANIFEST)
-    where = getattr(where, "value", where)
-    if where:
-        yield where.removesuffix(keys.MANIFEST_SUFFIX)
+    if where := _found_by_core(exc):
+        yield where
         return
     named = before.asset_materialization.metadata.get("manifest_key") if before is not None else None
     recorded = recorded_day_key(spec, day, store, getattr(named, "value", named))  # (else the rendered key)

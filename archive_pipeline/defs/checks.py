@@ -963,7 +963,8 @@ def build_source_unchanged_check(spec: TableSpec, key: AssetKey, rerun_config: s
                         removed[event.partition] = f"{pending.get('state')}, {pending.get('at')}"
                         continue
                     if difference:  # read once more: a removal or overwrite that committed meanwhile is no change
-                        again = verify.load_manifest(store, day_key, (spec.name, day.isoformat()))
+                        # (read just now: one that reads as absent while a listing shows it is no verdict, retryable)
+                        again = verify.load_stored_manifest(store, day_key, (spec.name, day.isoformat()))
                         if again is not None and again != manifest:
                             mark = again.get("removed")
                             if mark:

@@ -65,7 +65,7 @@ from archive_pipeline.core import fingerprint, keys
 from archive_pipeline.core.keys import table_day_key
 from archive_pipeline.core.periods import UNIT, Period
 from archive_pipeline.core.store import DownloadError, LocalFileError, S3Store
-from archive_pipeline.core.verify import (TYPE_GONE, deep_verify, deep_verify_of, load_manifest, load_stored_manifest,
+from archive_pipeline.core.verify import (TYPE_GONE, deep_verify, deep_verify_of, load_stored_manifest,
                                           read_only, removed_object_problems, rows_after_removal, rows_unproven,
                                           source_side_only)
 
@@ -84,7 +84,7 @@ def _removable_or_removed(conn, store, spec: TableSpec, day: Period, key: str, m
     try:
         check_removable(conn, spec, day)
     except RemovalRefused:
-        again = load_manifest(store, key, (spec.name, day.isoformat()))
+        again = load_stored_manifest(store, key, (spec.name, day.isoformat()))  # (read just now: 404 is no verdict)
         if again is None or not again.get("removed") or rows_after_removal(conn, spec, day) != 0:
             raise
         return again
@@ -312,7 +312,7 @@ def _removing(context: AssetExecutionContext, spec: TableSpec, day: Period, dry_
                     manifest = proved
                     if proved.get("removed") and rows_after_removal(primary, spec, day) == 0:
                         removed = proved["removed"]
-                again = load_manifest(store, key, (spec.name, day.isoformat())) if problems else None
+                again = load_stored_manifest(store, key, (spec.name, day.isoformat())) if problems else None
                 if again is not None and again.get("removed") and rows_after_removal(primary, spec, day) == 0:
                     # removed by another run while this one proved it (at the key it proved: a former format's
                     # too): the source's rows are gone for that reason, and the archive is proven on its own
