@@ -109,3 +109,67 @@ def test_a_removed_day_restored_after_its_table_gained_a_column_is_refused_as_ot
     assert "other rows" not in said and "extra" in said, (
         f"the archive run calls the restored rows 'other rows' where compare names the added column "
         f"({compared.note!r}):\n{said}")
+
+
+# --- fix-ec: every command decides a retention-detached naming day through discovery.still_detached ---------------
+
+
+def _detached_day(conn, schema: str, store, temp_dir):
+    """The first test's scenario up to the removal: ``<schema>.ev_20240310`` detached by retention, its rows kept.
+    The detached table is then trimmed (a row deleted), as a DBA may before dropping it: no longer the archive's
+    rows, which no command may hold against the archive (the source has none of them)."""
+    conn.execute(f"CREATE TABLE {schema}.ev (id int, at timestamptz NOT NULL, v text)")
+    for day in (DAY, DAY + dt.timedelta(days=1)):
+        conn.execute(f"CREATE TABLE {schema}.ev_{day:%Y%m%d} () INHERITS ({schema}.ev)")
+        _rows(conn, f"{schema}.ev_{day:%Y%m%d}", day)
+    spec = _spec(schema, {"mode": "naming", "pattern": "ev_%Y%m%d"}, "detach")
+    archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    remove_day(conn, spec, spec.period(DAY), store, temp_dir=temp_dir)
+    conn.execute(f"DELETE FROM {schema}.ev_{DAY:%Y%m%d} WHERE id = 1")
+    return spec
+
+
+def test_list_calls_a_detached_naming_day_removed_and_not_in_the_source(conn, schema, store, temp_dir):
+    """list --check-source asks still_detached before fingerprinting, as compare does: the day is not in the source
+    (it read the detached table as the source's, and would call the trimmed one "changed")."""
+    spec = _detached_day(conn, schema, store, temp_dir)
+    [listed] = day_statuses(conn, spec, store, [DAY], check_source=True)
+    assert (listed.state, listed.in_source) == ("archived", False) and "detached" in listed.note, listed
+    [compared] = compare_days(conn, spec, store, [DAY])
+    assert compared.result == "not-in-source" and "detached" in compared.note, compared
+
+
+def test_verify_deep_proves_a_detached_naming_day_by_its_archive_alone(conn, schema, store, temp_dir):
+    """verify --deep proves a removed day by its archive alone: a detached day table is not the source, and its
+    rows trimmed since are no problem of the archive's (it compared the archive with that table)."""
+    from archive_pipeline.core.verify import deep_verify
+
+    spec = _detached_day(conn, schema, store, temp_dir)
+    assert deep_verify(conn, store, spec, DAY, temp_dir=temp_dir) == []
+
+
+def test_archive_refuses_a_detached_naming_day_as_removed_with_nothing_to_do(conn, schema, store, temp_dir):
+    """An archive run (with overwrite or not) and its dry run decide a detached day as a removed day the source
+    holds no row of: nothing to archive, the archive kept (it skipped onto it as identical, and with overwrite
+    archived the detached table's rows over the removal's record)."""
+    from archive_pipeline.core.archive import DayRemovedError
+    from archive_pipeline.core.plan import plan_archive
+    from archive_pipeline.core.verify import load_manifest
+    from archive_pipeline.core.keys import manifest_key, table_day_key
+
+    spec = _spec(schema, {"mode": "naming", "pattern": "ev_%Y%m%d"}, "detach")
+    conn.execute(f"CREATE TABLE {schema}.ev (id int, at timestamptz NOT NULL, v text)")
+    conn.execute(f"CREATE TABLE {schema}.ev_{DAY:%Y%m%d} () INHERITS ({schema}.ev)")
+    _rows(conn, f"{schema}.ev_{DAY:%Y%m%d}", DAY)
+    archive_partition(conn, spec, DAY, store, temp_dir=temp_dir)
+    remove_day(conn, spec, spec.period(DAY), store, temp_dir=temp_dir)
+    key = table_day_key(spec, spec.period(DAY), store.prefix)
+    before = load_manifest(store, key)
+    for overwrite in (False, True):
+        with pytest.raises(DayRemovedError) as refused:
+            archive_partition(conn, spec, DAY, store, temp_dir=temp_dir, overwrite=overwrite)
+        said = str(refused.value)
+        assert refused.value.nothing_to_do and "detached" in said and f"ev_{DAY:%Y%m%d}" in said, said
+    assert load_manifest(store, key) == before, f"{manifest_key(key)} was replaced"
+    [planned] = plan_archive(conn, spec, store, [DAY], overwrite=False)
+    assert planned.action == "no-data" and "detached" in planned.reason, planned
