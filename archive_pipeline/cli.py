@@ -1212,7 +1212,7 @@ def _unprobed(spec: TableSpec, day: dt.date, why: str) -> dict[str, Any]:
 
 def _archive_day(run: Run, spec: TableSpec, day: dt.date, settings: dict[str, str], overwrite: bool,
                  progress: Progress | None) -> dict[str, Any]:
-    from archive_pipeline.core.archive import archive_partition
+    from archive_pipeline.core.archive import DayRemovedError, archive_partition
 
     task = None
     started = time.monotonic()
@@ -1234,6 +1234,9 @@ def _archive_day(run: Run, spec: TableSpec, day: dt.date, settings: dict[str, st
         if run.conn.closed:  # the connection itself went: the next day would fail the same way (see _archive_tables)
             return {"table": spec.name, "day": day.isoformat(), "status": "failed", "retryable": True,
                     "message": f"lost the source database while archiving {spec.name} {day}: {_told(exc)}"}
+        if isinstance(exc, DayRemovedError) and exc.nothing_to_do:  # removed (its day table detached by retention,
+            # or emptied meanwhile): no data, as a removed day the source has no rows of is, its message saying why
+            return {"table": spec.name, "day": day.isoformat(), "status": "no-data", "message": _told(exc)}
         # (a day changed since archived, a removed day whose rows are back, an archive of another format, codec or
         # database: what only --overwrite archives again, as the day's own message says)
         changed = not exc.retryable and exc.needs_overwrite

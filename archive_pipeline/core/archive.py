@@ -32,7 +32,7 @@ from archive_pipeline.core import keys
 from archive_pipeline.core.compression import get_codec
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.discovery import day_children, day_table_parents, partition_may_hold, partition_of_day, \
-    source_table
+    source_table, still_detached
 from archive_pipeline.core.errors import (ArchiveError, SourceError, UnsupportedTypeError, is_cancellation, is_retryable,
                                           named, note_cancelled, renote_cancelled, without_verdict)
 from archive_pipeline.core.formats.common import (
@@ -88,7 +88,7 @@ from archive_pipeline.core.source import READ_SETTINGS, SNAPSHOT_SETTINGS, Repla
     snapshot_time, standby_replay, view_calls, wrapped
 from archive_pipeline.core.store import MISSING_ON_READ, DownloadError, KeyTakenError, S3Store, S3Upload, etag_text
 from archive_pipeline.core.streams import StreamGroup
-from archive_pipeline.core.verify import archive_damage
+from archive_pipeline.core.verify import archive_damage, columns_moved
 
 __all__ = ["ArchiveResult", "DayRemovedError", "Existing", "ForeignArchiveError", "LateRowsError", "archive_partition",
            "keeps_existing", "read_existing", "render_key"]
@@ -119,6 +119,9 @@ class ForeignArchiveError(ArchiveError):
 
 _LATE_AFTER_REMOVAL = ("archive the day again with overwrite to archive the rows there are now (the removed rows' "
                        "archive is kept beside the new one); restore that archive if you need the removed rows back")
+# ... where the table changed since (its columns or types): the rows perhaps restored already, no restore advised
+_CHANGED_AFTER_REMOVAL = ("archive the day again with overwrite to archive it as the table is now (the removed rows' "
+                          "archive is kept beside the new one)")
 
 
 class DayRemovedError(ArchiveError):
@@ -135,6 +138,13 @@ class DayRemovedError(ArchiveError):
         super().__init__(message, **kwargs)
         self.manifest_key = manifest_key  # where the removed day's manifest is (its record is built from it)
         self.damaged = damaged  # its archive, the day's only copy, found damaged: what a check of it would say too
+
+    @property
+    def nothing_to_do(self) -> bool:
+        """Whether the day has nothing to archive and its archive is kept (its remedy :data:`REMEDY`): no failure of
+        the day's, as a removed day whose rows are gone is none (the asset's NOTHING_TO_DO, the command line's
+        no-data), whether its rows were dropped or its naming-mode day table detached (see ``_refuse_detached``)."""
+        return self.remedy == self.REMEDY
 
 
 def object_extension(spec: TableSpec) -> str:
@@ -1022,6 +1032,7 @@ class _Archiving:
                 "unfinished, and the table is now configured otherwise. Nothing was written: configure the table "
                 f"as {then} again and run the day (or prune) to settle the removal first", retryable=False,
                 remedy=f"configure the table as {then} again and run prune for the day, then change it back")
+        self._refuse_detached(manifest)
         names = [c["name"] for c in manifest.get("columns", [])]
         if manifest.get("fingerprint") == str(fp) and names == [c.name for c in table.columns]:
             return  # the removed rows are back exactly (restored): archiving them again loses nothing
@@ -1098,7 +1109,9 @@ class _Archiving:
             return
         manifest = existing.manifest or _loose_manifest(existing)
         removed = (manifest or {}).get("removed")
-        if removed and manifest.get("fingerprint") != str(fp):
+        # (a day table retention detached holds the rows, but not in the source: see _refuse_detached)
+        if removed and (manifest.get("fingerprint") != str(fp) or still_detached(self.conn, self.spec, self.day,
+                                                                                  manifest)):
             raise DayRemovedError(
                 f"{self.spec.name} {self.day} was removed from the source at {removed.get('at')}, and its archive "
                 f"is damaged ({existing.problem}); archiving the now different source would replace the only "
@@ -1167,6 +1180,7 @@ class _Archiving:
             self._refuse_stale_standby(manifest)
         removed = manifest.get("removed")
         if removed:
+            self._refuse_detached(manifest)
             if same and self._reads_back(manifest, table):
                 return True
             if overwrite and fp.rows:
@@ -1180,14 +1194,7 @@ class _Archiving:
                     f"archive {self._archive_uri(manifest)} was proven, and the source holds no row of it now: there "
                     "is nothing to archive, and the archive is the day's only copy (kept as it is). Restore it if you "
                     "need the rows back", retryable=False, manifest_key=self._manifest_key_of(manifest))
-            now = (f"its rows are back in the source, but the table changed: {self._change(manifest, table, fp)}"
-                   if same else f"the source now has other rows ({fp.rows:,})")
-            raise DayRemovedError(
-                f"{self.spec.name} {self.day} was removed from the source at {removed.get('at')} after its archive "
-                f"{self._archive_uri(manifest)} was proven, and {now}; archiving them without overwrite would replace "
-                "the only copy. Restore the archive if you need the removed rows back; to archive the rows there are now, set overwrite (an archive that holds more "
-                "rows than the new one is kept beside it)", retryable=False, remedy=_LATE_AFTER_REMOVAL,
-                needs_overwrite=True)
+            raise self._back_in_source(manifest, table, fp)
         if overwrite:
             return False
         self._refuse_other_source(manifest, identity)
@@ -1199,6 +1206,47 @@ class _Archiving:
             self._refuse_inexact_archive(manifest)
             return True
         raise LateRowsError(self._change_message(manifest, table, fp), retryable=False)
+
+    def _back_in_source(self, manifest: dict, table: SourceTable, fp: fingerprint.Fingerprint) -> DayRemovedError:
+        """The refusal, without overwrite, of a removed day with rows in the source again. Where the table changed
+        since (its columns, said in the words compare, list --check-source and the removal use: rows fingerprinted
+        over other columns are never the archive's, and no restore is advised, the rows perhaps restored already; or
+        its types, over the removed rows exactly), that change is the cause; otherwise the rows are other rows (late,
+        or restored and edited since), which replacing the archive would lose."""
+        said = (f"{self.spec.name} {self.day} was removed from the source at {manifest['removed'].get('at')} after its "
+                f"archive {self._archive_uri(manifest)} was proven")
+        then, now = [c["name"] for c in manifest.get("columns", [])], [c.name for c in table.columns]
+        back = manifest.get("fingerprint") == str(fp)  # the removed rows exactly (restored)
+        moved = bool(then) and then != now  # (a version-1 manifest records no columns)
+        if moved or back:
+            change = columns_moved(now, then) if moved else self._change(manifest, table, fp)
+            rows = (f"its {fp.rows:,} rows are back in the source (restored)" if back else
+                    f"the source has {fp.rows:,} rows of it again (restored, or written since)")
+            return DayRemovedError(
+                f"{said}, and {rows}, but the table changed since: {change}. Nothing was written: that archive stays "
+                "the record of the removed rows as they were archived", retryable=False,
+                remedy=_CHANGED_AFTER_REMOVAL, needs_overwrite=True)
+        return DayRemovedError(
+            f"{said}, and the source now has other rows ({fp.rows:,}); archiving them without overwrite would replace "
+            "the only copy. Restore the archive if you need the removed rows back; to archive the rows there are now, "
+            "set overwrite (an archive that holds more rows than the new one is kept beside it)", retryable=False,
+            remedy=_LATE_AFTER_REMOVAL, needs_overwrite=True)
+
+    def _refuse_detached(self, manifest: dict) -> None:
+        """A removed day whose naming-mode day table retention detached, still detached (discovery.still_detached:
+        the one decision list, compare, verify --deep and prune make of it): the table keeps its name and rows, which
+        the run reads by that name, but they are no longer the source's. Refused as a removed day the source holds no
+        row of, overwrite or not: never skipped onto as "identical archive exists", never archived again from a table
+        the application no longer reads (a new generation of it would retire the removal's record)."""
+        if not still_detached(self.conn, self.spec, self.day, manifest):
+            return
+        raise DayRemovedError(
+            f"{self.spec.name} {self.day} was removed from the source at {manifest['removed'].get('at')} after its "
+            f"archive {self._archive_uri(manifest)} was proven: retention detached its day table "
+            f"{self.spec.day_relation(self.day)}, which keeps its rows but no longer inherits from {self.spec.name}, "
+            "so the source holds no row of the day now: there is nothing to archive, and the archive is the day's only "
+            "copy (kept as it is). If its rows belong in the source again, attach the day table again (restore --into "
+            "original names the statement)", retryable=False, manifest_key=self._manifest_key_of(manifest))
 
     def _reads_back(self, manifest: dict, table: SourceTable) -> bool:
         """Whether an archive whose fingerprint is the source's would also restore into the table as it is now: no

@@ -33,9 +33,9 @@ from archive_pipeline.core.errors import SETTING_MISFITS, TABLE_MISSING, SourceE
 from archive_pipeline.core.periods import (MICROSECOND, Period, period_containing, periods_of_labels,
                                            periods_overlapping)
 from archive_pipeline.core.session_settings import apply_settings
-from archive_pipeline.core.source import (SNAPSHOT_SETTINGS, SourceTable, day_filter, describe_relation,
-                                          describe_table, lookalike_hint, pending_detach_error, relation_name,
-                                          stored_name_problem, unquoted_hint)
+from archive_pipeline.core.source import (SNAPSHOT_SETTINGS, SourceTable, classified, day_filter,
+                                          describe_relation, describe_table, lookalike_hint, pending_detach_error,
+                                          relation_name, stored_name_problem, unquoted_hint)
 
 # pg_get_expr(bound, 0): a bound holds constants only, and given the child's oid PostgreSQL (15 here) locks
 # the child to print it, so one partition under a migration's or VACUUM FULL's lock stopped every day's discovery.
@@ -1009,6 +1009,25 @@ def source_table(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.dat
                                      "has no rows in PostgreSQL (the command line lists it as no-data); if it should "
                                      "have some, create or restore its table, then archive it") from None
     return describe_table(conn, spec.name, spec.day_column)
+
+
+@classified("comparing")
+def still_detached(conn: psycopg.Connection, spec: TableSpec, day: Period, manifest: dict) -> bool:
+    """Whether a naming-mode day table that a done removal detached is still detached: it keeps its rows
+    (that is what detach means) and its name, so :func:`source_table` still finds the day, but it inherits from no
+    table any more, as the removal left it: its rows are no longer the source's. The one decision every command makes
+    of such a day (list, compare, verify --deep, archive, prune and the retention asset, the source_unchanged check):
+    removed, never an ordinary source day read by its table's name (compare called it "equal", an archive run
+    skipped onto it, a proof compared the archive with a table the application no longer reads). Detaching it again
+    would be refused ("inherits from no table") after a whole proof, at every run; attached again (INHERIT), its day
+    is a source day again, removed again by the next removal. A database error comes out as an
+    :class:`ArchiveError` naming table, day, cause and remedy (see :func:`classified`)."""
+    if spec.partitioning.mode != "naming" or (manifest.get("removed") or {}).get("action") != "detach":
+        return False
+    child = sql.Identifier(spec.schema_name, spec.child_table(day)).as_string(conn)
+    return conn.execute("SELECT pg_catalog.to_regclass(%s) IS NOT NULL AND NOT EXISTS (SELECT 1 FROM "
+                        "pg_catalog.pg_inherits WHERE inhrelid = pg_catalog.to_regclass(%s))",
+                        (child, child)).fetchone()[0]
 
 
 def _dotted_hint(spec: TableSpec) -> str:

@@ -43,7 +43,7 @@ from archive_pipeline.core import fingerprint
 from archive_pipeline.core import keys, periods
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.discovery import PENDING_DETACH_UNDER, day_children, partition_of_day, pinned_settings, \
-    source_table
+    source_table, still_detached
 from archive_pipeline.core.errors import ArchiveError, named, note_cancelled, redact, sql_name
 from archive_pipeline.core.leftovers import day_listing, tidy_day
 from archive_pipeline.core.locks import require_autocommit, table_day_lock
@@ -1046,21 +1046,6 @@ def _has_rows(conn: psycopg.Connection, spec: TableSpec, day: Period) -> bool:
         table = source_table(conn, spec, day)
         return conn.execute(sql.SQL("SELECT EXISTS (SELECT FROM {} WHERE {})").format(
             table.identifier, day_filter(table, day))).fetchone()[0]
-
-
-@classified("comparing")
-def still_detached(conn: psycopg.Connection, spec: TableSpec, day: Period, manifest: dict) -> bool:
-    """Whether a naming-mode day table that a done removal detached is still detached: it keeps its rows
-    (that is what detach means) and its name, so the source still shows the day, but it inherits from no
-    table any more, as the removal left it. Detaching it again would be refused ("inherits from no
-    table") after a whole proof, at every run; attached again (INHERIT), its day is removed again. A database
-    error comes out as an :class:`ArchiveError` naming table, day, cause and remedy (see :func:`classified`)."""
-    if spec.partitioning.mode != "naming" or (manifest.get("removed") or {}).get("action") != "detach":
-        return False
-    child = sql.Identifier(spec.schema_name, spec.child_table(day)).as_string(conn)
-    return conn.execute("SELECT pg_catalog.to_regclass(%s) IS NOT NULL AND NOT EXISTS (SELECT 1 FROM "
-                        "pg_catalog.pg_inherits WHERE inhrelid = pg_catalog.to_regclass(%s))",
-                        (child, child)).fetchone()[0]
 
 
 def _source_rows(conn: psycopg.Connection, spec: TableSpec, day: Period, manifest: dict) -> int:

@@ -17,14 +17,13 @@ from psycopg import sql
 
 from archive_pipeline.core.session_settings import speaks_utf8
 from archive_pipeline.core import fingerprint, periods
-from archive_pipeline.core.archive import (archived_elsewhere, compared_algorithm, keeps_existing, read_existing,
-                                           removed_elsewhere, render_key)
+from archive_pipeline.core.archive import (DayRemovedError, archived_elsewhere, compared_algorithm, keeps_existing,
+                                           read_existing, removed_elsewhere, render_key)
 from archive_pipeline.core.config import TableSpec
 from archive_pipeline.core.discovery import (NO_PERIOD_TABLE, ChildRange, catalog_days, child_ranges,
-                                             days_read_with_rows, existing_days, source_table)
+                                             days_read_with_rows, existing_days, source_table, still_detached)
 from archive_pipeline.core.errors import TABLE_MISSING, ArchiveError, SourceError
-from archive_pipeline.core.lifecycle import (in_doubt_remedy, pending_removal_committed, still_detached,
-                                             undecided_removal)
+from archive_pipeline.core.lifecycle import in_doubt_remedy, pending_removal_committed, undecided_removal
 from archive_pipeline.core.keys import other_extension_keys
 from archive_pipeline.core.listing import day_listings, listed_absent, unmanifested
 from archive_pipeline.core.manifest import (ForeignManifestError, SourceIdentity, day_archive, layout_change,
@@ -419,7 +418,8 @@ def _day_statuses(conn: psycopg.Connection, spec: TableSpec, store: S3Store, day
         state = "empty" if archived.empty else "archived"
         source_rows, note = None, ""
         if archived.removed and present:  # the source probed before this manifest was read: a removal that
-            present = day in present_days(conn, spec, [day])[0]  # committed in between emptied it since (asked again)
+            present = day in present_days(conn, spec, [day])[0] and \
+                not still_detached(conn, spec, day, archived.manifest)  # committed in between emptied it (asked again)
         if check_source and present:
             try:
                 current = source_fingerprint(conn, spec, day, fingerprint.algorithm_for(archived.fingerprint),
@@ -488,13 +488,11 @@ _LAYOUT_EQUAL = ("; its rows are the archive's all the same, but the proof and r
 def _removed_yet_present(conn: psycopg.Connection, spec: TableSpec, day: Period, archived) -> str:
     """What a day the source shows again after its removal is: a removal still marked pending (killed before or
     after its COMMIT: the next run of the day settles it; a drop rolled back is no drop and restore; or, where
-    whether it committed cannot be told, which no run settles, what does: see lifecycle.undecided_removal), a
-    naming-mode day table a detach left in place (it keeps its name and rows, detached), or restored since
-    (restore --into original)."""
+    whether it committed cannot be told, which no run settles, what does: see lifecycle.undecided_removal), or
+    restored since (restore --into original). (A naming-mode day table a detach left in place is no such day: it is
+    not in the source, see discovery.still_detached.)"""
     mark = archived.manifest.get("removed") or {}
     action, at = mark.get("action", "removal"), mark.get("at", "?")[:19]
-    if still_detached(conn, spec, day, archived.manifest):  # (committed, its "done" mark perhaps still to come)
-        return archived.removed
     if removal_state(archived.manifest) == "pending" and \
             (why := undecided_removal(conn, spec, day, archived.manifest)) is not None:
         uri = (archived.manifest.get("object") or {}).get("uri") or archived.object_key
@@ -654,7 +652,7 @@ def _plan_day(conn: psycopg.Connection, spec: TableSpec, store: S3Store, day: Pe
         try:
             keep = keeps_existing(conn, spec, day, store, existing, identity, table, current, overwrite)
         except ArchiveError as exc:
-            return PlannedDay(spec.name, day, key, "refuse", str(exc), estimate)
+            return _refused(spec, day, key, exc, estimate)
         if keep:
             stored = (before[1].manifest.get("object") or {}).get("key") or before[0]
             return PlannedDay(spec.name, day, stored, "skip", f"identical archive exists under the table's former "
@@ -684,7 +682,7 @@ def _plan_day(conn: psycopg.Connection, spec: TableSpec, store: S3Store, day: Pe
     try:
         keep = keeps_existing(conn, spec, day, store, existing, identity, table, current, overwrite)
     except ArchiveError as exc:
-        return PlannedDay(spec.name, day, key, "refuse", str(exc), estimate)
+        return _refused(spec, day, key, exc, estimate)
     if existing.problem:  # (never kept: see keeps_existing)
         return PlannedDay(spec.name, day, key, "overwrite", f"stored archive damaged: {existing.problem}", estimate)
     if keep:  # the object its manifest names (a later generation after an overwrite)
@@ -696,6 +694,13 @@ def _plan_day(conn: psycopg.Connection, spec: TableSpec, store: S3Store, day: Pe
               f"{unknown[0] if unknown else 'its manifest cannot prove its content'}: archived again as a new "
               "generation")
     return PlannedDay(spec.name, day, key, "overwrite", reason, estimate)
+
+
+def _refused(spec: TableSpec, day: Period, key: str, exc: ArchiveError, estimate: Estimate | None) -> PlannedDay:
+    """What the run's refusal of a day plans: no-data for a removed day with nothing to archive (its naming-mode day
+    table detached by retention: DayRemovedError.nothing_to_do, which the run reports as no-data), else refuse."""
+    nothing = isinstance(exc, DayRemovedError) and exc.nothing_to_do
+    return PlannedDay(spec.name, day, key, "no-data" if nothing else "refuse", str(exc), estimate)
 
 
 @speaks_utf8()
@@ -921,6 +926,10 @@ def _compare_days(conn: psycopg.Connection, spec: TableSpec, store: S3Store, day
             out.append(_absent(store, spec, day, archived, found.key))
             continue
         try:
+            if archived is not None and still_detached(conn, spec, day, archived.manifest):
+                # its day table, detached by retention, keeps its name and rows: they are no longer the source's
+                out.append(_absent(store, spec, day, archived, found.key))
+                continue
             algorithm = fingerprint.algorithm_for(archived.fingerprint if archived is not None else None)
             # An archived day the catalog shows no partition for is still looked for where it can be: its
             # rows may sit in a DEFAULT partition (a late row after the day's partition was dropped).

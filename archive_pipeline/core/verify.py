@@ -29,7 +29,8 @@ from psycopg import sql
 from archive_pipeline.core import fingerprint
 from archive_pipeline.core import keys
 from archive_pipeline.core.config import TableSpec
-from archive_pipeline.core.discovery import NO_PERIOD_TABLE, pending_detach_days, pinned_settings, source_table
+from archive_pipeline.core.discovery import NO_PERIOD_TABLE, pending_detach_days, pinned_settings, source_table, \
+    still_detached
 from archive_pipeline.core.errors import ArchiveError, named, note_cancelled, sql_name, wrap
 from archive_pipeline.core.formats import readers
 from archive_pipeline.core.formats.csv import header_lines
@@ -477,6 +478,13 @@ def _columns_unchanged(conn: psycopg.Connection, spec: TableSpec, day: Period, t
             remedy="compare again; if the new columns are right, archive the day again (overwrite)")
 
 
+def columns_moved(now: Sequence[str], archived: Sequence[str]) -> str:
+    """The words compare, list --check-source, verify, the removal and an archive run of a removed day use for a
+    table whose column names (``now``) are no longer an archive's (``archived``): one change, said one way."""
+    return (f"the source's columns are now {names_brief(now)}, the archive's {names_brief(archived)} (renamed, "
+            "added, dropped or reordered since it was archived)")
+
+
 def archived_order(spec: TableSpec, day: Period, table: SourceTable, names: Sequence[str] | None) -> Sequence[Column]:
     """``table``'s columns as the archive with column ``names`` recorded them (see
     :func:`~archive_pipeline.core.source.columns_as_archived`)."""
@@ -485,9 +493,8 @@ def archived_order(spec: TableSpec, day: Period, table: SourceTable, names: Sequ
     columns = columns_as_archived(table.columns, names)
     if columns is None:
         raise ColumnsChangedError(
-            f"{spec.name} {day}: the source's columns are now {names_brief([c.name for c in table.columns])}, the "
-            f"archive's {names_brief(names)} (renamed, added, dropped or reordered since it was archived), so its rows "
-            "are not the archive's",
+            f"{spec.name} {day}: {columns_moved([c.name for c in table.columns], names)}, so its rows are not the "
+            "archive's",
             table=spec.name, day=day.isoformat(), retryable=False,
             remedy="archive the day again (overwrite) if the new columns are right; the previous archive stays "
                    "until the new one is complete")
@@ -727,9 +734,13 @@ def _refuse_pending_detach(conn: psycopg.Connection, spec: TableSpec, day: Perio
 
 def _prove(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: Period, manifest: dict,
            scratch_conn: psycopg.Connection | None, temp_dir: str | None) -> list[str]:
-    """deep_verify of the archive ``manifest`` describes."""
+    """deep_verify of the archive ``manifest`` describes. A day whose naming-mode day table retention detached, and
+    which is still detached, is a removed day (discovery.still_detached, as list, compare and prune decide it): its
+    table keeps the rows, but they are no longer the source's, so its archive, their only copy as the source goes, is
+    proven by itself, as a removed day's whose rows are gone, never against that table."""
+    detached = still_detached(conn, spec, day, manifest)
     if (unknown := fingerprint.why_uncomputable(manifest.get("fingerprint"))) is not None:
-        if removal_state(manifest) in ("done", "pending") and rows_after_removal(conn, spec, day) == 0:
+        if removal_state(manifest) in ("done", "pending") and (detached or rows_after_removal(conn, spec, day) == 0):
             # the day's only copy: "archive it again" would find nothing to archive (see removed_object_problems)
             return removed_object_problems(store, spec, day, manifest, temp_dir=temp_dir)
         # (an older version's remedy archives again, a newer one's upgrades: fingerprint.why_uncomputable's words)
@@ -746,7 +757,7 @@ def _prove(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: Perio
     # strongest, whatever the manifest records: both sides are at hand, and a manifest resealed with an older
     # algorithm's fingerprint of the source (v2 cannot see a bpchar's trailing blanks) proved an archive that
     # lost them, and the source was removed.
-    with _proof_file(manifest, temp_dir) as sink, _SourceFingerprint(
+    with _proof_file(manifest, temp_dir) as sink, contextlib.nullcontext() if detached else _SourceFingerprint(
             conn, scratch_conn, spec, day, fingerprint.ALGORITHM, [c["name"] for c in manifest["columns"]],
             manifest["columns"]) as source:
         problems = _download(store, manifest, sink)
@@ -1101,10 +1112,11 @@ def _loaded_fingerprint(scratch: psycopg.Connection, manifest: dict, temp: sql.C
 
 
 def _compare(conn: psycopg.Connection, scratch: psycopg.Connection, day: dt.date, manifest: dict,
-             temp: sql.Composable, columns: Sequence[Column], source: _SourceFingerprint,
+             temp: sql.Composable, columns: Sequence[Column], source: _SourceFingerprint | None,
              loaded: fingerprint.Fingerprint, loaded_now: fingerprint.Fingerprint) -> list[str]:
     """What differs: the loaded rows against the manifest (``loaded``, by its algorithm), the source against the
-    loaded rows (``loaded_now``, by the source's: the strongest)."""
+    loaded rows (``loaded_now``, by the source's: the strongest); no ``source`` for a day whose day table retention
+    detached (see :func:`_prove`): the archive alone."""
     recorded = fingerprint.Fingerprint.parse(manifest["fingerprint"])
     problems = []
     from archive_pipeline.core.restore import rows_outside_period  # (restore's, as the load)
@@ -1131,6 +1143,8 @@ def _compare(conn: psycopg.Connection, scratch: psycopg.Connection, day: dt.date
         problems.append(Problem(f"the archive's rows are not the ones recorded: {_fp_difference(loaded, recorded)}"
                                 + (f".{lossy} To fix: {lossy_remedy} (archived again as it is, it would fail alike)"
                                    if lossy else ""), INEXACT if lossy else DAMAGE))
+    if source is None:  # removed: its day table, detached by retention, is no longer the source
+        return problems
     try:
         table, where, now = source.result()
     except ColumnsChangedError as exc:

@@ -365,7 +365,7 @@ def failure(exc: BaseException, spec: TableSpec, day: dt.date, password: str | N
         cause, advice = retries.words(cause, origin), retries.words(advice, origin)
     elif retryable and "retried" not in advice:
         advice += f" (retried as set by retry: in {origin or config_path()})"
-    nothing = (type(exc).__name__ == "DayRemovedError" and getattr(exc, "remedy", None) == getattr(exc, "REMEDY", "")
+    nothing = (isinstance(exc, DayRemovedError) and exc.nothing_to_do
                or getattr(exc, "cause", None) == NO_PERIOD_TABLE)  # (naming mode: a day without its table)
     # (a removed day whose rows are back: its own advice is overwrite too, as is a changed or unprovable day's)
     overwrite = not retryable and getattr(exc, "needs_overwrite", False)

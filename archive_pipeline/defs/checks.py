@@ -51,10 +51,9 @@ from pydantic import Field
 from archive_pipeline.core import fingerprint, verify
 from archive_pipeline.core import keys
 from archive_pipeline.core.keys import table_day_key
-from archive_pipeline.core.lifecycle import still_detached
 from archive_pipeline.core.manifest import layout_change, object_key
 from archive_pipeline.core.config import TableSpec, config_path
-from archive_pipeline.core.discovery import NO_PERIOD_TABLE
+from archive_pipeline.core.discovery import NO_PERIOD_TABLE, still_detached
 from archive_pipeline.core.errors import CANCELLED_LEAVES, ArchiveError, named, redact
 from archive_pipeline.core.periods import UNIT, Period
 from archive_pipeline.defs.resources import ArchiveStoreResource, PostgresResource

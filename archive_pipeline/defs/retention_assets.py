@@ -58,7 +58,8 @@ from archive_pipeline.core.manifest import NewerManifestError
 from archive_pipeline.core.lifecycle import (Removal, RemovalNotRecorded, RemovalRefused, Settlement, archive_key,
                                               check_removable, due_days, emptied, pending_removal_committed,
                                               refuse_layout_change, refuse_other_cluster, remove_day,
-                                              settle_pending_removal, source_differs, still_detached)
+                                              settle_pending_removal, source_differs)
+from archive_pipeline.core.discovery import still_detached
 from archive_pipeline.defs.resources import ArchiveStoreResource, PostgresResource
 from archive_pipeline.defs.sensors import RUN_KEY_TAG, UNFINISHED, backfill_keys, unfinished_backfills
 from archive_pipeline.core import fingerprint, keys
