@@ -137,3 +137,101 @@ def test_an_endpoint_in_code_with_a_secret_key_holding_a_slash_is_not_refused_an
     assert not result.success
     for piece in AWS_SECRET.split("/"):
         assert not _leaks(texts, piece), (piece, _leaks(texts, piece)[:3])
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The same class, found with the tests above (fix-eb): a secret the product knows of, in a form redact did not know
+
+
+def test_a_secret_is_hidden_as_python_and_json_quote_it_and_line_by_line():
+    """**Scenario:** a token or password reaches a message as http.client, botocore or json quote it: the repr of its
+    bytes (``b'...\\n...'``), the repr of the text, JSON's escapes, or one line of a token wrapped onto two.
+
+    **Now (before fix-eb):** redact hid a secret only as written, stripped or percent-encoded.
+
+    **Should:** none of those forms is left in what redact returns, for a secret given, from ENV_SECRETS, or signed
+    with by a store's client; a URI's password holding '/', '?', '#' or '@' is hidden up to the last '@'."""
+    import json
+
+    from archive_pipeline.core.errors import redact
+
+    token = f"FwoG{SECRET}Token/+ABCDEFGH\nQRSTUVWXYZabcdefghij\tnon-ASCII é\n"
+    quoted = [repr(token.encode()), repr(token), json.dumps(token), json.dumps(token, ensure_ascii=False),
+              token.splitlines()[1], f"header value {token.splitlines()[0]!r}"]
+    for text in quoted:
+        assert SECRET not in redact(text, token) and "QRSTUVWXYZabcdefghij" not in redact(text, token), text
+    for password in (AWS_SECRET, f"pa?ss#{SECRET}", f"a@b/{SECRET}"):
+        for scheme in ("postgresql://archiver:", "http://AKID:", "postgresql:/archiver:"):
+            said = redact(f"Custom endpoint `{scheme}{password}@127.0.0.1:9000/db` was not a valid URI")
+            assert not any(piece in said for piece in (*AWS_SECRET.split("/"), SECRET)), said
+            assert "@127.0.0.1:9000/db` was not a valid URI" in said, said
+
+
+def test_an_endpoint_whose_secret_holds_a_query_or_fragment_character_is_refused_as_holding_credentials():
+    """**Scenario:** ``ARCHIVE_S3_ENDPOINT_URL=http://AKID:<secret>@minio:9000`` with a MinIO secret holding '/',
+    '?' or '#', not percent-encoded.
+
+    **Now (before fix-eb):** endpoint_has_credentials looked for '@' in urlsplit's netloc, which ends at the first
+    of them; check_endpoint_url refused such a URL, if at all, as "not an http(s) URL" (its "port" no number).
+
+    **Should:** every one is refused as holding credentials, naming the variable, without the URL."""
+    import pytest
+
+    from archive_pipeline.core.config import ConfigError
+    from archive_pipeline.core.environment import check_endpoint_url, endpoint_has_credentials
+
+    for secret in (AWS_SECRET, f"ab?cd{SECRET}", f"ab#cd{SECRET}", f"a/b?c#d{SECRET}"):
+        url = f"http://AKID:{secret}@127.0.0.1:9000"
+        assert endpoint_has_credentials(url), url
+        with pytest.raises(ConfigError, match="ignores a user or secret") as raised:
+            check_endpoint_url(url, "bucket")
+        assert SECRET not in str(raised.value) and "MDENG" not in str(raised.value), raised.value
+    assert not endpoint_has_credentials("http://127.0.0.1:9000/path")
+
+
+def test_a_dsn_holding_a_byte_not_utf8_is_refused_without_quoting_it(cli_env, pg):
+    """**Scenario:** ARCHIVE_PG_DSN written in Latin-1 (a password with a byte that is no UTF-8, which Python reads
+    from the environment as a lone surrogate); ``archive-pipeline list`` runs, and a Dagster run connects.
+
+    **Now (before fix-eb):** psycopg raised a bare UnicodeEncodeError, whose repr quotes the whole DSN, password
+    included: check_dsn, default_connect_timeout and PostgresResource.connect caught only psycopg's errors.
+
+    **Should:** a configuration error naming the variable and where the byte is, never the DSN."""
+    import pytest
+
+    from archive_pipeline.core.errors import SourceError
+    from archive_pipeline.defs.resources import PostgresResource
+
+    dsn = f"postgresql://archiver:{SECRET}\udcff@127.0.0.1:5432/db"  # (b"\xff" as os.environ reads it)
+    for args in (["list"], ["list", "--json"]):
+        code, output = run_cli({**cli_env, "ARCHIVE_PG_DSN": dsn}, *args)
+        assert code == 2 and "not UTF-8" in output and SECRET not in output, output
+    with pytest.raises(SourceError) as raised:
+        with PostgresResource(dsn=dsn).connect():
+            pass
+    said = repr(raised.value) + str(raised.value.__cause__) + str(raised.value.__context__)
+    assert "not UTF-8" in str(raised.value) and not raised.value.retryable and SECRET not in said, said
+
+
+def test_a_dsn_pasted_as_a_tables_name_is_not_quoted_with_its_password_by_the_load(pg):
+    """**Scenario:** a DSN pasted into the YAML file as a table's ``name`` (the wrong line of a runbook); the code
+    location loads.
+
+    **Now (before fix-eb):** the configuration's errors (config._brief_repr) quoted the name as written, and the
+    load's check of the tables quoted ``table '...': ... does not exist`` unredacted: the password in the error.
+
+    **Should:** the load fails naming the table with its password hidden."""
+    import pytest
+
+    from archive_pipeline.core.config import ConfigError, parse_config
+    from archive_pipeline.definitions import build_definitions
+    from archive_pipeline.defs.resources import PostgresResource
+
+    for name in (f"postgresql://archiver:{AWS_SECRET}@db.example:5432/prod",
+                 f"public.postgresql://archiver:{AWS_SECRET}@db.example:5432/prod"):
+        with pytest.raises(ConfigError) as raised:
+            config = parse_config({"tables": [{"name": name, "day_column": "day", "start_date": "2024-01-01"}]},
+                                  "archive_tables.yaml")
+            build_definitions(config, {"postgres": PostgresResource(dsn=pg.dsn)})
+        said = str(raised.value)
+        assert "archiver:***@db.example" in said and not any(p in said for p in AWS_SECRET.split("/")), said
