@@ -163,7 +163,7 @@ def check_tables_exist(config: ArchiveConfig, dsn: str, children: ChildrenMemo |
         # expression-keyed parent reads its key, which locks it) is given up on quickly: the load goes on
         set_session(conn, {**session_settings(config.source), **session_pinned(conn), "lock_timeout": str(
             min(config.source.lock_timeout_ms or _LOAD_LOCK_WAIT_MS, _LOAD_LOCK_WAIT_MS))})
-    except psycopg.Error as exc:
+    except (psycopg.Error, UnicodeEncodeError) as exc:  # (a DSN not UTF-8: see errors.not_utf8)
         described = describe_connect_error(exc, dsn, dsn_setting)
         log.warning("could not %s the source database to check the tables of %s: %s; the code location loads "
                     "anyway and runs will fail until this is fixed", "reach" if described.retryable else "connect to",
@@ -173,8 +173,8 @@ def check_tables_exist(config: ArchiveConfig, dsn: str, children: ChildrenMemo |
         for spec in config.tables:
             try:
                 check_table(conn, spec, children)
-            except SourceError as exc:
-                raise ConfigError(f"{config.origin}: table {spec.name!r}: {exc}") from None
+            except SourceError as exc:  # (redacted: a DSN pasted as the table's name is quoted, its password too)
+                raise ConfigError(redact(f"{config.origin}: table {spec.name!r}: {exc}", password_of(dsn))) from None
             except psycopg.Error as exc:  # the connection lost, a role's timeout: not the table's fault
                 found = classify(exc)
                 log.warning("could not finish checking the tables of %s: table %r: %s (%s: %s); to fix: %s; the "

@@ -75,8 +75,9 @@ _BOUNDED_REPR = _bounded_repr()
 
 def _brief_repr(value: object) -> str:
     """``value``'s repr, shortened to a line: a message may quote any value of the file, and a list of YAML aliases
-    expanding a billion-fold (or a name of a megabyte) took gigabytes to quote (a MemoryError, not the error)."""
-    text = _BOUNDED_REPR.repr(value)
+    expanding a billion-fold (or a name of a megabyte) took gigabytes to quote (a MemoryError, not the error).
+    Redacted before it is cut: a DSN pasted as a table's name was quoted with its password in the load's error."""
+    text = redact(_BOUNDED_REPR.repr(value))
     return text if len(text) <= MAX_QUOTED else text[:MAX_QUOTED - 3] + "..."
 
 

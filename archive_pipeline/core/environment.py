@@ -22,7 +22,7 @@ import psycopg.conninfo
 
 from archive_pipeline.core.boto import env_profile, new_session
 from archive_pipeline.core.config import ArchiveConfig, ConfigError, SourceSettings, config_path
-from archive_pipeline.core.errors import (classify, describe_connect_error, missing_grant, password_of,
+from archive_pipeline.core.errors import (classify, describe_connect_error, missing_grant, not_utf8, password_of,
                                          permission_remedy, redact, scrub_parse_error)
 from archive_pipeline.core.session_settings import CONNECT_PARAMETERS
 from archive_pipeline.core.store import CLOCK_SKEW_ALLOWED, S3Store, encryption_headers
@@ -80,10 +80,8 @@ def _required(env: Mapping[str, str], name: str, what: str) -> str:
 
 
 def dsn_password(dsn: str) -> str | None:
-    try:
-        return psycopg.conninfo.conninfo_to_dict(dsn).get("password")
-    except psycopg.ProgrammingError:
-        return None
+    """The DSN's password, to hide it (see :func:`password_of`: also of a DSN libpq cannot parse or take)."""
+    return password_of(dsn)
 
 
 def connect_source(env: Mapping[str, str] | None = None, *, connect_timeout: int = 10) -> psycopg.Connection:
@@ -121,6 +119,9 @@ def check_dsn(dsn: str, variable: str) -> None:
         raise ConfigError(f"${variable} is wrapped in quotes ({quote}...{quote}), which the tool that set "
                           "it kept (docker --env-file and systemd's EnvironmentFile take quotes literally): remove the "
                           "quotes around the value")
+    if (why := not_utf8(dsn)) is not None:  # psycopg's UnicodeEncodeError would quote the whole string
+        raise ConfigError(f"${variable} is not a valid connection string: {why}: write it in UTF-8 (in a URI, "
+                          "percent-encode a password's other bytes as %XX)")
     try:
         options = psycopg.conninfo.conninfo_to_dict(dsn)
     except psycopg.ProgrammingError as exc:  # libpq quotes the piece it stumbled on: a URI whole, or the password's
@@ -140,7 +141,7 @@ def default_connect_timeout(dsn: str, seconds: int) -> dict[str, int]:
     (the connect then fails on its syntax, and says so)."""
     try:
         given = "connect_timeout" in psycopg.conninfo.conninfo_to_dict(dsn)
-    except psycopg.ProgrammingError:
+    except (psycopg.ProgrammingError, UnicodeEncodeError):  # (not UTF-8: the connect says so, see not_utf8)
         given = False
     return {} if given or os.environ.get("PGCONNECT_TIMEOUT", "").strip() else {"connect_timeout": seconds}
 
@@ -159,11 +160,15 @@ def _connect(dsn: str, variable: str, connect_timeout: int) -> psycopg.Connectio
 def endpoint_has_credentials(url: str) -> bool:
     """True when the endpoint URL carries a user or secret (``http://key:secret@minio``): boto3 never signs
     with them, and its error messages quote the URL whole. The one test, for the environment variable and
-    for the Dagster resource's setting; a URL too malformed to split counts when it holds an ``@`` at all."""
+    for the Dagster resource's setting. Not the netloc's '@' alone: a secret written unencoded may hold '/' (AWS's
+    keys do), '?' or '#', where urlsplit ends the netloc, and its '@' then stands in what it takes for the path,
+    query or fragment; an endpoint has no use for an '@' in any of them, so one anywhere counts (as it does in a
+    URL too malformed to split)."""
     try:
-        return "@" in urlsplit(url).netloc
+        parts = urlsplit(url)
     except ValueError:
         return "@" in url
+    return "@" in parts.netloc + parts.path + parts.query + parts.fragment
 
 
 def check_endpoint_url(url: str | None, bucket: str | None = None) -> None:
@@ -179,6 +184,12 @@ def check_endpoint_url(url: str | None, bucket: str | None = None) -> None:
     if any(c.isspace() for c in url):  # urlsplit drops a newline, botocore does not: "Invalid endpoint" every run
         raise ConfigError(f"{ENDPOINT_VAR} {shown} holds whitespace (a secret mounted from a file often ends in a "
                           "newline): write the URL alone, e.g. http://minio:9000")
+    if endpoint_has_credentials(url):  # boto3 signs with the keys, never these: they only reached its messages and logs
+        # (before the URL's other checks: a secret holding '/' made its "port" no number, refused as no URL)
+        raise ConfigError(f"{ENDPOINT_VAR} {shown}: boto3 ignores a user or secret in the URL (it signs with "
+                          f"${KEY_ID_VAR} and ${SECRET_VAR}, or its usual chain) and would show them in its error "
+                          "messages: remove the 'user:secret@' part, e.g. http://minio:9000, and set the keys in "
+                          "those variables")
     try:
         parts = urlsplit(url)
         usable = parts.scheme in ("http", "https") and bool(parts.hostname) and (parts.port or 0) >= 0
@@ -195,11 +206,6 @@ def check_endpoint_url(url: str | None, bucket: str | None = None) -> None:
         raise ConfigError(f"{ENDPOINT_VAR} {shown} ends in the bucket's name, which botocore adds after the "
                           f"endpoint itself: write the scheme, host and port alone (e.g. "
                           f"{parts.scheme}://{parts.netloc}); the bucket goes in ${BUCKET_VAR} alone")
-    if endpoint_has_credentials(url):  # boto3 signs with the keys, never these: they only reached its messages and logs
-        raise ConfigError(f"{ENDPOINT_VAR} {shown}: boto3 ignores a user or secret in the URL (it signs with "
-                          f"${KEY_ID_VAR} and ${SECRET_VAR}, or its usual chain) and would show them in its error "
-                          "messages: remove the 'user:secret@' part, e.g. http://minio:9000, and set the keys in "
-                          "those variables")
 
 
 def s3_setting(env: Mapping[str, str], name: str) -> str | None:

@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import errno
 import functools
+import json
 import re
 import shlex
+import threading
+import weakref
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, replace
 from urllib.parse import quote, quote_plus, unquote
@@ -27,9 +30,10 @@ from urllib.parse import quote, quote_plus, unquote
 # Secrets
 
 
-# scheme://user:password@ and scheme://:password@ (user optional), whatever the password holds
-# to the last @; also after one slash: a DSN taken for a path (a config file's) is printed with its // folded
-_URI_CREDENTIALS = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*:/{1,2}[^:/@\s]*:)[^\s/?#]*@")
+# scheme://user:password@ and scheme://:password@ (user optional), whatever the password holds ('/', '?', '#' and
+# '@' too: AWS's secret keys hold '/', and a password written unencoded is quoted so by libpq and botocore) to the
+# last @ before the host; also after one slash: a DSN taken for a path (a config file's) is printed with its // folded
+_URI_CREDENTIALS = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*:/{1,2}[^:/@\s]*:)\S*@")
 # password=... as a URI query parameter (ends at & or #)
 _QUERY_PASSWORD = re.compile(r"([?&](?:(?:ssl)?password|oauth_client_secret)=)[^&#\s'\"]*", re.IGNORECASE)
 # password=value / password = 'quoted \' value' in libpq key=value form (also PGPASSWORD=, sslpassword=)
@@ -43,24 +47,68 @@ ENV_SECRETS = ("ARCHIVE_S3_SECRET_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY", "AWS_SES
 
 
 def redact(text: str, *secrets: str | None) -> str:
-    """``text`` without the given secrets (also percent-encoded), the environment's S3 secrets, or any password
+    """``text`` without the given secrets, the environment's S3 secrets or those the process's store clients sign
+    with (see :func:`hide_signing_secrets`), in any form a message quotes them (see :func:`_forms`), or any password
     written in a URI or as ``password=...``, safe for logs, Dagster event logs and metadata."""
     import os
 
     # (only values long enough to be real keys or tokens: AWS's are 40 characters and more; a test stack's
     # "test" or "testing" is in table names and our own words, and hiding it there would mangle and disclose it)
-    from_env = [v for name in ENV_SECRETS if len((v := os.environ.get(name) or "").strip()) >= _ENV_SECRET_MIN]
-    for secret in dict.fromkeys([*secrets, *from_env, *(v.strip() for v in from_env)]):
+    known = [v for v in (*(os.environ.get(name) for name in ENV_SECRETS), *_signing_secrets())
+             if isinstance(v, str) and len(v.strip()) >= _ENV_SECRET_MIN]
+    for secret in dict.fromkeys([*secrets, *known]):
         if secret and secret.strip():
-            for form in {secret, quote(secret, safe=""), quote_plus(secret, safe=""), quote(secret)}:
+            for form in _forms(secret):
                 text = _hide(text, form)
     text = _URI_CREDENTIALS.sub(r"\1***@", text)
     text = _QUERY_PASSWORD.sub(r"\1***", text)
     return _KV_PASSWORD.sub(r"\1***", text)
 
 
+@functools.lru_cache(maxsize=256)
+def _forms(secret: str) -> tuple[str, ...]:
+    """Every way a message may quote ``secret``, longest first: as it is, without the white space around it, each
+    of its lines (a token wrapped onto two lines in the file it was mounted from), percent-encoded, and as Python's
+    repr of it or of its UTF-8 bytes and JSON write it: http.client refusing a header holding a newline quotes
+    ``b'...\\n...'``, the newline as a backslash and an n, where the secret as written is nowhere."""
+    pieces = {secret, secret.strip(), *(line.strip() for line in secret.splitlines())}
+    forms: set[str] = set()
+    for piece in (p for p in pieces if p):
+        encoded = piece.encode("utf-8", "surrogateescape")  # (a byte no UTF-8 holds, read from the environment)
+        forms |= {piece, quote(encoded, safe=""), quote_plus(encoded, safe=""), quote(encoded), repr(piece)[1:-1],
+                  repr(encoded)[2:-1], json.dumps(piece)[1:-1]}
+    return tuple(sorted(forms, key=len, reverse=True))
+
+
+# The credentials objects the process's S3 clients sign with (see hide_signing_secrets), weakly: a client's go with it
+_SIGNING: weakref.WeakSet[object] = weakref.WeakSet()
+_SIGNING_LOCK = threading.Lock()
+
+
+def hide_signing_secrets(client: object) -> None:
+    """Hide the secret key and session token ``client`` signs with in every message :func:`redact` cleans from now
+    on, whatever supplied them (a resource's setting from a variable of the team's own naming, a profile, a role):
+    the store's errors quote botocore's, which quote a token http.client refused whole, and the environment's
+    variables (ENV_SECRETS) are only where the command line's come from. The credentials are read when a message is
+    cleaned, as the client holds them then (refreshed ones as last fetched: reading never fetches)."""
+    credentials = getattr(getattr(client, "_request_signer", None), "_credentials", None)
+    if credentials is not None:
+        with _SIGNING_LOCK:
+            _SIGNING.add(credentials)
+
+
+def _signing_secrets() -> list[object]:
+    """The secret keys and session tokens of :data:`_SIGNING`, as each client holds them now."""
+    with _SIGNING_LOCK:
+        held = list(_SIGNING)
+    # botocore's refreshable credentials keep their last fetch frozen (their properties would fetch again); plain
+    # ones hold theirs as attributes
+    current = [getattr(credentials, "_frozen_credentials", credentials) for credentials in held]
+    return [getattr(c, name, None) for c in current for name in ("secret_key", "token")]
+
+
 _SHORT_SECRET = 4  # a secret shorter than this is hidden only where it stands alone (see _hide)
-_ENV_SECRET_MIN = 16  # an environment S3 secret shorter than this is not hidden in every message (see redact)
+_ENV_SECRET_MIN = 16  # an environment's or a client's S3 secret shorter than this is not hidden in every message (see redact)
 
 
 def _hide(text: str, secret: str) -> str:
@@ -1474,7 +1522,23 @@ def describe_connect_error(exc: BaseException, dsn: str, setting: str = "ARCHIVE
     return described
 
 
+def not_utf8(dsn: str) -> str | None:
+    """Where ``dsn`` holds a byte that is not UTF-8, which libpq (through psycopg) cannot take, or None. Python reads
+    such a byte of the environment (a value written in Latin-1) as a lone surrogate, and psycopg's UnicodeEncodeError
+    then quotes the whole string, password and all: this says where, never what."""
+    try:
+        dsn.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return (f"character {exc.start + 1} of its {len(dsn)} is a byte that is not UTF-8 (a value written in "
+                "Latin-1 or another legacy encoding?)")
+    return None
+
+
 def _connect_error(exc: BaseException, dsn: str) -> SourceError:
+    if (why := not_utf8(dsn)) is not None:  # (psycopg's UnicodeEncodeError, whose text is the DSN: never quoted)
+        return SourceError(f"cannot connect to PostgreSQL: {_BAD_DSN.cause} ({why})", retryable=False,
+                           remedy=f"write {_DSN} in UTF-8 (in a URI, percent-encode a password's other bytes as %XX)",
+                           cause=_BAD_DSN.cause)
     params = _conninfo(dsn) or {}
     if _slash_in_password(dsn, params):  # libpq's reason names what it took for host, port or database
         return SourceError(f"cannot connect to PostgreSQL: {_BAD_DSN.cause} (a '/', or an '@' and then a ':', in the "

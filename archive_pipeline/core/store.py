@@ -42,7 +42,7 @@ from collections.abc import Callable, Collection, Hashable, Iterable, Iterator
 from typing import Any, BinaryIO, NoReturn, TypeVar
 
 from archive_pipeline.core.errors import (S3_CORRUPT_CODES, ArchiveError, UploadError, classify, for_operation,
-                                         is_cancellation, names_its_cause, redact)
+                                         hide_signing_secrets, is_cancellation, names_its_cause, redact)
 from archive_pipeline.core.keys import upload_marker_key, upload_marker_naming
 from archive_pipeline.core.sink import temp_dir_given, temp_dir_named
 
@@ -671,6 +671,7 @@ class S3Store:
         if part_size > MAX_PART_SIZE:
             raise ValueError(f"part_size must be at most 5 GiB (S3's maximum), got {part_size}")
         self.client = client
+        hide_signing_secrets(client)  # (every message about this store quotes botocore, which may quote them)
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.part_size = part_size

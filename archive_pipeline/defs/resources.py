@@ -9,7 +9,6 @@ from typing import Any
 from collections.abc import Iterator
 
 import psycopg
-import psycopg.conninfo
 from dagster import ConfigurableResource, Failure, ResourceDependency
 from dagster_aws.s3 import S3Resource
 from pydantic import Field, field_validator
@@ -17,8 +16,8 @@ from pydantic import Field, field_validator
 from archive_pipeline.core.boto import new_session
 from archive_pipeline.core.config import ConfigError
 from archive_pipeline.core.environment import default_connect_timeout, endpoint_has_credentials
-from archive_pipeline.core.errors import (ArchiveError, SourceError, classify, connection_target, describe_connect_error, redact,
-                                          wrap)
+from archive_pipeline.core.errors import (ArchiveError, SourceError, classify, connection_target, describe_connect_error,
+                                          password_of, redact, wrap)
 from archive_pipeline.core.store import MiB, S3Store
 from archive_pipeline.core.session_settings import CONNECT_PARAMETERS, session_pinned, set_session, watch_client
 
@@ -58,7 +57,7 @@ class PostgresResource(ConfigurableResource):
             conn = psycopg.connect(self.dsn, autocommit=True,
                                    **default_connect_timeout(self.dsn, self.connect_timeout_s),
                                    application_name=self.application_name, **CONNECT_PARAMETERS)
-        except psycopg.Error as exc:
+        except (psycopg.Error, UnicodeEncodeError) as exc:  # (a DSN not UTF-8: see errors.not_utf8)
             failure = describe_connect_error(exc, self.dsn, self.dsn_setting)
         if failure is not None:  # raised outside the except block: no chained driver error holding the DSN
             raise failure
@@ -79,10 +78,7 @@ class PostgresResource(ConfigurableResource):
     @property
     def password(self) -> str | None:
         """The DSN's password, so error messages can be scrubbed of it."""
-        try:
-            return psycopg.conninfo.conninfo_to_dict(self.dsn).get("password")
-        except psycopg.Error:
-            return None
+        return password_of(self.dsn)
 
     @property
     def user(self) -> str | None:
