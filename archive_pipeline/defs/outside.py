@@ -26,7 +26,7 @@ from dagster import (AssetMaterialization, DagsterInstance, DagsterRun, RunRecor
                      build_resources)
 
 from archive_pipeline.core.config import ConfigError, TableSpec
-from archive_pipeline.core.errors import ArchiveError
+from archive_pipeline.core.errors import ArchiveError, redact
 from archive_pipeline.core.keys import day_prefix, table_day_key
 from archive_pipeline.core.leftovers import same_source
 from archive_pipeline.core.lifecycle import archive_key
@@ -83,36 +83,51 @@ def store_of(context: SensorEvaluationContext) -> Store | None:
 
 
 def archived_outside(where: Store, conn: psycopg.Connection, instance: DagsterInstance, targets: dict, tried: list,
-                     seen: Collection[str] = ()) -> tuple[list[AssetMaterialization], list, set[str]]:
+                     seen: Collection[str] = ()) -> tuple[list[AssetMaterialization], list, set[str], dict[str, str]]:
     """The records of the ``tried`` days (the sensor's WantedRuns whose run key is used) now archived in the store,
-    the tried days left, and the marks (:func:`_marks`) of the days whose manifest was rejected, now or (``seen``:
-    the last tick's) before and listed unchanged since: those are not read again. ``targets``: each table's
-    SensorTarget by name. One listing per table tells most days without an archive apart (no GET for them)."""
+    the tried days left, the marks (:func:`_marks`) of the days whose manifest was rejected, now or (``seen``:
+    the last tick's) before and listed unchanged since: those are not read again, and why each table the store did
+    not answer for was not looked at (its days stay left). ``targets``: each table's SensorTarget by name. One
+    listing per table tells most days without an archive apart (no GET for them). One table's refusal (a 403 on
+    its prefix alone) is that table's: the other tables' days are still recorded."""
     identity = SourceIdentity(*server_identity(conn)) if tried else None
-    rejected, budget, looked = set(), LOOKUPS_PER_TICK, []
+    rejected, budget, looked, unanswered = set(), LOOKUPS_PER_TICK, [], {}
     for table in dict.fromkeys(wanted.table for wanted in tried):
         target, mine = targets[table], [wanted for wanted in tried if wanted.table == table]
         etags: dict[str, str] = {}
-        absent = {day.isoformat() for day in unarchived_days(where.store, target.spec, [w.partition_key for w in mine],
-                                                             etags)}
-        marks = _marks(where.store, target.spec, identity, [w.partition_key for w in mine], etags)
+        try:
+            absent = {day.isoformat() for day in unarchived_days(where.store, target.spec,
+                                                                 [w.partition_key for w in mine], etags)}
+            marks = _marks(where.store, target.spec, identity, [w.partition_key for w in mine], etags)
+        except STORE_ERRORS as exc:
+            unanswered[table] = _unanswered(exc)
+            continue
         rejected |= {mark for mark in marks.values() if mark in seen}
         read = [w.partition_key for w in mine if w.partition_key not in absent and marks.get(w.partition_key)
                 not in seen][:budget]
         budget -= len(read)
         looked.append((target, mine, marks, read, etags))
     started = _started(instance, [(target, read) for target, _, _, read, _ in looked])
-    events, left = [], []
+    events, left = [], [wanted for wanted in tried if wanted.table in unanswered]
     for target, mine, marks, read, etags in looked:
+        try:
+            found = {day: _taken(where, identity, target, day, started.get((target.spec.name, day)), etags)
+                     for day in (wanted.partition_key for wanted in mine) if day in read}
+        except STORE_ERRORS as exc:
+            unanswered[target.spec.name] = _unanswered(exc)
+            left.extend(mine)
+            continue
         for wanted in mine:
             day = wanted.partition_key
-            found = (_taken(where, identity, target, day, started.get((wanted.table, day)), etags) if day in read
-                     else None)
-            event = _record(where, target, day, *found) if found is not None else None
+            event = _record(where, target, day, *found[day]) if found.get(day) is not None else None
             (events if event is not None else left).append(event or wanted)
-            if found is None and day in read and marks.get(day):  # (rejected by its manifest: the same listing,
-                rejected.add(marks[day])                          # the same manifest, the same verdict)
-    return events, left, rejected
+            if found.get(day) is None and day in read and marks.get(day):  # (rejected by its manifest: the same
+                rejected.add(marks[day])                                   # listing, manifest and verdict)
+    return events, left, rejected, unanswered
+
+
+def _unanswered(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {redact(str(exc))}"
 
 
 def _marks(store: S3Store, spec, identity: SourceIdentity, days: list[str], etags: dict[str, str]) -> dict[str, str]:

@@ -419,10 +419,13 @@ def _recorded_outside(context: SensorEvaluationContext, conn: psycopg.Connection
         where = store_of(context)
         if where is None:
             return [], tried
-        recorded, left, now = archived_outside(where, conn, context.instance, {t.spec.name: t for t in targets},
-                                               tried, rejected)
+        recorded, left, now, unanswered = archived_outside(where, conn, context.instance,
+                                                           {t.spec.name: t for t in targets}, tried, rejected)
         rejected.clear()
         rejected.update(now)
+        for table, why in unanswered.items():  # (that table's days stay listed; the others' were looked at)
+            context.log.warning(f"archive_new_days could not look in the store for {table}'s days archived outside "
+                                f"Dagster since their run failed ({why}); they stay listed")
     except STORE_ERRORS as exc:  # a hint only: the days stay listed with their remedy
         context.log.warning(f"archive_new_days could not look in the store for days archived outside Dagster since "
                             f"their run failed ({type(exc).__name__}: {redact(str(exc))}); they stay listed")
