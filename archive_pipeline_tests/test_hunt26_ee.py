@@ -207,3 +207,46 @@ def test_an_application_row_committed_during_the_restore_is_blamed_on_the_target
     assert conn.execute(sql.SQL("SELECT array_agg(id) FROM {}.ev_0310").format(s)).fetchone()[0] == [1000]
     said = f"{error} | {error.remedy}"
     assert "DISABLE TRIGGER" not in said and "by its trigger touch" not in said, said
+
+
+@pytest.mark.parametrize("how", ["default_transaction_isolation", "psycopg isolation_level"])
+def test_a_restore_on_a_connection_whose_transactions_are_repeatable_read_misses_an_application_row_of_the_day(
+        pg, conn, schema, store, temp_dir, monkeypatch, how):
+    """Scenario: the caller's connection runs its transactions REPEATABLE READ (the role's or session's
+    default_transaction_isolation, or psycopg's ``conn.isolation_level``); 2024-03-10 of ev (24 rows) is archived
+    and deleted, and ``restore --day 2024-03-10 --into original`` runs while the application commits a late row of
+    that day (id 1000) after the load (a monkeypatched hook after restore._fire_deferred; the same holds for a row
+    committed while the load waited for its lock).
+
+    Now: only a serializable default was switched to read committed (session_settings._to_ours, and only on a
+    standby or read-only session); the restore's transaction took its snapshot at its first statement, before the
+    load, so the check did not see the application's row: the day committed as "equal to the manifest's" while
+    the target holds 25 rows of it (and rows restored by another session meanwhile would have been loaded twice).
+
+    Should: the restore's transaction is READ COMMITTED whatever the caller's default, so its check sees what was
+    committed before it (refused as on any other connection: rolled back, the application's row left alone)."""
+    s = sql.Identifier(schema)
+    spec = _events(conn, schema)
+    assert archive_partition(conn, spec, DAY, store, temp_dir=temp_dir).rows == 24
+    conn.execute(sql.SQL("DELETE FROM {}.ev_0310").format(s))
+    fire_deferred = restore_module._fire_deferred
+
+    def application_commits_a_late_row(*args, **kwargs):
+        fire_deferred(*args, **kwargs)
+        with pg.connect() as application:
+            application.execute(sql.SQL("INSERT INTO {}.ev VALUES (1000, '2024-03-10 23:00+00', 'r5')").format(s))
+
+    monkeypatch.setattr(restore_module, "_fire_deferred", application_commits_a_late_row)
+    if how == "default_transaction_isolation":
+        conn.execute("SET default_transaction_isolation = 'repeatable read'")
+    else:
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+    try:
+        with pytest.raises(ArchiveError, match="already held 1 row"):
+            restore_day(conn, store, spec, DAY, into="original", temp_dir=temp_dir)
+        assert conn.execute("SHOW default_transaction_isolation").fetchone()[0] == "repeatable read" or \
+            how != "default_transaction_isolation"  # (the caller's setting given back)
+    finally:
+        conn.isolation_level = None
+        conn.execute("RESET default_transaction_isolation")
+    assert conn.execute(sql.SQL("SELECT array_agg(id) FROM {}.ev_0310").format(s)).fetchone()[0] == [1000]
