@@ -866,23 +866,37 @@ ORDER BY 1, 2
 # regclass, which a role without USAGE on the schema is refused (and the day's "may not SELECT" was never said)
 
 
-def pending_detach_days(conn: psycopg.Connection, spec: TableSpec, days: Iterable[Period]) -> dict[Period, SourceError]:
-    """Declarative mode: of ``days``, those a partition pending detach (``DETACH PARTITION ... CONCURRENTLY`` running,
-    or interrupted and never finished; at any depth) may hold rows of, each with why whether it has rows cannot be
-    told now. The table no longer reads such a partition's rows, which are no table of their own yet: probed through
-    the table the day was "no data" (or "not in the source") while its rows are still in PostgreSQL, and once
-    FINALIZE ran nothing ever archived them. The error is the archiver's own (source.pending_detach_error: retryable,
-    naming the partition and the FINALIZE that ends it), which refuses such a day the same way."""
+def pending_detach_partitions(conn: psycopg.Connection, spec: TableSpec, days: Iterable[Period]
+                              ) -> list[tuple[tuple[str, str], str, list[Period]]]:
+    """Declarative mode: each partition of ``spec``'s table pending detach (``DETACH PARTITION ... CONCURRENTLY``
+    running, or interrupted and never finished; at any depth) whose bound may hold rows of some of ``days``: its
+    (schema, name), the parent it is leaving (qualified, as a statement to paste names it) and those days. The
+    table no longer reads such a partition's rows, which are no table of their own yet."""
     if spec.partitioning.mode != "declarative" or conn.info.server_version < 140000:
-        return {}  # (no partition is ever pending before PostgreSQL 14)
+        return []  # (no partition is ever pending before PostgreSQL 14)
+    days = list(days)
     with pinned_settings(conn, search_path=SEARCH_PATH):  # (the parent as a statement to paste names it: qualified)
         pending = conn.execute(PENDING_DETACH_UNDER, (spec.schema_name, spec.table_name)).fetchall()
-    found: dict[Period, SourceError] = {}
+    found = []
     for schema, name, parent in pending:
         ranges = bounding_ranges(conn, spec, (schema, name))
-        error = pending_detach_error(spec.name, (schema, name), parent)
-        for day in days:
-            if day not in found and (ranges is None or any(c.overlaps(day) for c in ranges)):
+        held = [day for day in days if ranges is None or any(c.overlaps(day) for c in ranges)]
+        if held:
+            found.append(((schema, name), parent, held))
+    return found
+
+
+def pending_detach_days(conn: psycopg.Connection, spec: TableSpec, days: Iterable[Period]) -> dict[Period, SourceError]:
+    """Declarative mode: of ``days``, those a partition pending detach may hold rows of
+    (:func:`pending_detach_partitions`), each with why whether it has rows cannot be told now: probed through the
+    table the day was "no data" (or "not in the source") while its rows are still in PostgreSQL, and once FINALIZE
+    ran nothing ever archived them. The error is the archiver's own (source.pending_detach_error: retryable, naming
+    the partition and the FINALIZE that ends it), which refuses such a day the same way."""
+    found: dict[Period, SourceError] = {}
+    for relation, parent, held in pending_detach_partitions(conn, spec, days):
+        error = pending_detach_error(spec.name, relation, parent)
+        for day in held:
+            if day not in found:
                 found[day] = SourceError(f"whether {spec.name} has rows of {day} cannot be told now: {error.message}",
                                          table=spec.name, day=day.isoformat(), retryable=True, cause=error.cause,
                                          remedy=error.remedy)

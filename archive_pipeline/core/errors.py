@@ -778,6 +778,24 @@ def sqlstate(exc: BaseException) -> str | None:
     return _sqlstate(exc, str(exc))
 
 
+# The CONTEXT line PostgreSQL adds where a statement waited for another transaction's row rather than a table's lock
+# (XactLockTableWait: 'while inserting index tuple (0,26) in relation "ev_pkey"', 'while locking tuple (0,31) in
+# relation "kinds"', 'while checking uniqueness of tuple ...', 'while updating tuple ...'): read by its shape, a tuple's
+# id and then the quoted relation ending its line, not by its words, which lc_messages translates (the quotes too:
+# »ev_pkey«); never COPY's own line, whose quoted row may hold such text
+_WAITED_ROW = re.compile(r"^(?!COPY )[^\n]*?\((?P<tid>\d+,\d+)\)[^\n\"»«„“']*"
+                         r"[\"»«„“'](?P<name>[^\n\"»«„“”']+)[\"»«“”']$", re.M)
+
+
+def waited_row(exc: BaseException) -> tuple[str, str] | None:
+    """(tuple id, relation name as the server printed it, unqualified) of the row another session's transaction held
+    that ``exc`` (a lock_timeout, a deadlock) waited for, or None where it waited for a table's lock: a row's wait is
+    ended by that transaction's end, and pg_locks on the table shows no conflicting lock for it."""
+    context = getattr(getattr(exc, "diag", None), "context", None)
+    found = _WAITED_ROW.search(context) if isinstance(context, str) else None
+    return (found["tid"], found["name"]) if found else None
+
+
 def _sqlstate(exc: BaseException, text: str) -> str | None:
     code = getattr(exc, "sqlstate", None)
     if isinstance(code, str) and re.fullmatch(r"[0-9A-Z]{5}", code):

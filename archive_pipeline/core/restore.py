@@ -33,10 +33,10 @@ from archive_pipeline.core.formats import readers
 from archive_pipeline.core.formats.common import OTHER_FORMATS, READ_AHEAD_BYTES
 from archive_pipeline.core.formats.csv import header_lines
 from archive_pipeline.core.config import MAX_IDENTIFIER_BYTES as MAX_NAME_BYTES, TableSpec
-from archive_pipeline.core.discovery import child_ranges
+from archive_pipeline.core.discovery import child_ranges, pending_detach_partitions
 from archive_pipeline.core.errors import (SETTING_MISFITS, TABLE_MISSING, ArchiveError, SessionSettingError, SourceError,
                                           classify, named, note_cancelled, refused_grant, refused_kind, remedy_for,
-                                          sql_name, with_roles)
+                                          sql_name, waited_row, with_roles)
 from archive_pipeline.core.listing import listed_absent
 from archive_pipeline.core.locks import require_autocommit, table_day_lock
 from archive_pipeline.core.manifest import (ManifestError, another_period, archived_encoding, decoded_manifest,
@@ -47,7 +47,8 @@ from archive_pipeline.core.sink import open_nameless
 from archive_pipeline.core.source import (NUMBER_TYPES, Column, PrintedNames, acting_role, altered_composites,
                                           column_names, descends_from,
                                           day_filter, describe_relation, inner_types, lookalike_hint,
-                                          lookalike_relations, missing_character, prefetch, printed_names_changed,
+                                          lookalike_relations, missing_character, pending_detach_error, prefetch,
+                                          printed_names_changed,
                                           relation_name, relation_printed_names, relation_shapes, shape_changes,
                                           stored_name_problem)
 from archive_pipeline.core.session_settings import CATALOG_FIRST, apply_settings, speaks_utf8, without_user_triggers, \
@@ -1400,6 +1401,7 @@ def _refuse_detached_partition(conn: psycopg.Connection, manifest: dict) -> tupl
     """(parent, child, bound) of the day's recorded partition, or Nones; refused where that partition exists but
     is detached (by retention's detach): it may still hold the day, and loading the day through the parent (into a
     DEFAULT partition, or a partition created again) would hold it twice and keep the ATTACH from ever working."""
+    _refuse_pending_detach(conn, manifest)
     parent, child, bound = _recorded_partition(manifest, conn) or (None, None, None)
     if child and _exists(conn, child) and not _is_partition(conn, child):
         if (manifest.get("removed") or {}).get("action") == "drop":  # so the table under its name is another one
@@ -1416,6 +1418,31 @@ def _refuse_detached_partition(conn: psycopg.Connection, manifest: dict) -> tupl
             f"{child}, the partition that held {manifest['day']}, exists but is not attached to {parent} (detached by "
             f"retention?); it may still hold the day: attach it again ({attach}), or drop it and restore again")
     return parent, child, bound
+
+
+def _refuse_pending_detach(conn: psycopg.Connection, manifest: dict) -> None:
+    """Refuse, before anything is loaded, a day a partition pending detach may hold (a ``DETACH PARTITION ...
+    CONCURRENTLY`` running or interrupted; the day's own or one under it): ``relispartition`` is still true, so the
+    restore went on, the table's routing left the partition out, and the load failed as "the target has no
+    partition for the day", with advice to create one (refused: the name is taken) or a DEFAULT partition (a second
+    copy of the rows it still holds). Told as the archive, the removal and compare tell it, with the FINALIZE that
+    ends it and the ATTACH that puts its rows back under the table. (A day without a day column is a naming-mode
+    day table's: one pending detach is _refuse_detached_day_table's.)"""
+    if not manifest.get("day_column"):
+        return
+    period = manifest_period(manifest)
+    for relation, parent, _ in pending_detach_partitions(conn, _declarative_spec(manifest), [period]):
+        bound = conn.execute("SELECT pg_catalog.pg_get_expr(c.relpartbound, c.oid) FROM pg_catalog.pg_class c "
+                             "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s "
+                             "AND c.relname = %s", relation).fetchone()
+        attach = f"ALTER TABLE {parent} ATTACH PARTITION {sql.Identifier(*relation).as_string(conn)} " \
+                 f"{bound[0] if bound and bound[0] else '<its bound>'}"
+        pending = pending_detach_error(manifest["table"], relation, parent, then=(
+            f"then attach it again, {attach}: it still holds its rows, those of {manifest['day']} among them; or drop "
+            "it and restore the day again"))
+        raise RestoreError(f"restoring {manifest['table']} for {manifest['day']} into its original table: "
+                           f"{pending.message}; nothing was restored", table=manifest["table"], day=manifest["day"],
+                           retryable=True, cause=pending.cause, remedy=pending.remedy)
 
 
 def _refuse_detached_day_table(conn: psycopg.Connection, manifest: dict, relation: Relation) -> None:
@@ -1575,15 +1602,22 @@ def _created_under(conn: psycopg.Connection, manifest: dict, created: Sequence[R
     return Relation(bounded[0]["schema"], bounded[0]["name"]) if bounded and created else None
 
 
+def _declarative_spec(manifest: dict) -> TableSpec:
+    """The archived table as a declarative table's configuration, for discovery to read its partitions' bounds as
+    it reads every child's (a restore has the manifest, not the configuration)."""
+    period = manifest_period(manifest)
+    return TableSpec(name=manifest["table"], day_column=manifest.get("day_column"), start_date=period.start.date(),
+                     granularity=period.granularity, timezone=manifest.get("timezone") or "UTC",
+                     partitioning={"mode": "declarative"})
+
+
 def _refuse_created_bound(conn: psycopg.Connection, manifest: dict, child: Relation) -> None:
     """Refuse (the restore rolls back) a re-created day partition whose bound, read back as discovery reads every
     child's, does not hold the day, or, for the one a removal recorded (which removed only a partition of exactly
     the day), is not exactly the day: a manifest is sealed, not signed, and a bound edited wider (a year, DEFAULT)
     would route other days' rows into it from then on."""
     period = manifest_period(manifest)
-    spec = TableSpec(name=manifest["table"], day_column=manifest.get("day_column"), start_date=period.start.date(),
-                     granularity=period.granularity, timezone=manifest.get("timezone") or "UTC",
-                     partitioning={"mode": "declarative"})
+    spec = _declarative_spec(manifest)
     found = [c for c in child_ranges(conn, spec) if c.relation(spec) == (child.schema, child.name)]
     exact = bool(_removed_partition(manifest).get("child"))
     if found and (found[0].is_period(period) if exact else found[0].overlaps(period)):  # (overlaps: open ends too)
@@ -1716,21 +1750,59 @@ def _hooks_note(relation: Relation, hooks: list[str]) -> str:
             f"in{rule}: what {'it' if one else 'they'} wrote beyond the restored rows is not checked")
 
 
-def _extra_rows(extra: int, relation: Relation, before: _HeldBefore | None) -> tuple[str, str]:
+# The rows of the day (``{day}``) in the target this transaction did not write: by their xmin, made a full transaction
+# id against the next one to be assigned (every visible row's is within 2^32 of it), whose status is "in progress"
+# only for this transaction's own (its savepoints' too): another's uncommitted rows are not visible. Frozen or older
+# rows than the commit log keeps have no status (NULL): not this transaction's either.
+_NOT_WRITTEN_HERE = """
+SELECT pg_catalog.count(*) FROM {t} r,
+    (SELECT pg_catalog.txid_snapshot_xmax(pg_catalog.txid_current_snapshot()) AS next) n
+WHERE {day} AND pg_catalog.txid_status(n.next - pg_catalog.mod(
+    pg_catalog.mod(n.next, 4294967296) - r.xmin::pg_catalog.text::bigint + 4294967296, 4294967296))
+    IS DISTINCT FROM 'in progress'
+"""
+
+
+def _not_written_here(conn: psycopg.Connection, manifest: dict, relation: Relation, whole: bool) -> int | None:
+    """How many of the day's rows in the target this transaction did not write (held before it, or committed by
+    another session while it ran), or None where that cannot be told (a view, a foreign table: no xmin)."""
+    try:
+        with conn.transaction():  # (a savepoint: the restore goes on, told as before, where it fails)
+            where = _day_where(conn, relation, manifest, whole)
+            return int(conn.execute(sql.SQL(_NOT_WRITTEN_HERE).format(
+                t=relation.identifier, day=where if where is not None else sql.SQL("TRUE"))).fetchone()[0])
+    except (ArchiveError, psycopg.Error):
+        return None
+
+
+def _extra_rows(conn: psycopg.Connection, manifest: dict, relation: Relation, whole: bool, extra: int,
+                before: _HeldBefore | None) -> tuple[str, str]:
     """(why a restore that loaded every archived row counts ``extra`` rows of the day more, the remedy): rows held
-    before the restore, or, beyond those, rows the target's INSERT triggers or rules added as the archived ones went
-    in (an empty target's, say: nothing there to delete)."""
+    before the restore, rows another session committed while it ran (the application writing the day: told apart
+    from the hooks' by their xmin, :func:`_not_written_here`), or, beyond those, rows the target's INSERT triggers
+    or rules added as the archived ones went in (an empty target's, say: nothing there to delete). Every row beyond
+    the count taken before the load was put on the hooks: a harmless trigger was blamed for the application's row,
+    with advice to disable it on a table the application writes to."""
     if before is None or before.rows >= extra:
         return _held_before(extra), _held_remedy(relation)
-    hooks = ", ".join(before.hooks)
+    others = _not_written_here(conn, manifest, relation, whole)
+    meanwhile = min(max(others - before.rows, 0), extra - before.rows) if others is not None else 0
+    added = extra - before.rows - meanwhile
     held = f"held {before.rows:,} row(s) of the day before the restore" if before.rows else \
         "held no row of the day before the restore"
-    said = (f"{relation} {held}, so {extra - before.rows:,} row(s) of the day were added as the archived rows went in: "
+    committed = (f", and {meanwhile:,} row(s) of the day were committed by another session while the restore ran (the "
+                 "application writing the day)") if meanwhile else ""
+    if not added:  # every row beyond the archive's is another session's: none was the hooks'
+        return (f"{relation} {held}{committed}: rows the archive lacks, not its own; the restore was rolled back",
+                _held_remedy(relation))
+    hooks = ", ".join(before.hooks)
+    said = (f"{relation} {held}{committed}, so {added:,} row(s) of the day were added as the archived rows went in: "
             f"by its {hooks} on INSERT, the likely cause (a history or audit trigger inserting into the table itself, "
             "a rule's DO ALSO INSERT); the restore was rolled back")
     remedy = (f"disable {'it' if len(before.hooks) == 1 else 'them'} for the restore (ALTER TABLE ... DISABLE "
               "TRIGGER / DISABLE RULE) and restore again, or restore into a new table (into='new')")
-    return said, remedy + (f"; and, for the rows held before: {_held_remedy(relation)}" if before.rows else "")
+    return said, remedy + (f"; and, for the rows held before: {_held_remedy(relation)}" if before.rows or meanwhile
+                           else "")
 
 
 def _held_remedy(relation: Relation) -> str:
@@ -2596,7 +2668,7 @@ def _routed_by_trigger(conn: psycopg.Connection, manifest: dict, relation: Relat
     if str(now) != recorded:
         if now.rows > int(manifest["rows"]) and not whole:  # the trigger put every row in, beside rows the day had
             # already (a table this restore made, or the day's own, held none: there the object holds more rows)
-            said, remedy = _extra_rows(now.rows - int(manifest["rows"]), relation, before)
+            said, remedy = _extra_rows(conn, manifest, relation, whole, now.rows - int(manifest["rows"]), before)
             raise FingerprintMismatchError(
                 f"restoring {manifest['table']} for {manifest['day']}: {scope} are {now.rows:,} rows with the "
                 f"restored ones, {manifest['rows']:,} archived: {said}",
@@ -2665,7 +2737,7 @@ ORDER BY attnum, nsp, rel
 """
 
 
-def _advance_sequences(conn: psycopg.Connection, manifest: dict, relation: Relation) -> str:
+def _advance_sequences(conn: psycopg.Connection, manifest: dict, relation: Relation, whole: bool) -> str:
     """Move each sequence the target's archived columns own (identity, serial) or their defaults draw from
     (``DEFAULT nextval('ids')``) past the values the restore wrote into them, where it is behind them: COPY and ``OVERRIDING SYSTEM VALUE`` write archived ids without taking
     them from the sequence, so a target whose sequence is fresh (a copy made with LIKE ... INCLUDING ALL) handed
@@ -2675,17 +2747,23 @@ def _advance_sequences(conn: psycopg.Connection, manifest: dict, relation: Relat
     Through a view (simply updatable, or an INSTEAD OF trigger writing its table) the rows land in the table it
     reads (:func:`_view_base`), whose sequences are the ones behind: every column of it is looked at, since a
     trigger may write columns the view renames or does not show; a view over no single table is named as not
-    checked. Returns the words the result's check ends with: what was advanced, or what could not be."""
+    checked. The edge is that of the day's rows (``whole``: of the whole target), the ones the restore wrote: the
+    rows of other days were none of its, and asking the whole of a partitioned target opened every partition,
+    waiting behind a lock another session held on another day's (the day committed with its sequence left behind).
+    Returns the words the result's check ends with: what was advanced, or what could not be."""
     names: list[str] | None = manifest_columns(manifest)
+    where: sql.Composable | None = None
     if _kind(conn, relation) == "v":
         base = _view_base(conn, relation)
         if base == relation or _kind(conn, base) not in ("r", "p"):
             return (f"; {relation} is a view over no single table, so the sequences of the table(s) it writes into "
                     "were not checked: if one is behind the restored values, its next value is a restored one "
                     "(SELECT setval('<sequence>', (SELECT max(<column>) FROM <table>)) as its owner)")
-        relation, names = base, None
+        relation, names = base, None  # (the whole base: the view's day column may be another of its columns)
     elif _kind(conn, relation) not in ("r", "p"):
         return ""
+    else:
+        where = _day_where(conn, relation, manifest, whole)
     target = relation.identifier.as_string(conn)
     try:
         with conn.transaction():
@@ -2703,10 +2781,10 @@ def _advance_sequences(conn: psycopg.Connection, manifest: dict, relation: Relat
         ahead = ">=" if increment > 0 else "<="  # (the value next handed out: last_value + increment once called)
         query = sql.SQL(
             "SELECT pg_catalog.setval(%(seq)s::pg_catalog.regclass, x.v, true) "
-            "FROM (SELECT pg_catalog.{edge}({c})::bigint AS v FROM {t}) x, {seq} s "
+            "FROM (SELECT pg_catalog.{edge}({c})::bigint AS v FROM {t} WHERE {day}) x, {seq} s "
             "WHERE x.v::numeric {ahead} s.last_value::numeric + CASE WHEN s.is_called THEN %(inc)s ELSE 0 END").format(
-            edge=sql.SQL(edge), c=sql.Identifier(column), t=relation.identifier, seq=sequence.identifier,
-            ahead=sql.SQL(ahead))
+            edge=sql.SQL(edge), c=sql.Identifier(column), t=relation.identifier, day=where or sql.SQL("TRUE"),
+            seq=sequence.identifier, ahead=sql.SQL(ahead))
         try:
             with conn.transaction():
                 # (with_params: a % in a name, "copy 100%", is not a placeholder)
@@ -2822,7 +2900,8 @@ def _check(conn: psycopg.Connection, manifest: dict, relation: Relation, whole: 
         if added is None and where is not None and not skipped and actual.rows > int(manifest["rows"]):
             # every archived row went in, beside rows of the day the target held already (late rows of a removed
             # day, written after its removal), or rows the target's INSERT hooks added: not the archive
-            said, remedy = _extra_rows(actual.rows - int(manifest["rows"]), relation, before)
+            said, remedy = _extra_rows(conn, manifest, relation, whole, actual.rows - int(manifest["rows"]),
+                                        before)
             raise FingerprintMismatchError(
                 f"restoring {table} for {day}: {scope} are {actual.rows:,} rows with the restored ones, "
                 f"{manifest['rows']:,} archived: {said}", table=table, day=day, retryable=False, remedy=remedy)
@@ -2885,7 +2964,7 @@ def _count_checked(conn: psycopg.Connection, manifest: dict, relation: Relation,
     held = conn.execute(sql.SQL("SELECT pg_catalog.count(*) FROM {} WHERE {}").format(
         relation.identifier, where if where is not None else sql.SQL("TRUE"))).fetchone()[0]
     if held > int(manifest["rows"]):
-        said, remedy = _extra_rows(held - int(manifest["rows"]), relation, before)
+        said, remedy = _extra_rows(conn, manifest, relation, whole, held - int(manifest["rows"]), before)
     elif held < int(manifest["rows"]):
         said, remedy = (f"{int(manifest['rows']) - held:,} archived row(s) are not there as rows of {day}: the "
                         "archive holds rows of another day (another day's put in its place, its manifest altered "
@@ -3132,7 +3211,7 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
                     except FingerprintMismatchError:
                         _renamed_meanwhile(conn, manifest, relation, names)
                         raise
-                check += _advance_sequences(conn, manifest, relation) + _hooks_note(relation, hooks)
+                check += _advance_sequences(conn, manifest, relation, whole) + _hooks_note(relation, hooks)
                 if (into == "new" or marked is not None) and _owns(conn, relation):  # (a comment is the owner's)
                     _mark_restored(conn, relation, table, (marked or set()) | {day})
         return RestoreResult(table=table, day=day, target=str(relation), rows=rows, inserted=inserted,
@@ -3215,7 +3294,7 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
                 or (exc.diag.constraint_name is None and exc.diag.table_name is not None)):  # (any lc_messages)
             found = _outside_partitions(conn, exc, found, day)
         if isinstance(exc, psycopg.errors.LockNotAvailable) and relation is not None:
-            found = _target_locked(conn, found, relation)
+            found = _target_locked(conn, exc, found, relation)
         archived_in = (manifest.get("source") or {}).get("encoding")
         here = conn.info.parameter_status("server_encoding")
         columns_: list[str] = []
@@ -3385,9 +3464,12 @@ def _moved_by_trigger(conn: psycopg.Connection, exc: BaseException, relation: Re
             "enable it after, or restore into a new table (into='new')")
 
 
-def _target_locked(conn: psycopg.Connection, found, relation: Relation):
+def _target_locked(conn: psycopg.Connection, exc: psycopg.Error, found, relation: Relation):
     """``found`` (a lock_timeout, classified as a source's) told as the target's: "the table" of a message about
-    the archived table read as that table, where no lock was held, and the table waited for went unnamed."""
+    the archived table read as that table, where no lock was held, and the table waited for went unnamed. A wait
+    for another session's row (:func:`_row_locked`) is told as such."""
+    if (row := waited_row(exc)) is not None:
+        return _row_locked(conn, found, *row)
     regclass = sql.Literal(relation.identifier.as_string(conn)).as_string(conn)
     return replace(found, cause=f"lock_timeout: another session holds a conflicting lock on the target {relation} "
                                 "(or a partition of it, or a table its triggers write): ALTER TABLE, TRUNCATE, VACUUM "
@@ -3398,11 +3480,43 @@ def _target_locked(conn: psycopg.Connection, found, relation: Relation):
                           "source.lock_timeout_ms")
 
 
+def _row_locked(conn: psycopg.Connection, found, tid: str, name: str):
+    """``found`` (a lock_timeout) where the load waited for a row another session's open transaction holds, as
+    PostgreSQL's CONTEXT names it (:func:`errors.waited_row`): a row of the same key that transaction wrote (the
+    wait is in a unique index of the target), or a row it locked (FOR UPDATE, an UPDATE or DELETE: one the
+    archived rows' foreign key references). Told as a table's lock, the user looked in pg_locks for a DDL that
+    did not exist, and the table of a referenced row went unnamed."""
+    try:
+        with conn.transaction():
+            index = conn.execute("SELECT pg_catalog.bool_and(relkind IN ('i', 'I')) FROM pg_catalog.pg_class "
+                                 "WHERE relname = %s", (name,)).fetchone()[0]
+    except psycopg.Error:
+        index = None
+    blocking = f"pg_blocking_pids({conn.info.backend_pid}) while the restore waits names its session"
+    if index:
+        return replace(found, cause=f"lock_timeout: the restore waited for a row of the same key as an archived row, "
+                                    f"which another session's open transaction wrote and has not yet committed or "
+                                    f"rolled back (tuple ({tid}) of the unique index {name})",
+                       remedy=f"{found.remedy.split(';')[0]}; if it persists, wait for that transaction to end "
+                              f"({blocking}) and restore again; if it committed a row of that key, restore with "
+                              "on_conflict='skip', or move its row aside first")
+    return replace(found, cause=f"lock_timeout: the restore waited for a row of {name} (tuple ({tid})) that another "
+                                "session's open transaction holds locked (SELECT ... FOR UPDATE, an UPDATE or DELETE "
+                                "of it): a row the archived rows' foreign key references, or one a trigger writes",
+                   remedy=f"{found.remedy.split(';')[0]}; if it persists, wait for that transaction to end "
+                          f"({blocking}) and restore again")
+
+
 @contextlib.contextmanager
 def _committed(conn: psycopg.Connection, finished: list[bool], committing: list[bool]) -> Iterator[None]:
     """``conn.transaction()``, noting in ``committing`` that its COMMIT is sent (its answer lost, it may have
-    happened) and in ``finished`` that it committed."""
+    happened) and in ``finished`` that it committed. READ COMMITTED whatever the caller's connection runs its
+    transactions as (a REPEATABLE READ or SERIALIZABLE default, the role's or the session's, or psycopg's
+    ``isolation_level``): the checks that the day is not there already and that its rows are the archive's must see
+    what other sessions committed up to each of them, not a snapshot taken before the load waited for its lock
+    (an application's row of the day committed meanwhile went unseen, and the day committed beside it)."""
     with conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")  # (no statement has run in it yet)
         yield
         committing.append(True)
     finished.append(True)

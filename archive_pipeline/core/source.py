@@ -1970,18 +1970,20 @@ def detaching(conn: psycopg.Connection, relation: sql.Identifier) -> str | None:
     return found[0] if found else None
 
 
-def pending_detach_error(table: str, relation: tuple[str, str], parent: str) -> SourceError:
+def pending_detach_error(table: str, relation: tuple[str, str], parent: str, then: str | None = None) -> SourceError:
     """The day's partition (schema, name) is neither in the table nor out of it: retried (a running DETACH
-    finishes once the run's snapshot is gone), and what to do when it was interrupted."""
+    finishes once the run's snapshot is gone), and what to do when it was interrupted; ``then``: what follows the
+    FINALIZE (a restore's is not an archive's: its rows are the day's, to attach again)."""
     pasted = ".".join(sql_name(part, qualified=False) for part in relation)  # each part whole, dots and all
+    then = then or (f"its rows then leave {table} for a table of their own: archive that one as a table if they are "
+                    "to be kept")
     return SourceError(
         f"{relation_name(*relation)} is pending detach from {parent} (ALTER TABLE ... DETACH PARTITION ... "
         f"CONCURRENTLY, running or interrupted): {table} no longer reads its rows, which are not yet a table of "
         "their own", retryable=True,
         cause="a partition of the day is pending detach",
         remedy=f"if no such DETACH is running, finish the interrupted one: ALTER TABLE {parent} DETACH PARTITION "
-               f"{pasted} FINALIZE (its rows then leave {table} for a table of their own: archive that one "
-               "as a table if they are to be kept)")
+               f"{pasted} FINALIZE ({then})")
 
 
 def estimated_rows(conn: psycopg.Connection, table: SourceTable, where: sql.Composable) -> int:
