@@ -196,3 +196,98 @@ def test_an_overwrite_terminated_while_it_tidies_after_its_commit_is_recorded_as
     assert recorded == in_bucket, (
         f"terminated after its commit, the run left the day recorded as {recorded} (generation 1, being deleted), "
         f"while the bucket's archive of the day is {in_bucket}, recorded nowhere; its failure:\n{failures}")
+
+
+# --- the fixes' class (fix-ef)
+
+
+class _Refusing:
+    """A client whose every PutObject the store answers with ``error`` (an S3 error document's code and message)."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        self.status, self.code, self.message, self.sent = status, code, message, []
+
+    def put_object(self, **params):
+        from botocore.exceptions import ClientError
+
+        self.sent.append(params)
+        raise ClientError({"Error": {"Code": self.code, "Message": self.message},
+                           "ResponseMetadata": {"HTTPStatusCode": self.status}}, "PutObject")
+
+
+def test_a_bare_501_to_an_encrypted_write_keeps_the_conditions_and_names_the_encryption_setting():
+    """A store answering a write with SSE headers a bare 501 (no words about encryption): the conditions go back on
+    once the write without them fails the same way (they were not what it does not implement), and the remedy names
+    the encryption settings beside the checksum ones."""
+    from archive_pipeline.core.store import S3Store
+
+    client = _Refusing(501, "NotImplemented", "A header you provided implies functionality that is not implemented")
+    store = S3Store(client, "b", server_side_encryption="AES256")
+    with pytest.raises(ArchiveError) as caught:
+        store.put_bytes("archive/k", b"x", "text/plain", fresh=True)
+    assert [bool(p.get("IfNoneMatch")) for p in client.sent] == [True, False]
+    assert store.conditional_writes, "a 501 that the write without its conditions met too turned them off"
+    assert "ARCHIVE_S3_SSE" in caught.value.remedy, caught.value.remedy
+
+
+def test_a_kms_refusal_without_a_configured_key_still_names_the_buckets_key():
+    """ARCHIVE_S3_SSE=aws:kms without a key of its own: the bucket's key is the one refused, as before."""
+    from archive_pipeline.core.store import S3Store
+
+    store = S3Store(_Refusing(400, "KMS.DisabledException", "The key is disabled"), "b",
+                    server_side_encryption="aws:kms")
+    with pytest.raises(ArchiveError) as caught:
+        store.put_bytes("archive/k", b"x", "text/plain")
+    assert "the bucket's KMS key" in caught.value.cause, caught.value.cause
+
+
+def test_an_invalid_token_on_a_listings_first_page_is_the_credentials():
+    """InvalidToken on a later page is a refused page token (the same credentials were taken for the first page),
+    retried; on the first page it is the credentials, as S3 means it."""
+    from botocore.exceptions import ClientError
+
+    from archive_pipeline.core.errors import classify
+    from archive_pipeline.core.store import _pages
+
+    refusal = ClientError({"Error": {"Code": "InvalidToken", "Message": "The provided token is malformed"},
+                           "ResponseMetadata": {"HTTPStatusCode": 400}}, "ListObjectsV2")
+
+    def pages(first_ok: bool):
+        if first_ok:
+            yield {"Contents": [], "IsTruncated": True, "NextContinuationToken": "t"}
+        raise refusal
+
+    with pytest.raises(ClientError) as first:
+        list(_pages(pages(False), "listing s3://b/p", "NextContinuationToken"))
+    assert "rejected the credentials" in classify(first.value).cause
+    with pytest.raises(ArchiveError) as later:
+        list(_pages(pages(True), "listing s3://b/p", "NextContinuationToken"))
+    assert later.value.retryable and "token of its own listing" in str(later.value), str(later.value)
+
+
+def test_a_classified_step_leaves_a_database_error_to_the_step_that_calls_it(pg, conn, schema):
+    """discovery.still_detached (classified "comparing") called by a removal (which names its errors "removing", with
+    its own words for its timeouts): the removal's step names the error; called on its own, its own step does."""
+    import psycopg
+
+    from archive_pipeline.core.discovery import still_detached
+    from archive_pipeline.core.source import names_database_errors, wrapped
+    from archive_pipeline_tests.test_hunt26_du import _naming_log, _terminate
+
+    spec = _naming_log(conn, schema, retries=0).tables[0]
+    manifest = {"removed": {"action": "detach"}}
+
+    @names_database_errors
+    def removing(session):
+        try:
+            return still_detached(session, spec, DAY, manifest)
+        except psycopg.Error as exc:
+            raise wrapped(exc, session, spec, DAY.isoformat(), doing="removing") from None
+
+    for step, call in (("comparing", lambda s: still_detached(s, spec, DAY, manifest)), ("removing", removing)):
+        with pg.connect() as doomed:
+            _terminate(conn, doomed.info.backend_pid)
+            with pytest.raises(ArchiveError) as caught:
+                call(doomed)
+        said = str(caught.value)
+        assert said.startswith(f"{step} {spec.name} for {DAY.isoformat()} failed") and caught.value.retryable, said
