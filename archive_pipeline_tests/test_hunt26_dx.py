@@ -146,11 +146,14 @@ class _NextPageRefusedHandler(fault_proxy._Handler):
 
 
 @pytest.mark.parametrize("code, cause", [("ExpiredToken", "temporary credentials expired"),
-                                         ("InvalidToken", "rejected the credentials")])
+                                         ("InvalidToken", "the store's answer was not a listing")])
 def test_credentials_refused_on_a_later_listing_page_are_not_a_refused_page_token(code, cause, s3, bucket, s3_client,
                                                                                    monkeypatch):
-    """A listing's second page answered 400 ExpiredToken / InvalidToken: the credentials' cause (refresh them, check
-    them), not "the store refused the token of its own listing's next page" (a token damaged on the way)."""
+    """A listing's second page answered 400 ExpiredToken: the credentials' cause (refresh them), not "the store
+    refused the token of its own listing's next page" (a token damaged on the way). (fix-ef: not InvalidToken, which
+    some stores answer for a continuation token they do not take, and which cannot be the credentials when the same
+    ones were just taken for the first page: a refused page token, retried, as test_hunt11_qg's InvalidArgument;
+    read again from its start, a listing whose credentials are bad fails at its first page.)"""
     for key in ("archive/a", "archive/b"):
         s3_client.put_object(Bucket=bucket, Key=key, Body=b"x")
     monkeypatch.setattr(_NextPageRefusedHandler, "answer", (code, "The provided token is not valid."))
@@ -169,6 +172,9 @@ def test_credentials_refused_on_a_later_listing_page_are_not_a_refused_page_toke
         with pytest.raises(ArchiveError) as caught:
             list(behind.list_keys("archive/"))
     assert cause in (caught.value.cause or ""), str(caught.value)
+    if code == "InvalidToken":
+        assert caught.value.retryable and "token of its own listing" in str(caught.value), str(caught.value)
+        return
     assert "token of its own listing" not in str(caught.value)
 
 

@@ -83,9 +83,9 @@ from archive_pipeline.core.sink import temp_archive_file, temp_dir_given, temp_d
 from archive_pipeline.core.formats import get_format
 from archive_pipeline.core.source import READ_SETTINGS, SNAPSHOT_SETTINGS, Replay, Snapshot, SourceTable, \
     columns_as_archived, composite_signature, day_filter, estimated_bytes, estimated_rows, hold_day, names_brief, \
-    primary_key, printed_names, read_relations, read_snapshot, reads_foreign_tables, same_casts, same_members, \
-    same_printed_names, same_read_relations, same_shapes, server_identity, shape_changes, snapshot_open, \
-    snapshot_time, standby_replay, view_calls, wrapped
+    names_database_errors, primary_key, printed_names, read_relations, read_snapshot, reads_foreign_tables, \
+    same_casts, same_members, same_printed_names, same_read_relations, same_shapes, server_identity, shape_changes, \
+    snapshot_open, snapshot_time, standby_replay, view_calls, wrapped
 from archive_pipeline.core.store import MISSING_ON_READ, DownloadError, KeyTakenError, S3Store, S3Upload, etag_text
 from archive_pipeline.core.streams import StreamGroup
 from archive_pipeline.core.verify import archive_damage, columns_moved
@@ -275,6 +275,7 @@ def resolve_period(spec: TableSpec, day: Period | dt.date | str) -> Period:
 
 
 @speaks_utf8()
+@names_database_errors
 def archive_partition(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date | str, store: S3Store, *,
                       temp_dir: str | None = None, progress: Progress | None = None, progress_every: float = 10.0,
                       session_settings: dict[str, str] | None = None, overwrite: bool | None = None,
@@ -600,6 +601,7 @@ class _Archiving:
         except BaseException as exc:
             if getattr(self, "_committed", False):  # its manifest is written: cancelled while tidying after it
                 note_cancelled(exc, self.spec.name, self.day.isoformat(), "tidying")
+                _carry_committed(exc, result)
             if upload is not None:
                 upload.abort()
             if published is not None:  # complete, but never named by a manifest of ours: withdraw it
@@ -1829,6 +1831,24 @@ def _readers(fmt, plan) -> int:
     """Sessions a day's read opens besides the archive's own: one per stream (the archive's own only
     exports the snapshot then), except a single text stream, which reads on the archive's own."""
     return plan.streams if fmt.compresses_internally or plan.streams > 1 else 0
+
+
+def _carry_committed(exc: BaseException, result: ArchiveResult) -> None:
+    """Carry ``result``, the day's archive just committed, on ``exc``, a cancellation that cut off the tidying after
+    it (noted "tidying": an overwrite's landed-but-unchecked commit stays "committing" and carries nothing), for a
+    caller to record the day as that archive (see :func:`committed_result`)."""
+    if getattr(exc, "cancelled_at", (None,))[0] == "tidying":
+        try:
+            exc.committed = result  # type: ignore[attr-defined]
+        except (AttributeError, TypeError):  # an exception type without a __dict__
+            pass
+
+
+def committed_result(exc: BaseException) -> ArchiveResult | None:
+    """The archive of the day in the bucket where ``exc``, a cancellation of :func:`archive_partition`, came after
+    its commit (while the run tidied the generation it replaced), else None: the caller that records days records
+    it as that archive (not verified) rather than leave the record naming the generation being deleted."""
+    return getattr(exc, "committed", None)
 
 
 def _streams_note(configured: int | str, streams: int, reason: str) -> str:

@@ -22,7 +22,7 @@ import re
 import shlex
 import threading
 import weakref
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, replace
 from urllib.parse import quote, quote_plus, unquote
 
@@ -503,6 +503,14 @@ _S3_REQUESTER_PAYS = _store(False, "the bucket is a Requester Pays bucket of ano
 _S3_KMS = _store(False, "the bucket's KMS key refused the request (disabled, deleted, or not usable by these "
                  "credentials)", "enable the bucket's KMS key, or allow kms:GenerateDataKey and kms:Decrypt on it to "
                  "these credentials (the key's policy or the role's)")
+# A store that does not support the server-side encryption the archiver was set to send (MinIO without a KMS answers
+# 501 NotImplemented "Server side encryption specified but KMS is not configured"; others refuse the method): no
+# checksum or condition is to blame, and only the encryption settings (or the store's KMS) change it
+_S3_SSE_UNSUPPORTED = _store(False, "the object store does not support the server-side encryption the archiver sends "
+                             "with every object write (x-amz-server-side-encryption: a store without a KMS "
+                             "configured, or without that method)",
+                             f"unset {SSE_SETTINGS} for this store (its bucket's default encryption then applies), "
+                             "or configure the encryption they name on the store (MinIO: its KMS, KES)")
 _S3_ARCHIVED = _store(False, "the object is in an archive storage class (GLACIER, DEEP_ARCHIVE or an archive access "
                       "tier) and cannot be read until it is restored",
                       "restore it first (aws s3api restore-object --bucket <bucket> --key <key> --restore-request "
@@ -998,6 +1006,9 @@ def _classify_boto(exc: BaseException) -> Classification | None:
             return _S3_REQUESTER_PAYS
         if "kms:" in said:  # AccessDenied "... not authorized to perform: kms:..."
             return _S3_KMS
+        if error.get("Code") == "InvalidEncryptionAlgorithmError" or (
+                _SSE_REFUSED.search(said) and error.get("Code") not in _S3_ACCESS_CODES | _S3_KMS_CODES):
+            return _S3_SSE_UNSUPPORTED
         if ("x-amz-checksum" in said or "x-amz-sdk-checksum" in said) \
                 and error.get("Code") not in S3_CORRUPT_CODES:  # B2's 400 for botocore's default CRC32 headers
             # (a checksum the store computed otherwise, BadDigest, is the upload damaged on the way: retried)
@@ -1019,6 +1030,22 @@ def _classify_boto(exc: BaseException) -> Classification | None:
         found = re.search(r"An error occurred \(([^)]+)\)", str(exc))
         return _s3_code(found.group(1), 0) if found else _S3_THROTTLED
     return None
+
+
+# A store's words for a refusal of the server-side encryption a write asked for (its header, or a method or KMS it
+# lacks): MinIO's "Server side encryption specified but KMS is not configured", "The encryption method specified is
+# not supported"; AWS's InvalidArgument naming x-amz-server-side-encryption. (Not a read of an object stored with
+# SSE-C, "stored using a form of Server Side Encryption": no setting of the archiver's is to blame there.)
+_SSE_REFUSED = re.compile(r"server[ -]side[ -]encryption (?:specified|is not (?:supported|implemented|configured))"
+                          r"|\bkms (?:is )?not configured|x-amz-server-side-encryption"
+                          r"|encryption (?:method|algorithm)[^.]* not supported"
+                          r"|(?:not|n't) support(?:ed)? (?:for )?server[ -]side[ -]encryption")
+
+
+def refuses_encryption(exc: BaseException) -> bool:
+    """Whether the store refused ``exc``'s write for the server-side encryption it asked for (see
+    :data:`_S3_SSE_UNSUPPORTED`): not for a condition or a checksum header, whatever its status (501 included)."""
+    return _classify_boto(exc) == _S3_SSE_UNSUPPORTED
 
 
 # A store's words for a Requester Pays refusal (its message, where its code is a plain AccessDenied)
@@ -1055,11 +1082,14 @@ def _connection_failed(exc: BaseException) -> Classification:
     return _S3_TLS_DROPPED if _TLS_DROPPED.search(said) else _S3_TLS
 
 
-def for_operation(found: Classification, what: str) -> Classification:
+def for_operation(found: Classification, what: str, encryption: Mapping[str, str] | None = None) -> Classification:
     """``found`` for a request described by ``what`` ("listing s3://... (ListObjectsV2)"): a refused access
     names the permission that operation needs (a least-privilege role lacking only s3:ListBucket was told
-    to grant five others it had)."""
+    to grant five others it had); ``encryption``: the server-side-encryption parameters the store sends with its
+    object writes (see :func:`_for_encryption`)."""
     operation = re.search(r"\((\w+)\)\s*$", what)
+    if encryption and operation:
+        found = _for_encryption(found, operation.group(1), encryption)
     if found == _S3_ARCHIVED:  # the restore-object command for the object the request read
         uri = re.search(r"\bs3://([^/\s]+)/(.+?) \(\w+\)\s*$", what)
         if uri:
@@ -1072,6 +1102,40 @@ def for_operation(found: Classification, what: str) -> Classification:
                               "implements it (or a newer version of it)")
     remedy = permission_remedy(operation.group(1)) if operation else None
     return replace(found, remedy=remedy) if found == _S3_ACCESS and remedy else found
+
+
+# the requests that carry the store's server-side-encryption parameters, and the writes that encrypt with its key
+# (a multipart upload's parts take the upload's)
+_SENDING_SSE = ("PutObject", "CreateMultipartUpload")
+_ENCRYPTED_WRITES = (*_SENDING_SSE, "UploadPart", "CompleteMultipartUpload")
+_KMS_KEY_SETTING = "ARCHIVE_S3_SSE_KMS_KEY_ID (the archive_store resource's sse_kms_key_id)"
+
+
+def _for_encryption(found: Classification, operation: str, encryption: Mapping[str, str]) -> Classification:
+    """``found`` for ``operation`` of a store that sends ``encryption`` (ServerSideEncryption, SSEKMSKeyId) with its
+    writes: a KMS refusal names the key the archiver was set to use, where it was (the words written before a key
+    could be chosen blamed "the bucket's KMS key", which the operator found enabled and granted); a write the store
+    does not implement may be refusing the encryption header as well as a checksum header, and says so."""
+    key = encryption.get("SSEKMSKeyId")
+    if found == _S3_KMS and key and operation in _ENCRYPTED_WRITES:
+        return replace(found, cause=f"the KMS key the archiver is set to encrypt with, {key} ({_KMS_KEY_SETTING}), "
+                                    "refused the request (disabled, deleted or pending deletion, of another account "
+                                    "or region, or not usable by these credentials)",
+                       remedy=f"set {_KMS_KEY_SETTING} to a key of the bucket's region that these credentials may "
+                              "use (or unset it for the bucket's key), or enable that key and allow "
+                              "kms:GenerateDataKey and kms:Decrypt on it to these credentials (the key's policy or "
+                              "the role's)")
+    if found == _S3_KMS and key:  # a read: the key the object was written with
+        return replace(found, cause=f"the KMS key the object is encrypted with refused the request (for what the "
+                                    f"archiver wrote since it was set, {key}, its {_KMS_KEY_SETTING}; else the "
+                                    "bucket's)",
+                       remedy="enable that key, or allow kms:Decrypt on it to these credentials (the key's policy "
+                              "or the role's)")
+    if found == _S3_UNSUPPORTED and operation in _SENDING_SSE:
+        return replace(found, remedy=f"{found.remedy}; the archiver also sends server-side encryption "
+                                     f"({encryption.get('ServerSideEncryption')}): if the store does not support it, "
+                                     f"unset {SSE_SETTINGS}")
+    return found
 
 
 def permission_remedy(operation: str) -> str | None:
@@ -1277,6 +1341,11 @@ CANCELLED_LEAVES = {
     "checking the new archive": "the day's new archive is published (its object and manifest are in the bucket, in "
                                 "place of any earlier archive of it) and recorded in Dagster as not verified; a run "
                                 "of the day checks it (without overwrite it finds it identical and uploads nothing)",
+    # (Dagster's: a run terminated after its commit, while it tidied the generation it replaced; recorded so)
+    "tidying after the new archive": "the day's new archive is published (its object and manifest are in the "
+                                     "bucket) and recorded in Dagster as not verified; what the run was tidying "
+                                     "after it (the generation it replaced) is left for the next run of the day, "
+                                     "which checks it (without overwrite it finds it identical and uploads nothing)",
     "recording the removal": "the day was removed from the source (its removal committed) and was being recorded "
                              "in Dagster; a run of the day finds it removed and records it again",
     "tidying": "the day is archived (its new manifest is in the bucket); what the run was tidying after it (the "

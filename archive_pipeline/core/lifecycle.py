@@ -52,8 +52,8 @@ from archive_pipeline.core.manifest import ManifestError, SourceIdentity, day_ar
 from archive_pipeline.core.periods import UNIT, Period
 from archive_pipeline.core.source import (SNAPSHOT_SETTINGS, Column, SourceTable, day_filter, descends_from,
                                           classified, describe_relation, detaching, explain, pending_detach_error,
-                                          relation_name, relation_shapes, scanned_relations, server_identity,
-                                          shape_changes, wrapped)
+                                          names_database_errors, relation_name, relation_shapes, scanned_relations,
+                                          server_identity, shape_changes, wrapped)
 from archive_pipeline.core.store import MISSING_ON_READ, CorruptedWrite, KeyTakenError, S3Store, etag_text
 from archive_pipeline.core.sqltext import with_params
 from archive_pipeline.core.verify import ColumnsChangedError, archived_order, deep_verify, load_manifest, \
@@ -122,6 +122,7 @@ def due_days(spec: TableSpec, today: dt.date | dt.datetime) -> list[Period]:
 
 
 @speaks_utf8("conn", "scratch_conn")
+@names_database_errors
 def remove_day(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date, store: S3Store, *,
                dry_run: bool = False, proven: bool | str = False, scratch_conn: psycopg.Connection | None = None,
                removed_by: str | None = None, temp_dir: str | None = None, former_keys: Sequence[str] = (),
@@ -833,6 +834,7 @@ def _parse_time(text: str | None) -> dt.datetime | None:
 
 
 @speaks_utf8()
+@names_database_errors
 def settle_pending_removal(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date,
                            store: S3Store, temp_dir: str | None = None, key: str | None = None) -> Settlement:
     """Settle a pending removal mark left in the day's manifest by a removal that did not finish.

@@ -7,6 +7,7 @@ than building Python objects per row; Python only moves byte buffers.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import datetime as dt
 import functools
 import inspect
@@ -2191,6 +2192,30 @@ def wrapped(exc: BaseException, conn: psycopg.Connection, spec: Any, day: str, *
                 database=conn.info.dbname, own_readable=lambda: may_read(conn, spec.schema_name, spec.table_name), **kwargs)
 
 
+# True while a core entry point runs that names every database error of its work by its own step (see
+# :func:`names_database_errors`): the :func:`classified` steps it calls let theirs through to it unchanged
+_NAMED_BY_CALLER: contextvars.ContextVar[bool] = contextvars.ContextVar("archive_pipeline_named_by_caller",
+                                                                        default=False)
+
+
+def names_database_errors(function: Callable[..., T]) -> Callable[..., T]:
+    """Decorate a core entry point that catches every database error of its work and names it by its own step (a
+    removal's "removing", with the words of its idle and statement timeouts; an archive run's "archiving"; a
+    proof's "proving"): the :func:`classified` steps it calls (``still_detached``'s "comparing", ``emptied``'s
+    "proving") let theirs through to it unchanged. Classified first, a prune's removal that timed out while it asked
+    whether the day table was still detached failed as "comparing ... failed", without the removal's words for its
+    timeouts, and a wrapped error is past any caller's rewording."""
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        token = _NAMED_BY_CALLER.set(True)
+        try:
+            return function(*args, **kwargs)
+        finally:
+            _NAMED_BY_CALLER.reset(token)
+
+    return wrapper
+
+
 def classified(doing: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
     """Decorate a core entry point whose parameters ``conn``, ``spec`` and ``day`` name the connection, the table and
     the day it works on: a database error it lets through (a session the server terminated, a failover, a
@@ -2198,14 +2223,19 @@ def classified(doing: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
     cause and remedy, ``retryable`` where a retry can help. The one place the lifecycle's entry points classify their
     errors: a bare psycopg error reached their callers unnamed (the removal asset failed as Dagster's bare retry
     error) or was taken for an unreachable store (the source_unchanged check, never retried). ``doing``: what
-    failed, as the message begins ("comparing", "proving", "removing")."""
+    failed, as the message begins ("comparing", "proving", "removing"), where the step is called on its own: called
+    by an entry point that names its errors by its own step (:func:`names_database_errors`, an outer classified
+    step), it lets the error through to that one unchanged."""
     def decorate(function: Callable[..., T]) -> Callable[..., T]:
         signature = inspect.signature(function)
+        naming = names_database_errors(function)
 
         @functools.wraps(function)
         def wrapper(*args: Any, **kwargs: Any) -> T:
-            try:
+            if _NAMED_BY_CALLER.get():  # the caller's step names it (a removal's timeouts in its own words)
                 return function(*args, **kwargs)
+            try:
+                return naming(*args, **kwargs)
             except psycopg.Error as exc:
                 given = signature.bind(*args, **kwargs).arguments
                 spec = given["spec"]

@@ -42,7 +42,8 @@ from collections.abc import Callable, Collection, Hashable, Iterable, Iterator
 from typing import Any, BinaryIO, NoReturn, TypeVar
 
 from archive_pipeline.core.errors import (S3_CORRUPT_CODES, ArchiveError, UploadError, classify, for_operation,
-                                         hide_signing_secrets, is_cancellation, names_its_cause, redact)
+                                         hide_signing_secrets, is_cancellation, names_its_cause, redact,
+                                         refuses_encryption)
 from archive_pipeline.core.keys import upload_marker_key, upload_marker_naming
 from archive_pipeline.core.sink import temp_dir_given, temp_dir_named
 
@@ -312,6 +313,10 @@ def _require_in_order(page: dict, contents: list[dict], last: str | None, doing:
                             remedy="retried automatically; if it persists, check the network path to the store")
 
 
+# a later page's refusal of the token the store's own last page gave: AWS's code, and some stores' (see _pages)
+_PAGE_TOKEN_CODES = ("InvalidArgument", "InvalidToken")
+
+
 def _pages(pages: Iterable[dict], doing: str, way_on: str) -> Iterator[dict]:
     """The pages of a paginated listing, refusing one that says more follows (IsTruncated) without the
     ``way_on`` field to fetch it by (botocore's paginator then just stops, and the pages never fetched
@@ -345,9 +350,12 @@ def _pages(pages: Iterable[dict], doing: str, way_on: str) -> Iterator[dict]:
                             remedy="retried automatically; if it persists, check the network path to the store"
                             ) from None
     except ClientError as exc:
-        # (a 400 whose code names another cause is that cause: S3 answers an expired or invalid session token,
-        # ExpiredToken or InvalidToken, with 400 too, and no next page's token is to blame)
-        refused = _code(exc) == "InvalidArgument" or _status(exc) == 400 and not names_its_cause(_code(exc))
+        # (a 400 whose code names another cause is that cause: S3 answers an expired session token, ExpiredToken,
+        # with 400 too, and it may expire between two pages. Not InvalidToken: some stores answer a continuation
+        # token they do not take with it, and a session token malformed cannot be what refuses a next page when
+        # the same credentials were just taken for the first; read again from its start, a listing whose
+        # credentials are bad fails at its first page, for them)
+        refused = _code(exc) in _PAGE_TOKEN_CODES or _status(exc) == 400 and not names_its_cause(_code(exc))
         if first or not refused:
             raise
         # a next page refused for the token the store's own last page gave (damaged on the way, or another node's
@@ -483,9 +491,14 @@ _CONDITION_NAMED = re.compile(r"if-none-match|if-match|conditional|unsupported h
 
 def _is_unimplemented(exc: BaseException) -> bool:
     """A store that does not implement a header it was sent (conditional writes: older MinIO, some gateways; B2
-    answers 400 InvalidArgument "Unsupported header 'If-None-Match'")."""
+    answers 400 InvalidArgument "Unsupported header 'If-None-Match'"). Not one whose answer is about the server-side
+    encryption it was sent (MinIO without a KMS: 501 NotImplemented "Server side encryption specified but KMS is not
+    configured"): taken for the condition's, it turned conditional writes off for nothing (see
+    :func:`errors.refuses_encryption`)."""
     response = getattr(exc, "response", None) or {}
     status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    if refuses_encryption(exc):
+        return False
     if _code(exc) in ("NotImplemented", "501") or status == 501:
         return True
     return status == 400 and bool(_CONDITION_NAMED.search(str((response.get("Error") or {}).get("Message", ""))))
@@ -716,14 +729,23 @@ class S3Store:
 
     def with_conditions(self, call: Callable[..., dict], condition: dict[str, str], uri: str, operation: str) -> dict:
         """``call(**condition)`` (``operation``: the S3 operation it sends), without a condition once the store says
-        it does not implement it for that operation (see :meth:`unconditional_after`)."""
+        it does not implement it for that operation (see :meth:`unconditional_after`); back on where the write without
+        it is refused the same way: the store does not implement another header it was sent (a server-side
+        encryption, a checksum), and the conditions stayed off for nothing, letting two runs of a day race."""
         wanted = self.conditions(operation, condition)
         try:
             return self._past_conflicts(call, wanted, uri, operation) if wanted else call()
         except Exception as exc:
             if not (wanted and self.unconditional_after(exc, uri, operation, wanted)):
                 raise
-        return call(**self.conditions(operation, condition))
+        try:
+            return call(**self.conditions(operation, condition))
+        except Exception as exc:
+            if _is_unimplemented(exc):  # refused the same way without them: not the conditions (another header)
+                self._unimplemented.difference_update((operation, name) for name in wanted)
+                log.warning("the store refuses %s without its conditions too (%s, writing %s): they were not what "
+                            "it does not implement, and stay on", operation, _said(exc), uri)
+            raise
 
     @staticmethod
     def _past_conflicts(call: Callable[..., dict], wanted: dict[str, str], uri: str, operation: str) -> dict:
@@ -899,7 +921,7 @@ class S3Store:
                         self._note_answered(data, answered)
                         return self.etag_in(answered) or digest.hex()
                     raise _refusal(self.uri(key), exc) from None
-                raise _wrap(exc, f"writing {self.uri(key)} (PutObject)") from exc
+                raise _wrap(exc, f"writing {self.uri(key)} (PutObject)", encryption=self.encryption) from exc
             etag = self.etag_in(response)
             if (etag == digest.hex()) if self.verify_etags else (self.get_verified_bytes(key) == data):
                 self._note_answered(data, response)
@@ -1034,7 +1056,8 @@ class S3Store:
         try:
             return self._content_md5(key) == (content_md5 or md5_hex)
         except Exception as exc:
-            raise _wrap(exc, f"reading {self.uri(key)} back (GetObject)", DownloadError) from exc
+            raise _wrap(exc, f"reading {self.uri(key)} back (GetObject)", DownloadError,
+                        encryption=self.encryption) from exc
 
     def held_after_refusal(self, key: str, refused: BaseException, md5_hex: str | None, size: int | None,
                            content_md5: str | None = None, writer: str | None = None) -> bool:
@@ -1156,7 +1179,8 @@ class S3Store:
                     self._confirm_missing(key)
                     return None
                 if not _is_checksum_error(exc):
-                    raise _wrap(exc, f"reading {self.uri(key)} (GetObject)", DownloadError) from exc
+                    raise _wrap(exc, f"reading {self.uri(key)} (GetObject)", DownloadError,
+                                encryption=self.encryption) from exc
                 problem = _said(exc)
                 continue
             etag = self.etag_in(response)
@@ -1241,7 +1265,7 @@ class S3Store:
             if _is_checksum_error(exc):
                 raise DownloadError(f"{uri} came back corrupted ({_said(exc)}); "
                                     "the download will be retried", retryable=True) from exc
-            raise _wrap(exc, f"downloading {uri} (GetObject)", DownloadError) from exc
+            raise _wrap(exc, f"downloading {uri} (GetObject)", DownloadError, encryption=self.encryption) from exc
         etag, digest = self.etag_in(response), md5.hexdigest()
         if length is not None and length != size:
             raise DownloadError(f"{uri}: got {size:,} bytes of {length:,}; the download will be retried",
@@ -1494,11 +1518,14 @@ def _local_write_error(exc: OSError, uri: str, sink: Any) -> LocalFileError:
                           directory=directory)
 
 
-def _wrap(exc: BaseException, what: str, kind: type[ArchiveError] = UploadError) -> ArchiveError:
+def _wrap(exc: BaseException, what: str, kind: type[ArchiveError] = UploadError, *,
+          encryption: dict[str, str] | None = None) -> ArchiveError:
     """``exc`` (botocore, OSError, ...) as an archive error saying what failed and whether retrying helps: as
     :func:`classify` says, whose words the message quotes (a dropped connection, a checksum or an upload that
     arrived damaged are retried there; a TLS handshake that fails is not, though botocore's SSLError is a
-    ConnectionError: called transient, it was retried through the whole backoff and failed the same way each time)."""
+    ConnectionError: called transient, it was retried through the whole backoff and failed the same way each time).
+    ``encryption``: the store's server-side-encryption parameters (:attr:`S3Store.encryption`), which a KMS key's
+    refusal or an unimplemented write is explained by (see :func:`errors.for_operation`)."""
     if isinstance(exc, ArchiveError):
         return exc
     found = classify(exc)
@@ -1507,7 +1534,7 @@ def _wrap(exc: BaseException, what: str, kind: type[ArchiveError] = UploadError)
         found = replace(found, cause="the request failed", remedy="retried automatically" if retryable else
                         "check the bucket, its permissions and the store's credentials and endpoint")
     else:
-        found = for_operation(found, what)
+        found = for_operation(found, what, encryption)
     return kind(f"{what} failed: {found.cause} ({_said(exc)}); "
                 f"{'transient, retried' if retryable else 'not retried: a retry cannot fix this'}",
                 retryable=retryable, remedy=found.remedy, cause=found.cause)
@@ -1725,7 +1752,8 @@ class S3Upload:
             elif self.fresh and _is_taken(exc):
                 self._refuse_taken(exc)
             else:
-                error = _wrap(exc, f"publishing {self.store.uri(self.key)} (CompleteMultipartUpload)")
+                error = _wrap(exc, f"publishing {self.store.uri(self.key)} (CompleteMultipartUpload)",
+                              encryption=self.store.encryption)
                 # the store may have completed it before failing
                 self._withdraw_if_ours(expected, size, error, content_md5=md5_hex)
                 raise self._named(error) from exc
@@ -1824,7 +1852,8 @@ class S3Upload:
                         answer = getattr(exc, "response", None) or {}  # the 412 came after our PUT landed
                         break
                     self._refuse_taken(exc)
-                error = self._named(_wrap(exc, f"writing {store.uri(self.key)} (PutObject)"))
+                error = self._named(_wrap(exc, f"writing {store.uri(self.key)} (PutObject)",
+                                          encryption=store.encryption))
                 self._withdraw_if_ours(md5_hex, size, error)
                 raise error from exc
             etag = self.store.etag_in(answer)
@@ -1944,7 +1973,7 @@ class S3Upload:
                 # the marker stays for the next run (a reset or a 5xx came after the store had acted, or never)
                 self._late_create = _is_read_timeout(exc)
             self._fail(self._named(_wrap(exc, f"starting the upload of {store.uri(self.key)} "
-                                              "(CreateMultipartUpload)")))
+                                              "(CreateMultipartUpload)", encryption=store.encryption)))
             return
         upload_id = response.get("UploadId") if isinstance(response, dict) else None
         if not upload_id:  # a 200 without the upload's id (a proxy's answer): failed, and maybe created after all
@@ -2032,7 +2061,8 @@ class S3Upload:
             except Exception as exc:
                 if _code(exc) in S3_CORRUPT_CODES and attempt < store.corrupt_attempts:
                     continue
-                raise self._named(_wrap(exc, f"uploading part {number} of {store.uri(self.key)} (UploadPart)")) \
+                raise self._named(_wrap(exc, f"uploading part {number} of {store.uri(self.key)} (UploadPart)",
+                                              encryption=store.encryption)) \
                     from exc
             etag = self.store.etag_in(response)
             if not store.verify_etags or etag == digest.hex():

@@ -45,8 +45,9 @@ from archive_pipeline.core.session_settings import CATALOG_FIRST, SESSION_PINNED
     session_pinned, set_session, speaks_utf8, switched_role, watch_client, without_user_triggers
 from archive_pipeline.core.sqltext import CatalogText, with_params
 from archive_pipeline.core.source import (Column, PrintedNames, SourceTable, acting_role, columns_as_archived, day_filter,
-                                          describe_table, names_brief, printed_names_changed, refuse_stale_standby,
-                                          relation_printed_names, relation_shapes, shape_changes, type_parts, wrapped)
+                                          describe_table, names_brief, names_database_errors, printed_names_changed,
+                                          refuse_stale_standby, relation_printed_names, relation_shapes, shape_changes,
+                                          type_parts, wrapped)
 from archive_pipeline.core.store import MISSING_ON_READ, DownloadError, LocalFileError, S3Store, temp_file_refused
 
 log = logging.getLogger(__name__)
@@ -502,6 +503,7 @@ def archived_order(spec: TableSpec, day: Period, table: SourceTable, names: Sequ
 
 
 @speaks_utf8()
+@names_database_errors
 def source_changed(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date, manifest: dict) -> str | None:
     """Why the source's day no longer equals its archive, or None if it does. A database error (a lost
     session, a lock_timeout or statement_timeout, a privilege refused) is no answer either way: an
@@ -543,6 +545,7 @@ def _nowhere_to_load(conn: psycopg.Connection, spec: TableSpec, day: Period) -> 
                                "database to load the archive into (scratch_conn)")
 
 
+@names_database_errors
 def rows_after_removal(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date) -> int:
     """How many rows the source holds now for a day retention removed: rows that arrived later (into a
     DEFAULT partition, a re-created child or the table itself) are in no archive. 0 when the day's table
@@ -608,6 +611,7 @@ def deep_verify(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: 
 
 
 @speaks_utf8("conn", "scratch_conn")
+@names_database_errors
 def deep_verify_of(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: Period | dt.date, *,
                    manifest: dict | None = None, scratch_conn: psycopg.Connection | None = None,
                    temp_dir: str | None = None) -> tuple[list[str], dict | None]:

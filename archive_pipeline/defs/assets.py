@@ -53,11 +53,12 @@ from psycopg.pq import TransactionStatus
 from dagster._core.instance.config import PoolGranularity
 from pydantic import Field
 
-from archive_pipeline.core.archive import ArchiveResult, DayRemovedError, archive_partition, render_key
+from archive_pipeline.core.archive import (ArchiveResult, DayRemovedError, archive_partition, committed_result,
+                                          render_key)
 from archive_pipeline.core.parallel import StreamSlots
 from archive_pipeline.core.discovery import NO_PERIOD_TABLE
-from archive_pipeline.defs.checks import (CHECKING_NEW, EMPTY_DAY, INTACT_CHECK, ON_DEMAND_CHECKS, Retries, Verdict,
-                                          check_evaluation, interrupted, log_guarded, object_link,
+from archive_pipeline.defs.checks import (CHECKING_NEW, EMPTY_DAY, INTACT_CHECK, ON_DEMAND_CHECKS, TIDYING_NEW, Retries,
+                                          Verdict, check_evaluation, interrupted, log_guarded, object_link,
                                           on_demand_as_they_were, recorded_day_key, removed_verdict, source_only,
                                           terminated, verdict_as_it_was, verdict_carried, verify_result,
                                           written_verdict)
@@ -1106,9 +1107,10 @@ def archive_one_day(context: AssetExecutionContext, spec: TableSpec, key: AssetK
     result; ``alone``: the run's only day, its summary logged too (and recorded as the step's output where another
     step of the run reads it). Raises the :class:`Failure`
     a person reads when the day could not be archived or checked. A termination once the day's new archive is
-    published (while it is checked or proven, or its summary logged) is raised only after the day is recorded as that
-    archive (not verified where its check was cut off): the record of the archive it replaced named an object deleted
-    since, and the words for a cut-off before publishing ("nothing of the day was published") were false."""
+    committed (while the core tidies the generation it replaced, while it is checked or proven, or its summary logged)
+    is raised only after the day is recorded as that archive (not verified where its check was cut off or never ran):
+    the record of the archive it replaced named an object deleted since, and the words for a cut-off before
+    publishing ("nothing of the day was published") were false."""
     postgres = source.postgres
     deep = spec.deep_check or config.deep_check
 
@@ -1121,17 +1123,25 @@ def archive_one_day(context: AssetExecutionContext, spec: TableSpec, key: AssetK
     cut_off: BaseException | None = None
     try:
         conn = source.get()
-        result = archive_partition(conn, spec, day, store, temp_dir=archive_store.temp_dir,
-                                   progress=progress, session_settings=postgres.session_settings(),
-                                   overwrite=spec.overwrite or config.overwrite,
-                                   stream_slots=pool_stream_slots(context, spec.pool),
-                                   former_keys=former_day_keys(context, key, spec, day, store))
         try:
-            verdict = (verify_result(store, spec, day, recorded(result), deep=deep,
-                                     conn=conn if spec.deep_check else None,
-                                     scratch_conn=source.scratch(conn) if spec.deep_check else None,
-                                     temp_dir=archive_store.temp_dir)
-                       if deep else written_verdict(result, store.uri(result.stored_key)))
+            result = archive_partition(conn, spec, day, store, temp_dir=archive_store.temp_dir,
+                                       progress=progress, session_settings=postgres.session_settings(),
+                                       overwrite=spec.overwrite or config.overwrite,
+                                       stream_slots=pool_stream_slots(context, spec.pool),
+                                       former_keys=former_day_keys(context, key, spec, day, store))
+        except (DagsterExecutionInterruptedError, KeyboardInterrupt) as exc:
+            # after its commit, while it tidied the generation it replaced: the day is the new archive, recorded so
+            # (not verified), as one cut off while it is checked; before it, nothing of the day was published
+            result = committed_result(exc)
+            if result is None:
+                raise
+            cut_off = interrupted(exc, TIDYING_NEW)
+        try:
+            verdict = None if cut_off is not None else (
+                verify_result(store, spec, day, recorded(result), deep=deep, conn=conn if spec.deep_check else None,
+                              scratch_conn=source.scratch(conn) if spec.deep_check else None,
+                              temp_dir=archive_store.temp_dir)
+                if deep else written_verdict(result, store.uri(result.stored_key)))
         except Exception as exc:  # noqa: BLE001 - the archive exists; only its check could not run
             unverified = exc
         except (DagsterExecutionInterruptedError, KeyboardInterrupt) as exc:
@@ -1154,9 +1164,10 @@ def archive_one_day(context: AssetExecutionContext, spec: TableSpec, key: AssetK
             cut_off = cut_off or interrupted(exc, "recording")
     if unverified is not None:
         verified = "not verified: " + redact(str(unverified), postgres.password)
-    elif verdict is None:
-        verified = ("not verified: the run was terminated while it checked this archive, which it had just "
-                    "published")
+    elif verdict is None:  # cut off after its commit: while it tidied, or checked the archive
+        verified = ("not verified: the run was terminated " + (
+            "while it tidied after publishing this archive, before checking it" if cut_off.interrupted == TIDYING_NEW
+            else "while it checked this archive, which it had just published"))
     elif verdict.passed:
         verified = verdict.verified
     else:

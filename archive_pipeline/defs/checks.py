@@ -593,6 +593,8 @@ def log_guarded(context: "AssetExecutionContext", event: object, doing: str,
 
 # what a run was doing when terminated after it published a day's new archive, while it checked it (CANCELLED_LEAVES)
 CHECKING_NEW = "checking the new archive"
+# ... and one terminated a step earlier, after its commit, while it tidied the generation the new archive replaced
+TIDYING_NEW = "tidying after the new archive"
 
 
 def interrupted(exc: BaseException, doing: str) -> BaseException:
