@@ -76,8 +76,9 @@ _BOUNDED_REPR = _bounded_repr()
 def _brief_repr(value: object) -> str:
     """``value``'s repr, shortened to a line: a message may quote any value of the file, and a list of YAML aliases
     expanding a billion-fold (or a name of a megabyte) took gigabytes to quote (a MemoryError, not the error).
-    Redacted before it is cut: a DSN pasted as a table's name was quoted with its password in the load's error."""
-    text = redact(_BOUNDED_REPR.repr(value))
+    Redacted before it is cut: a DSN pasted as a table's name was quoted with its password in the load's error (a
+    text is redacted whole first: cut at a long host name, its password no longer ended at an ``@`` to find)."""
+    text = redact(_BOUNDED_REPR.repr(redact(value) if isinstance(value, str) else value))
     return text if len(text) <= MAX_QUOTED else text[:MAX_QUOTED - 3] + "..."
 
 

@@ -110,16 +110,17 @@ def archived_outside(where: Store, conn: psycopg.Connection, instance: DagsterIn
     started = _started(instance, [(target, read) for target, _, _, read, _ in looked])
     events, left = [], [wanted for wanted in tried if wanted.table in unanswered]
     for target, mine, marks, read, etags in looked:
-        try:
+        try:  # (its manifests read, and its objects' HEADs in _record: all of it the table's own)
             found = {day: _taken(where, identity, target, day, started.get((target.spec.name, day)), etags)
                      for day in (wanted.partition_key for wanted in mine) if day in read}
+            recorded = {day: _record(where, target, day, *found[day]) for day in found if found[day] is not None}
         except STORE_ERRORS as exc:
             unanswered[target.spec.name] = _unanswered(exc)
             left.extend(mine)
             continue
         for wanted in mine:
             day = wanted.partition_key
-            event = _record(where, target, day, *found[day]) if found.get(day) is not None else None
+            event = recorded.get(day)
             (events if event is not None else left).append(event or wanted)
             if found.get(day) is None and day in read and marks.get(day):  # (rejected by its manifest: the same
                 rejected.add(marks[day])                                   # listing, manifest and verdict)
