@@ -91,3 +91,24 @@ def test_a_naming_day_restored_into_a_new_table_is_not_hung_under_the_source(con
     assert conn.execute("SELECT count(*) FROM pg_catalog.pg_inherits WHERE inhrelid = %s::regclass",
                         (f"{schema}.copy",)).fetchone() == (0,)
     assert conn.execute(sql.SQL("SELECT count(*) FROM {}.ev").format(s)).fetchone() == (10,)
+
+
+def test_the_dry_run_of_a_day_the_database_is_still_writing_says_the_run_refuses_it(conn, schema, store):
+    """Scenario: ``archive --dry-run`` of a Los Angeles day that the database's clock says is not over (the host's
+    clock runs ahead of the server's, or a caller passes the day).
+
+    Before: the dry run planned "archive" for a day the run itself refuses (archive._refuse_unended, hunt26 dp):
+    the README's promise that the dry run decides with the archiver's own rule did not hold.
+
+    Should: ``refuse``, saying it is not over yet by the database's clock."""
+    from archive_pipeline.core.config import TableSpec
+    from archive_pipeline.core.plan import plan_archive
+
+    zone = "America/Los_Angeles"
+    table = sql.Identifier(schema, "t")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at timestamptz NOT NULL DEFAULT now())").format(table))
+    conn.execute(sql.SQL("INSERT INTO {} (id) VALUES (1)").format(table))
+    today = conn.execute("SELECT ((now() + interval '2 minutes') AT TIME ZONE %s)::date", (zone,)).fetchone()[0]
+    spec = TableSpec(name=f"{schema}.t", day_column="at", timezone=zone, start_date=today.replace(day=1))
+    [planned] = plan_archive(conn, spec, store, [today], overwrite=False)
+    assert planned.action == "refuse" and "not over yet by the database's clock" in planned.reason, planned

@@ -76,7 +76,7 @@ from archive_pipeline.core.manifest import (
     table_definition,
 )
 from archive_pipeline.core.memory import bound_allocator
-from archive_pipeline.core.periods import UNIT, Period, PeriodError
+from archive_pipeline.core.periods import UNIT, Period, PeriodError, not_over
 from archive_pipeline.core.parallel import StreamSlots, free_sessions, open_snapshot_sessions, plan_streams, write_day
 from archive_pipeline.core.session_settings import resolved, speaks_utf8
 from archive_pipeline.core.sink import temp_archive_file, temp_dir_given, temp_dir_named
@@ -1272,14 +1272,12 @@ class _Archiving:
         its archive would publish part of the period as the whole, and its next run would find it "changed since
         archived". The asset, the command line and the sensor decide "over" by their host's clock, which can run
         ahead of the server's, and a caller of the core API may pass any day."""
-        if snapshot.taken_at >= self.day.utc_end:
+        why = not_over(self.day, snapshot.taken_at)
+        if why is None:
             return
         unit = UNIT[self.day.granularity]
         raise SourceError(
-            f"{self.spec.name} {self.day.key}: the {unit} is not over yet by the database's clock (it ends at "
-            f"{self.day.utc_end:%Y-%m-%d %H:%M} UTC; the database's now() is "
-            f"{snapshot.taken_at.astimezone(dt.UTC):%Y-%m-%d %H:%M:%S} UTC) and its rows are still being written; "
-            "nothing was written", table=self.spec.name,
+            f"{self.spec.name} {self.day.key}: {why}; nothing was written", table=self.spec.name,
             day=self.day.isoformat(), retryable=True, cause=f"the {unit} is not over yet",
             remedy="archive it once it is over (the schedule and the sensor request it then); if this host's clock "
                    "runs ahead of the database server's, set both by NTP")

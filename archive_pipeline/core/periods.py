@@ -239,6 +239,16 @@ def _key(granularity: str, start: dt.datetime) -> str:
     return start.date().isoformat() if granularity == "daily" else f"{_year(start)}-{start:%m}-01"
 
 
+def not_over(period: Period, now: dt.datetime) -> str | None:
+    """Why ``period`` is not over yet by the database's clock (``now``, its ``now()``, which stamps the rows), or
+    None: the archive refuses such a period (its rows are still being written) and the dry run says so alike."""
+    if now >= period.utc_end:
+        return None
+    return (f"the {UNIT[period.granularity]} is not over yet by the database's clock (it ends at "
+            f"{period.utc_end:%Y-%m-%d %H:%M} UTC; the database's now() is {now.astimezone(dt.UTC):%Y-%m-%d %H:%M:%S} "
+            "UTC) and its rows are still being written")
+
+
 def period_containing(granularity: str, timezone: str, moment: dt.datetime) -> Period:
     """The period of ``granularity`` in ``timezone`` that holds the instant ``moment`` (aware)."""
     tz = zone(timezone)

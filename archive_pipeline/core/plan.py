@@ -28,7 +28,7 @@ from archive_pipeline.core.keys import other_extension_keys
 from archive_pipeline.core.listing import day_listings, listed_absent, unmanifested
 from archive_pipeline.core.manifest import (ForeignManifestError, SourceIdentity, day_archive, layout_change,
                                              manifest_key, owned, removal_state)
-from archive_pipeline.core.periods import Period
+from archive_pipeline.core.periods import Period, not_over
 from archive_pipeline.core.source import SourceTable, day_filter, describe_table, read_snapshot, refuse_stale_standby, \
     server_identity, wrapped
 from archive_pipeline.core.store import MISSING_ON_READ, S3Store
@@ -727,10 +727,15 @@ def plan_archive(conn: psycopg.Connection, spec: TableSpec, store: S3Store, days
     listed = [d for d in days if d in in_source and d not in unarchived]
     stored = day_listings(store, [render_key(spec, d, store.prefix) for d in listed], spec,
                           listed[0] if listed else None)
+    now = conn.execute("SELECT pg_catalog.now()").fetchone()[0]  # (the database's clock, as the run's snapshot)
     for day in days:
         if day in unreadable:
             planned.append(PlannedDay(spec.name, day, render_key(spec, day, store.prefix),
                                       unplanned_action(unreadable[day]), unreadable[day], None))
+            continue
+        if (why := not_over(day, now)) is not None:  # (the run refuses it, retryable: see archive._refuse_unended)
+            planned.append(PlannedDay(spec.name, day, render_key(spec, day, store.prefix), "refuse",
+                                      f"{why}; the run refuses it (retryable) until it is over", None))
             continue
         try:
             planned.append(plan_day(conn, spec, store, day, overwrite=overwrite, in_source=day in in_source,
