@@ -67,6 +67,7 @@ from archive_pipeline.core.manifest import (
     foreign_manifest,
     foreign_objects,
     holds_rows_of,
+    inexact_groups,
     loose_manifest,
     manifest_bytes,
     other_format_listing,
@@ -1309,7 +1310,7 @@ class _Archiving:
         if not self.spec.strict or not (inexact or unrecorded):
             return
         fmt = manifest.get("format", self.spec.format)
-        named = "; ".join(f"{c['name']!r} ({c.get('encoding')}: {c.get('note')})" for c in inexact)
+        named = "; ".join(f"{names} ({encoding}: {note})" for names, encoding, note in inexact_groups(inexact))
         said = [f"records column(s) {named} as not exact in {fmt}"] if inexact else []
         if unrecorded:
             said.append(f"does not record whether column(s) {', '.join(map(repr, unrecorded))} are exact in {fmt} "

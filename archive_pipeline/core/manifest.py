@@ -31,7 +31,7 @@ from archive_pipeline.core.errors import ArchiveError
 from archive_pipeline.core.fingerprint import ALGORITHMS, Fingerprint
 from archive_pipeline.core.keys import manifest_key  # noqa: F401 - re-exported: readers look manifests up by data key
 from archive_pipeline.core.periods import Period, as_period, manifest_period, period_containing
-from archive_pipeline.core.source import MAX_TYPE_NODES, Column, server_identity
+from archive_pipeline.core.source import MAX_TYPE_NODES, Column, names_few, server_identity
 from archive_pipeline.core.store import MAX_SMALL_OBJECT_BYTES, MISSING_ON_READ, OVERSIZED, StandIn, etag_text
 
 # 3: since row-hash-sum-v6 (2026-12-06), which a release before it cannot compute: such a release, still running
@@ -1191,3 +1191,14 @@ def loose_manifest(raw: bytes | None) -> dict | None:
             loose["removed"] = {"at": "an unknown time (its removal mark is damaged)", "state": "done"}
         return loose
     return None
+
+
+def inexact_groups(columns: Iterable[dict]) -> list[tuple[str, object, object]]:
+    """The manifest's ``columns`` recorded as not exact, as (their names, a few quoted and the rest counted; the
+    encoding; its note), one per distinct encoding and note: a table of 200 json columns in JSONL said the same
+    400-character note 200 times in one message (80 kB), where one note and a list of names say it."""
+    groups: dict[tuple[object, object], list[str]] = {}
+    for column in columns:
+        if column.get("exact") is False:
+            groups.setdefault((column.get("encoding"), column.get("note")), []).append(column["name"])
+    return [(names_few(names), encoding, note) for (encoding, note), names in groups.items()]

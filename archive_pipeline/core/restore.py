@@ -40,7 +40,7 @@ from archive_pipeline.core.errors import (SETTING_MISFITS, TABLE_MISSING, Archiv
 from archive_pipeline.core.listing import listed_absent
 from archive_pipeline.core.locks import require_autocommit, table_day_lock
 from archive_pipeline.core.manifest import (ManifestError, another_period, archived_encoding, decoded_manifest,
-                                             day_archive, owned)
+                                             day_archive, inexact_groups, owned)
 from archive_pipeline.core.memory import bound_allocator
 from archive_pipeline.core.periods import Period, manifest_period
 from archive_pipeline.core.sink import open_nameless
@@ -3057,10 +3057,10 @@ def _inexact_explained(manifest: dict) -> tuple[str, str | None]:
     """(a sentence naming the columns the manifest records as not archived exactly, and the remedy), or
     ("", None): a value such an encoding changed (a json's line break in JSONL) is the likely cause of a
     fingerprint that differs, not an altered archive."""
-    inexact = [c for c in manifest.get("columns", []) if c.get("exact") is False]
+    inexact = inexact_groups(manifest.get("columns", []))
     if not inexact:
         return "", None
-    named = "; ".join(f"{c['name']!r}: {c.get('encoding')}, {c.get('note')}" for c in inexact)
+    named = "; ".join(f"{names}: {encoding}, {note}" for names, encoding, note in inexact)
     fmt = manifest.get("format")
     return (f" The manifest records column(s) as not archived exactly in {fmt} ({named}): a value that encoding "
             "changed comes back changed, the likely cause.",

@@ -607,7 +607,12 @@ def names_brief(names: Sequence[str], shown: int = 12) -> str:
 
 def _columns_named(names: list[str]) -> str:
     """"column 'a'", "columns 'a', 'b'", "columns 'a', 'b', 'c' and 997 more" (a wide table's change said once)."""
-    return f"column {names[0]!r}" if len(names) == 1 else f"columns {_listed([repr(name) for name in names])}"
+    return f"column {names[0]!r}" if len(names) == 1 else f"columns {names_few(names)}"
+
+
+def names_few(names: Sequence[str]) -> str:
+    """"'a', 'b', 'c' and 197 more": a few names quoted and the rest counted, as a sentence names them."""
+    return _listed([repr(name) for name in names])
 
 
 def _listed(texts: list[str], more: str = "", shown: int = 3) -> str:

@@ -58,14 +58,14 @@ from archive_pipeline.core.archive import (ArchiveResult, DayRemovedError, archi
 from archive_pipeline.core.parallel import StreamSlots
 from archive_pipeline.core.discovery import NO_PERIOD_TABLE
 from archive_pipeline.defs.checks import (CHECKING_NEW, EMPTY_DAY, INTACT_CHECK, ON_DEMAND_CHECKS, TIDYING_NEW, Retries,
-                                          Verdict, check_evaluation, interrupted, log_guarded, object_link,
-                                          on_demand_as_they_were, recorded_day_key, removed_verdict, source_only,
-                                          terminated, verdict_as_it_was, verdict_carried, verify_result,
+                                          Verdict, alike, check_evaluation, interrupted, log_guarded, object_link,
+                                          on_demand_as_they_were, recorded_day_key, removed_verdict, short_cause,
+                                          source_only, terminated, verdict_as_it_was, verdict_carried, verify_result,
                                           written_verdict)
 from archive_pipeline.core.config import (BackfillSettings, RetrySettings, ScheduleSettings, TableSpec, ascii_spelling,
                                           config_path, name_digest)
 from archive_pipeline.core.errors import ArchiveError, SourceError, UnsupportedTypeError, is_retryable, redact, wrap
-from archive_pipeline.core.manifest import NewerManifestError, under_another_format
+from archive_pipeline.core.manifest import NewerManifestError, inexact_groups, under_another_format
 from archive_pipeline.defs.resources import ArchiveStoreResource, PostgresResource
 from archive_pipeline.core.periods import UNIT, Period
 from archive_pipeline.core.keys import table_day_key
@@ -293,7 +293,12 @@ def materialization_metadata(result: ArchiveResult, link: str, verified: str, ur
     inexact = sorted(name for name, e in result.encodings.items() if not e.get("exact", True))
     meta["exact"] = not inexact
     if inexact:
-        meta["inexact_columns"] = MetadataValue.json({n: result.encodings[n].get("note", "") for n in inexact})
+        # (each distinct note once, with the columns it is about: a note per column was 75 kB a day for 200 json)
+        # (a column alone keyed by its name as it is, as before the grouping)
+        meta["inexact_columns"] = MetadataValue.json(
+            {inexact[0]: result.encodings[inexact[0]].get("note", "")} if len(inexact) == 1 else
+            {names: note or "" for names, _, note in inexact_groups(
+                [{**result.encodings[n], "name": n, "exact": False} for n in inexact])})
     return meta
 
 
@@ -354,10 +359,8 @@ def failure(exc: BaseException, spec: TableSpec, day: dt.date, password: str | N
     ours, because the cause is in the message. ``retries``: the step's (:func:`step_retries`), where known (off,
     a transient failure is not retried, and the message must not say it is; the step raises it as
     :meth:`~archive_pipeline.defs.checks.Retries.final` makes it)."""
-    if isinstance(exc, ArchiveError):
-        cause = redact(exc.message, password)
-    else:
-        cause = redact(str(wrap(exc, spec.name, day.isoformat(), password)), password)
+    said = exc if isinstance(exc, ArchiveError) else wrap(exc, spec.name, day.isoformat(), password)
+    cause = redact(said.message if said is exc else str(said), password)
     if spec.name not in cause:
         cause = f"{spec.name} {day}: {cause}"
     retryable = is_retryable(exc)
@@ -373,7 +376,8 @@ def failure(exc: BaseException, spec: TableSpec, day: dt.date, password: str | N
     damaged = isinstance(exc, DayRemovedError) and exc.damaged
     return Failure(description=f"{cause}\n\nWhat to do: {advice}", allow_retries=retryable,
                    metadata={"table": spec.name, "day": day.isoformat(), "retryable": retryable,
-                             "error": type(exc).__name__, **({NOTHING_TO_DO: True} if nothing else {}),
+                             "error": type(exc).__name__, **short_cause(said),
+                             **({NOTHING_TO_DO: True} if nothing else {}),
                              **({REMOVED_MANIFEST: exc.manifest_key} if getattr(exc, "manifest_key", None) else {}),
                              **({NEEDS_OVERWRITE: True} if overwrite else {}), **({DAMAGED: True} if damaged else {})})
 
@@ -1317,13 +1321,8 @@ def _names(failed: dict[Period, Failure]) -> str:
 
 def _causes(failed: dict[Period, Failure]) -> str:
     """Each failed day's cause and advice; days that failed alike (the database down for the whole run) once,
-    named together: thirty copies of one cause were a wall of text, not a cause."""
-    alike: dict[str, list[Period]] = {}
-    for day, failure_ in sorted(failed.items()):
-        alike.setdefault((failure_.description or "").replace(day.isoformat(), "\x00"), []).append(day)
-    return "\n\n".join(text.replace("\x00", days[0].isoformat()) if len(days) == 1 else
-                       f"{len(days)} days failed alike ({', '.join(d.isoformat() for d in days)}), each as follows:\n"
-                       + text.replace("\x00", "<day>") for text, days in alike.items())
+    named together (:func:`~archive_pipeline.defs.checks.alike`)."""
+    return alike({day.isoformat(): failure_ for day, failure_ in failed.items()})
 
 
 PERMANENT_DAYS = "permanent_days"  # a batch failure's days that no retry can fix, each with its cause

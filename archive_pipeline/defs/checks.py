@@ -526,7 +526,14 @@ def _unreachable(spec: TableSpec, day: object, exc: Exception, password: str | N
         cause, remedy = retries.words(cause), retries.words(remedy)
     return retries.final(Failure(description=f"{cause}\n\nWhat to do: {redact(remedy, password)}",
                                  allow_retries=retryable,
-                                 metadata={"table": spec.name, "day": str(day), "retryable": retryable}))
+                                 metadata={"table": spec.name, "day": str(day), "retryable": retryable,
+                                           **short_cause(exc)}))
+
+
+def short_cause(exc: BaseException) -> dict[str, str]:
+    """:data:`CAUSE` of a failure's metadata: the error's cause in short, where its classification told one."""
+    said = getattr(exc, "cause", None) if isinstance(exc, ArchiveError) else None
+    return {CAUSE: said} if isinstance(said, str) and said else {}
 
 
 def in_archive_run(context: AssetCheckExecutionContext, key: AssetKey) -> bool:
@@ -635,6 +642,41 @@ def cancelled(failure: Failure) -> bool:
     return getattr(said, "value", said) == CANCELLED
 
 
+CAUSE = "cause"  # a day's failure's cause in short (its classification's: no object key, no day), when known
+
+
+def alike(failed: dict[str, Failure], verb: str = "failed") -> str:
+    """Each day's failure (``failed``, by ISO day) said once for the days it was alike, named together: a ranged
+    run refused by the store for a year of days repeated one cause and its advice 365 times, a wall of text, not a
+    cause. Alike: the same text but for the day, or the same short cause (:data:`CAUSE`) and advice, where the
+    text differs by the day's object key too (a month's folder in it split a year into twelve "alike" groups)."""
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for day, failure_ in sorted(failed.items()):
+        groups.setdefault(_alike_key(day, failure_), []).append(day)
+    return "\n\n".join(_said_once(days, failed, verb) for days in groups.values())
+
+
+def _alike_key(day: str, failure_: Failure) -> tuple[str, ...]:
+    text = (failure_.description or "").replace(day, "\x00")
+    cause = getattr(failure_.metadata.get(CAUSE), "value", failure_.metadata.get(CAUSE))
+    return (str(cause), text.partition("\n\nWhat to do: ")[2]) if cause else (text,)
+
+
+def _said_once(days: list[str], failed: dict[str, Failure], verb: str) -> str:
+    """One group of :func:`alike`: a day alone as it said it; days whose texts differ only by the day, once with
+    ``<day>``; else (the same cause and advice about each day's own object) the cause and the first day's text."""
+    first = failed[days[0]].description or ""
+    if len(days) == 1:
+        return first
+    texts = {(failed[day].description or "").replace(day, "\x00") for day in days}
+    if len(texts) == 1:
+        return (f"{len(days)} days {verb} alike ({', '.join(days)}), each as follows:\n"
+                + first.replace(days[0], "<day>"))
+    cause = getattr(failed[days[0]].metadata.get(CAUSE), "value", failed[days[0]].metadata.get(CAUSE))
+    return (f"{len(days)} days {verb} alike ({', '.join(days)}), each because {cause}, with the same advice; the "
+            f"first as follows:\n{first}")
+
+
 def cut_short(outcome: BaseException, unstarted: list[str], unchecked: dict[str, Failure]) -> BaseException:
     """A check of several days terminated (``outcome``: :func:`terminated`'s, naming the day it cut off), naming
     every day left without a verdict: those that could not be checked before it, with their causes, and those it
@@ -644,7 +686,7 @@ def cut_short(outcome: BaseException, unstarted: list[str], unchecked: dict[str,
     parts = [outcome.description or ""]
     if unchecked:
         parts.append(f"Could not be checked earlier in this run ({', '.join(sorted(unchecked))}):\n\n"
-                     + "\n\n".join(f.description or "" for _, f in sorted(unchecked.items())))
+                     + alike(unchecked, "could not be checked"))
     if unstarted:
         parts.append(f"Never started, so not checked: {', '.join(unstarted)}.")
     cut = getattr(outcome.metadata.get("day"), "value", None)
@@ -785,7 +827,7 @@ def _build_intact_check(spec: TableSpec, key: AssetKey, partitions_def: "DailyPa
             names = ", ".join(sorted(unchecked))
             raise Failure(description=f"{spec.name}: {len(unchecked)} of {len(context.partition_keys)} days could not "
                                       f"be checked ({names}); the others were.\n\n"
-                                      + "\n\n".join(f.description or "" for _, f in sorted(unchecked.items())),
+                                      + alike(unchecked, "could not be checked"),
                           allow_retries=any(f.allow_retries for f in unchecked.values()),  # (a retry re-checks them all)
                           metadata={"table": spec.name, "unchecked_days": MetadataValue.json(sorted(unchecked))})
 
