@@ -733,7 +733,9 @@ def plan_archive(conn: psycopg.Connection, spec: TableSpec, store: S3Store, days
             planned.append(PlannedDay(spec.name, day, render_key(spec, day, store.prefix),
                                       unplanned_action(unreadable[day]), unreadable[day], None))
             continue
-        if (why := not_over(day, now)) is not None:  # (the run refuses it, retryable: see archive._refuse_unended)
+        if day in in_source and (why := not_over(day, now)) is not None:
+            # (the run refuses it, retryable: see archive._refuse_unended; a day without rows is no-data, as the run
+            # reports it: the command line passes it no further)
             planned.append(PlannedDay(spec.name, day, render_key(spec, day, store.prefix), "refuse",
                                       f"{why}; the run refuses it (retryable) until it is over", None))
             continue
