@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import yaml
 from psycopg import sql
 
@@ -80,3 +81,41 @@ def test_a_table_the_previous_release_archived_within_the_manifest_limit_is_refu
     assert json.loads(again.stdout)["days"][0]["status"] == "skipped", again.stdout
     compared = cli(env, "compare", "--day", DAY)
     assert compared.returncode == 0 and "equal" in compared.stdout, compared.stderr + compared.stdout
+
+
+def test_the_walk_bound_and_the_manifest_limit_count_the_same_nodes_at_the_edge(conn, schema, monkeypatch):
+    """The class of the test above, at the limit's edge itself: a table whose columns holding a composite (plain, a
+    domain over it, an array of it) have 302 shape nodes, beside columns without one (a date, a domain, an array, a
+    range, 100 ints) whose walk nodes a manifest does not record. With both limits at 302, the source describes it
+    and its manifest encodes; at 301, both refuse it, the source naming the table and the count together (no one
+    column is over the limit alone, so none is named)."""
+    from archive_pipeline.core import manifest, source
+    from archive_pipeline.core.errors import SourceError
+
+    conn.execute(f"CREATE TYPE {schema}.c AS (" + ", ".join(f"f{i} int" for i in range(99)) + ")")  # 100 nodes
+    conn.execute(f"CREATE DOMAIN {schema}.dc AS {schema}.c")  # 101
+    conn.execute(f"CREATE DOMAIN {schema}.qty AS int")
+    plain = ["at date", f"q {schema}.qty", "a int[]", "r int4range", *(f"i{i} int" for i in range(100))]
+    conn.execute(f"CREATE TABLE {schema}.w (" + ", ".join([*plain, f"c {schema}.c", f"d {schema}.dc",
+                                                             f"e {schema}.c[]"]) + ")")
+
+    def manifest_of(table) -> dict:
+        return {"table": f"{schema}.w", "day": DAY, "columns": [
+            {"name": c.name, "shape": [{"at": at, "type": kind, **({"fields": list(f)} if f is not None else {})}
+                                       for at, kind, f, _ in c.shape]} for c in table.columns if c.shape]}
+
+    for limit in (302, 301):
+        monkeypatch.setattr(manifest, "MAX_SHAPE_NODES", limit)
+        monkeypatch.setattr(source, "MAX_TYPE_NODES", limit)
+        if limit == 302:
+            described = source.describe_table(conn, f"{schema}.w", "at")
+            assert sum(len(c.shape) for c in described.columns) == 302
+            manifest.encode_manifest(manifest_of(described))
+            continue
+        with pytest.raises(manifest.ManifestTooLargeError):
+            manifest.encode_manifest(manifest_of(described))
+        with pytest.raises(SourceError) as refused:
+            source.describe_table(conn, f"{schema}.w", "at")
+        message = str(refused.value)
+        assert f"{schema}.w" in message and "302 nodes together" in message and "3 columns" in message, message
+        assert "column 'c'" not in message and "column 'd'" not in message, message
