@@ -403,6 +403,7 @@ INNER_TYPES = (*sorted(WRITE_ONLY_TYPES), "regproc", "regoper")
 # A composite cannot contain itself (PostgreSQL refuses it), so the walk ends; the depth bound is a guard.
 # The route's steps are joined here, not in SQL: the statement stays ASCII, which a database whose encoding
 # has no arrow (LATIN1) can read (an arrow in it failed every archive there: UntranslatableCharacter).
+_WALK_DEPTH = 64
 _TYPE_WALK = """
 WITH RECURSIVE walk(attnum, oid, typmod, steps, route, depth) AS (
     SELECT a.attnum, a.atttypid, a.atttypmod, ARRAY[]::text[], ARRAY[pg_catalog.format_type(a.atttypid, NULL)], 0
@@ -426,15 +427,23 @@ WITH RECURSIVE walk(attnum, oid, typmod, steps, route, depth) AS (
         SELECT r.rngsubtype, -1, 'range', 'subtype ' FROM pg_catalog.pg_range r WHERE r.rngtypid = t.oid
         {multirange}
     ) AS c(oid, typmod, step, label)
-    WHERE w.depth < 64
+    WHERE w.depth < """ + str(_WALK_DEPTH) + """
 )"""
-# the nodes the walk may give for a relation's columns together: as many as a manifest records (manifest's
-# MAX_SHAPE_NODES); a type nesting each type twice in the next doubles per level, 2**64 nodes within the depth bound,
+# the shape nodes (see composite_shapes: every node of each column whose type holds a composite) a relation's columns
+# may hold together: as many as a manifest records (manifest's MAX_SHAPE_NODES is this), so what one records the
+# source accepts; a type nesting each type twice in the next doubles per level, 2**64 nodes within the depth bound,
 # which every query on the walk would spend hours and the server's disk on
 MAX_TYPE_NODES = 1_000_000
-_WALK_SIZE_QUERY = _TYPE_WALK + """, sample AS (SELECT attnum FROM walk LIMIT %(limit)s)
-SELECT (SELECT pg_catalog.count(*) FROM sample),
-       (SELECT attnum FROM sample GROUP BY attnum ORDER BY pg_catalog.count(*) DESC, attnum LIMIT 1)
+# the most nodes the walk gives for a column holding no composite: without a field to branch at, its type is a chain
+# (domain to base, array to element, range to subtype, multirange to range), one node per depth the walk reaches
+_CHAIN_NODES = _WALK_DEPTH + 1
+_WALK_SIZE_QUERY = _TYPE_WALK + """, sample AS (
+    SELECT w.attnum, t.typtype = 'c' AS composite FROM walk w JOIN pg_catalog.pg_type t ON t.oid = w.oid
+    LIMIT %(limit)s),
+shaped AS (SELECT attnum, pg_catalog.count(*) AS nodes FROM sample GROUP BY attnum HAVING pg_catalog.bool_or(composite))
+SELECT (SELECT pg_catalog.count(*) FROM sample), (SELECT pg_catalog.sum(nodes) FROM shaped),
+       (SELECT pg_catalog.count(*) FROM shaped), (SELECT attnum FROM shaped ORDER BY nodes DESC, attnum LIMIT 1),
+       (SELECT pg_catalog.max(nodes) FROM shaped)
 """  # (the LIMIT: PostgreSQL walks only as far as it is read, so a type past the bound costs the bound)
 _INNER_QUERY = _TYPE_WALK + """
 SELECT w.attnum, t.typname::text, w.steps, w.route
@@ -474,18 +483,36 @@ def nested_numbers(found: tuple[InnerType, ...]) -> tuple[InnerType, ...]:
 
 
 def bounded_walk(conn: psycopg.Connection, oid: int, relation: str) -> None:
-    """Refuse relation ``oid`` (``relation``, as messages name it) where its columns' types unfold to more than
-    MAX_TYPE_NODES nodes, naming the column that holds most of them: before any query walks them whole."""
+    """Refuse relation ``oid`` (``relation``, as messages name it) where its columns' shapes (the nodes of each column
+    whose type holds a composite, :func:`composite_shapes`) hold more than MAX_TYPE_NODES nodes, as a manifest counts
+    them (manifest.MAX_SHAPE_NODES): before any query walks them whole, and never a table a manifest records.
+
+    The walk is read up to MAX_TYPE_NODES plus :data:`_CHAIN_NODES` per column: a walk that gives more holds more
+    than MAX_TYPE_NODES shape nodes (the other columns give at most that many each); one that ends before is counted
+    exactly. The columns without a composite are not counted: a manifest records no shape for them (counting them
+    refused a table an earlier release had archived, naming a column whose own type was small)."""
     query = _WALK_SIZE_QUERY.format(multirange=_MULTIRANGE_STEP if conn.info.server_version >= 140000 else "")
-    nodes, attnum = conn.execute(query, {"oid": oid, "limit": MAX_TYPE_NODES + 1}).fetchone()
-    if nodes <= MAX_TYPE_NODES:
+    names = column_names(conn, oid)
+    bound = MAX_TYPE_NODES + _CHAIN_NODES * len(names)
+    walked, nodes, shaped, attnum, most = conn.execute(query, {"oid": oid, "limit": bound + 1}).fetchone()
+    cut = walked > bound  # (read no further: more than MAX_TYPE_NODES shape nodes, the counts below only a part)
+    if not cut and (nodes or 0) <= MAX_TYPE_NODES:
         return
-    column = column_names(conn, oid).get(attnum, f"number {attnum}")
-    raise SourceError(f"table {relation!r}: the type of column {column!r} unfolds to more than {MAX_TYPE_NODES:,} "
-                      "nodes (composites, arrays, domains and ranges nested in it), more than an archive records",
+    if (most or 0) > MAX_TYPE_NODES:  # one column's own type is past the limit
+        column = names.get(attnum, f"number {attnum}")
+        raise SourceError(f"table {relation!r}: the type of column {column!r} unfolds to more than "
+                          f"{MAX_TYPE_NODES:,} nodes (composites, arrays, domains and ranges nested in it), more than "
+                          "an archive records", table=relation, retryable=False, cause=SETTING_MISFITS,
+                          remedy=f"archive column {column!r} as text or JSON (a view selecting it so), or give it a "
+                                 "type that nests fewer composites")
+    held = f"more than {MAX_TYPE_NODES:,} nodes together" if cut else \
+        f"{nodes:,} nodes together, none of them over {MAX_TYPE_NODES:,} alone"  # (cut: one walked in part may be)
+    raise SourceError(f"table {relation!r}: the types of its {'' if cut else f'{shaped:,} '}columns holding a "
+                      f"composite unfold to {held} (composites, arrays, domains and ranges nested in them), more "
+                      f"than an archive records",
                       table=relation, retryable=False, cause=SETTING_MISFITS,
-                      remedy=f"archive column {column!r} as text or JSON (a view selecting it so), or give it a "
-                             "type that nests fewer composites")
+                      remedy="archive fewer of its columns holding a composite, or some of them as text or JSON (a "
+                             "view selecting them so), or split the table")
 
 
 def composite_shapes(conn: psycopg.Connection, oid: int) -> dict[int, tuple[ShapeNode, ...]]:
