@@ -1821,14 +1821,19 @@ def _default_partition(conn: psycopg.Connection, parent: Relation) -> str:
     return found[0] if found else "its default partition"
 
 
-def _hashed_columns(conn: psycopg.Connection, relation: Relation, manifest: dict) -> list[Column]:
+def _hashed_columns(conn: psycopg.Connection, relation: Relation, manifest: dict,
+                    created: bool = False) -> list[Column]:
     """The target's columns of the archive's names, in its order, each hashed as archived where its type is another
     (see fingerprint.as_archived: an integer restored into numeric is the archived integer when it reads back so).
-    In a table a restore of this table made (its restore mark), a column _widen_own widened since the day was
-    archived is hashed as the archived values it holds widened: numeric(8,2) widened to numeric(10,4) rewrote a
-    restored 12.50 as 12.5000, char(3) to char(6) 'ab ' as 'ab    ', and the day restored before, found with other
-    text, was loaded again by a run of the same command and refused as held twice."""
-    own = _listed_days(conn, relation, manifest.get("table") or "") is not None
+    Where the day's rows in it hold only archived values, a column whose type now is a widening of the archived one
+    (fingerprint.widening) is hashed as the archived values it holds widened: in a table a restore of this table
+    made (its restore mark), which _widen_own widened since the day was archived (numeric(8,2) widened to
+    numeric(10,4) rewrote a restored 12.50 as 12.5000, char(3) to char(6) 'ab ' as 'ab    ', and the day restored
+    before, found with other text, was loaded again by a run of the same command and refused as held twice); and,
+    ``created``, where the day's rows are in a table (or partition) this restore created, which took the parent's
+    types as widened since (a removed day put back into its table: 5 loaded into numeric(12,2) is 5.00, and was
+    refused as an altered archive). Never in a table that held rows before: there the values' text is theirs."""
+    own = created or _listed_days(conn, relation, manifest.get("table") or "") is not None
     return fp.as_archived(conn, _columns_of(conn, relation, manifest_columns(manifest)), manifest["columns"],
                           fp.algorithm_for(manifest.get("fingerprint")), widened=own)
 
@@ -2515,6 +2520,7 @@ def _drift_explained(conn: psycopg.Connection, manifest: dict, relation: Relatio
     """(" <what of the target may have changed or refused the rows>", a remedy), or ("", None)."""
     with conn.transaction():  # (a savepoint: a failing catalog query here must not end the caller's transaction)
         types, hooks = _target_drift(conn, manifest, relation)
+        retypable = bool(types) and _retypable(conn, manifest, relation)
     if not types and not hooks:
         return "", None
     said, mends = [], []
@@ -2522,14 +2528,26 @@ def _drift_explained(conn: psycopg.Connection, manifest: dict, relation: Relatio
         types = [f"{name}: {here} here, {archived} when archived" for name, here, archived in types]
         said.append(f"its column types are not the archived ones ({'; '.join(types)}): read as another type, a value "
                     "may be refused or changed (rounded, padded, cut, shifted in time)")
-        mends.append("give its columns the archived types")
+        if retypable:
+            mends.append("give its columns the archived types")
     if hooks:
         said.append(f"it has {', '.join(hooks)} on INSERT, which may change, drop or redirect rows (COPY fires "
                     "triggers, not rules)")
         mends.append("disable them for the restore (ALTER TABLE ... DISABLE TRIGGER / DISABLE RULE)")
     return (f". {relation} differs from the table as archived: {'; '.join(said)}",
             "restore into a new table (into='new'), created with the archived types, and copy the rows "
-            f"on from there; or {' and '.join(mends)}")
+            "on from there" + (f"; or {' and '.join(mends)}" if mends else ""))
+
+
+def _retypable(conn: psycopg.Connection, manifest: dict, relation: Relation) -> bool:
+    """Whether giving ``relation``'s columns the archived types is advice to give: never for the archived table
+    itself, nor a table of a partition or inheritance tree (a partition's types are its parent's), whose other
+    days' values the retype would round, cut or refuse; a table of the user's standing alone, it may be."""
+    if _tree_root(conn, relation) == _tree_root(conn, Relation.configured(manifest.get("table") or "")):
+        return False
+    return not conn.execute("SELECT EXISTS (SELECT FROM pg_catalog.pg_inherits i WHERE %(rel)s::pg_catalog.regclass "
+                            "IN (i.inhrelid, i.inhparent))",
+                            {"rel": relation.identifier.as_string(conn)}).fetchone()[0]
 
 
 _BINARY_FLOATS = ("real", "double precision")
@@ -2837,10 +2855,11 @@ def _renamed_meanwhile(conn: psycopg.Connection, manifest: dict, relation: Relat
 
 def _check(conn: psycopg.Connection, manifest: dict, relation: Relation, whole: bool, rows: int,
            added: fp.Fingerprint | None = None, skipped: int = 0,
-           before: _HeldBefore | None = None) -> tuple[bool, str | None, str]:
+           before: _HeldBefore | None = None, created: bool = False) -> tuple[bool, str | None, str]:
     """Compare the restored rows with the manifest; raise (rolling back) if they differ. ``added``:
     the fingerprint of the rows the load inserted, when those are what is compared; ``before``: the day's rows a
-    target with INSERT hooks held before the load (see :func:`_extra_rows`)."""
+    target with INSERT hooks held before the load (see :func:`_extra_rows`); ``created``: the day's rows are in a
+    table this restore created (see :func:`_hashed_columns`)."""
     table, day = manifest["table"], manifest["day"]
     recorded = manifest.get("fingerprint")
     if rows != manifest["rows"]:
@@ -2866,7 +2885,7 @@ def _check(conn: psycopg.Connection, manifest: dict, relation: Relation, whole: 
                    "or archive the day again (overwrite) if the source still holds it")
     if fp.recorded_algorithm(recorded) is None:
         return _count_checked(conn, manifest, relation, whole, rows, added, before)
-    columns = _hashed_columns(conn, relation, manifest)
+    columns = _hashed_columns(conn, relation, manifest, created=created)
     where = _day_where(conn, relation, manifest, whole)
     if added is not None:
         actual, scope = added, f"the day's rows the restore loaded into {relation}"
@@ -3207,7 +3226,7 @@ def restore_archive(conn: psycopg.Connection, store: S3Store, manifest: dict, *,
                     try:
                         checked, proven, check = _check(conn, manifest, relation, whole=whole, rows=rows, added=added,
                                                         skipped=rows - inserted if on_conflict == "skip" else 0,
-                                                        before=before)
+                                                        before=before, created=bool(to_create))
                     except FingerprintMismatchError:
                         _renamed_meanwhile(conn, manifest, relation, names)
                         raise
