@@ -147,7 +147,9 @@ def test_a_removal_waiting_for_an_application_row_of_the_day_is_told_as_a_table_
     conn.execute("SET lock_timeout = '1s'")
     with pg.connect() as application:
         application.autocommit = False
-        application.execute(sql.SQL("UPDATE {}.ev SET v = 'corrected' WHERE id = 30").format(s))
+        # (a row locked, not updated: an UPDATE's ROW EXCLUSIVE makes the removal wait at its LOCK TABLE ... SHARE ROW
+        # EXCLUSIVE, a table's lock, before any DELETE; FOR UPDATE's ROW SHARE does not, and the DELETE waits for the row)
+        application.execute(sql.SQL("SELECT FROM {}.ev WHERE id = 30 FOR UPDATE").format(s))
         try:
             with pytest.raises(ArchiveError) as caught:
                 remove_day(conn, spec, DAY, store, temp_dir=temp_dir)
@@ -159,3 +161,29 @@ def test_a_removal_waiting_for_an_application_row_of_the_day_is_told_as_a_table_
     told = f"{error.cause} | {error.remedy}"
     assert "ALTER TABLE, TRUNCATE" not in str(error.cause), told
     assert "row" in str(error.cause) and "ev_0310" in told, told
+
+
+@pytest.mark.parametrize("line", [
+    'while deleting tuple (0,7) in relation "ev_0310"',  # English, and Italian, Russian, Swedish, Ukrainian's quotes
+    "beim Löschen von Tupel (0,7) in Relation »ev_0310«",
+    "mientras se borraba la tupla (0,7) en la relación «ev_0310»",
+    "lors de l'insertion de l'enregistrement (0, 7) de l'index dans la relation « ev_0310 »",
+    'リレーション"ev_0310"のタプル(0,7)の削除中',
+    '当删除关系"ev_0310"的元组(0, 7)时',
+    '0,7 튜플(해당 릴레이션 "ev_0310")을 삭제하는 중에 발생',
+    'при вставці кортежу індексу (0,7) в зв\'язку "ev_0310"',
+])
+def test_a_rows_wait_is_read_from_the_context_in_every_language_postgresql_translates_it_to(line):
+    """The class of the Japanese/French test above without a server: each translation's shape of XactLockTableWait's
+    CONTEXT line (PostgreSQL 15's catalogs) gives the same tuple id and relation; COPY's line after it is not read,
+    nor a first line whose tuple id is inside its quotes (a statement's text)."""
+    from archive_pipeline.core.errors import waited_row
+
+    class Failed(Exception):
+        def __init__(self, context):
+            super().__init__("lock timeout")
+            self.diag = type("Diag", (), {"context": context})()
+
+    assert waited_row(Failed(f"{line}\nCOPY ev, line 1")) == ("0,7", "ev_0310")
+    assert waited_row(Failed('SQL statement "DELETE FROM t WHERE (a, b) = (0,7)"\nCOPY ev, line 1')) is None
+    assert waited_row(Failed(f'COPY ev, line 1\n{line}')) is None

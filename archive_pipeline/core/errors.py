@@ -788,20 +788,33 @@ def sqlstate(exc: BaseException) -> str | None:
 
 # The CONTEXT line PostgreSQL adds where a statement waited for another transaction's row rather than a table's lock
 # (XactLockTableWait: 'while inserting index tuple (0,26) in relation "ev_pkey"', 'while locking tuple (0,31) in
-# relation "kinds"', 'while checking uniqueness of tuple ...', 'while updating tuple ...'): read by its shape, a tuple's
-# id and then the quoted relation ending its line, not by its words, which lc_messages translates (the quotes too:
-# »ev_pkey«); never COPY's own line, whose quoted row may hold such text
-_WAITED_ROW = re.compile(r"^(?!COPY )[^\n]*?\((?P<tid>\d+,\d+)\)[^\n\"»«„“']*"
-                         r"[\"»«„“'](?P<name>[^\n\"»«„“”']+)[\"»«“”']$", re.M)
+# relation "kinds"', 'while deleting tuple ...'), read by its shape, not by its words, which lc_messages translates
+# along with the order of its parts and their spacing: the relation first in Japanese and Chinese
+# ('リレーション"ev_pkey"のインデックスタプル(0,26)の挿入中'), the tuple id with a space in French
+# ("(0, 26) ... « ev_pkey »") or without parentheses in Korean ('0,26 튜플 ... "ev_pkey"'), the quotes of the
+# language (»ev_pkey«, « ev_pkey »), an apostrophe anywhere in the words (Ukrainian "зв'язку", French "l'index").
+# Its line is the first of the CONTEXT (the wait's callback is the innermost when lock_timeout fires), so a later
+# line (COPY's, a function's) is never read: a row COPY quotes may hold any such text.
+_QUOTED_NAME = re.compile(r'"(?P<a>[^\n]+)"|»(?P<b>[^\n]+)«|«(?P<c>[^\n]+)»|„(?P<d>[^\n]+)“|“(?P<e>[^\n]+)”'
+                          r'|「(?P<f>[^\n]+)」')
+_TUPLE_ID = re.compile(r"(?<![\w.])\(?\s*(\d+)\s*,\s*(\d+)\s*\)?(?![\w.])")
 
 
 def waited_row(exc: BaseException) -> tuple[str, str] | None:
-    """(tuple id, relation name as the server printed it, unqualified) of the row another session's transaction held
-    that ``exc`` (a lock_timeout, a deadlock) waited for, or None where it waited for a table's lock: a row's wait is
-    ended by that transaction's end, and pg_locks on the table shows no conflicting lock for it."""
+    """(tuple id as "block,offset", relation name as the server printed it, unqualified) of the row another session's
+    transaction held that ``exc`` (a lock_timeout, a deadlock) waited for, or None where it waited for a table's
+    lock: a row's wait is ended by that transaction's end, and pg_locks on the table shows no conflicting lock for
+    it. Read from the first CONTEXT line by its shape alone, whatever the server's lc_messages (see _QUOTED_NAME):
+    a quoted relation name and, outside it, a tuple id, in either order. Lock-timeout errors carry no table or
+    schema field, and the wait is over once the error is raised, so nothing else names the row afterwards;
+    :func:`~archive_pipeline.core.source.row_waited` looks the name up in the catalog."""
     context = getattr(getattr(exc, "diag", None), "context", None)
-    found = _WAITED_ROW.search(context) if isinstance(context, str) else None
-    return (found["tid"], found["name"]) if found else None
+    line = context.strip().splitlines()[0] if isinstance(context, str) and context.strip() else ""
+    quoted = _QUOTED_NAME.search(line)
+    tid = _TUPLE_ID.search(line[:quoted.start()] + " " + line[quoted.end():]) if quoted else None
+    if quoted is None or tid is None:
+        return None
+    return f"{tid[1]},{tid[2]}", next(name for name in quoted.groups() if name is not None).strip()
 
 
 def _sqlstate(exc: BaseException, text: str) -> str | None:
@@ -1431,7 +1444,8 @@ def refused_grant(exc: BaseException, table: str, user: str | None,
 def wrap(exc: BaseException, table: str, day: str, password: str | None = None, *,
          user: str | Callable[[], str] | None = None, login: str | None = None, database: str | None = None,
          standby: bool = False, doing: str = "archiving", temp_dir: str | None = None,
-         own_readable: bool | Callable[[], bool] = False) -> ArchiveError:
+         own_readable: bool | Callable[[], bool] = False,
+         waited: str | Callable[[], str | None] | None = None) -> ArchiveError:
     """``exc`` as an :class:`ArchiveError` naming ``table``, ``day``, the cause and the remedy, with the
     right ``retryable`` flag and no secret (``password``, URI credentials, ``password=``) in its text.
     ``standby``: the source is a hot standby, where a lost connection may be a silent recovery conflict.
@@ -1441,6 +1455,8 @@ def wrap(exc: BaseException, table: str, day: str, password: str | None = None, 
     the session's login role, named by what applies at login (see :func:`with_roles`; default ``user``).
     ``temp_dir``: the directory of the operation's temp file, named where that file failed (full, too large).
     ``own_readable``: the role may read the configured relation (see :func:`refused_grant`).
+    ``waited``: the row a lock_timeout waited for, where it waited for a row rather than a table's lock (asked only
+    of a lock_timeout: see :func:`~archive_pipeline.core.source.row_waited`), told as :func:`_row_wait` words it.
 
     An :class:`ArchiveError` is returned itself, with table and day filled in. Raise the result
     ``from None``: a chained driver exception may hold the DSN.
@@ -1473,6 +1489,16 @@ def wrap(exc: BaseException, table: str, day: str, password: str | None = None, 
                                "(pg_blocking_pids(), pg_locks), the removal goes on once it ends; if the removal "
                                "itself takes longer, raise source.statement_timeout_ms (0 = no limit) in the archive "
                                "config, or (action delete) lower retention.batch_rows")
+    if found.cause == _LOCK_TIMEOUT.cause and (row := waited() if callable(waited) else waited):
+        found = _row_wait(found, row, doing)
+    elif found.cause == _LOCK_TIMEOUT.cause and doing == "removing":  # its LOCK TABLE waits for writers too
+        found = replace(found, cause="lock_timeout: another session holds a lock on the day's table that the "
+                                     "removal's lock conflicts with: an open transaction that wrote rows of it (INSERT, "
+                                     "UPDATE, DELETE: the removal locks writers out; for retention 'detach' or 'drop' "
+                                     "readers too), or a DDL (ALTER TABLE, TRUNCATE, VACUUM FULL, REINDEX, LOCK ...)",
+                        remedy=f"{RETRIED}; if it persists, find the session with pg_blocking_pids() / pg_locks and "
+                               "let its transaction end (an application 'idle in transaction' holds its locks until "
+                               "then), or raise source.lock_timeout_ms")
     if standby and found.cause == _CONNECTION_LOST.cause:
         found = replace(found, cause=_LOST_ON_STANDBY.cause, remedy=_LOST_ON_STANDBY.remedy)
     if database:
@@ -1490,6 +1516,19 @@ def wrap(exc: BaseException, table: str, day: str, password: str | None = None, 
                f"{'transient, retried' if found.retryable else 'not retried: a retry cannot fix this'}")
     return error_type(message, table=table, day=day, retryable=found.retryable, remedy=remedy_for(found.remedy, doing),
                       cause=found.cause)
+
+
+def _row_wait(found: Classification, row: str, doing: str) -> Classification:
+    """``found`` (a lock_timeout) where the statement waited for ``row`` (a tuple of a relation), which another
+    session's open transaction holds, rather than for a table's lock: told as a table's (ALTER TABLE, TRUNCATE ...),
+    the operator looked in pg_locks for a DDL that did not exist, and the transaction holding the row went unnamed."""
+    return replace(found, cause=f"lock_timeout: while {doing}, the session waited for a row, {row}, that another "
+                                "session's open transaction holds (it updated, deleted or locked it: an UPDATE, a "
+                                "SELECT ... FOR UPDATE, a child table's row referencing it; or inserted one of the "
+                                "same key) and has not yet committed or rolled back",
+                   remedy=f"{RETRIED}; if it persists, let that transaction end (pg_blocking_pids() of the waiting "
+                          "session names it while it waits; pg_stat_activity shows it 'idle in transaction') and "
+                          "try again, or raise source.lock_timeout_ms")
 
 
 # --------------------------------------------------------------------------------------------------

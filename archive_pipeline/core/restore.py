@@ -36,7 +36,7 @@ from archive_pipeline.core.config import MAX_IDENTIFIER_BYTES as MAX_NAME_BYTES,
 from archive_pipeline.core.discovery import child_ranges, pending_detach_partitions
 from archive_pipeline.core.errors import (SETTING_MISFITS, TABLE_MISSING, ArchiveError, SessionSettingError, SourceError,
                                           classify, named, note_cancelled, refused_grant, refused_kind, remedy_for,
-                                          sql_name, waited_row, with_roles)
+                                          sql_name, with_roles)
 from archive_pipeline.core.listing import listed_absent
 from archive_pipeline.core.locks import require_autocommit, table_day_lock
 from archive_pipeline.core.manifest import (ManifestError, another_period, archived_encoding, decoded_manifest,
@@ -44,13 +44,13 @@ from archive_pipeline.core.manifest import (ManifestError, another_period, archi
 from archive_pipeline.core.memory import bound_allocator
 from archive_pipeline.core.periods import Period, manifest_period
 from archive_pipeline.core.sink import open_nameless
-from archive_pipeline.core.source import (NUMBER_TYPES, Column, PrintedNames, acting_role, altered_composites,
+from archive_pipeline.core.source import (NUMBER_TYPES, Column, PrintedNames, RowWait, acting_role, altered_composites,
                                           column_names, descends_from,
                                           day_filter, describe_relation, inner_types, lookalike_hint,
                                           lookalike_relations, missing_character, pending_detach_error, prefetch,
                                           printed_names_changed,
-                                          relation_name, relation_printed_names, relation_shapes, shape_changes,
-                                          stored_name_problem)
+                                          relation_name, relation_printed_names, relation_shapes, row_waited,
+                                          shape_changes, stored_name_problem)
 from archive_pipeline.core.session_settings import CATALOG_FIRST, apply_settings, speaks_utf8, without_user_triggers, \
     writing_as_origin
 from archive_pipeline.core.sqltext import CatalogText, with_params
@@ -3487,8 +3487,8 @@ def _target_locked(conn: psycopg.Connection, exc: psycopg.Error, found, relation
     """``found`` (a lock_timeout, classified as a source's) told as the target's: "the table" of a message about
     the archived table read as that table, where no lock was held, and the table waited for went unnamed. A wait
     for another session's row (:func:`_row_locked`) is told as such."""
-    if (row := waited_row(exc)) is not None:
-        return _row_locked(conn, found, *row)
+    if (row := row_waited(conn, exc, relation.schema)) is not None:
+        return _row_locked(conn, found, row)
     regclass = sql.Literal(relation.identifier.as_string(conn)).as_string(conn)
     return replace(found, cause=f"lock_timeout: another session holds a conflicting lock on the target {relation} "
                                 "(or a partition of it, or a table its triggers write): ALTER TABLE, TRUNCATE, VACUUM "
@@ -3499,29 +3499,25 @@ def _target_locked(conn: psycopg.Connection, exc: psycopg.Error, found, relation
                           "source.lock_timeout_ms")
 
 
-def _row_locked(conn: psycopg.Connection, found, tid: str, name: str):
+def _row_locked(conn: psycopg.Connection, found, row: RowWait):
     """``found`` (a lock_timeout) where the load waited for a row another session's open transaction holds, as
-    PostgreSQL's CONTEXT names it (:func:`errors.waited_row`): a row of the same key that transaction wrote (the
+    PostgreSQL's CONTEXT names it (:func:`source.row_waited`): a row of the same key that transaction wrote (the
     wait is in a unique index of the target), or a row it locked (FOR UPDATE, an UPDATE or DELETE: one the
     archived rows' foreign key references). Told as a table's lock, the user looked in pg_locks for a DDL that
-    did not exist, and the table of a referenced row went unnamed."""
-    try:
-        with conn.transaction():
-            index = conn.execute("SELECT pg_catalog.bool_and(relkind IN ('i', 'I')) FROM pg_catalog.pg_class "
-                                 "WHERE relname = %s", (name,)).fetchone()[0]
-    except psycopg.Error:
-        index = None
+    did not exist, and the table of a referenced row went unnamed. The restore's own words for what
+    :func:`errors.wrap` tells of every other step's row wait."""
     blocking = f"pg_blocking_pids({conn.info.backend_pid}) while the restore waits names its session"
-    if index:
+    if row.index:
         return replace(found, cause=f"lock_timeout: the restore waited for a row of the same key as an archived row, "
                                     f"which another session's open transaction wrote and has not yet committed or "
-                                    f"rolled back (tuple ({tid}) of the unique index {name})",
+                                    f"rolled back ({row})",
                        remedy=f"{found.remedy.split(';')[0]}; if it persists, wait for that transaction to end "
                               f"({blocking}) and restore again; if it committed a row of that key, restore with "
                               "on_conflict='skip', or move its row aside first")
-    return replace(found, cause=f"lock_timeout: the restore waited for a row of {name} (tuple ({tid})) that another "
-                                "session's open transaction holds locked (SELECT ... FOR UPDATE, an UPDATE or DELETE "
-                                "of it): a row the archived rows' foreign key references, or one a trigger writes",
+    return replace(found, cause=f"lock_timeout: the restore waited for a row of {row.relation} (tuple ({row.tid})) "
+                                "that another session's open transaction holds locked (SELECT ... FOR UPDATE, an "
+                                "UPDATE or DELETE of it): a row the archived rows' foreign key references, or one a "
+                                "trigger writes",
                    remedy=f"{found.remedy.split(';')[0]}; if it persists, wait for that transaction to end "
                           f"({blocking}) and restore again")
 

@@ -32,7 +32,7 @@ except ImportError:  # pragma: no cover - another psycopg: the plain path
 
 from archive_pipeline.core.config import MAX_IDENTIFIER_BYTES as MAX_NAME_BYTES
 from archive_pipeline.core.errors import SETTING_MISFITS, TABLE_MISSING, ArchiveError, SourceError, sql_name, sqlstate, \
-    wrap
+    waited_row, wrap
 from archive_pipeline.core.locks import end_interrupted_query
 from archive_pipeline.core.periods import Period, as_period
 from archive_pipeline.core.session_settings import CATALOG_FIRST, apply_settings
@@ -2221,7 +2221,52 @@ def wrapped(exc: BaseException, conn: psycopg.Connection, spec: Any, day: str, *
     whether the role may read the configured one itself (asked then: a reporting view ``s.ev`` over ``raw.ev``
     refuses the other ``ev``)."""
     return wrap(exc, spec.name, day, conn.info.password, user=lambda: acting_role(conn), login=conn.info.user,
-                database=conn.info.dbname, own_readable=lambda: may_read(conn, spec.schema_name, spec.table_name), **kwargs)
+                database=conn.info.dbname, own_readable=lambda: may_read(conn, spec.schema_name, spec.table_name),
+                waited=lambda: (row := row_waited(conn, exc, spec.schema_name)) and str(row), **kwargs)
+
+
+@dataclass(frozen=True)
+class RowWait:
+    """The row another session's open transaction held that a statement waited for until lock_timeout (see
+    :func:`row_waited`): ``tid`` its tuple id ("block,offset"), ``relation`` its table or index as
+    :func:`relation_name` writes it (unqualified where the catalog could not say which schema's), ``index`` whether
+    that is an index (the wait was for a row of the same key, not yet committed: None where not known)."""
+
+    tid: str
+    relation: str
+    index: bool | None
+
+    def __str__(self) -> str:
+        return f"tuple ({self.tid}) of {'the unique index ' if self.index else ''}{self.relation}"
+
+
+# The relations of a name the server printed unqualified, those of ``schema`` (the operation's table's) first
+_RELATIONS_NAMED = """
+SELECT n.nspname, c.relkind IN ('i', 'I') FROM pg_catalog.pg_class c
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relname = %s ORDER BY n.nspname <> %s, n.nspname
+"""
+
+
+def row_waited(conn: psycopg.Connection, exc: BaseException, schema: str) -> RowWait | None:
+    """The row ``exc`` (a lock_timeout) waited for, or None where it waited for a table's lock: PostgreSQL's
+    CONTEXT names it (:func:`errors.waited_row`, any lc_messages) by a relation name without its schema, looked up
+    here, in ``schema`` first (the operation's table's: its partitions and indexes live there), else where it is
+    the only relation of that name. The one reading of a row's wait for every step that may meet one (a restore's
+    load, a removal's DELETE): told as a table's lock, the user looked in pg_locks for a DDL that did not exist.
+    Asked only on a session outside a failed transaction (not asked: the name as printed)."""
+    row = waited_row(exc)
+    if row is None:
+        return None
+    tid, name = row
+    found: list[tuple[str, bool]] = []
+    if conn.info.transaction_status in (psycopg.pq.TransactionStatus.IDLE, psycopg.pq.TransactionStatus.INTRANS):
+        with contextlib.suppress(psycopg.Error):
+            with conn.transaction():
+                found = conn.execute(_RELATIONS_NAMED, (name, schema)).fetchall()
+    if found and (found[0][0] == schema or len(found) == 1):
+        return RowWait(tid, relation_name(found[0][0], name), found[0][1])
+    return RowWait(tid, name, found[0][1] if found and all(i == found[0][1] for _, i in found) else None)
 
 
 # True while a core entry point runs that names every database error of its work by its own step (see
