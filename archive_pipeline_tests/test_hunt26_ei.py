@@ -4,14 +4,32 @@ tables, zones and start dates changed under runs and backfills already launched.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+from collections.abc import Iterator
 
 from dagster import instance_for_test
 
 from archive_pipeline.core.archive import archive_partition
 from archive_pipeline.definitions import build_definitions
 from archive_pipeline_tests.test_hunt3_z5 import plain_table, tables_config
-from archive_pipeline_tests.test_hunt16_vm import YESTERDAY, _recorded, _sensor_run_failed, _tick
+from archive_pipeline_tests.test_hunt16_vm import YESTERDAY, _sensor_run_failed, _tick
+
+
+@contextlib.contextmanager
+def two_tables_archived_after_failed_runs(conn, schema: str, store, temp_dir) -> Iterator[tuple]:
+    """Tables ``a`` and ``b`` whose sensor runs of yesterday failed, each day then archived by the command line (the
+    same core call): (the definitions, the Dagster instance) for a tick to record them."""
+    plain_table(conn, schema, "a", [YESTERDAY])
+    plain_table(conn, schema, "b", [YESTERDAY])
+    config = tables_config(schema, ["a", "b"], YESTERDAY - dt.timedelta(days=2))
+    for spec in config.tables:
+        archive_partition(conn, spec, YESTERDAY, store, temp_dir=temp_dir)
+    defs = build_definitions(config)
+    with instance_for_test() as instance:
+        for spec in config.tables:
+            _sensor_run_failed(instance, spec, YESTERDAY.isoformat())
+        yield defs, instance
 
 
 def test_one_tables_unreadable_prefix_keeps_every_other_tables_command_line_archive_unrecorded(
@@ -36,16 +54,8 @@ def test_one_tables_unreadable_prefix_keeps_every_other_tables_command_line_arch
     on with the next table."""
     from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
 
-    plain_table(conn, schema, "a", [YESTERDAY])
-    plain_table(conn, schema, "b", [YESTERDAY])
-    config = tables_config(schema, ["a", "b"], YESTERDAY - dt.timedelta(days=2))
     day = YESTERDAY.isoformat()
-    for spec in config.tables:
-        archive_partition(conn, spec, YESTERDAY, store, temp_dir=temp_dir)
-    defs = build_definitions(config)
-    with instance_for_test() as instance:
-        for spec in config.tables:
-            _sensor_run_failed(instance, spec, day)
+    with two_tables_archived_after_failed_runs(conn, schema, store, temp_dir) as (defs, instance):
         with FaultProxy(s3.endpoint_url) as proxy:
             denied = [proxy.add(Fault(path=rf"^/{archive_env}/archive/{schema}\.a/", action="error", status=403,
                                       code="AccessDenied", times=None)),

@@ -3,14 +3,9 @@ looking for what each left half done next to it."""
 
 from __future__ import annotations
 
-import datetime as dt
 
-from dagster import instance_for_test
-
-from archive_pipeline.core.archive import archive_partition
-from archive_pipeline.definitions import build_definitions
-from archive_pipeline_tests.test_hunt3_z5 import plain_table, tables_config
-from archive_pipeline_tests.test_hunt16_vm import YESTERDAY, _sensor_run_failed, _tick
+from archive_pipeline_tests.test_hunt16_vm import YESTERDAY, _tick
+from archive_pipeline_tests.test_hunt26_ei import two_tables_archived_after_failed_runs
 
 
 def test_one_tables_refused_object_head_keeps_every_other_tables_command_line_archive_unrecorded(
@@ -33,16 +28,8 @@ def test_one_tables_refused_object_head_keeps_every_other_tables_command_line_ar
     ``_record`` into the per-table guard (compute the table's events inside the ``try`` of the second loop)."""
     from archive_pipeline_tests.fault_proxy import Fault, FaultProxy
 
-    plain_table(conn, schema, "a", [YESTERDAY])
-    plain_table(conn, schema, "b", [YESTERDAY])
-    config = tables_config(schema, ["a", "b"], YESTERDAY - dt.timedelta(days=2))
     day = YESTERDAY.isoformat()
-    for spec in config.tables:
-        archive_partition(conn, spec, YESTERDAY, store, temp_dir=temp_dir)
-    defs = build_definitions(config)
-    with instance_for_test() as instance:
-        for spec in config.tables:
-            _sensor_run_failed(instance, spec, day)
+    with two_tables_archived_after_failed_runs(conn, schema, store, temp_dir) as (defs, instance):
         with FaultProxy(s3.endpoint_url) as proxy:
             data = rf"^/{archive_env}/archive/{schema}\.a/(?!.*\.manifest\.json$)"  # (a's objects, not its manifests)
             denied = proxy.add(Fault(method="HEAD", path=data, action="error", status=403, code="AccessDenied",
