@@ -54,7 +54,8 @@ from archive_pipeline.core.environment import (
 )
 from archive_pipeline.core.errors import (CANCELLED_LEAVES, CONFIGURATION_CAUSES, ArchiveError, classify,
                                          note_cancelled, redact, wrap)
-from archive_pipeline.core.manifest import ForeignManifestError, NewerManifestError, object_key
+from archive_pipeline.core.manifest import ForeignManifestError, NewerManifestError, SourceIdentity, Whose, object_key, \
+    source_identity
 from archive_pipeline.core.periods import Period, PeriodError, parse_period, zone
 from archive_pipeline.core.session_settings import session_pinned, set_session, watch_client
 from archive_pipeline.core.source import lookalike_hint
@@ -237,6 +238,12 @@ class Run:
         if self._conn is None:
             self._conn = self._configured(connect_source())
         return self._conn
+
+    @property
+    def identity(self) -> Callable[[], SourceIdentity]:
+        """The source database's identity, looked up when first asked (where a day has an archive under another
+        format's key: manifest.day_archive), so a command that never needs the database does not connect."""
+        return lambda: source_identity(self.conn)
 
     @property
     def primary(self) -> psycopg.Connection:
@@ -1358,7 +1365,7 @@ def verify(run: Run, download: bool, deep: bool) -> None:
     how = (*(("--download",) if download else ()), *(("--deep",) if deep else ()))  # (what verifying again needs)
     chosen = [(spec, run.days(spec)) for spec in run.tables]
     for spec, days in chosen:
-        for day, found in plan.lookup_manifests(run.store, spec, days).items():
+        for day, found in plan.lookup_manifests(run.store, spec, days, identity=run.identity).items():
             if found.problem:
                 results.append({"table": spec.name, "day": day.isoformat(), "key": found.key, "ok": False,
                                 "problems": [found.problem],
@@ -1381,7 +1388,7 @@ def verify(run: Run, download: bool, deep: bool) -> None:
 
                 problems = stored(archived)
                 if problems:  # the day archived again meanwhile (a new generation)? then that one is checked
-                    again = plan.lookup_manifests(run.store, spec, [day])[day]
+                    again = plan.lookup_manifests(run.store, spec, [day], identity=run.identity)[day]
                     if again.problem:
                         # a failed re-read tells not whether it was replaced: the day is not checked (retryable where
                         # reading again may help), never "missing" by the manifest an overwrite retired
@@ -1529,7 +1536,7 @@ def compare(run: Run, show_rows: bool) -> None:
         for c in results:
             if c.result == "differs":
                 def prove(c=c) -> list[str]:  # (the manifest read again inside: a failed read is this day's alone)
-                    found = plan.lookup_manifests(run.store, specs[c.table], [c.day])[c.day]
+                    found = plan.lookup_manifests(run.store, specs[c.table], [c.day], identity=run.identity)[c.day]
                     if found.problem:  # ("not checked (retryable): reading manifest ... failed", or damaged since)
                         return [found.problem]
                     if found.archived is None:
@@ -1592,7 +1599,7 @@ def _unreadable_table(run: Run, spec: TableSpec, days: list[Period], exc: Archiv
         # the others are still reported; the command then exits 2, naming the table
         run.stopped = run.stopped or (why if spec.name in why else f"{spec.name}: {why}")
     found = {day: (lookup, why if lookup.problem is None else f"{lookup.problem}; and {why}")
-             for day, lookup in plan.lookup_manifests(run.store, spec, days).items()
+             for day, lookup in plan.lookup_manifests(run.store, spec, days, identity=run.identity).items()
              if lookup.archived is not None or lookup.problem is not None}  # (a damaged manifest: listed too)
     if not found:
         failed_tables[spec.name] = why
@@ -1884,7 +1891,7 @@ def _absent_days(run: Run, spec: TableSpec, absent: list[Period], emptied: bool 
     holds the rows nowhere, and is unread with why, never said to be kept; unless ``emptied``
     (:func:`_overwrites_dropped`): the day is then archived as empty, as asked, whatever its old archive holds."""
     gone: dict[Period, plan.Archived] = {}
-    pending, unread = _pending_removals(run.store, spec, absent[-_RECENT_ABSENT:], archived=gone)
+    pending, unread = _pending_removals(run.store, run.identity, spec, absent[-_RECENT_ABSENT:], archived=gone)
     lost = {day: "" if emptied else _archive_lost(run, spec, day, archived) for day, archived in gone.items()}
     unread |= {day: why for day, why in lost.items() if why}
     return pending, {day: archived.rows for day, archived in gone.items() if not lost[day]}, unread
@@ -1930,7 +1937,8 @@ def _manifest_unread(spec: TableSpec, day: Period, why: str) -> dict[str, Any]:
             "message": _for_the_cli(redact(why, *_passwords())) + remedy, "retryable": retryable}
 
 
-def _pending_removals(store: S3Store, spec: TableSpec, days: list[Period], done: dict[Period, dict] | None = None,
+def _pending_removals(store: S3Store, identity: Whose, spec: TableSpec, days: list[Period],
+                      done: dict[Period, dict] | None = None,
                       archived: dict[Period, plan.Archived] | None = None
                       ) -> tuple[dict[Period, str], dict[Period, str]]:
     """Which of ``days`` have a manifest whose removal mark is still pending, with the key it was found at (under a
@@ -1945,7 +1953,7 @@ def _pending_removals(store: S3Store, spec: TableSpec, days: list[Period], done:
     for start in range(0, len(days), 31):  # a month at a time: a table's years of removed days' manifests are
         chunk = days[start:start + 31]     # not all held at once, only which marks are pending
         try:
-            found = plan.lookup_manifests(store, spec, chunk)
+            found = plan.lookup_manifests(store, spec, chunk, identity=identity)
         except ArchiveError as exc:  # the listing failed: each of those days unread, the days in the source still run
             why = f"not checked ({'retryable' if exc.retryable else 'not retryable'}): {_told(exc)}"
             # and the months after it too, unlisted: a store that throttled or refused one listing after its retries
@@ -1971,7 +1979,7 @@ def _not_due(run: Run, spec: TableSpec, days: list[Period], dry_run: bool) -> li
     from archive_pipeline.core.manifest import removal_state
 
     try:
-        found = plan.lookup_manifests(run.store, spec, days) if days else {}
+        found = plan.lookup_manifests(run.store, spec, days, identity=run.identity) if days else {}
     except ArchiveError:  # (not known: said as not due, as before it was asked)
         found = {}
     results = []
@@ -2008,7 +2016,7 @@ def _prune_table(run: Run, spec: TableSpec, due: list[Period], dry_run: bool, re
     # A day no longer in the source whose manifest is still "pending" (a prune killed between the removing
     # COMMIT and its "done" mark) is settled too: nothing else would ever complete its mark.
     done: dict[Period, dict] = {}  # (asked for only where the run names its days: a whole history is not listed)
-    pending, unread = _pending_removals(run.store, spec, [d for d in due if d not in present and d not in unknown],
+    pending, unread = _pending_removals(run.store, run.identity, spec, [d for d in due if d not in present and d not in unknown],
                                         done=done if run.first or run.last else None)
     for day in due:
         if day in unknown:

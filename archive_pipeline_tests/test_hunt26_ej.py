@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime as dt
 
-import pytest
 from psycopg import sql
 
 from archive_pipeline.core.archive import archive_partition
@@ -39,9 +38,6 @@ def _staging_csv(s3_client, bucket: str, key: str) -> list[str]:
     return [row["v"] for row in read_csv(decompress(download(s3_client, bucket, key), "zstd"))]
 
 
-@pytest.mark.xfail(strict=True, reason="known, left open this session (its fix was not done in time): the lookup "
-                   "of a day's archives under the table's other formats (manifest._other_format_archives, "
-                   "archive._removal_at) does not filter by the database that wrote them (leftovers.same_source)")
 def test_another_databases_archive_under_another_format_refuses_this_databases_own_first_archive(
         pg, conn, schema, other_db, store, s3_client, bucket):  # noqa: F811 - fixture
     """Scenario: prod (database ``postgres``, ``s.ev`` as JSONL) and staging (another database of the cluster, its
@@ -75,9 +71,6 @@ def test_another_databases_archive_under_another_format_refuses_this_databases_o
     assert load_manifest(store, prod_key) == prod_manifest
 
 
-@pytest.mark.xfail(strict=True, reason="known, left open this session (its fix was not done in time): the lookup "
-                   "of a day's archives under the table's other formats (manifest._other_format_archives, "
-                   "archive._removal_at) does not filter by the database that wrote them (leftovers.same_source)")
 def test_a_removal_another_database_recorded_under_another_format_refuses_this_database_as_removed(
         pg, conn, schema, other_db, store, s3_client, bucket):  # noqa: F811 - fixture
     """Scenario: as above, prod (JSONL) also has retention (``delete``): it archives 2024-03-10, proves it and
@@ -115,9 +108,6 @@ def test_a_removal_another_database_recorded_under_another_format_refuses_this_d
     assert load_manifest(store, prod_key) == prod_manifest
 
 
-@pytest.mark.xfail(strict=True, reason="known, left open this session (its fix was not done in time): the lookup "
-                   "of a day's archives under the table's other formats (manifest._other_format_archives, "
-                   "archive._removal_at) does not filter by the database that wrote them (leftovers.same_source)")
 def test_restore_puts_back_another_databases_rows_archived_under_another_format(
         pg, conn, schema, other_db, store, temp_dir):  # noqa: F811 - fixture
     """Scenario: prod (database ``postgres``, JSONL) archives 2024-03-10 (50 rows ``row 1..50``). Staging (another
@@ -145,3 +135,29 @@ def test_restore_puts_back_another_databases_rows_archived_under_another_format(
             "2024-03-10.csv.zst")
     restore_day(conn, store, spec, DAY, into="new", target=f"{schema}.back", temp_dir=temp_dir)
     assert _values(conn, schema, "back") == [f"row {g}" for g in range(1, 51)]
+
+
+def test_a_removal_proves_this_databases_archive_not_anothers_under_another_format(
+        pg, conn, schema, other_db, store, s3_client, bucket):  # noqa: F811 - fixture
+    """Scenario (the third test's, added by the fixer): prod (JSONL, retention ``delete``) archives 2024-03-10,
+    staging (another database, CSV) archives its own rows of the day with overwrite, later, beside it; prod's
+    retention then removes the day.
+
+    Was: the removal took staging's CSV archive for the day's current one (``lifecycle.archive_key`` →
+    ``manifest.day_archive``) and refused, advising ARCHIVE_PG_PRIMARY_DSN be pointed at staging's database.
+
+    Should: the removal proves prod's rows against prod's archive and removes them; staging's archive and rows
+    stay as they are."""
+    _table(conn, schema)
+    spec = _spec(schema, retention={"keep_days": 1, "action": "delete"})
+    staging_key = f"archive/{schema}.ev/2024/03/2024-03-10.csv.zst"
+    with _connect_to(pg, other_db) as staging:
+        _table(staging, schema, text="'staging ' || g")
+        archive_partition(conn, spec, DAY, store)
+        archive_partition(staging, _spec(schema, format="csv"), DAY, store, overwrite=True)
+        staging_manifest = load_manifest(store, staging_key)
+        removal = remove_day(conn, spec, DAY, store)
+        assert removal.rows == 50 and removal.archive.endswith(".jsonl.zst")
+        assert len(_values(staging, schema, "ev")) == 50
+    assert _values(conn, schema, "ev") == []
+    assert load_manifest(store, staging_key) == staging_manifest

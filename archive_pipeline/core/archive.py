@@ -19,7 +19,6 @@ import datetime as dt
 import logging
 import os
 import time
-import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 
@@ -70,9 +69,12 @@ from archive_pipeline.core.manifest import (
     inexact_groups,
     loose_manifest,
     manifest_bytes,
+    of_another_source,
     other_format_listing,
     owned,
+    recorded_source,
     removal_state,
+    source_identity,
     stored_object_problems,
     table_definition,
 )
@@ -491,7 +493,7 @@ class _Archiving:
                     labels = printed_names(self.conn, table, where)
                     read = read_relations(self.conn, table)
                     composites = composite_signature(self.conn, table)
-                    identity = _identity(self.conn)
+                    identity = source_identity(self.conn)
                     fp: fingerprint.Fingerprint | None = None
                     fp_seconds = 0.0
                     elsewhere = self._removed_elsewhere(existing)
@@ -634,7 +636,7 @@ class _Archiving:
         :func:`leftovers.tidy_day`): a manifest that fails its checks names nothing worth keeping. The day's keys
         under other formats and codecs are :meth:`_tidy_former`'s (each only where it is this table-day's)."""
         manifest = existing.manifest if existing.problem is None else None
-        self._tidied |= tidy_day(self.store, self.key, existing.listing, manifest, _identity(self.conn),
+        self._tidied |= tidy_day(self.store, self.key, existing.listing, manifest, source_identity(self.conn),
                                  self._label, owner=self._owner)
 
     def _tidy_former(self, existing: Existing) -> None:
@@ -653,7 +655,7 @@ class _Archiving:
                 continue
             if owned_by(self.store, other, there.listing, there.raw, self._owner, label):
                 manifest = there.manifest if there.problem is None else None
-                self._tidied |= tidy_day(self.store, other, there.listing, manifest, _identity(self.conn), label,
+                self._tidied |= tidy_day(self.store, other, there.listing, manifest, source_identity(self.conn), label,
                                          owner=self._owner)
 
     @property
@@ -894,7 +896,8 @@ class _Archiving:
         if raw is None and listed is not None:
             self.store.confirm_missing(mkey, MISSING_ON_READ, listed)
         loose = _loose_manifest(Existing(None, raw, None, None))
-        if loose is None or not loose.get("removed") or foreign_manifest(loose, self.spec.name, period.isoformat()):
+        if loose is None or not loose.get("removed") or foreign_manifest(loose, self.spec.name, period.isoformat()) \
+                or self._of_another_source(key, loose):
             return None
         self._read_from[id(loose)] = (loose, keys.manifest_key(key))  # (where its record is read from)
         return Existing(loose, raw, None, existing.listing)
@@ -980,7 +983,8 @@ class _Archiving:
         for other in [*listed, *self.former_keys]:
             there = read_existing(self.store, other)
             if there.manifest is None or there.problem is not None or there.manifest.get("removed") \
-                    or foreign_manifest(there.manifest, self.spec.name, self.day.isoformat()):
+                    or foreign_manifest(there.manifest, self.spec.name, self.day.isoformat()) \
+                    or self._of_another_source(other, there.manifest):
                 continue
             if (period := another_period(there.manifest, self.day)) is not None:
                 if other in self.former_keys or here:  # a key_template changed to keep the new periods apart, as
@@ -993,6 +997,17 @@ class _Archiving:
         current = current_archive([*([(self.key, existing.manifest)] if here else []),
                                    *((other, there.manifest) for other, there in found)])
         return next((pair for pair in found if current is not None and pair[0] == current[0]), None)
+
+    def _of_another_source(self, key: str, manifest: dict) -> bool:
+        """Whether ``manifest``, found at ``key`` under another format's or template's key of the day, is another
+        database's (manifest.of_another_source, as restore, list, compare, verify and the removal leave it out):
+        another deployment's archive or removal sharing the bucket and prefix, which says nothing of this
+        database's rows (``_keep`` refused this database's own first archive of the day as that one's, and a
+        removal of that one's rows as this one's). Not on a key the day's last materialization recorded
+        (``former_keys``): that is this deployment's own, judged as the one at this key is (another database's
+        archive there needs overwrite)."""
+        return key not in self.former_keys and of_another_source(manifest, functools.partial(source_identity,
+                                                                                           self.conn))
 
     def _listed_other_formats(self, existing: Existing) -> list[str]:
         """The day's keys under the table's other formats and codecs that hold anything, found as list, compare and
@@ -1084,7 +1099,7 @@ class _Archiving:
             return
         self._refuse_removed(existing, fp)
         if not overwrite:
-            self._refuse_other_source(existing.manifest or _recorded_source(_loose_manifest(existing)), identity,
+            self._refuse_other_source(existing.manifest or recorded_source(_loose_manifest(existing)), identity,
                                       existing.problem)
         self._refuse_lost_rows(existing, fp, overwrite)
 
@@ -1799,31 +1814,9 @@ class _Archiving:
         return stored_generations(self.key, (day_listing(self.store, self.key) or {}) if listing is None else listing)
 
 
-_IDENTITIES: weakref.WeakKeyDictionary[psycopg.Connection, SourceIdentity] = weakref.WeakKeyDictionary()
-
-
-def _identity(conn: psycopg.Connection) -> SourceIdentity:
-    """The server a connection talks to, looked up once per connection: a run that archives many days
-    on one connection would otherwise ask for the same three values (two round trips) every day."""
-    identity = _IDENTITIES.get(conn)
-    if identity is None:
-        identity = _IDENTITIES[conn] = SourceIdentity(*server_identity(conn))
-    return identity
-
-
 def _loose_manifest(existing: Existing) -> dict | None:
     """The stored manifest's JSON even where it failed its checks (to honour a ``removed`` mark)."""
     return loose_manifest(existing.raw)
-
-
-def _recorded_source(loose: dict | None) -> dict | None:
-    """The source identity a manifest that failed its checks still records, as a manifest holding only that (for
-    ``same_source``), or None where it names none: its JSON is unchecked, so only text fields count. Read as far as
-    it can be, so that damage is never the way around the check of whose archive it is."""
-    source = (loose or {}).get("source")
-    named = {name: source[name] for name in ("database", "system_identifier")
-             if isinstance(source, dict) and isinstance(source.get(name), str) and source[name]}
-    return {"source": named} if named else None
 
 
 def _readers(fmt, plan) -> int:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from archive_pipeline.core import keys
 from archive_pipeline.core.errors import redact
 from archive_pipeline.core.manifest import ManifestError, SourceIdentity, decode_manifest, foreign_manifest, \
-    stored_object_problems
+    same_source, stored_object_problems  # (same_source: re-exported, as its callers import it from here)
 from archive_pipeline.core.store import S3Store, decode_metadata
 
 log = logging.getLogger(__name__)
@@ -43,15 +43,6 @@ def marked_generations(key: str, listing: dict[str, dict] | None, tidied: set[st
     pattern = keys.generation_pattern(key)
     return [int(m.group(1) or 1) for marker in keys.upload_markers(key, listing or {}) if marker not in tidied
             and (m := pattern.fullmatch(marker[:-len(keys.UPLOAD_MARKER_SUFFIX)]))]
-
-
-def same_source(manifest: dict, identity: SourceIdentity) -> bool:
-    """Whether ``manifest`` was archived from the database ``identity`` names (its name, and its system where both
-    record one): the only database whose runs of the day this run's table-day lock excludes."""
-    source = manifest.get("source") or {}
-    other_cluster = (source.get("system_identifier") and identity.system_identifier
-                     and source["system_identifier"] != identity.system_identifier)
-    return not (other_cluster or (source.get("database") and source["database"] != identity.database))
 
 
 def tidy_day(store: S3Store, key: str, listing: dict[str, dict] | None, manifest: dict | None,

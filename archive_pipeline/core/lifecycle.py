@@ -47,8 +47,9 @@ from archive_pipeline.core.discovery import PENDING_DETACH_UNDER, day_children, 
 from archive_pipeline.core.errors import ArchiveError, named, note_cancelled, redact, sql_name
 from archive_pipeline.core.leftovers import day_listing, tidy_day
 from archive_pipeline.core.locks import require_autocommit, table_day_lock
-from archive_pipeline.core.manifest import ManifestError, SourceIdentity, day_archive, decode_manifest, \
-    decoded_manifest, encode_manifest, foreign_manifest, layout_change, removal_state, stored_object_problems
+from archive_pipeline.core.manifest import ManifestError, SourceIdentity, Whose, day_archive, decode_manifest, \
+    decoded_manifest, encode_manifest, foreign_manifest, layout_change, removal_state, source_identity, \
+    stored_object_problems
 from archive_pipeline.core.periods import UNIT, Period
 from archive_pipeline.core.source import (SNAPSHOT_SETTINGS, Column, SourceTable, day_filter, descends_from,
                                           classified, describe_relation, detaching, explain, pending_detach_error,
@@ -172,7 +173,7 @@ def _remove_day(conn: psycopg.Connection, spec: TableSpec, day: Period | dt.date
     with writing_as_origin(conn, spec.name, day.isoformat(), "removing"), table_day_lock(conn, spec.name, day):
         key = keys.table_day_key(spec, day, store.prefix)
         manifest = _trusted_manifest(store, spec, day, key)
-        if (other := _archive_key_trusted(store, spec, day, key, manifest, former_keys)) != key:
+        if (other := _archive_key_trusted(store, spec, day, key, manifest, former_keys, source_identity(conn))) != key:
             key, manifest = other, _trusted_manifest(store, spec, day, other)
         if manifest is None:
             if not _has_rows(conn, spec, day):  # an empty partition made ahead, a repeated hour's first occurrence
@@ -379,21 +380,26 @@ def refuse_layout_change(spec: TableSpec, day: Period, manifest: dict) -> None:
                                     "or configure the table as it was when archived")
 
 
-def archive_key(store: S3Store, spec: TableSpec, day: Period, former_keys: Sequence[str] = ()) -> str:
+def archive_key(store: S3Store, spec: TableSpec, day: Period, former_keys: Sequence[str] = (), *,
+                identity: Whose = None) -> str:
     """The key of the day's current archive (manifest.day_archive's choice, as the archive run, restore, list and
     compare make it): the one the configuration renders, or the day's key under another format or codec where the
     record there was committed later (the format changed since; or changed, the day archived again, and changed
     back: the one at the rendered key is then superseded, and proving the source against it called the day changed);
     with neither, one of ``former_keys`` (where the day's last materialization recorded it: the key_template or
-    prefix changed since), else the rendered one. A removal and prune prove and mark the day there."""
+    prefix changed since), else the rendered one. A removal and prune prove and mark the day there. ``identity``:
+    the database removed from, this deployment's: another database's archive under another format's key is not
+    the day's (see manifest.day_archive), so no removal proves this source against it, nor refuses the day as that
+    database's (advising ARCHIVE_PG_PRIMARY_DSN be pointed there)."""
     key = keys.table_day_key(spec, day, store.prefix)
-    return _current_key(store, spec, day, key, decoded_manifest(store, keys.manifest_key(key)), former_keys)
+    return _current_key(store, spec, day, key, decoded_manifest(store, keys.manifest_key(key)), former_keys,
+                        identity)
 
 
 def _current_key(store: S3Store, spec: TableSpec, day: Period, key: str, manifest: dict | None,
-                 former_keys: Sequence[str]) -> str:
+                 former_keys: Sequence[str], identity: Whose) -> str:
     """:func:`archive_key`, given the manifest at the rendered ``key`` (None: none there)."""
-    found, current = day_archive(store, spec, day, key, manifest)
+    found, current = day_archive(store, spec, day, key, manifest, identity=identity)
     if current is not None:
         return found
     for former in former_keys:
@@ -407,12 +413,12 @@ def _current_key(store: S3Store, spec: TableSpec, day: Period, key: str, manifes
 
 
 def _archive_key_trusted(store: S3Store, spec: TableSpec, day: Period, key: str, manifest: dict | None,
-                         former_keys: Sequence[str]) -> str:
+                         former_keys: Sequence[str], identity: SourceIdentity) -> str:
     """:func:`archive_key` (``manifest``: the one at the rendered ``key``, read already), where a damaged manifest
     that could be the day's current archive, under another format's key or a former one, refuses the removal, as
     one at its own key does (see :func:`_trusted_manifest`)."""
     try:
-        return _current_key(store, spec, day, key, manifest, former_keys)
+        return _current_key(store, spec, day, key, manifest, former_keys, identity)
     except ManifestError as exc:
         damaged = store.uri(keys.manifest_key(exc.key or key))
         raise RemovalRefused(f"{spec.name} {day} stays in the source: the day's manifest {damaged}, under the table's "

@@ -17,8 +17,9 @@ import hashlib
 import json
 import logging
 import re
+import weakref
 from dataclasses import dataclass, field
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import psycopg
@@ -99,6 +100,53 @@ class SourceIdentity:
     system_identifier: str | None
     server_version: str
     encoding: str = ""  # the database's server_encoding ("" where unknown)
+
+
+# whose database a reader of the day's archives reads: an identity, a callable that looks it up (asked only where the
+# day has an archive under another format's key), or None (not known: every database's archive there counts)
+Whose = SourceIdentity | Callable[[], SourceIdentity] | None
+
+_IDENTITIES: weakref.WeakKeyDictionary[psycopg.Connection, SourceIdentity] = weakref.WeakKeyDictionary()
+
+
+def source_identity(conn: psycopg.Connection) -> SourceIdentity:
+    """The server a connection talks to, looked up once per connection: a run that archives many days
+    on one connection would otherwise ask for the same three values (two round trips) every day."""
+    identity = _IDENTITIES.get(conn)
+    if identity is None:
+        identity = _IDENTITIES[conn] = SourceIdentity(*server_identity(conn))
+    return identity
+
+
+def same_source(manifest: dict, identity: SourceIdentity) -> bool:
+    """Whether ``manifest`` was archived from the database ``identity`` names (its name, and its system where both
+    record one: a role that may not read pg_control_system() records none, and the database's name alone is then
+    compared): the only database whose runs of the day this run's table-day lock excludes."""
+    source = manifest.get("source") or {}
+    other_cluster = (source.get("system_identifier") and identity.system_identifier
+                     and source["system_identifier"] != identity.system_identifier)
+    return not (other_cluster or (source.get("database") and source["database"] != identity.database))
+
+
+def recorded_source(loose: dict | None) -> dict | None:
+    """The source identity a manifest that failed its checks still records, as a manifest holding only that (for
+    :func:`same_source`), or None where it names none: its JSON is unchecked, so only text fields count. Read as far
+    as it can be, so that damage is never the way around the check of whose archive it is."""
+    source = (loose or {}).get("source")
+    named = {name: source[name] for name in ("database", "system_identifier")
+             if isinstance(source, dict) and isinstance(source.get(name), str) and source[name]}
+    return {"source": named} if named else None
+
+
+def of_another_source(manifest: dict | None, whose: Whose) -> bool:
+    """Whether ``manifest`` (checked, or read loosely: only its text fields count) was archived from another
+    database than ``whose``'s: under another format's or template's key of the day, another deployment's archive
+    sharing the bucket and prefix (two configurations' keys may differ only by the extension), not this table's
+    own written before its format, codec or granularity changed. Never where ``whose`` is None (not known)."""
+    if whose is None or manifest is None:
+        return False
+    recorded = recorded_source(manifest)
+    return recorded is not None and not same_source(recorded, whose() if callable(whose) else whose)
 
 
 @dataclass(frozen=True)
@@ -1009,26 +1057,37 @@ def archived_encoding(conn, manifest: dict) -> str | None:
     return encoding if same else None
 
 
-def under_another_format(store, spec, day, listed: set[str] | None = None, *,
-                         asked_one_by_one: bool = True) -> tuple[str, dict] | None:
+def under_another_format(store, spec, day, listed: set[str] | None = None, *, asked_one_by_one: bool = True,
+                         identity: Whose = None) -> tuple[str, dict] | None:
     """(key, manifest) of ``spec``'s archive of ``day`` under another format's or codec's key (written before the
     table's format or compression changed; with ``{ext}`` in the template that moves the day's key), the day's
     current one where there are several (see :func:`current_archive`); None if there is none. ``listed``: the keys
     a listing already found (one LIST of the day's prefix otherwise; where that fails, each former key's manifest is
     asked for, unless ``asked_one_by_one`` is off: the listing's error is raised). A damaged manifest there raises
-    its ManifestError where it could be the current one (see :func:`day_archive`)."""
-    found = day_archive(store, spec, day, "", None, listed, asked_one_by_one=asked_one_by_one)  # (only the others)
+    its ManifestError where it could be the current one (see :func:`day_archive`). ``identity``: whose database the
+    reader reads (see :func:`day_archive`)."""
+    found = day_archive(store, spec, day, "", None, listed, asked_one_by_one=asked_one_by_one,
+                        identity=identity)  # (only the others)
     return found if found[1] is not None else None
 
 
 def day_archive(store, spec, day, key: str, manifest: dict | None, listed: set[str] | None = None, *,
-                asked_one_by_one: bool = True) -> tuple[str, dict | None]:
+                asked_one_by_one: bool = True, identity: Whose = None) -> tuple[str, dict | None]:
     """(key, manifest) of the day's current archive: ``manifest`` (read at its rendered ``key``; None if there is
     none) or one under another format's or codec's key, whichever :func:`current_archive` picks. Not the rendered
     key's alone: a format changed and changed back leaves the day's newer archive (the one its removal was proven
     against, say) under the other format, and the one at the rendered key is then a superseded one. The archive
     run, restore, list, compare, verify and a removal read the day through this; ``listed`` and
     ``asked_one_by_one``: see :func:`under_another_format`.
+
+    ``identity``: the database the reader reads (see :data:`Whose`). An archive under another format's key that
+    another database wrote (:func:`of_another_source`) is not the day's: two deployments archiving the table from
+    their own databases into one bucket and prefix, configured with other formats, have keys of a day that differ
+    only by the extension, and each took the other's archive (or removal) for its own former format's (a restore put
+    back the other's rows). The one at the rendered ``key`` is taken whoever wrote it: its own rules (the archive
+    run's overwrite, the removal's lifecycle.refuse_other_cluster) decide what another database's archive there
+    means. A role that may not read pg_control_system() records no system identifier: the database's name alone
+    tells then (:func:`same_source`).
 
     A manifest under another format's key that fails its checks is not the day's current archive where what it
     still reads as (its JSON) shows it older than the one chosen, as the archive run, which never skips onto it,
@@ -1042,7 +1101,7 @@ def day_archive(store, spec, day, key: str, manifest: dict | None, listed: set[s
     "without an archive" for a removal, left out of a verify, and missing from a restore (no request: that listing
     tells; where none was made, a read that finds nothing is believed, as before)."""
     found, damaged, shown = _other_format_archives(store, spec, day, listed, asked_one_by_one,
-                                                   key if manifest is not None else None)
+                                                   key if manifest is not None else None, identity)
     if manifest is None and key and shown is not None:
         store.confirm_missing(keys.manifest_key(key), MISSING_ON_READ, shown)
     current = current_archive([*([(key, manifest)] if manifest is not None else []), *found])
@@ -1130,11 +1189,13 @@ def other_format_listing(store, spec, day, listed: Iterable[str] | None = None, 
     return keys.listed_under(others, listed or ()), listed or ()
 
 
-def _other_format_archives(store, spec, day, listed: set[str] | None, asked_one_by_one: bool, rendered: str | None
+def _other_format_archives(store, spec, day, listed: set[str] | None, asked_one_by_one: bool, rendered: str | None,
+                           identity: Whose = None
                            ) -> tuple[list[tuple[str, dict]], list[tuple[str, dict | None, ManifestError]],
                                       Iterable[str] | None]:
     """(key, manifest) of every archive of ``spec``'s ``day`` under another format's or codec's key (another
-    table-day's manifest there is not the day's), (key, its JSON read loosely or None, why) of every manifest
+    table-day's manifest there is not the day's, nor another database's than ``identity``'s: see
+    :func:`day_archive`), (key, its JSON read loosely or None, why) of every manifest
     there that fails its checks (see :func:`day_archive`), and the keys the listing looked with shows (``listed``
     where there are no other keys; None where none could be made); see :func:`under_another_format` for ``listed``.
     A candidate's manifest that listing shows and a read finds absent raises (``S3Store.confirm_missing``).
@@ -1168,12 +1229,13 @@ def _other_format_archives(store, spec, day, listed: set[str] | None, asked_one_
             raise
         except ManifestError as exc:
             loose = loose_manifest(manifest_bytes(store, keys.manifest_key(other)))
-            if loose is None or not foreign_manifest(loose, spec.name, iso):
+            if loose is None or not foreign_manifest(loose, spec.name, iso) and not of_another_source(loose, identity):
                 damaged.append((other, loose, exc))
             continue
         if manifest is None and shown is not None:  # listed, read as absent: no verdict (retryable)
             store.confirm_missing(keys.manifest_key(other), MISSING_ON_READ, shown)
-        if manifest is not None and not foreign_manifest(manifest, spec.name, iso):
+        if manifest is not None and not foreign_manifest(manifest, spec.name, iso) \
+                and not of_another_source(manifest, identity):
             found.append((other, manifest))
     return found, damaged, shown
 

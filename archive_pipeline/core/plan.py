@@ -8,6 +8,7 @@ fingerprints from PostgreSQL in READ ONLY transactions. No lock is taken and not
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, replace
@@ -26,8 +27,8 @@ from archive_pipeline.core.errors import TABLE_MISSING, ArchiveError, SourceErro
 from archive_pipeline.core.lifecycle import in_doubt_remedy, pending_removal_committed, undecided_removal
 from archive_pipeline.core.keys import other_extension_keys
 from archive_pipeline.core.listing import day_listings, listed_absent, unmanifested
-from archive_pipeline.core.manifest import (ForeignManifestError, SourceIdentity, day_archive, layout_change,
-                                             manifest_key, owned, removal_state)
+from archive_pipeline.core.manifest import (ForeignManifestError, SourceIdentity, Whose, day_archive, layout_change,
+                                             manifest_key, owned, removal_state, source_identity)
 from archive_pipeline.core.periods import Period, not_over
 from archive_pipeline.core.source import SourceTable, day_filter, describe_table, read_snapshot, refuse_stale_standby, \
     server_identity, wrapped
@@ -178,7 +179,7 @@ class ManifestLookup:
     problem: str | None = None  # the manifest exists but cannot be read
 
 
-def lookup_manifests(store: S3Store, spec: TableSpec, days: list, *, objects: bool = False
+def lookup_manifests(store: S3Store, spec: TableSpec, days: list, *, objects: bool = False, identity: Whose = None
                      ) -> dict[Period, ManifestLookup]:
     """Each day's manifest, read only where one exists (one bucket listing, then one GET per archived day).
 
@@ -189,7 +190,10 @@ def lookup_manifests(store: S3Store, spec: TableSpec, days: list, *, objects: bo
 
     A manifest that listing shows but whose read finds nothing (a GET and two HEADs answering 404: a lagging replica,
     a caching gateway) is no verdict, as for the archive run (``archive.read_existing``): the day is not checked
-    (retryable), never "missing", "not archived" or left out of a verify."""
+    (retryable), never "missing", "not archived" or left out of a verify.
+
+    ``identity``: the database this deployment archives (asked only where a day has an archive under another
+    format's key): another database's archive there is not the day's (see manifest.day_archive)."""
     days = [spec.period(d) for d in days]
     keys = {day: render_key(spec, day, store.prefix) for day in days}
     absent, in_order = listed_absent(store, spec, days)
@@ -202,7 +206,8 @@ def lookup_manifests(store: S3Store, spec: TableSpec, days: list, *, objects: bo
             manifest = load_manifest(store, key, (spec.name, day.isoformat()))
             # the day's current archive: this key's, or one under another format (written before the format changed,
             # or since, the format then changed back); its listing failing is a day not checked, below
-            current = day_archive(store, spec, day, key, manifest, in_order, asked_one_by_one=len(days) <= 10)[0]
+            current = day_archive(store, spec, day, key, manifest, in_order, asked_one_by_one=len(days) <= 10,
+                                  identity=identity)[0]
             if current != key:
                 key = current
                 manifest = load_manifest(store, key, (spec.name, day.isoformat()))
@@ -341,7 +346,8 @@ def _found(conn: psycopg.Connection, spec: TableSpec, store: S3Store,
     and why that is not known (the probe failed: a lock_timeout behind a migration; else None)."""
     resolved = [spec.period(d) for d in days]
     in_source, unknown = present_days(conn, spec, resolved)
-    manifests = lookup_manifests(store, spec, resolved, objects=True)
+    manifests = lookup_manifests(store, spec, resolved, objects=True,
+                                 identity=functools.partial(source_identity, conn))
     return [(day, manifests[day], day in in_source, unknown.get(day)) for day in resolved]
 
 
@@ -392,7 +398,8 @@ def day_statuses(conn: psycopg.Connection, spec: TableSpec, store: S3Store, days
     if not check_source:
         return out
     return _again_where_replaced(out, used, store, spec, ("changed", "unreadable"),
-                                 lambda again: _day_statuses(conn, spec, store, again, check_source, {}))
+                                 lambda again: _day_statuses(conn, spec, store, again, check_source, {}),
+                                 functools.partial(source_identity, conn))
 
 
 def _day_statuses(conn: psycopg.Connection, spec: TableSpec, store: S3Store, days: list, check_source: bool,
@@ -880,19 +887,21 @@ def compare_days(conn: psycopg.Connection, spec: TableSpec, store: S3Store,
     used: dict[Period, str | None] = {}
     out = _compare_days(conn, spec, store, days, used)
     return _again_where_replaced(out, used, store, spec, ("differs", "not-in-source"),
-                                 lambda again: _compare_days(conn, spec, store, again, {}))
+                                 lambda again: _compare_days(conn, spec, store, again, {}),
+                                 functools.partial(source_identity, conn))
 
 
 def _again_where_replaced(out: list, used: dict, store: S3Store, spec: TableSpec, verdicts: tuple[str, ...],
-                          again: Callable[[list[Period]], list]) -> list:
+                          again: Callable[[list[Period]], list], identity: Whose) -> list:
     """``out`` with the days whose verdict is one of ``verdicts`` compared again where their manifest changed
     since it was read (``used``: the manifest_sha256 each day was compared with): an overwrite that committed
     meanwhile retired the object compared with, and a removal that committed meanwhile emptied the source
-    of a day whose mark came after the read; either made an intact day "differ" or "change"."""
+    of a day whose mark came after the read; either made an intact day "differ" or "change". ``identity``: see
+    :func:`lookup_manifests`."""
     suspect = [item.day for item in out if getattr(item, "result", getattr(item, "state", None)) in verdicts]
     if not suspect:
         return out
-    now = lookup_manifests(store, spec, suspect)
+    now = lookup_manifests(store, spec, suspect, identity=identity)
     raced = [day for day in suspect if now[day].archived is not None
              and now[day].archived.manifest.get("manifest_sha256") != used.get(day)]
     if not raced:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import hashlib
 import itertools
 import logging
@@ -39,8 +40,8 @@ from archive_pipeline.core.errors import (SETTING_MISFITS, TABLE_MISSING, Archiv
                                           sql_name, with_roles)
 from archive_pipeline.core.listing import listed_absent
 from archive_pipeline.core.locks import require_autocommit, table_day_lock
-from archive_pipeline.core.manifest import (ManifestError, another_period, archived_encoding, decoded_manifest,
-                                             day_archive, inexact_groups, owned)
+from archive_pipeline.core.manifest import (ManifestError, Whose, another_period, archived_encoding,
+                                             decoded_manifest, day_archive, inexact_groups, owned, source_identity)
 from archive_pipeline.core.memory import bound_allocator
 from archive_pipeline.core.periods import Period, manifest_period
 from archive_pipeline.core.sink import open_nameless
@@ -679,7 +680,7 @@ def downloaded(store: S3Store, manifest: dict, temp_dir: str | os.PathLike | Non
 
 
 def find_manifest(store: S3Store, spec: TableSpec, day: Period | dt.date | str,
-                  listed: list[str] | None = None) -> dict | None:
+                  listed: list[str] | None = None, *, identity: Whose = None) -> dict | None:
     """The manifest of ``spec``'s current archive of ``day``, or None if there is none: the one at its rendered
     key or one under the table's other formats and codecs (one listing), whichever is the day's now (see
     manifest.day_archive): an archive written under another format (a removed day's only copy, say) is still the
@@ -687,11 +688,13 @@ def find_manifest(store: S3Store, spec: TableSpec, day: Period | dt.date | str,
     superseded one, without the rows archived since. ``listed``: a range's listing (listing.listed_absent's), in
     place of the day's own. A manifest either listing shows that reads as absent is no "no archive" (a restore
     reported the day missing while ``list`` showed it archived): the retryable inconsistency is raised, see
-    manifest.day_archive."""
+    manifest.day_archive. ``identity``: the database restored into, this deployment's (another database's archive
+    under another format's key is not the day's: see manifest.day_archive)."""
     day = spec.period(day)
     key = keys.table_day_key(spec, day, store.prefix)
     try:
-        key, manifest = day_archive(store, spec, day, key, decoded_manifest(store, keys.manifest_key(key)), listed)
+        key, manifest = day_archive(store, spec, day, key, decoded_manifest(store, keys.manifest_key(key)), listed,
+                                    identity=identity)
         if manifest is None:
             return None
         owned(manifest, spec.name, day.isoformat(), key=key)
@@ -3581,7 +3584,7 @@ def _column_lookalike(conn: psycopg.Connection, manifest: dict, relation: Relati
 @speaks_utf8()
 def restore_day(conn: psycopg.Connection, store: S3Store, spec: TableSpec, day: dt.date, **options) -> RestoreResult:
     """Restore ``day`` of the configured table ``spec`` (see :func:`restore_archive` for ``options``)."""
-    manifest = find_manifest(store, spec, day)
+    manifest = find_manifest(store, spec, day, identity=functools.partial(source_identity, conn))
     if manifest is None:
         raise RestoreError(f"{spec.name} has no archive for {day} in {store.uri(store.prefix)}", table=spec.name,
                            day=day.isoformat(), remedy="check the day and the bucket and prefix (archive-pipeline list "
@@ -3767,7 +3770,7 @@ def _restore_current(conn: psycopg.Connection, store: S3Store, spec: TableSpec, 
     try:
         return _restore_configured(conn, store, spec, day, manifest, **options)
     except ArchiveMissingError:
-        current = find_manifest(store, spec, day)
+        current = find_manifest(store, spec, day, identity=functools.partial(source_identity, conn))
         if current is None or current.get("manifest_sha256") == manifest.get("manifest_sha256"):
             raise
         log.info("%s %s: its archive was replaced while it was being restored; restoring the new one", spec.name, day)
@@ -3814,7 +3817,8 @@ def iter_restore_days(conn: psycopg.Connection | Callable[[], psycopg.Connection
         if listed_to is None or day > listed_to:  # the next stretch's days without an archive, told by one listing
             stretch = list(itertools.islice(_periods(day, last), _LISTED_DAYS))
             listed_to, (unarchived, listed) = stretch[-1], listed_absent(store, spec, stretch)
-        manifest = None if day in unarchived else find_manifest(store, spec, day, listed)
+        manifest = None if day in unarchived else find_manifest(
+            store, spec, day, listed, identity=lambda: source_identity(conn() if callable(conn) else conn))
         if manifest is None:
             yield day
         else:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import contextlib
+import functools
 import io
 import itertools
 import logging
@@ -34,10 +35,10 @@ from archive_pipeline.core.discovery import NO_PERIOD_TABLE, pending_detach_days
 from archive_pipeline.core.errors import ArchiveError, named, note_cancelled, sql_name, wrap
 from archive_pipeline.core.formats import readers
 from archive_pipeline.core.formats.csv import header_lines
-from archive_pipeline.core.manifest import (ForeignManifestError, ManifestError, NewerManifestError, another_period,
-                                            archived_encoding, committed_at, current_archive, day_archive,
-                                            decoded_manifest, foreign_objects, layout_change, object_key, owned,
-                                            removal_state, stored_object_problems)
+from archive_pipeline.core.manifest import (ForeignManifestError, ManifestError, NewerManifestError, Whose,
+                                            another_period, archived_encoding, committed_at, current_archive,
+                                            day_archive, decoded_manifest, foreign_objects, layout_change, object_key,
+                                            owned, removal_state, source_identity, stored_object_problems)
 from archive_pipeline.core.sink import temp_archive_file, temp_dir_given, temp_dir_named
 from archive_pipeline.core.parallel import dsn_of
 from archive_pipeline.core.periods import Period
@@ -124,7 +125,7 @@ def load_stored_manifest(store: S3Store, key: str, owner: tuple[str, str] | None
 
 
 def judged_archive(store: S3Store, spec: TableSpec, day: Period, recorded: str,
-                   recorded_at: dt.datetime | None = None) -> tuple[str, dict | None]:
+                   recorded_at: dt.datetime | None = None, *, identity: Whose = None) -> tuple[str, dict | None]:
     """(key, manifest) of the archive a check of ``day`` judges: the day's current one, chosen as the archive run,
     restore, list and compare choose it (manifest.day_archive: the rendered key and the table's other formats' keys,
     one listing), with ``recorded`` (the day's key as its last record names it: a former key_template's or prefix's
@@ -134,6 +135,8 @@ def judged_archive(store: S3Store, spec: TableSpec, day: Period, recorded: str,
     ``recorded`` itself where it is the current one, or where the day has no archive (manifest None: the caller
     says it is missing), or where its manifest is gone and the one found elsewhere was committed before
     ``recorded_at`` (the record's snapshot): an older archive does not stand in for a recorded one that is missing.
+    ``identity``: the database the deployment archives, where the check knows it (see manifest.day_archive: another
+    database's archive under another format's key is not the day's; None: not told apart).
     Where nothing changed this costs the manifest's GET and the listing; more only where other keys hold archives
     (or where the recorded manifest reads as absent: a listing of it, which a store contradicting itself fails).
     A manifest that fails its checks and could be the current one raises its ManifestError, naming its key
@@ -141,7 +144,7 @@ def judged_archive(store: S3Store, spec: TableSpec, day: Period, recorded: str,
     owner = (spec.name, day.isoformat())
     rendered = keys.table_day_key(spec, day, store.prefix)
     here = _owned_at(store, rendered, owner)
-    key, manifest = day_archive(store, spec, day, rendered, here)
+    key, manifest = day_archive(store, spec, day, rendered, here, identity=identity)  # (see day_archive)
     if key == recorded and manifest is not None:
         return key, manifest
     then = here if recorded == rendered else _owned_at(store, recorded, owner)  # (changed: one GET more)
@@ -643,7 +646,7 @@ def deep_verify_of(conn: psycopg.Connection, store: S3Store, spec: TableSpec, da
         _refuse_pending_detach(conn, spec, day)
         with pinned_settings(scratch_conn or conn, search_path=CATALOG_FIRST):  # the manifest's type names as written
             problems = _prove(conn, store, spec, day, manifest, scratch_conn, temp_dir)
-        if problems and (current := _committed_since(store, spec, day, key, manifest)) is not None:
+        if problems and (current := _committed_since(store, spec, day, key, manifest, conn)) is not None:
             # An overwrite that committed meanwhile retires the object being proven: "missing" (or rows that
             # are no longer the source's) would then be a verdict on an archive that is no longer the day's.
             # The current one is proven instead.
@@ -698,7 +701,8 @@ def rows_unproven(manifest: dict | None) -> str | None:
             f"proven by this version: {unknown[0]}")
 
 
-def _committed_since(store: S3Store, spec: TableSpec, day: Period, key: str, manifest: dict) -> dict | None:
+def _committed_since(store: S3Store, spec: TableSpec, day: Period, key: str, manifest: dict,
+                     conn: psycopg.Connection) -> dict | None:
     """The day's current archive where it is another than ``manifest`` and no older (an overwrite or a removal mark
     committed while ``manifest`` was being proven; a pending mark completed has the same time), else None. Chosen
     as the run, restore, list and compare choose it (manifest.day_archive), not read at the rendered ``key`` alone:
@@ -706,7 +710,8 @@ def _committed_since(store: S3Store, spec: TableSpec, day: Period, key: str, man
     place, made ``verify --deep`` pass a day whose current archive differs from the source. A manifest that fails
     its checks: None (the problems found stand)."""
     with contextlib.suppress(ManifestError):
-        _, current = day_archive(store, spec, day, key, load_manifest(store, key, (spec.name, day.isoformat())))
+        _, current = day_archive(store, spec, day, key, load_manifest(store, key, (spec.name, day.isoformat())),
+                                 identity=functools.partial(source_identity, conn))  # (the proof's source)
         if current is not None and current.get("manifest_sha256") != manifest.get("manifest_sha256") \
                 and committed_at(current) >= committed_at(manifest):
             return current

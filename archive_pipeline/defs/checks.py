@@ -13,6 +13,7 @@
 
 import contextlib
 import datetime as dt
+import functools
 import re
 import shlex
 import warnings
@@ -51,7 +52,7 @@ from pydantic import Field
 from archive_pipeline.core import fingerprint, verify
 from archive_pipeline.core import keys
 from archive_pipeline.core.keys import table_day_key
-from archive_pipeline.core.manifest import layout_change, object_key
+from archive_pipeline.core.manifest import SourceIdentity, Whose, layout_change, object_key, source_identity
 from archive_pipeline.core.config import TableSpec, config_path
 from archive_pipeline.core.discovery import NO_PERIOD_TABLE, still_detached
 from archive_pipeline.core.errors import CANCELLED_LEAVES, ArchiveError, named, redact
@@ -156,15 +157,22 @@ def _archived_again(store: S3Store, key: str, expected: dict, owner: tuple[str, 
     return verify.archive_named(current)
 
 
-def _judged(store: S3Store, spec: TableSpec, day: dt.date, recorded: str, snapshot_at: object
-            ) -> tuple[str, dict | None]:
+def _source_of(postgres: PostgresResource) -> SourceIdentity:
+    """The database ``postgres`` connects to (asked only where a day has an archive under another format's key)."""
+    with postgres.connect() as conn:
+        return source_identity(conn)
+
+
+def _judged(store: S3Store, spec: TableSpec, day: dt.date, recorded: str, snapshot_at: object,
+            identity: Whose = None) -> tuple[str, dict | None]:
     """(key, manifest) of the day's archive a check judges: the day's current one (verify.judged_archive, as the run,
     restore and list choose it), ``recorded`` (the key its record names; ``snapshot_at``: the record's) where that is
     the one. A manifest that fails its checks where it may be the day's current archive raises its ManifestError
-    (``exc.key``: its key); a failed read is raised, naming table and day."""
+    (``exc.key``: its key); a failed read is raised, naming table and day. ``identity``: the source's, where the
+    check has one (another database's archive under another format's key is not the day's: manifest.day_archive)."""
     at = dt.datetime.fromtimestamp(snapshot_at, dt.UTC) if isinstance(snapshot_at, (int, float)) else None
     try:
-        return verify.judged_archive(store, spec, spec.period(day), recorded, at)
+        return verify.judged_archive(store, spec, spec.period(day), recorded, at, identity=identity)
     except ArchiveError as exc:
         raise named(exc, spec.name, spec.period(day).isoformat())
 
@@ -185,7 +193,8 @@ def verify_result(store: S3Store, spec: TableSpec, day: dt.date, expected: dict,
     owner = (spec.name, period.isoformat())
     recorded_key = recorded_day_key(spec, day, store, expected.get("manifest_key"))
     try:
-        key, current = _judged(store, spec, day, recorded_key, expected.get("snapshot_at"))
+        key, current = _judged(store, spec, day, recorded_key, expected.get("snapshot_at"),
+                               functools.partial(source_identity, conn) if conn is not None else None)
         problems = []
     except verify.NewerManifestError:  # not damaged: no verdict either way (upgrade, its remedy says)
         raise
@@ -944,7 +953,8 @@ def build_source_unchanged_check(spec: TableSpec, key: AssetKey, rerun_config: s
                 recorded_key = recorded_day_key(spec, day, store,
                                                 getattr(event.metadata.get("manifest_key"), "value", None))
                 day_key, manifest = _judged(store, spec, day, recorded_key,
-                                            getattr(event.metadata.get("snapshot_at"), "value", None))
+                                            getattr(event.metadata.get("snapshot_at"), "value", None),
+                                            functools.partial(_source_of, postgres))
                 if manifest is not None and day_key != recorded_key:  # said: the source is compared with that one
                     superseded[event.partition] = verify.archive_named(manifest)
                 mark = (manifest or {}).get("removed")

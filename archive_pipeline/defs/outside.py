@@ -227,7 +227,7 @@ def _taken(where: Store, identity: SourceIdentity, target, partition: str, start
     spec, store = target.spec, where.store
     period = spec.period(partition)
     try:
-        day_key = archive_key(store, spec, period)  # where runs find it: its key, else under a former format's
+        day_key = archive_key(store, spec, period, identity=identity)  # its key, else under a former format's
         manifest = load_stored_manifest(store, day_key, (spec.name, partition), listed)
     except ValueError:  # (ManifestError: damaged or another table-day's)
         return None

@@ -54,7 +54,7 @@ from archive_pipeline.defs.assets import (STATE_TAG, TABLE_TAG, asset_key, asset
 from archive_pipeline.defs.checks import EMPTY_DAY, latest_materialization, log_guarded, terminated
 from archive_pipeline.core.config import RetrySettings, ScheduleSettings, TableSpec
 from archive_pipeline.core.errors import ArchiveError, SourceError, UploadError, wrap
-from archive_pipeline.core.manifest import NewerManifestError
+from archive_pipeline.core.manifest import NewerManifestError, source_identity
 from archive_pipeline.core.lifecycle import (Removal, RemovalNotRecorded, RemovalRefused, Settlement, archive_key,
                                               check_removable, due_days, emptied, pending_removal_committed,
                                               refuse_layout_change, refuse_other_cluster, remove_day,
@@ -257,7 +257,7 @@ def _removing(context: AssetExecutionContext, spec: TableSpec, day: Period, dry_
         try:
             # where the day's archive is: its key now, else under the table's former format, or the key the day's
             # last materialization recorded (the key_template or prefix changed since): not "no archive" for a green day
-            key = archive_key(store, spec, day, former)
+            key = archive_key(store, spec, day, former, identity=source_identity(primary))
             # (none read where a listing shows one: the store contradicting itself, retryable, not "no archive")
             manifest = load_stored_manifest(store, key, (spec.name, day.isoformat()))
             pending = (manifest or {}).get("removed", {}).get("state") == "pending"
