@@ -87,7 +87,7 @@ from archive_pipeline.core.formats import get_format
 from archive_pipeline.core.source import READ_SETTINGS, SNAPSHOT_SETTINGS, Replay, Snapshot, SourceTable, \
     columns_as_archived, composite_signature, day_filter, estimated_bytes, estimated_rows, hold_day, names_brief, \
     names_database_errors, primary_key, printed_names, read_relations, read_snapshot, reads_foreign_tables, \
-    same_casts, same_members, same_printed_names, same_read_relations, same_shapes, server_identity, shape_changes, \
+    same_casts, same_members, same_printed_names, same_read_relations, same_shapes, shape_changes, \
     snapshot_open, snapshot_time, standby_replay, view_calls, wrapped
 from archive_pipeline.core.store import MISSING_ON_READ, DownloadError, KeyTakenError, S3Store, S3Upload, etag_text
 from archive_pipeline.core.streams import StreamGroup
